@@ -1,0 +1,200 @@
+//! Every kind of bad input gives an error that names the file; small data made here.
+
+use std::path::Path;
+
+use simplecnn_cifar::{binary, folder, CifarError, ImageFolderOptions, LabeledImages, IMAGE_BYTES};
+
+fn write_png(path: &Path, side: u32, seed: u8) {
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        image::Rgb([seed, (x * 7) as u8, (y * 5) as u8])
+    });
+    img.save(path).unwrap();
+}
+
+/// `root/{train,test}/<class>/<i>.png`, `per_class` images each.
+fn make_folders(root: &Path, classes: &[&str], per_class: usize) {
+    for split in ["train", "test"] {
+        for (c, class) in classes.iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..per_class {
+                write_png(&d.join(format!("{i:04}.png")), 32, (c * 20 + i) as u8);
+            }
+        }
+    }
+}
+
+fn small_set(n: usize) -> LabeledImages {
+    let pixels = (0..n * IMAGE_BYTES).map(|i| (i % 251) as u8).collect();
+    LabeledImages::new(pixels, (0..n).map(|i| (i % 10) as u8).collect(), 10).unwrap()
+}
+
+fn make_binary(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in binary::TRAIN_FILES.iter().chain([&binary::TEST_FILE]) {
+        binary::write_batch_file(&dir.join(f), &small_set(n)).unwrap();
+    }
+}
+
+#[test]
+fn image_folders_load_with_cifar_class_order_and_pixels_in_planes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let classes = ["truck", "airplane", "cat"]; // not all of CIFAR: sorted order
+    make_folders(tmp.path(), &classes, 3);
+    let opts = ImageFolderOptions {
+        shuffle_seed: None,
+        ..Default::default()
+    };
+    let data = folder::load_image_folders(tmp.path(), &opts).unwrap();
+    assert_eq!(data.class_names, vec!["airplane", "cat", "truck"]);
+    assert_eq!(data.train.len(), 9);
+    assert_eq!(data.test.class_counts(), vec![3, 3, 3]);
+    // Unshuffled: first image is airplane/0000.png, written with red = 1*20 + 0, green = 7x, blue = 5y.
+    let img = data.train.image(0);
+    assert_eq!(img[0], 20);
+    assert_eq!(img[1024 + 3], 21); // green plane, x = 3
+    assert_eq!(img[2048 + 32 * 2], 10); // blue plane, y = 2
+}
+
+#[test]
+fn all_cifar_classes_follow_label_order_and_shuffle_mixes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sorted = simplecnn_cifar::CLASS_NAMES;
+    sorted.sort();
+    make_folders(&tmp.path().join("cifar10-jpg"), &sorted, 2);
+    let data = simplecnn_cifar::load(tmp.path()).unwrap();
+    assert_eq!(data.class_names, simplecnn_cifar::CLASS_NAMES);
+    assert_eq!(data.train.class_counts(), vec![2; 10]);
+    let labels = data.train.labels();
+    assert!(
+        labels.windows(2).any(|w| w[0] > w[1]),
+        "shuffled order: {labels:?}"
+    );
+}
+
+#[test]
+fn binary_layout_is_detected_and_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_binary(&tmp.path().join(binary::BATCHES_DIR), 20);
+    let data = binary::load_binary_with(tmp.path(), None).unwrap();
+    assert_eq!(data.train.len(), 100);
+    assert_eq!(data.test.len(), 20);
+    assert_eq!(data.train.image(20), small_set(20).image(0));
+    // The official loader insists on 10 000 records per file.
+    let err = simplecnn_cifar::load(tmp.path()).unwrap_err();
+    assert!(matches!(err, CifarError::WrongSize { .. }), "{err}");
+    assert!(err.to_string().contains("data_batch_1.bin"), "{err}");
+}
+
+#[test]
+fn missing_batch_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_binary(tmp.path(), 2);
+    std::fs::remove_file(tmp.path().join("data_batch_3.bin")).unwrap();
+    let err = binary::load_binary_with(tmp.path(), None).unwrap_err();
+    assert!(matches!(err, CifarError::Missing { .. }));
+    assert!(err.to_string().contains("data_batch_3.bin"), "{err}");
+}
+
+#[test]
+fn truncated_and_bad_label_batches_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_binary(tmp.path(), 2);
+    let f = tmp.path().join("data_batch_2.bin");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&f, &bytes).unwrap();
+    let err = binary::load_binary_with(tmp.path(), None).unwrap_err();
+    assert!(matches!(err, CifarError::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("data_batch_2.bin"));
+
+    make_binary(tmp.path(), 2);
+    let f = tmp.path().join("test_batch.bin");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[binary::RECORD_BYTES] = 200;
+    std::fs::write(&f, &bytes).unwrap();
+    let err = binary::load_binary_with(tmp.path(), None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CifarError::LabelOutOfRange {
+                record: 1,
+                label: 200,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("test_batch.bin"));
+}
+
+#[test]
+fn wrongly_sized_image_is_an_error_unless_resizing() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_folders(tmp.path(), &["a", "b"], 1);
+    let odd = tmp.path().join("test/b/odd.png");
+    write_png(&odd, 48, 0);
+    let opts = ImageFolderOptions::default();
+    let err = folder::load_image_folders(tmp.path(), &opts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CifarError::WrongImageSize {
+                width: 48,
+                height: 48,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("odd.png"));
+    let resized = ImageFolderOptions {
+        resize: true,
+        ..Default::default()
+    };
+    let data = folder::load_image_folders(tmp.path(), &resized).unwrap();
+    assert_eq!(data.test.len(), 3);
+}
+
+#[test]
+fn non_image_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_folders(tmp.path(), &["a", "b"], 1);
+    let bad = tmp.path().join("train/a/notes.jpg");
+    std::fs::write(&bad, b"this is not a jpeg").unwrap();
+    let err = folder::load_image_folders(tmp.path(), &Default::default()).unwrap_err();
+    assert!(matches!(err, CifarError::Decode { .. }), "{err}");
+    assert!(err.to_string().contains("notes.jpg"));
+}
+
+#[test]
+fn empty_class_folder_and_missing_class_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_folders(tmp.path(), &["a", "b"], 1);
+    std::fs::remove_file(tmp.path().join("test/b/0000.png")).unwrap();
+    let err = folder::load_image_folders(tmp.path(), &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("no images"), "{err}");
+    assert!(err.to_string().contains("test/b"), "{err}");
+
+    std::fs::remove_dir(tmp.path().join("test/b")).unwrap();
+    let err = folder::load_image_folders(tmp.path(), &Default::default()).unwrap_err();
+    assert!(matches!(err, CifarError::Missing { .. }), "{err}");
+}
+
+#[test]
+fn train_folder_without_classes_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("train")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("test")).unwrap();
+    let err = folder::load_image_folders(tmp.path(), &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("no class folders"), "{err}");
+}
+
+#[test]
+fn folder_without_data_says_how_to_get_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = simplecnn_cifar::load(tmp.path()).unwrap_err();
+    assert!(err.to_string().contains("cargo xtask data"), "{err}");
+    let err = simplecnn_cifar::load(&tmp.path().join("nope")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}

@@ -1,0 +1,113 @@
+//! The downloader against a local HTTP server on loopback serving a small archive.
+#![cfg(feature = "download")]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+
+use md5::{Digest, Md5};
+use simplecnn_cifar::{binary, download, LabeledImages, IMAGE_BYTES};
+
+/// A `.tar.gz` with `cifar-10-batches-bin/` holding 3-record batches.
+fn small_archive() -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let set = LabeledImages::new(vec![7; 3 * IMAGE_BYTES], vec![0, 1, 2], 10).unwrap();
+    for f in binary::TRAIN_FILES.iter().chain([&binary::TEST_FILE]) {
+        binary::write_batch_file(&dir.join(f), &set).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    {
+        let mut tar = tar::Builder::new(&mut gz);
+        tar.append_dir_all("cifar-10-batches-bin", &dir).unwrap();
+        tar.finish().unwrap();
+    }
+    gz.finish().unwrap()
+}
+
+/// Serves `body` to each of `requests` connections; returns the URL.
+fn serve(body: Vec<u8>, requests: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut s = stream.unwrap();
+            let mut req = Vec::new();
+            let mut byte = [0u8; 1];
+            while !req.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                req.push(byte[0]);
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&body).unwrap();
+        }
+    });
+    format!("http://{addr}/cifar-10-binary.tar.gz")
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn no_staging_left(dest: &Path) -> bool {
+    std::fs::read_dir(dest).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".cifar-download")
+    })
+}
+
+#[test]
+fn downloads_checks_md5_and_unpacks() {
+    let body = small_archive();
+    let md5 = md5_hex(&body);
+    let url = serve(body, 1);
+    let dest = tempfile::tempdir().unwrap();
+    let dir = download::download_binary(&url, &md5, dest.path(), false).unwrap();
+    assert_eq!(dir, dest.path().join("cifar-10-batches-bin"));
+    let data = binary::load_binary_with(dest.path(), None).unwrap();
+    assert_eq!(data.test.labels(), &[0, 1, 2]);
+    assert!(no_staging_left(dest.path()));
+    // Already there: no second request is made (the server only answers one).
+    download::download_binary(&url, &md5, dest.path(), false).unwrap();
+}
+
+#[test]
+fn md5_mismatch_leaves_nothing_behind() {
+    let url = serve(small_archive(), 1);
+    let dest = tempfile::tempdir().unwrap();
+    let err =
+        download::download_binary(&url, download::OFFICIAL_MD5, dest.path(), false).unwrap_err();
+    assert!(err.to_string().contains("MD5"), "{err}");
+    assert!(!dest.path().join("cifar-10-batches-bin").exists());
+    assert!(no_staging_left(dest.path()));
+}
+
+#[test]
+fn unreachable_server_fails_fast_with_instructions() {
+    // Bind then drop: the port is closed, the connection is refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dest = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let err = download::download_binary(
+        &format!("http://127.0.0.1:{port}/x.tar.gz"),
+        "00",
+        dest.path(),
+        false,
+    )
+    .unwrap_err();
+    assert!(started.elapsed().as_secs() < 15);
+    assert!(err.to_string().contains("CIFAR10_DIR"), "{err}");
+}

@@ -1,0 +1,259 @@
+//! `Model`: a [`Sequential`] with its weights on a device, and the forward pass.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{ModelError, Result};
+use crate::layers::{Activation, LayerKind, Padding};
+use crate::sequential::{LayerSpec, Sequential};
+
+/// One weight tensor: the layer it belongs to, its Keras name (`kernel`, `bias`), the variable.
+#[derive(Clone, Debug)]
+pub struct NamedWeight {
+    pub layer: String,
+    pub name: &'static str,
+    pub var: Var,
+}
+
+/// The source of dropout masks. Seeded, so that training runs repeat exactly on CPU
+/// (candle's own CPU random numbers cannot be seeded).
+#[derive(Clone, Debug)]
+pub struct DropoutRng(ChaCha8Rng);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// A keep-mask scaled by `1 / (1 - rate)`: each value is 0 with probability `rate`.
+    fn mask(&mut self, len: usize, rate: f32) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - rate);
+        // Compare 24-bit uniforms against the threshold: exact for any f32 rate.
+        let threshold = (rate as f64 * (1u64 << 24) as f64) as u32;
+        (0..len)
+            .map(|_| {
+                if self.0.next_u32() >> 8 >= threshold {
+                    keep
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    /// The generator's position, to resume a run exactly.
+    pub fn word_pos(&self) -> u128 {
+        self.0.get_word_pos()
+    }
+
+    pub fn set_word_pos(&mut self, pos: u128) {
+        self.0.set_word_pos(pos)
+    }
+}
+
+/// Training (dropout active, drawing from the rng) or inference.
+pub enum Mode<'a> {
+    Inference,
+    Training(&'a mut DropoutRng),
+}
+
+/// A network with its weights: what `fit`, `evaluate`, `predict` and `save` work on.
+#[derive(Clone, Debug)]
+pub struct Model {
+    spec: Sequential,
+    /// Per layer, its weights in Keras' order (kernel, bias); empty for weightless layers.
+    weights: Vec<Vec<NamedWeight>>,
+    device: Device,
+}
+
+impl Model {
+    /// Creates the weights with Keras' initialisers: Glorot-uniform kernels, zero biases,
+    /// drawn from a generator seeded with `seed`.
+    pub fn new(spec: Sequential, device: &Device, seed: u64) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut weights = Vec::with_capacity(spec.layers().len());
+        for layer in spec.layers() {
+            let mut ws = Vec::new();
+            for (name, shape) in layer.kind.weight_shapes(&layer.input) {
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = if name == "bias" {
+                    vec![0.0; n]
+                } else {
+                    let (fan_in, fan_out) = fans(&shape);
+                    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                    (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+                };
+                let var = Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?;
+                ws.push(NamedWeight {
+                    layer: layer.name.clone(),
+                    name,
+                    var,
+                });
+            }
+            weights.push(ws);
+        }
+        Ok(Self {
+            spec,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &Sequential {
+        &self.spec
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn summary(&self) -> String {
+        self.spec.summary()
+    }
+
+    /// Every weight in layer order, kernel before bias.
+    pub fn weights(&self) -> impl Iterator<Item = &NamedWeight> {
+        self.weights.iter().flatten()
+    }
+
+    /// The variables an optimizer updates, in the order of [`Model::weights`].
+    pub fn vars(&self) -> Vec<Var> {
+        self.weights().map(|w| w.var.clone()).collect()
+    }
+
+    /// Replaces one weight's values (shape-checked), e.g. from a file.
+    pub fn set_weight(&self, layer: &str, name: &str, value: &Tensor) -> Result<()> {
+        let w = self
+            .weights()
+            .find(|w| w.layer == layer && w.name == name)
+            .ok_or_else(|| ModelError::Config(format!("no weight {layer}/{name}")))?;
+        if w.var.dims() != value.dims() {
+            return Err(ModelError::Shape {
+                layer: layer.into(),
+                message: format!(
+                    "{name} has shape {:?}, got {:?}",
+                    w.var.dims(),
+                    value.dims()
+                ),
+            });
+        }
+        w.var
+            .set(&value.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+        Ok(())
+    }
+
+    /// Class probabilities (the last layer's activation applied).
+    pub fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        self.run(x, mode, false)
+    }
+
+    /// The last layer's output before its softmax: what a stable cross-entropy wants.
+    pub fn logits(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        self.run(x, mode, true)
+    }
+
+    fn run(&self, x: &Tensor, mut mode: Mode<'_>, skip_final_softmax: bool) -> Result<Tensor> {
+        let expected = self.spec.input_shape().batch_dims(x.dim(0)?);
+        if x.dims() != expected.as_slice() {
+            return Err(ModelError::Config(format!(
+                "input has shape {:?}, the model takes {:?}",
+                x.dims(),
+                expected
+            )));
+        }
+        let last = self.spec.layers().len().saturating_sub(1);
+        let mut x = x.clone();
+        for (i, (layer, ws)) in self.spec.layers().iter().zip(&self.weights).enumerate() {
+            let skip_softmax = skip_final_softmax && i == last;
+            x = forward_layer(layer, ws, &x, &mut mode, skip_softmax)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Glorot's fan-in and fan-out for a kernel in candle's layout.
+fn fans(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [out, inp, kh, kw] => (inp * kh * kw, out * kh * kw),
+        [inp, out] => (*inp, *out),
+        _ => (1, 1),
+    }
+}
+
+fn activate(x: Tensor, a: Activation, skip_softmax: bool) -> Result<Tensor> {
+    Ok(match a {
+        Activation::Linear => x,
+        Activation::Relu => x.relu()?,
+        Activation::Softmax if skip_softmax => x,
+        Activation::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
+    })
+}
+
+fn forward_layer(
+    layer: &LayerSpec,
+    ws: &[NamedWeight],
+    x: &Tensor,
+    mode: &mut Mode<'_>,
+    skip_softmax: bool,
+) -> Result<Tensor> {
+    Ok(match &layer.kind {
+        LayerKind::Input => x.clone(),
+        LayerKind::Conv2d(c) => {
+            let (kernel, bias) = (ws[0].var.as_tensor(), ws[1].var.as_tensor());
+            let (_, _, h, w) = x.dims4()?;
+            let pad_h = c.padding.output_len(h, c.kernel_size.0, c.strides.0);
+            let pad_w = c.padding.output_len(w, c.kernel_size.1, c.strides.1);
+            let ((_, top, bottom), (_, left, right)) =
+                (pad_h.expect("checked"), pad_w.expect("checked"));
+            let y =
+                if c.padding == Padding::Same && !(top == bottom && left == right && top == left) {
+                    // Asymmetric or unequal padding: pad explicitly, candle pads symmetrically.
+                    let xp = x
+                        .pad_with_zeros(2, top, bottom)?
+                        .pad_with_zeros(3, left, right)?;
+                    conv(&xp, kernel, 0, c.strides)?
+                } else {
+                    conv(x, kernel, top, c.strides)?
+                };
+            let y = y.broadcast_add(&bias.reshape((1, c.filters, 1, 1))?)?;
+            activate(y, c.activation, skip_softmax)?
+        }
+        LayerKind::MaxPool2d(p) => x.max_pool2d_with_stride(p.pool_size, p.strides)?,
+        LayerKind::AvgPool2d(p) => x.avg_pool2d_with_stride(p.pool_size, p.strides)?,
+        LayerKind::Dropout { rate } => match mode {
+            Mode::Training(rng) if *rate > 0.0 => {
+                let mask = rng.mask(x.elem_count(), *rate);
+                let mask = Tensor::from_vec(mask, x.dims(), x.device())?;
+                (x * mask)?
+            }
+            _ => x.clone(),
+        },
+        LayerKind::Flatten => x.flatten_from(1)?,
+        LayerKind::Dense { activation, .. } => {
+            let (kernel, bias) = (ws[0].var.as_tensor(), ws[1].var.as_tensor());
+            let y = x.matmul(kernel)?.broadcast_add(bias)?;
+            activate(y, *activation, skip_softmax)?
+        }
+    })
+}
+
+fn conv(x: &Tensor, kernel: &Tensor, padding: usize, strides: (usize, usize)) -> Result<Tensor> {
+    if strides.0 == strides.1 {
+        return Ok(x.conv2d(kernel, padding, strides.0, 1, 1)?);
+    }
+    // candle takes one stride for both axes: for unequal strides, convolve with stride 1 and
+    // keep every s-th row and column (exact, only slower).
+    let y = x.conv2d(kernel, padding, 1, 1, 1)?;
+    let (_, _, h, w) = y.dims4()?;
+    let rows: Vec<u32> = (0..h).step_by(strides.0).map(|i| i as u32).collect();
+    let cols: Vec<u32> = (0..w).step_by(strides.1).map(|i| i as u32).collect();
+    let rows = Tensor::new(rows.as_slice(), x.device())?;
+    let cols = Tensor::new(cols.as_slice(), x.device())?;
+    Ok(y.index_select(&rows, 2)?.index_select(&cols, 3)?)
+}
+
+/// Index of the largest value in each row of `(N, classes)` probabilities or logits.
+pub fn argmax(x: &Tensor) -> Result<Tensor> {
+    Ok(x.argmax(D::Minus1)?)
+}

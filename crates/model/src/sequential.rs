@@ -1,0 +1,218 @@
+//! `Sequential`: an ordered stack of layers with inferred shapes, Keras' default names,
+//! `summary()` and a Graphviz view. It holds no weights (see [`crate::Model`]), so even
+//! VGG-16's table costs nothing to print.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::error::{ModelError, Result};
+use crate::layers::{FeatureShape, LayerKind};
+
+/// One layer in a [`Sequential`]: its name, kind and the shapes around it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    pub name: String,
+    pub kind: LayerKind,
+    pub input: FeatureShape,
+    pub output: FeatureShape,
+}
+
+impl LayerSpec {
+    pub fn param_count(&self) -> usize {
+        self.kind.param_count(&self.input)
+    }
+}
+
+/// A linear stack of layers, as Keras' `Sequential`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequential {
+    name: String,
+    input: FeatureShape,
+    layers: Vec<LayerSpec>,
+    name_counts: HashMap<&'static str, usize>,
+}
+
+impl Sequential {
+    /// An empty model taking examples of shape `input`.
+    pub fn new(name: impl Into<String>, input: FeatureShape) -> Self {
+        Self {
+            name: name.into(),
+            input,
+            layers: Vec::new(),
+            name_counts: HashMap::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn input_shape(&self) -> FeatureShape {
+        self.input
+    }
+
+    pub fn output_shape(&self) -> FeatureShape {
+        self.layers.last().map_or(self.input, |l| l.output)
+    }
+
+    pub fn layers(&self) -> &[LayerSpec] {
+        &self.layers
+    }
+
+    /// Adds a layer with Keras' default name (`conv2d_1`, `conv2d_2`, `dense_1`, …).
+    pub fn add(&mut self, kind: LayerKind) -> Result<&mut Self> {
+        // Only default-named layers advance the counter, as in Keras; skip names taken by hand.
+        let stem = kind.default_name_stem();
+        let count = self.name_counts.entry(stem).or_insert(0);
+        let name = loop {
+            *count += 1;
+            let name = format!("{stem}_{count}");
+            if !self.layers.iter().any(|l| l.name == name) {
+                break name;
+            }
+        };
+        self.add_named(name, kind)
+    }
+
+    /// Adds a layer with the given name (names must be unique).
+    pub fn add_named(&mut self, name: impl Into<String>, kind: LayerKind) -> Result<&mut Self> {
+        let name = name.into();
+        if self.layers.iter().any(|l| l.name == name) {
+            return Err(ModelError::Config(format!(
+                "layer name {name} is used twice"
+            )));
+        }
+        if let LayerKind::Dropout { rate } = kind {
+            if !(0.0..1.0).contains(&rate) {
+                return Err(ModelError::Shape {
+                    layer: name,
+                    message: format!("dropout rate {rate} is not in [0, 1)"),
+                });
+            }
+        }
+        let input = self.output_shape();
+        let output = kind.output_shape(&name, &input)?;
+        self.layers.push(LayerSpec {
+            name,
+            kind,
+            input,
+            output,
+        });
+        Ok(self)
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(LayerSpec::param_count).sum()
+    }
+
+    /// Keras' `model.summary()` table (Keras 2 layout: 65 columns, type names cut to fit).
+    pub fn summary(&self) -> String {
+        const WIDTH: usize = 65;
+        const POSITIONS: [usize; 3] = [29, 55, 65];
+        fn row(fields: [&str; 3]) -> String {
+            // Keras' print_row: each field is cut at its column's end, and the last character
+            // before the next field becomes a space.
+            let mut line = String::new();
+            for (i, field) in fields.iter().enumerate() {
+                if i > 0 {
+                    line.pop();
+                    line.push(' ');
+                }
+                line.push_str(field);
+                line = line.chars().take(POSITIONS[i]).collect();
+                while line.chars().count() < POSITIONS[i] {
+                    line.push(' ');
+                }
+            }
+            line
+        }
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", "_".repeat(WIDTH));
+        let _ = writeln!(out, "{}", row(["Layer (type)", "Output Shape", "Param #"]));
+        let _ = writeln!(out, "{}", "=".repeat(WIDTH));
+        for (i, l) in self.layers.iter().enumerate() {
+            let label = format!("{} ({})", l.name, l.kind.class_name());
+            let _ = writeln!(
+                out,
+                "{}",
+                row([&label, &l.output.to_string(), &l.param_count().to_string()])
+            );
+            let sep = if i + 1 == self.layers.len() { "=" } else { "_" };
+            let _ = writeln!(out, "{}", sep.repeat(WIDTH));
+        }
+        let total = self.param_count();
+        let _ = writeln!(out, "Total params: {}", thousands(total));
+        let _ = writeln!(out, "Trainable params: {}", thousands(total));
+        let _ = writeln!(out, "Non-trainable params: 0");
+        let _ = writeln!(out, "{}", "_".repeat(WIDTH));
+        out
+    }
+
+    /// The graph in Graphviz DOT, like Keras' `model_to_dot(model, show_shapes=True)`.
+    pub fn to_dot(&self) -> String {
+        let mut out = String::from(
+            "digraph G {\n  rankdir=TB;\n  concentrate=true;\n  node [shape=record];\n",
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  layer{i} [label=\"{}: {}|{{input:|output:}}|{{{{{}}}|{{{}}}}}\"];",
+                l.name,
+                l.kind.class_name(),
+                l.input,
+                l.output
+            );
+            if i > 0 {
+                let _ = writeln!(out, "  layer{} -> layer{i};", i - 1);
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// `545098` → `545,098`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(896), "896");
+        assert_eq!(thousands(1290), "1,290");
+        assert_eq!(thousands(138_357_544), "138,357,544");
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_dropout_are_rejected() {
+        let mut s = Sequential::new("m", FeatureShape::Flat(4));
+        s.add_named("a", LayerKind::Flatten).unwrap();
+        assert!(s.add_named("a", LayerKind::Flatten).is_err());
+        assert!(s.add(LayerKind::Dropout { rate: 1.0 }).is_err());
+    }
+
+    #[test]
+    fn dense_on_an_image_is_a_shape_error() {
+        let mut s = Sequential::new("m", FeatureShape::image(3, 8, 8));
+        let err = s
+            .add(LayerKind::Dense {
+                units: 4,
+                activation: crate::Activation::Relu,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("dense_1"), "{err}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Ready-made networks: the tutorial's SimpleCNN and VGG-16.
+
+use crate::error::Result;
+use crate::layers::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig};
+use crate::sequential::Sequential;
+
+/// The tutorial's network for 32x32 RGB images and 10 classes (545 098 parameters):
+/// Conv2D(32) → MaxPool → Dropout → Conv2D(64) → MaxPool → Flatten → Dropout → Dense(128) →
+/// Dropout → Dense(10, softmax).
+pub fn simple_cnn() -> Sequential {
+    simple_cnn_for(FeatureShape::image(3, 32, 32), 10).expect("the tutorial's shapes fit")
+}
+
+/// SimpleCNN for another input size or number of classes.
+pub fn simple_cnn_for(input: FeatureShape, classes: usize) -> Result<Sequential> {
+    let conv = |filters| {
+        LayerKind::Conv2d(Conv2dConfig::new(
+            filters,
+            3,
+            Padding::Same,
+            Activation::Relu,
+        ))
+    };
+    let pool = LayerKind::MaxPool2d(Pool2dConfig::new(2));
+    let dropout = LayerKind::Dropout { rate: 0.25 };
+    let mut s = Sequential::new("sequential_1", input);
+    s.add(conv(32))?.add(pool)?.add(dropout)?;
+    s.add(conv(64))?
+        .add(pool)?
+        .add(LayerKind::Flatten)?
+        .add(dropout)?;
+    s.add(LayerKind::Dense {
+        units: 128,
+        activation: Activation::Relu,
+    })?
+    .add(dropout)?;
+    s.add(LayerKind::Dense {
+        units: classes,
+        activation: Activation::Softmax,
+    })?;
+    Ok(s)
+}
+
+/// VGG-16 as Keras' `applications.VGG16(include_top=True)`: 224x224x3 input, 1000 classes,
+/// 138 357 544 parameters, layers named `block1_conv1` … `predictions`.
+pub fn vgg16() -> Sequential {
+    let mut s = Sequential::new("vgg16", FeatureShape::image(3, 224, 224));
+    s.add_named("input_1", LayerKind::Input).expect("input");
+    for (block, (filters, convs)) in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        for c in 1..=convs {
+            let conv = Conv2dConfig::new(filters, 3, Padding::Same, Activation::Relu);
+            s.add_named(
+                format!("block{}_conv{c}", block + 1),
+                LayerKind::Conv2d(conv),
+            )
+            .expect("fits");
+        }
+        let pool = LayerKind::MaxPool2d(Pool2dConfig::new(2));
+        s.add_named(format!("block{}_pool", block + 1), pool)
+            .expect("fits");
+    }
+    s.add_named("flatten", LayerKind::Flatten).expect("flatten");
+    for (name, units) in [("fc1", 4096), ("fc2", 4096)] {
+        s.add_named(
+            name,
+            LayerKind::Dense {
+                units,
+                activation: Activation::Relu,
+            },
+        )
+        .expect("dense");
+    }
+    let predictions = LayerKind::Dense {
+        units: 1000,
+        activation: Activation::Softmax,
+    };
+    s.add_named("predictions", predictions).expect("dense");
+    s
+}
