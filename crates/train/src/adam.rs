@@ -103,8 +103,11 @@ impl Adam {
             .zip(self.v.iter_mut())
         {
             let Some(g) = grads.get(var) else { continue };
-            *m = (m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?;
-            *v = (v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?;
+            // Detached: a gradient can carry the op graph of its step, and the moments would
+            // then keep every step's activations alive.
+            let g = g.detach();
+            *m = (m.affine(b1, 0.0)? + g.affine(1.0 - b1, 0.0)?)?.detach();
+            *v = (v.affine(b2, 0.0)? + g.sqr()?.affine(1.0 - b2, 0.0)?)?.detach();
             let update = (m.affine(lr_t, 0.0)? / (v.sqrt()? + eps)?)?;
             var.set(&var.sub(&update)?)?;
         }

@@ -1,0 +1,119 @@
+//! Plots of a run (plotters, with an embedded font so no system font library is needed) and
+//! the model graph.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use simplecnn_train::History;
+
+/// DejaVu Sans (Bitstream Vera licence, see assets/DejaVuSans-LICENSE.txt).
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+pub fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// One chart of two series per epoch, as the tutorial plots history: train vs validation.
+fn two_series(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    train: &[(f64, f64)],
+    val: &[(f64, f64)],
+) -> Result<()> {
+    register_font();
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let all = train.iter().chain(val).map(|p| p.1);
+        let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        let pad = ((hi - lo) * 0.1).max(1e-3);
+        let last = train.len().max(val.len()).max(2) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 26))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(1f64..last, (lo - pad)..(hi + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_label)
+            .label_style(("sans-serif", 15))
+            .draw()?;
+        for (series, colour, name) in [(train, BLUE, "train"), (val, RED, "validation")] {
+            if series.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(
+                    series.iter().copied(),
+                    colour.stroke_width(2),
+                ))?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()?;
+        root.present()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `loss.png` (loss vs val_loss) and `accuracy.png` (acc vs val_acc) in `dir`.
+pub fn loss_and_accuracy(history: &History, dir: &Path) -> Result<()> {
+    let pick = |f: &dyn Fn(&simplecnn_train::EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        history
+            .epochs
+            .iter()
+            .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
+            .collect()
+    };
+    two_series(
+        &dir.join("loss.png"),
+        "Model loss",
+        "loss",
+        &pick(&|e| Some(e.loss)),
+        &pick(&|e| e.val_loss),
+    )?;
+    two_series(
+        &dir.join("accuracy.png"),
+        "Model accuracy",
+        "accuracy",
+        &pick(&|e| Some(e.acc)),
+        &pick(&|e| e.val_acc),
+    )
+}
+
+/// Writes the graph as DOT, and as SVG beside it when Graphviz' `dot` is installed.
+pub fn write_dot(model: &simplecnn_model::Sequential, path: &Path) -> Result<()> {
+    std::fs::write(path, model.to_dot())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    let svg = path.with_extension("svg");
+    match std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .arg(path)
+        .arg("-o")
+        .arg(&svg)
+        .status()
+    {
+        Ok(s) if s.success() => println!("wrote {}", svg.display()),
+        _ => println!("(Graphviz `dot` not found: no SVG; apt-get install graphviz)"),
+    }
+    Ok(())
+}

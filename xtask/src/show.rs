@@ -1,0 +1,167 @@
+//! `cargo xtask show`: look at the data, as the tutorial does with `plt.imshow(x_train[a])`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use plotters::prelude::*;
+use simplecnn_cifar::{LabeledImages, IMAGE_SIDE};
+
+use crate::data::data_dir;
+use crate::plots::register_font;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// Index of the image to write.
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: Split,
+    /// Images per class in the grid.
+    #[arg(long, default_value_t = 8)]
+    pub per_class: usize,
+    /// Pixels per image pixel.
+    #[arg(long, default_value_t = 8)]
+    pub scale: usize,
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "results/show")]
+    pub out: PathBuf,
+}
+
+const CAPTION: usize = 40;
+
+/// Copies image `i` of `set`, upscaled `scale` times, into an RGB buffer of width `stride`.
+fn blit(
+    buf: &mut [u8],
+    stride: usize,
+    (x0, y0): (usize, usize),
+    set: &LabeledImages,
+    i: usize,
+    scale: usize,
+) {
+    let img = set.image(i);
+    let plane = IMAGE_SIDE * IMAGE_SIDE;
+    for y in 0..IMAGE_SIDE * scale {
+        for x in 0..IMAGE_SIDE * scale {
+            let src = (y / scale) * IMAGE_SIDE + x / scale;
+            let dst = ((y0 + y) * stride + x0 + x) * 3;
+            for c in 0..3 {
+                buf[dst + c] = img[c * plane + src];
+            }
+        }
+    }
+}
+
+fn save_png(path: &Path, buf: Vec<u8>, w: usize, h: usize) -> Result<()> {
+    let tmp = path.with_extension("tmp.png");
+    let img = image::RgbImage::from_raw(w as u32, h as u32, buf).context("buffer size")?;
+    img.save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+pub fn run(args: ShowArgs) -> Result<()> {
+    if args.scale == 0 || args.per_class == 0 {
+        bail!("--scale and --per-class must be at least 1");
+    }
+    let dir = data_dir(args.data);
+    let data = simplecnn_cifar::load(&dir)?;
+    let (set, split) = match args.split {
+        Split::Train => (&data.train, "train"),
+        Split::Test => (&data.test, "test"),
+    };
+    if args.index >= set.len() {
+        bail!(
+            "--index {} is out of range: the {split} split has {} images",
+            args.index,
+            set.len()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    register_font();
+
+    // One image with its class name underneath.
+    let side = IMAGE_SIDE * args.scale;
+    let (w, h) = (side.max(200), side + CAPTION);
+    let mut buf = vec![255u8; w * h * 3];
+    blit(
+        &mut buf,
+        w,
+        ((w - side) / 2, 0),
+        set,
+        args.index,
+        args.scale,
+    );
+    let class = &data.class_names[set.label(args.index) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w as u32, h as u32)).into_drawing_area();
+        let text = format!(
+            "{split}[{}]: {class} ({})",
+            args.index,
+            set.label(args.index)
+        );
+        let style = TextStyle::from(("sans-serif", 18).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Center,
+            ),
+        );
+        root.draw_text(&text, &style, ((w / 2) as i32, (side + CAPTION / 2) as i32))?;
+        root.present()?;
+    }
+    save_png(
+        &args.out.join(format!("{split}-{}-{class}.png", args.index)),
+        buf,
+        w,
+        h,
+    )?;
+
+    // A grid: one row per class, the first `per_class` images of that class.
+    let label_w = 110;
+    let cell = IMAGE_SIDE * 3 + 4;
+    let classes = data.class_names.len();
+    let (gw, gh) = (label_w + args.per_class * cell, classes * cell);
+    let mut grid = vec![255u8; gw * gh * 3];
+    for (c, row) in (0..classes).zip(0..) {
+        let picks = (0..set.len())
+            .filter(|&i| set.label(i) as usize == c)
+            .take(args.per_class);
+        for (k, i) in picks.enumerate() {
+            blit(
+                &mut grid,
+                gw,
+                (label_w + k * cell + 2, row * cell + 2),
+                set,
+                i,
+                3,
+            );
+        }
+    }
+    {
+        let root =
+            BitMapBackend::with_buffer(&mut grid, (gw as u32, gh as u32)).into_drawing_area();
+        for (c, name) in data.class_names.iter().enumerate() {
+            root.draw_text(
+                name,
+                &("sans-serif", 16).into_font().color(&BLACK),
+                (6, (c * cell + cell / 2 - 8) as i32),
+            )?;
+        }
+        root.present()?;
+    }
+    save_png(
+        &args.out.join(format!("{split}-samples-per-class.png")),
+        grid,
+        gw,
+        gh,
+    )
+}
