@@ -24,6 +24,16 @@ pub fn data_dir(arg: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("data"))
 }
 
+/// Downloads the official archive into `dest` (no-op when a copy is there).
+pub fn download_into(dest: &std::path::Path) -> Result<PathBuf> {
+    Ok(download::download_binary(
+        download::OFFICIAL_URL,
+        download::OFFICIAL_MD5,
+        dest,
+        true,
+    )?)
+}
+
 pub fn run(args: DataArgs) -> Result<()> {
     let dest = data_dir(args.data);
     let dir = download::download_binary(&args.url, &args.md5, &dest, true)?;

@@ -166,12 +166,21 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
 pub fn run_baseline(args: BaselineArgs) -> Result<()> {
     // Every argument is checked before the data is read or a folder is made.
     let device = device(args.device)?;
+    let explicit_data = args.data.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
     let data_dir = data_dir(args.data.clone());
     if args.subset == Some(0) {
         bail!("--subset must be at least 1");
     }
     let started = Instant::now();
     let cpu_start = cpu_seconds();
+    if !explicit_data && simplecnn_cifar::detect(&data_dir).is_err() {
+        // Like Keras' cifar10.load_data(): fetch the data on first use into the default folder.
+        println!(
+            "No CIFAR-10 in {}: downloading it (cargo xtask data)",
+            data_dir.display()
+        );
+        crate::data::download_into(&data_dir)?;
+    }
     let mut data = simplecnn_cifar::load(&data_dir)?;
     let data_load_seconds = started.elapsed().as_secs_f64();
     if let Some(n) = args.subset {

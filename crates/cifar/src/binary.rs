@@ -51,7 +51,7 @@ pub(crate) fn parse_batch(
             });
         }
     }
-    if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_BYTES) {
         return Err(CifarError::Truncated {
             path: path.into(),
             len,
