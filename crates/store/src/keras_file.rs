@@ -1,0 +1,274 @@
+//! `save_model`, `load_model`, `load_weights` in Keras' `.h5` layout.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use simplecnn_model::{LayerKind, Model, Sequential};
+
+use crate::error::{fail, Context, Result};
+use crate::h5::{read_string, read_strings, write_string, write_string_list};
+use crate::layout::{from_keras, keras_dims, kernel_layout, model_config, sequential_from_config, to_keras, KerasLayout, KERAS_FORMAT_VERSION};
+
+/// Adam's state in our layouts and in the order of `Model::weights()`, so training resumes from a file.
+#[derive(Clone, Debug)]
+pub struct AdamState {
+    pub learning_rate: f64,
+    pub beta_1: f64,
+    pub beta_2: f64,
+    pub epsilon: f64,
+    pub iterations: u64,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+/// How `load_weights` pairs the file's layers with the model's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchBy {
+    /// The i-th layer with weights in the file goes to the i-th in the model (what Keras does).
+    Order,
+    /// Layers are paired by name; every model layer with weights must be in the file.
+    Name,
+}
+
+/// Every weighted layer of the model: (spec index, layer name, kernel layout).
+fn weighted_layers(spec: &Sequential) -> Vec<(usize, String, KerasLayout)> {
+    spec.layers()
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.param_count() > 0)
+        .map(|(i, l)| (i, l.name.clone(), kernel_layout(spec, i)))
+        .collect()
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map_or("model.h5".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_tensor(group: &hdf5::Group, name: &str, t: &Tensor, path: &Path) -> Result<()> {
+    let data: Vec<f32> = t.flatten_all().and_then(|t| t.to_device(&Device::Cpu)).and_then(|t| t.to_vec1()).at(path, || name.to_string())?;
+    group
+        .new_dataset::<f32>()
+        .shape(t.dims())
+        .create(name)
+        .and_then(|d| d.write_raw(&data))
+        .at(path, || format!("cannot write dataset {name}"))
+}
+
+/// Saves `model` (and optionally Adam's state) as Keras' `model.save('x.h5')` would: written to
+/// a temporary file in the same folder and renamed, so a crash never leaves half a file.
+pub fn save_model(model: &Model, path: &Path, optimizer: Option<&AdamState>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let result = write_file(model, &tmp, path, optimizer);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    std::fs::rename(&tmp, path).at(path, || "cannot move the finished file into place".into())
+}
+
+fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamState>) -> Result<()> {
+    let file = hdf5::File::create(tmp).at(path, || format!("cannot create {}", tmp.display()))?;
+    let spec = model.spec();
+    write_string(&file, "keras_version", KERAS_FORMAT_VERSION, path)?;
+    write_string(&file, "backend", "tensorflow", path)?;
+    write_string(&file, "model_config", &model_config(spec).to_string(), path)?;
+    let adam = optimizer.map_or(json!({"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}), |a| {
+        json!({"learning_rate": a.learning_rate, "beta_1": a.beta_1, "beta_2": a.beta_2, "epsilon": a.epsilon})
+    });
+    let mut adam_config = json!({"name": "Adam", "decay": 0.0, "amsgrad": false});
+    adam_config.as_object_mut().expect("object").extend(adam.as_object().expect("object").clone());
+    let training = json!({
+        "loss": "categorical_crossentropy", "metrics": ["accuracy"], "weighted_metrics": null,
+        "loss_weights": null, "optimizer_config": {"class_name": "Adam", "config": adam_config}
+    });
+    write_string(&file, "training_config", &training.to_string(), path)?;
+
+    let weights = file.create_group("model_weights").at(path, || "cannot create /model_weights".into())?;
+    let layers: Vec<String> = spec.layers().iter().filter(|l| l.kind != LayerKind::Input).map(|l| l.name.clone()).collect();
+    write_string_list(&weights, "layer_names", &layers, path)?;
+    write_string(&weights, "backend", "tensorflow", path)?;
+    write_string(&weights, "keras_version", KERAS_FORMAT_VERSION, path)?;
+    let model_weights: Vec<_> = model.weights().collect();
+    for (i, layer) in spec.layers().iter().enumerate() {
+        if layer.kind == LayerKind::Input {
+            continue;
+        }
+        let g = weights.create_group(&layer.name).at(path, || format!("layer {}: cannot create group", layer.name))?;
+        let ws: Vec<_> = model_weights.iter().filter(|w| w.layer == layer.name).collect();
+        let names: Vec<String> = ws.iter().map(|w| format!("{}/{}:0", layer.name, w.name)).collect();
+        write_string_list(&g, "weight_names", &names, path)?;
+        if ws.is_empty() {
+            continue;
+        }
+        let inner = g.create_group(&layer.name).at(path, || format!("layer {}", layer.name))?;
+        for w in ws {
+            let layout = if w.name == "kernel" { kernel_layout(spec, i) } else { KerasLayout::Same };
+            let t = to_keras(w.var.as_tensor(), layout).at(path, || format!("layer {}", layer.name))?;
+            write_tensor(&inner, &format!("{}:0", w.name), &t, path)?;
+        }
+    }
+    if let Some(adam) = optimizer {
+        write_optimizer(&file, model, adam, path)?;
+    }
+    file.close().at(path, || "cannot finish the file".into())
+}
+
+/// Keras 2.9's `/optimizer_weights`: `Adam/iter:0`, then every `m:0`, then every `v:0`.
+fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Path) -> Result<()> {
+    let spec = model.spec();
+    let ws: Vec<_> = model.weights().collect();
+    if adam.m.len() != ws.len() || adam.v.len() != ws.len() {
+        return fail(path, format!("optimizer state has {} moments for {} weights", adam.m.len(), ws.len()));
+    }
+    let g = file.create_group("optimizer_weights").at(path, || "cannot create /optimizer_weights".into())?;
+    let mut names = vec!["Adam/iter:0".to_string()];
+    let a = g.create_group("Adam").at(path, || "optimizer_weights/Adam".into())?;
+    a.new_dataset::<i64>()
+        .shape(())
+        .create("iter:0")
+        .and_then(|d| d.write_scalar(&(adam.iterations as i64)))
+        .at(path, || "Adam/iter:0".into())?;
+    for (slot, moments) in [("m", &adam.m), ("v", &adam.v)] {
+        for (w, t) in ws.iter().zip(moments.iter()) {
+            let index = spec.layers().iter().position(|l| l.name == w.layer).expect("weight of a layer");
+            let layout = if w.name == "kernel" { kernel_layout(spec, index) } else { KerasLayout::Same };
+            let group = format!("{}/{}", w.layer, w.name);
+            let sub = a.group(&group).or_else(|_| a.create_group(&group)).at(path, || group.clone())?;
+            let t = to_keras(t, layout).at(path, || group.clone())?;
+            write_tensor(&sub, &format!("{slot}:0"), &t, path)?;
+            names.push(format!("Adam/{group}/{slot}:0"));
+        }
+    }
+    write_string_list(&g, "weight_names", &names, path)
+}
+
+fn open(path: &Path) -> Result<hdf5::File> {
+    if !path.is_file() {
+        return fail(path, "no such file");
+    }
+    hdf5::silence_errors(true);
+    hdf5::File::open(path).at(path, || "not a readable HDF5 file (truncated or another format?)".into())
+}
+
+/// One layer's weights as stored: its name and the tensors (Keras layout) in file order.
+struct FileLayer {
+    name: String,
+    weights: Vec<(String, Tensor)>,
+}
+
+fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
+    // model.save() files keep weights under /model_weights; save_weights() files at the root.
+    let root: hdf5::Group = match file.group("model_weights") {
+        Ok(g) => g,
+        Err(_) => file.as_group().at(path, || "root group".into())?,
+    };
+    let attr = root.attr("layer_names").at(path, || "no layer_names: not a Keras model or weights file".into())?;
+    let names = read_strings(&attr).at(path, || "layer_names".into())?;
+    let mut out = Vec::new();
+    for name in names {
+        let g = root.group(&name).at(path, || format!("layer {name}: group missing"))?;
+        let wattr = g.attr("weight_names").at(path, || format!("layer {name}: no weight_names"))?;
+        let wnames = read_strings(&wattr).at(path, || format!("layer {name}: weight_names"))?;
+        let mut weights = Vec::new();
+        for w in wnames {
+            let ds = g.dataset(&w).at(path, || format!("layer {name}: dataset {w} missing"))?;
+            let data: Vec<f32> = ds.read_raw().at(path, || format!("layer {name}: dataset {w} unreadable"))?;
+            let t = Tensor::from_vec(data, ds.shape(), &Device::Cpu).at(path, || format!("layer {name}: {w}"))?;
+            weights.push((w, t));
+        }
+        out.push(FileLayer { name, weights });
+    }
+    Ok(out)
+}
+
+/// Loads weights from a Keras `.h5` (model or weights file) into `model`, checking every shape.
+pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
+    let file = open(path)?;
+    let layers: Vec<FileLayer> = read_file_layers(&file, path)?.into_iter().filter(|l| !l.weights.is_empty()).collect();
+    let ours = weighted_layers(model.spec());
+    let pairs: Vec<(&(usize, String, KerasLayout), &FileLayer)> = match by {
+        MatchBy::Order => {
+            if layers.len() != ours.len() {
+                return fail(path, format!("{} layers with weights in the file, the model has {}", layers.len(), ours.len()));
+            }
+            ours.iter().zip(layers.iter()).collect()
+        }
+        MatchBy::Name => ours
+            .iter()
+            .map(|o| match layers.iter().find(|l| l.name == o.1) {
+                Some(l) => Ok((o, l)),
+                None => fail(path, format!("layer {}: not in the file", o.1)),
+            })
+            .collect::<Result<_>>()?,
+    };
+    let model_weights: Vec<_> = model.weights().collect();
+    for ((_, name, layout), file_layer) in pairs {
+        let targets: Vec<_> = model_weights.iter().filter(|w| &w.layer == name).collect();
+        if targets.len() != file_layer.weights.len() {
+            return fail(path, format!("layer {}: {} weights in the file, the model's {name} has {}", file_layer.name, file_layer.weights.len(), targets.len()));
+        }
+        for (w, (wname, t)) in targets.iter().zip(&file_layer.weights) {
+            let layout = if w.name == "kernel" { *layout } else { KerasLayout::Same };
+            let expected = keras_dims(w.var.dims(), layout);
+            if t.dims() != expected.as_slice() {
+                return fail(path, format!("layer {}: {wname} has shape {:?}, the model's {name}/{} needs {:?}", file_layer.name, t.dims(), w.name, expected));
+            }
+            let ours = from_keras(t, layout).at(path, || format!("layer {name}"))?;
+            model.set_weight(name, w.name, &ours).at(path, || format!("layer {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the network from `model_config` and loads its weights: Keras' `load_model`.
+pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+    let file = open(path)?;
+    let config_text = read_string(&file, "model_config", path)?;
+    let config: serde_json::Value = serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())?;
+    let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
+    drop(file);
+    let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+    load_weights(&model, path, MatchBy::Order)?;
+    Ok(model)
+}
+
+/// The optimizer state saved by [`save_model`] (Keras 2 naming), in our layouts; `None` when
+/// the file has none.
+pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
+    let file = open(path)?;
+    let Ok(adam) = file.group("optimizer_weights/Adam") else { return Ok(None) };
+    let iterations: i64 = adam.dataset("iter:0").and_then(|d| d.read_scalar()).at(path, || "Adam/iter:0".into())?;
+    let spec = model.spec();
+    let (mut m, mut v) = (Vec::new(), Vec::new());
+    for w in model.weights() {
+        let index = spec.layers().iter().position(|l| l.name == w.layer).expect("weight of a layer");
+        let layout = if w.name == "kernel" { kernel_layout(spec, index) } else { KerasLayout::Same };
+        for (slot, out) in [("m", &mut m), ("v", &mut v)] {
+            let name = format!("{}/{}/{slot}:0", w.layer, w.name);
+            let ds = adam.dataset(&name).at(path, || format!("optimizer_weights/Adam/{name} missing"))?;
+            let data: Vec<f32> = ds.read_raw().at(path, || name.clone())?;
+            let t = Tensor::from_vec(data, ds.shape(), &Device::Cpu).at(path, || name.clone())?;
+            if t.dims() != keras_dims(w.var.dims(), layout).as_slice() {
+                return fail(path, format!("optimizer_weights/Adam/{name}: shape {:?} does not match the weight", t.dims()));
+            }
+            out.push(from_keras(&t, layout).and_then(|t| t.to_device(model.device())).at(path, || name.clone())?);
+        }
+    }
+    let training: serde_json::Value = read_string(&file, "training_config", path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let cfg = &training["optimizer_config"]["config"];
+    let get = |k: &str, d: f64| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    Ok(Some(AdamState {
+        learning_rate: get("learning_rate", 1e-3),
+        beta_1: get("beta_1", 0.9),
+        beta_2: get("beta_2", 0.999),
+        epsilon: get("epsilon", 1e-7),
+        iterations: iterations as u64,
+        m,
+        v,
+    }))
+}

@@ -1,0 +1,337 @@
+//! Keras' names, JSON and tensor layouts for our layers: the mapping both ways.
+
+use candle_core::Tensor;
+use serde_json::{json, Value};
+use simplecnn_model::{
+    Activation, Conv2dConfig, FeatureShape, LayerKind, LayerSpec, Padding, Pool2dConfig, Sequential,
+};
+
+/// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
+pub const KERAS_FORMAT_VERSION: &str = "2.9.0";
+
+fn initializers() -> Value {
+    json!({
+        "kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": null}},
+        "bias_initializer": {"class_name": "Zeros", "config": {}},
+        "kernel_regularizer": null, "bias_regularizer": null, "activity_regularizer": null,
+        "kernel_constraint": null, "bias_constraint": null
+    })
+}
+
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// One layer's `{"class_name", "config"}` as Keras 2.9 writes it.
+pub fn layer_config(layer: &LayerSpec) -> Value {
+    let base = json!({"name": layer.name, "trainable": true, "dtype": "float32"});
+    let config = match &layer.kind {
+        LayerKind::Input => json!({
+            "batch_input_shape": keras_batch_shape(&layer.input), "dtype": "float32",
+            "sparse": false, "ragged": false, "name": layer.name
+        }),
+        LayerKind::Conv2d(c) => merge(
+            merge(
+                base,
+                json!({
+                    "filters": c.filters, "kernel_size": [c.kernel_size.0, c.kernel_size.1],
+                    "strides": [c.strides.0, c.strides.1], "padding": c.padding.keras_name(),
+                    "data_format": "channels_last", "dilation_rate": [1, 1], "groups": 1,
+                    "activation": c.activation.keras_name(), "use_bias": true
+                }),
+            ),
+            initializers(),
+        ),
+        LayerKind::MaxPool2d(p) | LayerKind::AvgPool2d(p) => merge(
+            base,
+            json!({
+                "pool_size": [p.pool_size.0, p.pool_size.1], "padding": "valid",
+                "strides": [p.strides.0, p.strides.1], "data_format": "channels_last"
+            }),
+        ),
+        LayerKind::Dropout { rate } => {
+            merge(base, json!({"rate": *rate as f64, "noise_shape": null, "seed": null}))
+        }
+        LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
+        LayerKind::Dense { units, activation } => merge(
+            merge(base, json!({"units": units, "activation": activation.keras_name(), "use_bias": true})),
+            initializers(),
+        ),
+    };
+    json!({"class_name": layer.kind.class_name(), "config": config})
+}
+
+fn keras_batch_shape(shape: &FeatureShape) -> Value {
+    let mut dims = vec![Value::Null];
+    dims.extend(shape.keras_dims().into_iter().map(Value::from));
+    Value::Array(dims)
+}
+
+/// `model_config`: a Keras 2.9 `Sequential` with an explicit `InputLayer`.
+pub fn model_config(spec: &Sequential) -> Value {
+    let mut layers = vec![json!({
+        "class_name": "InputLayer",
+        "config": {
+            "batch_input_shape": keras_batch_shape(&spec.input_shape()), "dtype": "float32",
+            "sparse": false, "ragged": false, "name": format!("{}_input", spec.layers().first().map_or("input", |l| &l.name))
+        }
+    })];
+    layers.extend(spec.layers().iter().filter(|l| l.kind != LayerKind::Input).map(layer_config));
+    json!({"class_name": "Sequential", "config": {"name": spec.name(), "layers": layers}})
+}
+
+/// Why a `model_config` cannot be rebuilt: the layer (if any) and the problem.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub layer: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.layer {
+            Some(l) => write!(f, "layer {l}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+fn pair(v: &Value, key: &str) -> Option<(usize, usize)> {
+    match v.get(key)? {
+        Value::Array(a) if a.len() == 2 => Some((a[0].as_u64()? as usize, a[1].as_u64()? as usize)),
+        Value::Number(n) => Some((n.as_u64()? as usize, n.as_u64()? as usize)),
+        _ => None,
+    }
+}
+
+fn activation(v: &Value) -> Result<Activation, String> {
+    match v.get("activation").and_then(Value::as_str).unwrap_or("linear") {
+        "linear" => Ok(Activation::Linear),
+        "relu" => Ok(Activation::Relu),
+        "softmax" => Ok(Activation::Softmax),
+        other => Err(format!("activation {other:?} is not supported (relu, softmax, linear are)")),
+    }
+}
+
+fn input_shape(config: &Value) -> Option<FeatureShape> {
+    let dims = config.get("batch_input_shape").or_else(|| config.get("batch_shape"))?.as_array()?;
+    let d: Vec<usize> = dims[1..].iter().map(|v| v.as_u64().map(|x| x as usize)).collect::<Option<_>>()?;
+    match d.as_slice() {
+        [h, w, c] => Some(FeatureShape::image(*c, *h, *w)),
+        [f] => Some(FeatureShape::Flat(*f)),
+        _ => None,
+    }
+}
+
+/// Rebuilds the architecture from Keras' `model_config` JSON (Keras 2 or 3).
+pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError> {
+    let top = |m: &str| ConfigError { layer: None, message: m.to_string() };
+    let class = config.get("class_name").and_then(Value::as_str).unwrap_or("");
+    if class != "Sequential" {
+        return Err(top(&format!("model class {class:?} is not supported (only Sequential)")));
+    }
+    let inner = &config["config"];
+    let layers = inner
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| top("model_config has no layers"))?;
+    let name = inner.get("name").and_then(Value::as_str).unwrap_or("sequential");
+    let mut input = inner.get("build_input_shape").and_then(|s| input_shape(&json!({"batch_input_shape": s})));
+    let mut seq: Option<Sequential> = None;
+    for layer in layers {
+        let class = layer.get("class_name").and_then(Value::as_str).unwrap_or("?");
+        let cfg = &layer["config"];
+        let lname = cfg.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
+        let err = |m: String| ConfigError { layer: Some(lname.clone()), message: m };
+        if let Some(shape) = input_shape(cfg) {
+            input = Some(shape);
+        }
+        if class == "InputLayer" {
+            continue;
+        }
+        if let Some(df) = cfg.get("data_format").and_then(Value::as_str) {
+            if df != "channels_last" {
+                return Err(err(format!("data_format {df} is not supported")));
+            }
+        }
+        let kind = match class {
+            "Conv2D" => {
+                if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
+                    return Err(err("Conv2D without bias is not supported".into()));
+                }
+                if pair(cfg, "dilation_rate").is_some_and(|d| d != (1, 1)) {
+                    return Err(err("dilated convolutions are not supported".into()));
+                }
+                let padding = match cfg.get("padding").and_then(Value::as_str).unwrap_or("valid") {
+                    "same" => Padding::Same,
+                    "valid" => Padding::Valid,
+                    p => return Err(err(format!("padding {p:?} is not supported"))),
+                };
+                LayerKind::Conv2d(Conv2dConfig {
+                    filters: cfg.get("filters").and_then(Value::as_u64).ok_or_else(|| err("no filters".into()))? as usize,
+                    kernel_size: pair(cfg, "kernel_size").ok_or_else(|| err("no kernel_size".into()))?,
+                    strides: pair(cfg, "strides").unwrap_or((1, 1)),
+                    padding,
+                    activation: activation(cfg).map_err(err)?,
+                })
+            }
+            "MaxPooling2D" | "AveragePooling2D" => {
+                if cfg.get("padding").and_then(Value::as_str).is_some_and(|p| p != "valid") {
+                    return Err(err("pooling with padding other than valid is not supported".into()));
+                }
+                let pool_size = pair(cfg, "pool_size").unwrap_or((2, 2));
+                let p = Pool2dConfig { pool_size, strides: pair(cfg, "strides").unwrap_or(pool_size) };
+                if class == "MaxPooling2D" { LayerKind::MaxPool2d(p) } else { LayerKind::AvgPool2d(p) }
+            }
+            "Dropout" => LayerKind::Dropout { rate: cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32 },
+            "Flatten" => LayerKind::Flatten,
+            "Dense" => {
+                if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
+                    return Err(err("Dense without bias is not supported".into()));
+                }
+                LayerKind::Dense {
+                    units: cfg.get("units").and_then(Value::as_u64).ok_or_else(|| err("no units".into()))? as usize,
+                    activation: activation(cfg).map_err(err)?,
+                }
+            }
+            other => return Err(err(format!("layer class {other} is not supported"))),
+        };
+        let s = match seq.as_mut() {
+            Some(s) => s,
+            None => {
+                let shape = input.ok_or_else(|| err("no input shape (batch_input_shape) before the first layer".into()))?;
+                seq.insert(Sequential::new(name, shape))
+            }
+        };
+        s.add_named(&lname, kind).map_err(|e| err(e.to_string()))?;
+    }
+    seq.ok_or_else(|| top("model_config has no layers"))
+}
+
+/// How a weight of `layer` is laid out in Keras, relative to ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KerasLayout {
+    Same,
+    /// Conv kernel: ours `(out, in, kh, kw)`, Keras `(kh, kw, in, out)`.
+    ConvKernel,
+    /// First Dense after a Flatten of an image: rows in NCHW order for us, NHWC for Keras.
+    FlattenedDense { channels: usize, height: usize, width: usize },
+}
+
+/// The layout of each layer's kernel; biases are always the same.
+pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
+    let layers = spec.layers();
+    match layers[index].kind {
+        LayerKind::Conv2d(_) => KerasLayout::ConvKernel,
+        LayerKind::Dense { .. } => {
+            // Walk back over layers that keep the flat order (Dropout) to a Flatten.
+            for l in layers[..index].iter().rev() {
+                match l.kind {
+                    LayerKind::Dropout { .. } | LayerKind::Input => continue,
+                    LayerKind::Flatten => {
+                        if let FeatureShape::Image { channels, height, width } = l.input {
+                            return KerasLayout::FlattenedDense { channels, height, width };
+                        }
+                        return KerasLayout::Same;
+                    }
+                    _ => return KerasLayout::Same,
+                }
+            }
+            KerasLayout::Same
+        }
+        _ => KerasLayout::Same,
+    }
+}
+
+/// Our tensor → Keras' layout.
+pub fn to_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor> {
+    match layout {
+        KerasLayout::Same => Ok(t.clone()),
+        KerasLayout::ConvKernel => t.permute((2, 3, 1, 0))?.contiguous(),
+        KerasLayout::FlattenedDense { channels, height, width } => {
+            let units = t.dim(1)?;
+            t.reshape((channels, height, width, units))?.permute((1, 2, 0, 3))?.contiguous()?.reshape((height * width * channels, units))
+        }
+    }
+}
+
+/// Keras' layout → ours.
+pub fn from_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor> {
+    match layout {
+        KerasLayout::Same => Ok(t.clone()),
+        KerasLayout::ConvKernel => t.permute((3, 2, 0, 1))?.contiguous(),
+        KerasLayout::FlattenedDense { channels, height, width } => {
+            let units = t.dim(1)?;
+            t.reshape((height, width, channels, units))?.permute((2, 0, 1, 3))?.contiguous()?.reshape((channels * height * width, units))
+        }
+    }
+}
+
+/// The shape Keras stores for a weight of ours with `dims`.
+pub fn keras_dims(dims: &[usize], layout: KerasLayout) -> Vec<usize> {
+    match (layout, dims) {
+        (KerasLayout::ConvKernel, [o, i, kh, kw]) => vec![*kh, *kw, *i, *o],
+        _ => dims.to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use simplecnn_model::zoo;
+
+    #[test]
+    fn layouts_round_trip_and_flatten_permutes_rows() {
+        let dev = Device::Cpu;
+        let t = Tensor::arange(0f32, 2.0 * 3.0 * 2.0 * 4.0, &dev).unwrap().reshape((12, 4)).unwrap();
+        let layout = KerasLayout::FlattenedDense { channels: 2, height: 3, width: 2 };
+        let k = to_keras(&t, layout).unwrap();
+        // Keras row for (h=0, w=1, c=1) is 0*2*2 + 1*2 + 1 = 3; ours is c*H*W + h*W + w = 6 + 0 + 1 = 7.
+        assert_eq!(k.get(3).unwrap().to_vec1::<f32>().unwrap(), t.get(7).unwrap().to_vec1::<f32>().unwrap());
+        let back = from_keras(&k, layout).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+
+        let conv = Tensor::arange(0f32, 2.0 * 3.0 * 3.0 * 3.0, &dev).unwrap().reshape((2, 3, 3, 3)).unwrap();
+        let k = to_keras(&conv, KerasLayout::ConvKernel).unwrap();
+        assert_eq!(k.dims(), &[3, 3, 3, 2]);
+        assert_eq!(k.get(1).unwrap().get(2).unwrap().get(0).unwrap().get(1).unwrap().to_scalar::<f32>().unwrap(),
+                   conv.get(1).unwrap().get(0).unwrap().get(1).unwrap().get(2).unwrap().to_scalar::<f32>().unwrap());
+        let back = from_keras(&k, KerasLayout::ConvKernel).unwrap();
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), conv.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+
+    #[test]
+    fn simple_cnn_kernel_layouts() {
+        let spec = zoo::simple_cnn();
+        let layouts: Vec<(String, KerasLayout)> = spec
+            .layers()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.param_count() > 0)
+            .map(|(i, l)| (l.name.clone(), kernel_layout(&spec, i)))
+            .collect();
+        assert_eq!(layouts[0].1, KerasLayout::ConvKernel);
+        assert_eq!(layouts[2].1, KerasLayout::FlattenedDense { channels: 64, height: 8, width: 8 });
+        assert_eq!(layouts[3].1, KerasLayout::Same);
+    }
+
+    #[test]
+    fn model_config_round_trips() {
+        let spec = zoo::simple_cnn();
+        let back = sequential_from_config(&model_config(&spec)).unwrap();
+        assert_eq!(back.summary(), spec.summary());
+    }
+
+    #[test]
+    fn unsupported_layers_are_named() {
+        let cfg = json!({"class_name": "Sequential", "config": {"name": "s", "layers": [
+            {"class_name": "InputLayer", "config": {"batch_shape": [null, 8, 8, 3], "name": "in"}},
+            {"class_name": "LSTM", "config": {"name": "lstm_1"}}]}});
+        let e = sequential_from_config(&cfg).unwrap_err();
+        assert!(e.to_string().contains("lstm_1") && e.to_string().contains("LSTM"), "{e}");
+    }
+}

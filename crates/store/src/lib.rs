@@ -1,0 +1,34 @@
+//! Keras-compatible model files: `model.save('cnn1.h5')` and `load_model` in the HDF5 layout
+//! Keras writes, so HDFView, h5py and Keras open our files and we open theirs.
+//!
+//! # Brief overview
+//! * [`save_model`] writes `keras_version`, `backend`, `model_config` (Keras' JSON for the
+//!   Sequential), `training_config`, `/model_weights/<layer>/<layer>/kernel:0` in Keras'
+//!   layouts (conv kernels `(kh, kw, in, out)`, the first Dense after a Flatten with its rows in
+//!   NHWC order) and optionally `/optimizer_weights` ([`AdamState`]); atomically.
+//! * [`load_model`] rebuilds the network from `model_config` and loads the weights;
+//!   [`load_weights`] loads into an existing model by layer order or name. Both accept Keras 2
+//!   (`conv2d_1/kernel:0`) and Keras 3 (`sequential/conv2d/kernel`) naming and every string
+//!   storage Keras used.
+//! * [`inspect`] prints any HDF5 file's tree.
+//!
+//! This crate maps a model's named tensors to HDF5 and back; it knows nothing of training.
+//!
+//! # Example
+//! ```no_run
+//! use simplecnn_model::{zoo, Model};
+//! let model = Model::new(zoo::simple_cnn(), &candle_core::Device::Cpu, 0)?;
+//! simplecnn_store::save_model(&model, std::path::Path::new("cnn1.h5"), None)?;
+//! let back = simplecnn_store::load_model(std::path::Path::new("cnn1.h5"), &candle_core::Device::Cpu)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod h5;
+mod inspect;
+mod keras_file;
+pub mod layout;
+
+pub use error::{Result, StoreError};
+pub use inspect::inspect;
+pub use keras_file::{load_model, load_optimizer, load_weights, save_model, AdamState, MatchBy};
