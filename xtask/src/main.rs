@@ -1,99 +1,157 @@
-//! `cargo xtask …`: the project's tasks. Glue over the library crates; no model or data logic here.
+//! `cargo xtask`: the entry point that works on a fresh machine.
+//!
+//! The real commands live in `crates/cli` (the `simplecnn` binary), which links the HDF5 C
+//! library through `hdf5-metno-sys`; that build fails outright without the library. So this
+//! small, dependency-free program first makes sure the system has what the build needs —
+//! installing Debian's `libhdf5-dev` when it runs as root, or stopping with the exact command
+//! otherwise — then hands over:
+//!
+//! * `cargo xtask setup` → only the installs above (and the test venv);
+//! * `cargo xtask test [ARGS]` → sets up `target/py-venv` (Pillow, h5py, numpy for the
+//!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
+//! * `cargo xtask ANYTHING…` → `cargo run --release -p simplecnn-cli -- ANYTHING…`.
 
-mod data;
-mod experiment;
-mod plots;
-mod provenance;
-mod show;
+use std::path::{Path, PathBuf};
+use std::process::{exit, Command};
 
-use std::path::PathBuf;
+const HDF5_PACKAGES: &[&str] = &["libhdf5-dev", "pkg-config"];
+const PYTHON_PACKAGES: &[&str] = &["pillow", "h5py", "numpy"];
 
-use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
-
-#[derive(Parser)]
-#[command(name = "cargo xtask", about = "simplecnn-rs tasks")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Download CIFAR-10 (binary version) into the data folder, MD5-checked.
-    Data(data::DataArgs),
-    /// Print Keras' summary table of a model (both when none is named).
-    Summary {
-        model: Option<ModelName>,
-        /// Also write the model graph as Graphviz DOT to this file (and SVG beside it when `dot` is installed).
-        #[arg(long)]
-        dot: Option<PathBuf>,
-    },
-    /// Write images of the data set as upscaled PNGs with their class names.
-    Show(show::ShowArgs),
-    /// Run an experiment and record everything under results/.
-    Experiment {
-        #[command(subcommand)]
-        which: ExperimentName,
-    },
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModelName {
-    SimpleCnn,
-    Vgg16,
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
-#[derive(Subcommand)]
-enum ExperimentName {
-    /// The tutorial's recipe: SimpleCNN, Adam, batch 128, 10 epochs, validation split 0.1.
-    Baseline(experiment::BaselineArgs),
+fn hdf5_present() -> bool {
+    succeeds(Command::new("pkg-config").args(["--exists", "hdf5"]))
+        || Path::new("/usr/include/hdf5/serial/hdf5.h").is_file()
+        || std::env::var_os("HDF5_DIR").is_some()
 }
 
-/// candle allocates and frees multi-megabyte tensors every training step, and glibc returns
-/// them to the kernel each time: the page faults cost as much system time as the maths.
-/// Keep freed memory in the heap instead (measured: sys time per 1 800-image epoch 10-12 s → ~4 s).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        // Serve blocks up to 32 MiB (glibc's maximum) from the heap, grow it in 256 MiB steps
-        // and never trim it.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn ensure_hdf5() {
+    if hdf5_present() {
+        return;
+    }
+    let install = format!("apt-get install -y {}", HDF5_PACKAGES.join(" "));
+    if !(is_root() && Path::new("/usr/bin/apt-get").is_file()) {
+        eprintln!(
+            "The HDF5 C library is needed to build simplecnn (model files in Keras' .h5 layout)."
+        );
+        eprintln!("Install it, then run this command again:\n\n    sudo apt-get update && sudo {install}\n");
+        eprintln!("(elsewhere: your system's HDF5 development package, or set HDF5_DIR)");
+        exit(1);
+    }
+    eprintln!(
+        "xtask: installing {} (HDF5 C library) with apt-get",
+        HDF5_PACKAGES.join(", ")
+    );
+    let ok = succeeds(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    ) && Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(HDF5_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok || !hdf5_present() {
+        eprintln!("xtask: `{install}` failed; install the HDF5 development package by hand");
+        exit(1);
     }
 }
 
-fn main() -> Result<()> {
-    keep_freed_memory();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Data(args) => data::run(args),
-        Command::Summary { model, dot } => {
-            let models = match model {
-                Some(ModelName::SimpleCnn) => vec![simplecnn_model::zoo::simple_cnn()],
-                Some(ModelName::Vgg16) => vec![simplecnn_model::zoo::vgg16()],
-                None => vec![
-                    simplecnn_model::zoo::simple_cnn(),
-                    simplecnn_model::zoo::vgg16(),
-                ],
-            };
-            for m in &models {
-                println!("Model: \"{}\"\n{}", m.name(), m.summary());
-            }
-            if let Some(path) = dot {
-                plots::write_dot(&models[0], &path)?;
-            }
-            Ok(())
+/// `target/py-venv` with the Python packages the interop and shared-data tests use.
+fn ensure_python_venv(root: &Path) -> PathBuf {
+    let venv = root.join("target/py-venv");
+    let python = venv.join("bin/python");
+    let probe = format!("import {}", "PIL, h5py, numpy");
+    if succeeds(Command::new(&python).args(["-c", &probe])) {
+        return venv;
+    }
+    eprintln!(
+        "xtask: creating {} with {}",
+        venv.display(),
+        PYTHON_PACKAGES.join(", ")
+    );
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_PACKAGES)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "xtask: could not set up {} (python3 with venv and pip is needed)",
+            venv.display()
+        );
+        exit(1);
+    }
+    venv
+}
+
+fn run(cmd: &mut Command) -> ! {
+    match cmd.status() {
+        Ok(s) => exit(s.code().unwrap_or(1)),
+        Err(e) => {
+            eprintln!("xtask: cannot run {cmd:?}: {e}");
+            exit(1)
         }
-        Command::Show(args) => show::run(args),
-        Command::Experiment {
-            which: ExperimentName::Baseline(args),
-        } => experiment::run_baseline(args),
     }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    ensure_hdf5();
+    if args.first().map(String::as_str) == Some("setup") {
+        let venv = ensure_python_venv(&root);
+        println!("xtask: HDF5 found; test venv ready at {}", venv.display());
+        return;
+    }
+    if args.first().map(String::as_str) == Some("test") {
+        let venv = ensure_python_venv(&root);
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![venv.join("bin")];
+        paths.extend(std::env::split_paths(&path));
+        run(Command::new(cargo())
+            .current_dir(&root)
+            .args(["test", "--workspace", "--release"])
+            .args(&args[1..])
+            .env("PATH", std::env::join_paths(paths).expect("valid PATH"))
+            .env("SIMPLECNN_PYTHON", venv.join("bin/python")));
+    }
+    run(Command::new(cargo())
+        .args(["run", "--quiet", "--release", "-p", "simplecnn-cli", "--"])
+        .args(&args));
 }

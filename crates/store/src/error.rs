@@ -17,10 +17,16 @@ pub(crate) trait Context<T> {
 
 impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
     fn at(self, path: &std::path::Path, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| StoreError { path: path.to_path_buf(), message: format!("{}: {e}", what()) })
+        self.map_err(|e| StoreError {
+            path: path.to_path_buf(),
+            message: format!("{}: {e}", what()),
+        })
     }
 }
 
 pub(crate) fn fail<T>(path: &std::path::Path, message: impl Into<String>) -> Result<T> {
-    Err(StoreError { path: path.to_path_buf(), message: message.into() })
+    Err(StoreError {
+        path: path.to_path_buf(),
+        message: message.into(),
+    })
 }

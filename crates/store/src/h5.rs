@@ -15,11 +15,18 @@ const FIXED_MAX: usize = 4096;
 /// ASCII or UTF-8; an empty numeric array (Keras' `weight_names` of weightless layers) reads
 /// as no strings. HDF5 does not convert fixed ↔ variable length, so dispatch on the type.
 pub fn read_strings(attr: &Attribute) -> std::result::Result<Vec<String>, String> {
-    let td = attr.dtype().and_then(|t| t.to_descriptor()).map_err(|e| e.to_string())?;
+    let td = attr
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|e| e.to_string())?;
     let trim = |s: String| s.trim_end_matches(['\0', ' ']).to_string();
     let out = match td {
-        TypeDescriptor::VarLenAscii => attr.read_raw::<VarLenAscii>().map(|v| v.into_iter().map(|s| s.to_string()).collect()),
-        TypeDescriptor::VarLenUnicode => attr.read_raw::<VarLenUnicode>().map(|v| v.into_iter().map(|s| s.to_string()).collect()),
+        TypeDescriptor::VarLenAscii => attr
+            .read_raw::<VarLenAscii>()
+            .map(|v| v.into_iter().map(|s| s.to_string()).collect()),
+        TypeDescriptor::VarLenUnicode => attr
+            .read_raw::<VarLenUnicode>()
+            .map(|v| v.into_iter().map(|s| s.to_string()).collect()),
         TypeDescriptor::FixedAscii(n) if n <= FIXED_MAX => attr
             .read_raw::<FixedAscii<FIXED_MAX>>()
             .map(|v| v.into_iter().map(|s| trim(s.to_string())).collect()),
@@ -27,9 +34,13 @@ pub fn read_strings(attr: &Attribute) -> std::result::Result<Vec<String>, String
             .read_raw::<FixedUnicode<FIXED_MAX>>()
             .map(|v| v.into_iter().map(|s| trim(s.to_string())).collect()),
         TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
-            return Err(format!("fixed-length strings of {n} bytes are longer than {FIXED_MAX}"))
+            return Err(format!(
+                "fixed-length strings of {n} bytes are longer than {FIXED_MAX}"
+            ))
         }
-        TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) if attr.size() == 0 => {
+        TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)
+            if attr.size() == 0 =>
+        {
             Ok(Vec::new())
         }
         other => return Err(format!("expected strings, found {other:?}")),
@@ -42,7 +53,10 @@ pub fn read_string(loc: &Location, name: &str, path: &Path) -> Result<String> {
     let attr = loc.attr(name).at(path, || format!("no attribute {name}"))?;
     let mut v = read_strings(&attr).at(path, || format!("attribute {name}"))?;
     if v.len() != 1 {
-        return fail(path, format!("attribute {name}: expected one string, found {}", v.len()));
+        return fail(
+            path,
+            format!("attribute {name}: expected one string, found {}", v.len()),
+        );
     }
     Ok(v.remove(0))
 }
@@ -67,9 +81,11 @@ pub fn write_string_list(loc: &Location, name: &str, values: &[String], path: &P
             .iter()
             .map(|s| VarLenAscii::from_ascii(s).map_err(|e| hdf5::Error::from(e.to_string())))
             .collect::<hdf5::Result<_>>()
-            .and_then(|v| Ok(v))
             .at(path, || format!("attribute {name}: names must be ASCII"))?;
-        loc.new_attr::<VarLenAscii>().shape([v.len()]).create(name).and_then(|a| a.write_raw(&v))
+        loc.new_attr::<VarLenAscii>()
+            .shape([v.len()])
+            .create(name)
+            .and_then(|a| a.write_raw(&v))
     };
     res.at(path, || format!("cannot write attribute {name}"))
 }

@@ -38,7 +38,10 @@ fn attributes(loc: &Location, indent: &str, out: &mut String, path: &Path) -> Re
     names.sort();
     for name in names {
         let attr = loc.attr(&name).at(path, || name.clone())?;
-        let td = attr.dtype().and_then(|t| t.to_descriptor()).at(path, || name.clone())?;
+        let td = attr
+            .dtype()
+            .and_then(|t| t.to_descriptor())
+            .at(path, || name.clone())?;
         let value = match read_strings(&attr) {
             Ok(v) if attr.is_scalar() && v.len() == 1 => format!("{:?}", v[0]),
             Ok(v) => format!("{v:?}"),
@@ -48,7 +51,13 @@ fn attributes(loc: &Location, indent: &str, out: &mut String, path: &Path) -> Re
                 Err(_) => "…".into(),
             },
         };
-        let _ = writeln!(out, "{indent}@{name} ({}, {:?}) = {}", describe(&td), attr.shape(), cut(value));
+        let _ = writeln!(
+            out,
+            "{indent}@{name} ({}, {:?}) = {}",
+            describe(&td),
+            attr.shape(),
+            cut(value)
+        );
     }
     Ok(())
 }
@@ -66,7 +75,10 @@ fn walk(group: &Group, indent: &str, out: &mut String, path: &Path) -> Result<()
             }
             LocationType::Dataset => {
                 let d = group.dataset(&name).at(path, || name.clone())?;
-                let td = d.dtype().and_then(|t| t.to_descriptor()).at(path, || name.clone())?;
+                let td = d
+                    .dtype()
+                    .and_then(|t| t.to_descriptor())
+                    .at(path, || name.clone())?;
                 let _ = writeln!(out, "{indent}  {name}  {} {:?}", describe(&td), d.shape());
                 attributes(&d, &format!("{indent}    "), out, path)?;
             }

@@ -8,7 +8,10 @@ use simplecnn_model::{LayerKind, Model, Sequential};
 
 use crate::error::{fail, Context, Result};
 use crate::h5::{read_string, read_strings, write_string, write_string_list};
-use crate::layout::{from_keras, keras_dims, kernel_layout, model_config, sequential_from_config, to_keras, KerasLayout, KERAS_FORMAT_VERSION};
+use crate::layout::{
+    from_keras, keras_dims, kernel_layout, model_config, sequential_from_config, to_keras,
+    KerasLayout, KERAS_FORMAT_VERSION,
+};
 
 /// Adam's state in our layouts and in the order of `Model::weights()`, so training resumes from a file.
 #[derive(Clone, Debug)]
@@ -42,12 +45,18 @@ fn weighted_layers(spec: &Sequential) -> Vec<(usize, String, KerasLayout)> {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map_or("model.h5".into(), |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or("model.h5".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 fn write_tensor(group: &hdf5::Group, name: &str, t: &Tensor, path: &Path) -> Result<()> {
-    let data: Vec<f32> = t.flatten_all().and_then(|t| t.to_device(&Device::Cpu)).and_then(|t| t.to_vec1()).at(path, || name.to_string())?;
+    let data: Vec<f32> = t
+        .flatten_all()
+        .and_then(|t| t.to_device(&Device::Cpu))
+        .and_then(|t| t.to_vec1())
+        .at(path, || name.to_string())?;
     group
         .new_dataset::<f32>()
         .shape(t.dims())
@@ -78,15 +87,25 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamSta
         json!({"learning_rate": a.learning_rate, "beta_1": a.beta_1, "beta_2": a.beta_2, "epsilon": a.epsilon})
     });
     let mut adam_config = json!({"name": "Adam", "decay": 0.0, "amsgrad": false});
-    adam_config.as_object_mut().expect("object").extend(adam.as_object().expect("object").clone());
+    adam_config
+        .as_object_mut()
+        .expect("object")
+        .extend(adam.as_object().expect("object").clone());
     let training = json!({
         "loss": "categorical_crossentropy", "metrics": ["accuracy"], "weighted_metrics": null,
         "loss_weights": null, "optimizer_config": {"class_name": "Adam", "config": adam_config}
     });
     write_string(&file, "training_config", &training.to_string(), path)?;
 
-    let weights = file.create_group("model_weights").at(path, || "cannot create /model_weights".into())?;
-    let layers: Vec<String> = spec.layers().iter().filter(|l| l.kind != LayerKind::Input).map(|l| l.name.clone()).collect();
+    let weights = file
+        .create_group("model_weights")
+        .at(path, || "cannot create /model_weights".into())?;
+    let layers: Vec<String> = spec
+        .layers()
+        .iter()
+        .filter(|l| l.kind != LayerKind::Input)
+        .map(|l| l.name.clone())
+        .collect();
     write_string_list(&weights, "layer_names", &layers, path)?;
     write_string(&weights, "backend", "tensorflow", path)?;
     write_string(&weights, "keras_version", KERAS_FORMAT_VERSION, path)?;
@@ -95,17 +114,32 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamSta
         if layer.kind == LayerKind::Input {
             continue;
         }
-        let g = weights.create_group(&layer.name).at(path, || format!("layer {}: cannot create group", layer.name))?;
-        let ws: Vec<_> = model_weights.iter().filter(|w| w.layer == layer.name).collect();
-        let names: Vec<String> = ws.iter().map(|w| format!("{}/{}:0", layer.name, w.name)).collect();
+        let g = weights.create_group(&layer.name).at(path, || {
+            format!("layer {}: cannot create group", layer.name)
+        })?;
+        let ws: Vec<_> = model_weights
+            .iter()
+            .filter(|w| w.layer == layer.name)
+            .collect();
+        let names: Vec<String> = ws
+            .iter()
+            .map(|w| format!("{}/{}:0", layer.name, w.name))
+            .collect();
         write_string_list(&g, "weight_names", &names, path)?;
         if ws.is_empty() {
             continue;
         }
-        let inner = g.create_group(&layer.name).at(path, || format!("layer {}", layer.name))?;
+        let inner = g
+            .create_group(&layer.name)
+            .at(path, || format!("layer {}", layer.name))?;
         for w in ws {
-            let layout = if w.name == "kernel" { kernel_layout(spec, i) } else { KerasLayout::Same };
-            let t = to_keras(w.var.as_tensor(), layout).at(path, || format!("layer {}", layer.name))?;
+            let layout = if w.name == "kernel" {
+                kernel_layout(spec, i)
+            } else {
+                KerasLayout::Same
+            };
+            let t =
+                to_keras(w.var.as_tensor(), layout).at(path, || format!("layer {}", layer.name))?;
             write_tensor(&inner, &format!("{}:0", w.name), &t, path)?;
         }
     }
@@ -120,11 +154,22 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
     let spec = model.spec();
     let ws: Vec<_> = model.weights().collect();
     if adam.m.len() != ws.len() || adam.v.len() != ws.len() {
-        return fail(path, format!("optimizer state has {} moments for {} weights", adam.m.len(), ws.len()));
+        return fail(
+            path,
+            format!(
+                "optimizer state has {} moments for {} weights",
+                adam.m.len(),
+                ws.len()
+            ),
+        );
     }
-    let g = file.create_group("optimizer_weights").at(path, || "cannot create /optimizer_weights".into())?;
+    let g = file
+        .create_group("optimizer_weights")
+        .at(path, || "cannot create /optimizer_weights".into())?;
     let mut names = vec!["Adam/iter:0".to_string()];
-    let a = g.create_group("Adam").at(path, || "optimizer_weights/Adam".into())?;
+    let a = g
+        .create_group("Adam")
+        .at(path, || "optimizer_weights/Adam".into())?;
     a.new_dataset::<i64>()
         .shape(())
         .create("iter:0")
@@ -132,10 +177,21 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
         .at(path, || "Adam/iter:0".into())?;
     for (slot, moments) in [("m", &adam.m), ("v", &adam.v)] {
         for (w, t) in ws.iter().zip(moments.iter()) {
-            let index = spec.layers().iter().position(|l| l.name == w.layer).expect("weight of a layer");
-            let layout = if w.name == "kernel" { kernel_layout(spec, index) } else { KerasLayout::Same };
+            let index = spec
+                .layers()
+                .iter()
+                .position(|l| l.name == w.layer)
+                .expect("weight of a layer");
+            let layout = if w.name == "kernel" {
+                kernel_layout(spec, index)
+            } else {
+                KerasLayout::Same
+            };
             let group = format!("{}/{}", w.layer, w.name);
-            let sub = a.group(&group).or_else(|_| a.create_group(&group)).at(path, || group.clone())?;
+            let sub = a
+                .group(&group)
+                .or_else(|_| a.create_group(&group))
+                .at(path, || group.clone())?;
             let t = to_keras(t, layout).at(path, || group.clone())?;
             write_tensor(&sub, &format!("{slot}:0"), &t, path)?;
             names.push(format!("Adam/{group}/{slot}:0"));
@@ -149,7 +205,9 @@ fn open(path: &Path) -> Result<hdf5::File> {
         return fail(path, "no such file");
     }
     hdf5::silence_errors(true);
-    hdf5::File::open(path).at(path, || "not a readable HDF5 file (truncated or another format?)".into())
+    hdf5::File::open(path).at(path, || {
+        "not a readable HDF5 file (truncated or another format?)".into()
+    })
 }
 
 /// One layer's weights as stored: its name and the tensors (Keras layout) in file order.
@@ -164,18 +222,29 @@ fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
         Ok(g) => g,
         Err(_) => file.as_group().at(path, || "root group".into())?,
     };
-    let attr = root.attr("layer_names").at(path, || "no layer_names: not a Keras model or weights file".into())?;
+    let attr = root.attr("layer_names").at(path, || {
+        "no layer_names: not a Keras model or weights file".into()
+    })?;
     let names = read_strings(&attr).at(path, || "layer_names".into())?;
     let mut out = Vec::new();
     for name in names {
-        let g = root.group(&name).at(path, || format!("layer {name}: group missing"))?;
-        let wattr = g.attr("weight_names").at(path, || format!("layer {name}: no weight_names"))?;
+        let g = root
+            .group(&name)
+            .at(path, || format!("layer {name}: group missing"))?;
+        let wattr = g
+            .attr("weight_names")
+            .at(path, || format!("layer {name}: no weight_names"))?;
         let wnames = read_strings(&wattr).at(path, || format!("layer {name}: weight_names"))?;
         let mut weights = Vec::new();
         for w in wnames {
-            let ds = g.dataset(&w).at(path, || format!("layer {name}: dataset {w} missing"))?;
-            let data: Vec<f32> = ds.read_raw().at(path, || format!("layer {name}: dataset {w} unreadable"))?;
-            let t = Tensor::from_vec(data, ds.shape(), &Device::Cpu).at(path, || format!("layer {name}: {w}"))?;
+            let ds = g
+                .dataset(&w)
+                .at(path, || format!("layer {name}: dataset {w} missing"))?;
+            let data: Vec<f32> = ds
+                .read_raw()
+                .at(path, || format!("layer {name}: dataset {w} unreadable"))?;
+            let t = Tensor::from_vec(data, ds.shape(), &Device::Cpu)
+                .at(path, || format!("layer {name}: {w}"))?;
             weights.push((w, t));
         }
         out.push(FileLayer { name, weights });
@@ -186,12 +255,22 @@ fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
 /// Loads weights from a Keras `.h5` (model or weights file) into `model`, checking every shape.
 pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
     let file = open(path)?;
-    let layers: Vec<FileLayer> = read_file_layers(&file, path)?.into_iter().filter(|l| !l.weights.is_empty()).collect();
+    let layers: Vec<FileLayer> = read_file_layers(&file, path)?
+        .into_iter()
+        .filter(|l| !l.weights.is_empty())
+        .collect();
     let ours = weighted_layers(model.spec());
     let pairs: Vec<(&(usize, String, KerasLayout), &FileLayer)> = match by {
         MatchBy::Order => {
             if layers.len() != ours.len() {
-                return fail(path, format!("{} layers with weights in the file, the model has {}", layers.len(), ours.len()));
+                return fail(
+                    path,
+                    format!(
+                        "{} layers with weights in the file, the model has {}",
+                        layers.len(),
+                        ours.len()
+                    ),
+                );
             }
             ours.iter().zip(layers.iter()).collect()
         }
@@ -207,16 +286,39 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
     for ((_, name, layout), file_layer) in pairs {
         let targets: Vec<_> = model_weights.iter().filter(|w| &w.layer == name).collect();
         if targets.len() != file_layer.weights.len() {
-            return fail(path, format!("layer {}: {} weights in the file, the model's {name} has {}", file_layer.name, file_layer.weights.len(), targets.len()));
+            return fail(
+                path,
+                format!(
+                    "layer {}: {} weights in the file, the model's {name} has {}",
+                    file_layer.name,
+                    file_layer.weights.len(),
+                    targets.len()
+                ),
+            );
         }
         for (w, (wname, t)) in targets.iter().zip(&file_layer.weights) {
-            let layout = if w.name == "kernel" { *layout } else { KerasLayout::Same };
+            let layout = if w.name == "kernel" {
+                *layout
+            } else {
+                KerasLayout::Same
+            };
             let expected = keras_dims(w.var.dims(), layout);
             if t.dims() != expected.as_slice() {
-                return fail(path, format!("layer {}: {wname} has shape {:?}, the model's {name}/{} needs {:?}", file_layer.name, t.dims(), w.name, expected));
+                return fail(
+                    path,
+                    format!(
+                        "layer {}: {wname} has shape {:?}, the model's {name}/{} needs {:?}",
+                        file_layer.name,
+                        t.dims(),
+                        w.name,
+                        expected
+                    ),
+                );
             }
             let ours = from_keras(t, layout).at(path, || format!("layer {name}"))?;
-            model.set_weight(name, w.name, &ours).at(path, || format!("layer {name}"))?;
+            model
+                .set_weight(name, w.name, &ours)
+                .at(path, || format!("layer {name}"))?;
         }
     }
     Ok(())
@@ -226,7 +328,8 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
 pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     let file = open(path)?;
     let config_text = read_string(&file, "model_config", path)?;
-    let config: serde_json::Value = serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())?;
+    let config: serde_json::Value =
+        serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())?;
     let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
     drop(file);
     let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
@@ -238,22 +341,47 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
 /// the file has none.
 pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
     let file = open(path)?;
-    let Ok(adam) = file.group("optimizer_weights/Adam") else { return Ok(None) };
-    let iterations: i64 = adam.dataset("iter:0").and_then(|d| d.read_scalar()).at(path, || "Adam/iter:0".into())?;
+    let Ok(adam) = file.group("optimizer_weights/Adam") else {
+        return Ok(None);
+    };
+    let iterations: i64 = adam
+        .dataset("iter:0")
+        .and_then(|d| d.read_scalar())
+        .at(path, || "Adam/iter:0".into())?;
     let spec = model.spec();
     let (mut m, mut v) = (Vec::new(), Vec::new());
     for w in model.weights() {
-        let index = spec.layers().iter().position(|l| l.name == w.layer).expect("weight of a layer");
-        let layout = if w.name == "kernel" { kernel_layout(spec, index) } else { KerasLayout::Same };
+        let index = spec
+            .layers()
+            .iter()
+            .position(|l| l.name == w.layer)
+            .expect("weight of a layer");
+        let layout = if w.name == "kernel" {
+            kernel_layout(spec, index)
+        } else {
+            KerasLayout::Same
+        };
         for (slot, out) in [("m", &mut m), ("v", &mut v)] {
             let name = format!("{}/{}/{slot}:0", w.layer, w.name);
-            let ds = adam.dataset(&name).at(path, || format!("optimizer_weights/Adam/{name} missing"))?;
+            let ds = adam
+                .dataset(&name)
+                .at(path, || format!("optimizer_weights/Adam/{name} missing"))?;
             let data: Vec<f32> = ds.read_raw().at(path, || name.clone())?;
             let t = Tensor::from_vec(data, ds.shape(), &Device::Cpu).at(path, || name.clone())?;
             if t.dims() != keras_dims(w.var.dims(), layout).as_slice() {
-                return fail(path, format!("optimizer_weights/Adam/{name}: shape {:?} does not match the weight", t.dims()));
+                return fail(
+                    path,
+                    format!(
+                        "optimizer_weights/Adam/{name}: shape {:?} does not match the weight",
+                        t.dims()
+                    ),
+                );
             }
-            out.push(from_keras(&t, layout).and_then(|t| t.to_device(model.device())).at(path, || name.clone())?);
+            out.push(
+                from_keras(&t, layout)
+                    .and_then(|t| t.to_device(model.device()))
+                    .at(path, || name.clone())?,
+            );
         }
     }
     let training: serde_json::Value = read_string(&file, "training_config", path)

@@ -52,12 +52,16 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 "strides": [p.strides.0, p.strides.1], "data_format": "channels_last"
             }),
         ),
-        LayerKind::Dropout { rate } => {
-            merge(base, json!({"rate": *rate as f64, "noise_shape": null, "seed": null}))
-        }
+        LayerKind::Dropout { rate } => merge(
+            base,
+            json!({"rate": *rate as f64, "noise_shape": null, "seed": null}),
+        ),
         LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
         LayerKind::Dense { units, activation } => merge(
-            merge(base, json!({"units": units, "activation": activation.keras_name(), "use_bias": true})),
+            merge(
+                base,
+                json!({"units": units, "activation": activation.keras_name(), "use_bias": true}),
+            ),
             initializers(),
         ),
     };
@@ -79,7 +83,12 @@ pub fn model_config(spec: &Sequential) -> Value {
             "sparse": false, "ragged": false, "name": format!("{}_input", spec.layers().first().map_or("input", |l| &l.name))
         }
     })];
-    layers.extend(spec.layers().iter().filter(|l| l.kind != LayerKind::Input).map(layer_config));
+    layers.extend(
+        spec.layers()
+            .iter()
+            .filter(|l| l.kind != LayerKind::Input)
+            .map(layer_config),
+    );
     json!({"class_name": "Sequential", "config": {"name": spec.name(), "layers": layers}})
 }
 
@@ -108,17 +117,29 @@ fn pair(v: &Value, key: &str) -> Option<(usize, usize)> {
 }
 
 fn activation(v: &Value) -> Result<Activation, String> {
-    match v.get("activation").and_then(Value::as_str).unwrap_or("linear") {
+    match v
+        .get("activation")
+        .and_then(Value::as_str)
+        .unwrap_or("linear")
+    {
         "linear" => Ok(Activation::Linear),
         "relu" => Ok(Activation::Relu),
         "softmax" => Ok(Activation::Softmax),
-        other => Err(format!("activation {other:?} is not supported (relu, softmax, linear are)")),
+        other => Err(format!(
+            "activation {other:?} is not supported (relu, softmax, linear are)"
+        )),
     }
 }
 
 fn input_shape(config: &Value) -> Option<FeatureShape> {
-    let dims = config.get("batch_input_shape").or_else(|| config.get("batch_shape"))?.as_array()?;
-    let d: Vec<usize> = dims[1..].iter().map(|v| v.as_u64().map(|x| x as usize)).collect::<Option<_>>()?;
+    let dims = config
+        .get("batch_input_shape")
+        .or_else(|| config.get("batch_shape"))?
+        .as_array()?;
+    let d: Vec<usize> = dims[1..]
+        .iter()
+        .map(|v| v.as_u64().map(|x| x as usize))
+        .collect::<Option<_>>()?;
     match d.as_slice() {
         [h, w, c] => Some(FeatureShape::image(*c, *h, *w)),
         [f] => Some(FeatureShape::Flat(*f)),
@@ -128,24 +149,47 @@ fn input_shape(config: &Value) -> Option<FeatureShape> {
 
 /// Rebuilds the architecture from Keras' `model_config` JSON (Keras 2 or 3).
 pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError> {
-    let top = |m: &str| ConfigError { layer: None, message: m.to_string() };
-    let class = config.get("class_name").and_then(Value::as_str).unwrap_or("");
+    let top = |m: &str| ConfigError {
+        layer: None,
+        message: m.to_string(),
+    };
+    let class = config
+        .get("class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if class != "Sequential" {
-        return Err(top(&format!("model class {class:?} is not supported (only Sequential)")));
+        return Err(top(&format!(
+            "model class {class:?} is not supported (only Sequential)"
+        )));
     }
     let inner = &config["config"];
     let layers = inner
         .get("layers")
         .and_then(Value::as_array)
         .ok_or_else(|| top("model_config has no layers"))?;
-    let name = inner.get("name").and_then(Value::as_str).unwrap_or("sequential");
-    let mut input = inner.get("build_input_shape").and_then(|s| input_shape(&json!({"batch_input_shape": s})));
+    let name = inner
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("sequential");
+    let mut input = inner
+        .get("build_input_shape")
+        .and_then(|s| input_shape(&json!({"batch_input_shape": s})));
     let mut seq: Option<Sequential> = None;
     for layer in layers {
-        let class = layer.get("class_name").and_then(Value::as_str).unwrap_or("?");
+        let class = layer
+            .get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         let cfg = &layer["config"];
-        let lname = cfg.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
-        let err = |m: String| ConfigError { layer: Some(lname.clone()), message: m };
+        let lname = cfg
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        let err = |m: String| ConfigError {
+            layer: Some(lname.clone()),
+            message: m,
+        };
         if let Some(shape) = input_shape(cfg) {
             input = Some(shape);
         }
@@ -165,35 +209,62 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 if pair(cfg, "dilation_rate").is_some_and(|d| d != (1, 1)) {
                     return Err(err("dilated convolutions are not supported".into()));
                 }
-                let padding = match cfg.get("padding").and_then(Value::as_str).unwrap_or("valid") {
+                let padding = match cfg
+                    .get("padding")
+                    .and_then(Value::as_str)
+                    .unwrap_or("valid")
+                {
                     "same" => Padding::Same,
                     "valid" => Padding::Valid,
                     p => return Err(err(format!("padding {p:?} is not supported"))),
                 };
                 LayerKind::Conv2d(Conv2dConfig {
-                    filters: cfg.get("filters").and_then(Value::as_u64).ok_or_else(|| err("no filters".into()))? as usize,
-                    kernel_size: pair(cfg, "kernel_size").ok_or_else(|| err("no kernel_size".into()))?,
+                    filters: cfg
+                        .get("filters")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| err("no filters".into()))?
+                        as usize,
+                    kernel_size: pair(cfg, "kernel_size")
+                        .ok_or_else(|| err("no kernel_size".into()))?,
                     strides: pair(cfg, "strides").unwrap_or((1, 1)),
                     padding,
                     activation: activation(cfg).map_err(err)?,
                 })
             }
             "MaxPooling2D" | "AveragePooling2D" => {
-                if cfg.get("padding").and_then(Value::as_str).is_some_and(|p| p != "valid") {
-                    return Err(err("pooling with padding other than valid is not supported".into()));
+                if cfg
+                    .get("padding")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| p != "valid")
+                {
+                    return Err(err(
+                        "pooling with padding other than valid is not supported".into(),
+                    ));
                 }
                 let pool_size = pair(cfg, "pool_size").unwrap_or((2, 2));
-                let p = Pool2dConfig { pool_size, strides: pair(cfg, "strides").unwrap_or(pool_size) };
-                if class == "MaxPooling2D" { LayerKind::MaxPool2d(p) } else { LayerKind::AvgPool2d(p) }
+                let p = Pool2dConfig {
+                    pool_size,
+                    strides: pair(cfg, "strides").unwrap_or(pool_size),
+                };
+                if class == "MaxPooling2D" {
+                    LayerKind::MaxPool2d(p)
+                } else {
+                    LayerKind::AvgPool2d(p)
+                }
             }
-            "Dropout" => LayerKind::Dropout { rate: cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32 },
+            "Dropout" => LayerKind::Dropout {
+                rate: cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+            },
             "Flatten" => LayerKind::Flatten,
             "Dense" => {
                 if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
                     return Err(err("Dense without bias is not supported".into()));
                 }
                 LayerKind::Dense {
-                    units: cfg.get("units").and_then(Value::as_u64).ok_or_else(|| err("no units".into()))? as usize,
+                    units: cfg
+                        .get("units")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| err("no units".into()))? as usize,
                     activation: activation(cfg).map_err(err)?,
                 }
             }
@@ -202,7 +273,9 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         let s = match seq.as_mut() {
             Some(s) => s,
             None => {
-                let shape = input.ok_or_else(|| err("no input shape (batch_input_shape) before the first layer".into()))?;
+                let shape = input.ok_or_else(|| {
+                    err("no input shape (batch_input_shape) before the first layer".into())
+                })?;
                 seq.insert(Sequential::new(name, shape))
             }
         };
@@ -218,7 +291,11 @@ pub enum KerasLayout {
     /// Conv kernel: ours `(out, in, kh, kw)`, Keras `(kh, kw, in, out)`.
     ConvKernel,
     /// First Dense after a Flatten of an image: rows in NCHW order for us, NHWC for Keras.
-    FlattenedDense { channels: usize, height: usize, width: usize },
+    FlattenedDense {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
 }
 
 /// The layout of each layer's kernel; biases are always the same.
@@ -232,8 +309,17 @@ pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
                 match l.kind {
                     LayerKind::Dropout { .. } | LayerKind::Input => continue,
                     LayerKind::Flatten => {
-                        if let FeatureShape::Image { channels, height, width } = l.input {
-                            return KerasLayout::FlattenedDense { channels, height, width };
+                        if let FeatureShape::Image {
+                            channels,
+                            height,
+                            width,
+                        } = l.input
+                        {
+                            return KerasLayout::FlattenedDense {
+                                channels,
+                                height,
+                                width,
+                            };
                         }
                         return KerasLayout::Same;
                     }
@@ -251,9 +337,16 @@ pub fn to_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor> 
     match layout {
         KerasLayout::Same => Ok(t.clone()),
         KerasLayout::ConvKernel => t.permute((2, 3, 1, 0))?.contiguous(),
-        KerasLayout::FlattenedDense { channels, height, width } => {
+        KerasLayout::FlattenedDense {
+            channels,
+            height,
+            width,
+        } => {
             let units = t.dim(1)?;
-            t.reshape((channels, height, width, units))?.permute((1, 2, 0, 3))?.contiguous()?.reshape((height * width * channels, units))
+            t.reshape((channels, height, width, units))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?
+                .reshape((height * width * channels, units))
         }
     }
 }
@@ -263,9 +356,16 @@ pub fn from_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor
     match layout {
         KerasLayout::Same => Ok(t.clone()),
         KerasLayout::ConvKernel => t.permute((3, 2, 0, 1))?.contiguous(),
-        KerasLayout::FlattenedDense { channels, height, width } => {
+        KerasLayout::FlattenedDense {
+            channels,
+            height,
+            width,
+        } => {
             let units = t.dim(1)?;
-            t.reshape((height, width, channels, units))?.permute((2, 0, 1, 3))?.contiguous()?.reshape((channels * height * width, units))
+            t.reshape((height, width, channels, units))?
+                .permute((2, 0, 1, 3))?
+                .contiguous()?
+                .reshape((channels * height * width, units))
         }
     }
 }
@@ -287,21 +387,57 @@ mod tests {
     #[test]
     fn layouts_round_trip_and_flatten_permutes_rows() {
         let dev = Device::Cpu;
-        let t = Tensor::arange(0f32, 2.0 * 3.0 * 2.0 * 4.0, &dev).unwrap().reshape((12, 4)).unwrap();
-        let layout = KerasLayout::FlattenedDense { channels: 2, height: 3, width: 2 };
+        let t = Tensor::arange(0f32, 2.0 * 3.0 * 2.0 * 4.0, &dev)
+            .unwrap()
+            .reshape((12, 4))
+            .unwrap();
+        let layout = KerasLayout::FlattenedDense {
+            channels: 2,
+            height: 3,
+            width: 2,
+        };
         let k = to_keras(&t, layout).unwrap();
         // Keras row for (h=0, w=1, c=1) is 0*2*2 + 1*2 + 1 = 3; ours is c*H*W + h*W + w = 6 + 0 + 1 = 7.
-        assert_eq!(k.get(3).unwrap().to_vec1::<f32>().unwrap(), t.get(7).unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            k.get(3).unwrap().to_vec1::<f32>().unwrap(),
+            t.get(7).unwrap().to_vec1::<f32>().unwrap()
+        );
         let back = from_keras(&k, layout).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
 
-        let conv = Tensor::arange(0f32, 2.0 * 3.0 * 3.0 * 3.0, &dev).unwrap().reshape((2, 3, 3, 3)).unwrap();
+        let conv = Tensor::arange(0f32, 2.0 * 3.0 * 3.0 * 3.0, &dev)
+            .unwrap()
+            .reshape((2, 3, 3, 3))
+            .unwrap();
         let k = to_keras(&conv, KerasLayout::ConvKernel).unwrap();
         assert_eq!(k.dims(), &[3, 3, 3, 2]);
-        assert_eq!(k.get(1).unwrap().get(2).unwrap().get(0).unwrap().get(1).unwrap().to_scalar::<f32>().unwrap(),
-                   conv.get(1).unwrap().get(0).unwrap().get(1).unwrap().get(2).unwrap().to_scalar::<f32>().unwrap());
+        assert_eq!(
+            k.get(1)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            conv.get(1)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        );
         let back = from_keras(&k, KerasLayout::ConvKernel).unwrap();
-        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), conv.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            conv.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]
@@ -315,7 +451,14 @@ mod tests {
             .map(|(i, l)| (l.name.clone(), kernel_layout(&spec, i)))
             .collect();
         assert_eq!(layouts[0].1, KerasLayout::ConvKernel);
-        assert_eq!(layouts[2].1, KerasLayout::FlattenedDense { channels: 64, height: 8, width: 8 });
+        assert_eq!(
+            layouts[2].1,
+            KerasLayout::FlattenedDense {
+                channels: 64,
+                height: 8,
+                width: 8
+            }
+        );
         assert_eq!(layouts[3].1, KerasLayout::Same);
     }
 
@@ -332,6 +475,9 @@ mod tests {
             {"class_name": "InputLayer", "config": {"batch_shape": [null, 8, 8, 3], "name": "in"}},
             {"class_name": "LSTM", "config": {"name": "lstm_1"}}]}});
         let e = sequential_from_config(&cfg).unwrap_err();
-        assert!(e.to_string().contains("lstm_1") && e.to_string().contains("LSTM"), "{e}");
+        assert!(
+            e.to_string().contains("lstm_1") && e.to_string().contains("LSTM"),
+            "{e}"
+        );
     }
 }

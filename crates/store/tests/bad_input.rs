@@ -8,7 +8,12 @@ use simplecnn_store::{load_model, load_weights, save_model, MatchBy};
 
 fn saved(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("good.h5");
-    save_model(&Model::new(common::small_cnn(), &Device::Cpu, 1).unwrap(), &path, None).unwrap();
+    save_model(
+        &Model::new(common::small_cnn(), &Device::Cpu, 1).unwrap(),
+        &path,
+        None,
+    )
+    .unwrap();
     path
 }
 
@@ -45,7 +50,10 @@ fn wrong_shapes_and_counts_name_the_layer() {
     // SimpleCNN has the same number of weighted layers but other shapes.
     let other = Model::new(zoo::simple_cnn(), &Device::Cpu, 1).unwrap();
     let e = err_of(load_weights(&other, &good, MatchBy::Order));
-    assert!(e.contains("good.h5") && e.contains("conv2d_1") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("good.h5") && e.contains("conv2d_1") && e.contains("shape"),
+        "{e}"
+    );
     let e = err_of(load_weights(&other, &good, MatchBy::Name));
     assert!(e.contains("shape"), "{e}");
 }
@@ -59,7 +67,10 @@ fn missing_dataset_and_unsupported_layer() {
         f.unlink("model_weights/dense_1/dense_1/bias:0").unwrap();
     }
     let e = err_of(load_model(&good, &Device::Cpu));
-    assert!(e.contains("dense_1") && e.contains("bias:0") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("dense_1") && e.contains("bias:0") && e.contains("missing"),
+        "{e}"
+    );
 
     let path = dir.path().join("lstm.h5");
     {
@@ -68,10 +79,20 @@ fn missing_dataset_and_unsupported_layer() {
             {"class_name": "InputLayer", "config": {"batch_input_shape": [null, 8, 8, 3], "name": "in"}},
             {"class_name": "BatchNormalization", "config": {"name": "batch_normalization_1"}}]}}"#;
         let v: hdf5::types::VarLenUnicode = cfg.parse().unwrap();
-        f.new_attr::<hdf5::types::VarLenUnicode>().shape(()).create("model_config").unwrap().write_scalar(&v).unwrap();
+        f.new_attr::<hdf5::types::VarLenUnicode>()
+            .shape(())
+            .create("model_config")
+            .unwrap()
+            .write_scalar(&v)
+            .unwrap();
     }
     let e = err_of(load_model(&path, &Device::Cpu));
-    assert!(e.contains("lstm.h5") && e.contains("batch_normalization_1") && e.contains("BatchNormalization"), "{e}");
+    assert!(
+        e.contains("lstm.h5")
+            && e.contains("batch_normalization_1")
+            && e.contains("BatchNormalization"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -81,9 +102,20 @@ fn a_failed_save_leaves_the_old_file_alone() {
     let before = std::fs::read(&good).unwrap();
     // A model whose layer name cannot be written as ASCII makes the save fail midway.
     let mut spec = simplecnn_model::Sequential::new("s", simplecnn_model::FeatureShape::Flat(4));
-    spec.add_named("dénse", simplecnn_model::LayerKind::Dense { units: 2, activation: simplecnn_model::Activation::Linear }).unwrap();
+    spec.add_named(
+        "dénse",
+        simplecnn_model::LayerKind::Dense {
+            units: 2,
+            activation: simplecnn_model::Activation::Linear,
+        },
+    )
+    .unwrap();
     let bad = Model::new(spec, &Device::Cpu, 0).unwrap();
     assert!(save_model(&bad, &good, None).is_err());
     assert_eq!(std::fs::read(&good).unwrap(), before);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
 }

@@ -4,19 +4,41 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use simplecnn_model::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig, Sequential};
+use simplecnn_model::{
+    Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig, Sequential,
+};
 
 /// The network of tests/python/keras_h5.py, with Keras 2's default names.
 pub fn small_cnn() -> Sequential {
     let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
-    s.add(LayerKind::Conv2d(Conv2dConfig::new(4, 3, Padding::Same, Activation::Relu))).unwrap();
+    s.add(LayerKind::Conv2d(Conv2dConfig::new(
+        4,
+        3,
+        Padding::Same,
+        Activation::Relu,
+    )))
+    .unwrap();
     s.add(LayerKind::MaxPool2d(Pool2dConfig::new(2))).unwrap();
     s.add(LayerKind::Dropout { rate: 0.25 }).unwrap();
-    s.add(LayerKind::Conv2d(Conv2dConfig::new(6, 2, Padding::Valid, Activation::Relu))).unwrap();
+    s.add(LayerKind::Conv2d(Conv2dConfig::new(
+        6,
+        2,
+        Padding::Valid,
+        Activation::Relu,
+    )))
+    .unwrap();
     s.add(LayerKind::Flatten).unwrap();
     s.add(LayerKind::Dropout { rate: 0.5 }).unwrap();
-    s.add(LayerKind::Dense { units: 7, activation: Activation::Relu }).unwrap();
-    s.add(LayerKind::Dense { units: 5, activation: Activation::Softmax }).unwrap();
+    s.add(LayerKind::Dense {
+        units: 7,
+        activation: Activation::Relu,
+    })
+    .unwrap();
+    s.add(LayerKind::Dense {
+        units: 5,
+        activation: Activation::Softmax,
+    })
+    .unwrap();
     s
 }
 
@@ -27,18 +49,32 @@ pub fn helper() -> PathBuf {
 /// A python3 with h5py and numpy; `None` (test skipped) outside CI when there is none.
 pub fn python() -> Option<String> {
     let py = std::env::var("SIMPLECNN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import h5py, numpy"]).status().is_ok_and(|s| s.success());
+    let ok = Command::new(&py)
+        .args(["-c", "import h5py, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
     if ok {
         return Some(py);
     }
-    assert!(std::env::var_os("CI").is_none(), "CI needs {py} with h5py and numpy");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs {py} with h5py and numpy"
+    );
     eprintln!("skipping: {py} has no h5py/numpy (pip install h5py numpy)");
     None
 }
 
 pub fn run(py: &str, args: &[&str]) -> String {
-    let out = Command::new(py).arg(helper()).args(args).output().expect("run python helper");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(py)
+        .arg(helper())
+        .args(args)
+        .output()
+        .expect("run python helper");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "helper {args:?} failed:\n{text}");
     text
 }

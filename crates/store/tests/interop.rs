@@ -16,43 +16,87 @@ fn read_io(path: &std::path::Path) -> (Tensor, Vec<Vec<f32>>) {
     let y = f.dataset("y").unwrap();
     let (n, k) = (y.shape()[0], y.shape()[1]);
     let y: Vec<f32> = y.read_raw().unwrap();
-    (x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap(), (0..n).map(|i| y[i * k..(i + 1) * k].to_vec()).collect())
+    (
+        x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap(),
+        (0..n).map(|i| y[i * k..(i + 1) * k].to_vec()).collect(),
+    )
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
 fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
     let Some(py) = common::python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    for (naming, strings) in [("keras2", "fixed"), ("keras2", "vlen"), ("keras3", "vlen"), ("keras3", "fixed")] {
+    for (naming, strings) in [
+        ("keras2", "fixed"),
+        ("keras2", "vlen"),
+        ("keras3", "vlen"),
+        ("keras3", "fixed"),
+    ] {
         let model_path = dir.path().join(format!("{naming}-{strings}.h5"));
         let io_path = dir.path().join(format!("{naming}-{strings}-io.h5"));
-        common::run(&py, &["write", model_path.to_str().unwrap(), io_path.to_str().unwrap(), "--naming", naming, "--strings", strings]);
+        common::run(
+            &py,
+            &[
+                "write",
+                model_path.to_str().unwrap(),
+                io_path.to_str().unwrap(),
+                "--naming",
+                naming,
+                "--strings",
+                strings,
+            ],
+        );
         let (x, expected) = read_io(&io_path);
 
         let model = load_model(&model_path, &Device::Cpu).unwrap();
-        let got: Vec<Vec<f32>> = model.forward(&x, Mode::Inference).unwrap().to_vec2().unwrap();
+        let got: Vec<Vec<f32>> = model
+            .forward(&x, Mode::Inference)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let d = max_diff(&got, &expected);
-        assert!(d < 1e-5, "{naming}/{strings}: load_model predicts {d} away from numpy");
+        assert!(
+            d < 1e-5,
+            "{naming}/{strings}: load_model predicts {d} away from numpy"
+        );
 
         // The same weights into a model built here, by order.
         let ours = Model::new(common::small_cnn(), &Device::Cpu, 1).unwrap();
         load_weights(&ours, &model_path, MatchBy::Order).unwrap();
-        let got: Vec<Vec<f32>> = ours.forward(&x, Mode::Inference).unwrap().to_vec2().unwrap();
-        assert!(max_diff(&got, &expected) < 1e-5, "{naming}/{strings}: load_weights");
+        let got: Vec<Vec<f32>> = ours
+            .forward(&x, Mode::Inference)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert!(
+            max_diff(&got, &expected) < 1e-5,
+            "{naming}/{strings}: load_weights"
+        );
         if naming == "keras2" {
             // Names match only in the Keras 2 naming.
             let by_name = Model::new(common::small_cnn(), &Device::Cpu, 2).unwrap();
             load_weights(&by_name, &model_path, MatchBy::Name).unwrap();
-            let got: Vec<Vec<f32>> = by_name.forward(&x, Mode::Inference).unwrap().to_vec2().unwrap();
+            let got: Vec<Vec<f32>> = by_name
+                .forward(&x, Mode::Inference)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
             assert!(max_diff(&got, &expected) < 1e-5);
         } else {
             let by_name = Model::new(common::small_cnn(), &Device::Cpu, 2).unwrap();
             let err = load_weights(&by_name, &model_path, MatchBy::Name).unwrap_err();
-            assert!(err.to_string().contains("conv2d_2: not in the file"), "{err}");
+            assert!(
+                err.to_string().contains("conv2d_2: not in the file"),
+                "{err}"
+            );
         }
     }
 }
@@ -65,7 +109,10 @@ fn files_written_here_pass_h5py_checks_and_numpy_forward() {
     // Non-zero biases, so a misplaced bias would show.
     for w in model.weights().filter(|w| w.name == "bias") {
         let n = w.var.elem_count();
-        let b = Tensor::arange(0f32, n as f32, &Device::Cpu).unwrap().affine(0.05, -0.1).unwrap();
+        let b = Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .unwrap()
+            .affine(0.05, -0.1)
+            .unwrap();
         model.set_weight(&w.layer, w.name, &b).unwrap();
     }
     let model_path = dir.path().join("ours.h5");
@@ -78,10 +125,44 @@ fn files_written_here_pass_h5py_checks_and_numpy_forward() {
         let f = hdf5::File::create(&io_path).unwrap();
         let nhwc = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
         let data: Vec<f32> = nhwc.flatten_all().unwrap().to_vec1().unwrap();
-        f.new_dataset::<f32>().shape(nhwc.dims()).create("x").unwrap().write_raw(&data).unwrap();
+        f.new_dataset::<f32>()
+            .shape(nhwc.dims())
+            .create("x")
+            .unwrap()
+            .write_raw(&data)
+            .unwrap();
         let data: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
-        f.new_dataset::<f32>().shape(y.dims()).create("y").unwrap().write_raw(&data).unwrap();
+        f.new_dataset::<f32>()
+            .shape(y.dims())
+            .create("y")
+            .unwrap()
+            .write_raw(&data)
+            .unwrap();
     }
-    let out = common::run(&py, &["check", model_path.to_str().unwrap(), io_path.to_str().unwrap()]);
+    let out = common::run(
+        &py,
+        &[
+            "check",
+            model_path.to_str().unwrap(),
+            io_path.to_str().unwrap(),
+        ],
+    );
     assert!(out.contains("ok:"), "{out}");
+}
+
+/// A file Keras 3.15 itself wrote (`model.save('….h5')`, see tests/data/make_keras_fixture.py):
+/// the tutorial's network loads and predicts what Keras predicted.
+#[test]
+fn a_file_keras_wrote_predicts_what_keras_predicted() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let model = load_model(&data.join("keras3-simplecnn.h5"), &Device::Cpu).unwrap();
+    assert_eq!(model.spec().param_count(), 545_098);
+    let (x, expected) = read_io(&data.join("keras3-simplecnn-io.h5"));
+    let got: Vec<Vec<f32>> = model
+        .forward(&x, Mode::Inference)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let d = max_diff(&got, &expected);
+    assert!(d < 1e-5, "differs from Keras by {d}");
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask data`: fetch the official binary archive.
+//! `data`: fetch the official binary archive.
 
 use std::path::PathBuf;
 

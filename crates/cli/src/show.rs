@@ -1,4 +1,4 @@
-//! `cargo xtask show`: look at the data, as the tutorial does with `plt.imshow(x_train[a])`.
+//! `show`: look at the data, as the tutorial does with `plt.imshow(x_train[a])`.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! `cargo xtask experiment baseline`: the tutorial's recipe, recorded under results/baseline/.
+//! `experiment baseline`: the tutorial's recipe, recorded under results/baseline/.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -251,6 +251,19 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
     if !history.epochs.is_empty() {
         plots::loss_and_accuracy(&history, &run_dir)?;
     }
+
+    // model.save('model.h5'), with Adam's state so training can resume from the file.
+    let (m, v) = adam.moments();
+    let adam_state = simplecnn_store::AdamState {
+        learning_rate: adam.config.learning_rate,
+        beta_1: adam.config.beta_1,
+        beta_2: adam.config.beta_2,
+        epsilon: adam.config.epsilon,
+        iterations: adam.iterations(),
+        m: m.to_vec(),
+        v: v.to_vec(),
+    };
+    simplecnn_store::save_model(&model, &run_dir.join("model.h5"), Some(&adam_state))?;
 
     let test = evaluate(&model, &data.test, fit_config.batch_size)?;
     println!(

@@ -1,4 +1,4 @@
-//! `cargo xtask experiment baseline` end to end: every file it writes parses and holds sane
+//! `simplecnn experiment baseline` (`cargo xtask experiment baseline`) end to end: every file it writes parses and holds sane
 //! values; bad arguments fail before training with a clear message.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use simplecnn_train::History;
 
 fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+    Command::new(env!("CARGO_BIN_EXE_simplecnn"))
         .args(args)
         .env_remove("CIFAR10_DIR")
         .output()
@@ -96,6 +96,15 @@ fn check_run(out: &Path, epochs: usize, test_count: usize) -> PathBuf {
                 > 1000
         );
     }
+    // model.h5 reloads into a model that scores exactly what the run reported.
+    let model =
+        simplecnn_store::load_model(&run.join("model.h5"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        model.summary(),
+        simplecnn_model::zoo::simple_cnn().summary()
+    );
+    let tree = simplecnn_store::inspect(&run.join("model.h5")).unwrap();
+    assert!(tree.contains("optimizer_weights/"), "{tree}");
     let run_totals: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert!(run_totals["cpu_seconds"].as_f64().unwrap() > 0.0);
@@ -120,7 +129,42 @@ fn baseline_on_tiny_data_writes_every_file() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    check_run(&out, 2, 60);
+    let run = check_run(&out, 2, 60);
+    // `evaluate --model` on the saved file reproduces the run's test numbers exactly.
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    let o = xtask(&[
+        "evaluate",
+        "--model",
+        run.join("model.h5").to_str().unwrap(),
+        "--data",
+        tmp.path().join("data").to_str().unwrap(),
+        "--batch-size",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let expected = format!(
+        "test loss: {:.4} - test accuracy: {:.4}",
+        test["loss"].as_f64().unwrap(),
+        test["accuracy"].as_f64().unwrap()
+    );
+    assert_eq!(line, expected);
+}
+
+#[test]
+fn evaluate_and_inspect_reject_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("broken.h5");
+    std::fs::write(&bad, b"not an hdf5 file").unwrap();
+    for args in [
+        vec!["evaluate", "--model", bad.to_str().unwrap()],
+        vec!["h5", "inspect", bad.to_str().unwrap()],
+    ] {
+        let o = xtask(&args);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("broken.h5"), "{}", stderr(&o));
+    }
 }
 
 #[test]
@@ -195,7 +239,7 @@ fn cuda_without_the_feature_says_so() {
 fn baseline_on_the_shared_cifar_subset() {
     let shared = std::env::var_os("SIMPLECNN_SHARED_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
     let tarball = shared.join("cifar10-jpg.tar.gz");
     if !tarball.is_file() {
         assert!(

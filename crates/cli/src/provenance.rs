@@ -47,7 +47,7 @@ pub fn host() -> String {
 
 /// Versions of the crates that decide speed and numerics, read from Cargo.lock.
 fn crate_versions() -> serde_json::Value {
-    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
         .unwrap_or_default();
     let mut map = serde_json::Map::new();
     map.insert("simplecnn".into(), env!("CARGO_PKG_VERSION").into());
