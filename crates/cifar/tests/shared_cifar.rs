@@ -78,20 +78,23 @@ fn shared_jpeg_copy_and_its_binary_form_load_in_full() {
     }
     let from_bin = simplecnn_cifar::load(&bin).unwrap();
     check_counts(&from_bin);
-    // Same test images (the script shuffles its own way, so compare as multisets of labels
-    // and check one image decodes alike up to JPEG decoder rounding).
+    // The same images: the binary file's first test image is among the decoded JPEGs, up to the
+    // rounding of another JPEG decoder (Pillow/libjpeg-turbo there, the `image` crate here).
     let first = from_bin.test.image(0);
-    let close = (0..from_jpeg.test.len()).any(|i| {
-        from_jpeg.test.label(i) == from_bin.test.label(0)
-            && from_jpeg
-                .test
-                .image(i)
-                .iter()
-                .zip(first)
-                .all(|(a, b)| a.abs_diff(*b) <= 2)
-    });
+    let mean_diff = |img: &[u8]| {
+        img.iter()
+            .zip(first)
+            .map(|(a, b)| a.abs_diff(*b) as f64)
+            .sum::<f64>()
+            / img.len() as f64
+    };
+    let best = (0..from_jpeg.test.len())
+        .filter(|&i| from_jpeg.test.label(i) == from_bin.test.label(0))
+        .map(|i| mean_diff(from_jpeg.test.image(i)))
+        .fold(f64::INFINITY, f64::min);
+    eprintln!("closest decoded JPEG differs by {best:.3} per pixel value on average");
     assert!(
-        close,
-        "the binary file's first test image is not among the decoded JPEGs"
+        best < 1.5,
+        "the binary file's first test image is not among the JPEGs (best {best})"
     );
 }

@@ -281,3 +281,53 @@ fn baseline_on_the_shared_cifar_subset() {
     assert!(o.status.success(), "{}", stderr(&o));
     check_run(&out, 1, 10_000);
 }
+
+#[test]
+fn show_writes_the_image_and_the_class_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 3);
+    let out = tmp.path().join("show");
+    let o = xtask(&[
+        "show",
+        "--index",
+        "4",
+        "--split",
+        "test",
+        "--per-class",
+        "2",
+        "--scale",
+        "4",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data_set = simplecnn_cifar::load(&data).unwrap();
+    let class = simplecnn_cifar::CLASS_NAMES[data_set.test.label(4) as usize];
+    let single = image::open(out.join(format!("test-4-{class}.png")))
+        .unwrap()
+        .to_rgb8();
+    // The upscaled image sits centred at the top: its first pixel is the image's first pixel.
+    let x0 = (single.width() - 128) / 2;
+    let px = single.get_pixel(x0, 0).0;
+    let img = data_set.test.image(4);
+    assert_eq!(px, [img[0], img[1024], img[2048]]);
+    let grid = image::open(out.join("test-samples-per-class.png")).unwrap();
+    assert_eq!(grid.height() as usize, 10 * (32 * 3 + 4));
+
+    let o = xtask(&[
+        "show",
+        "--index",
+        "30",
+        "--split",
+        "test",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("out of range"), "{}", stderr(&o));
+}
