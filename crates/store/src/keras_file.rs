@@ -9,8 +9,8 @@ use simplecnn_model::{LayerKind, Model, Sequential};
 use crate::error::{fail, Context, Result};
 use crate::h5::{read_string, read_strings, write_string, write_string_list};
 use crate::layout::{
-    from_keras, keras_dims, kernel_layout, model_config, sequential_from_config, to_keras,
-    KerasLayout, KERAS_FORMAT_VERSION,
+    from_keras, keras_dims, model_config, sequential_from_config, to_keras, weight_layout,
+    KERAS_FORMAT_VERSION,
 };
 
 /// Adam's state in our layouts and in the order of `Model::weights()`, so training resumes from a file.
@@ -34,13 +34,12 @@ pub enum MatchBy {
     Name,
 }
 
-/// Every weighted layer of the model: (spec index, layer name, kernel layout).
-fn weighted_layers(spec: &Sequential) -> Vec<(usize, String, KerasLayout)> {
+/// The names of the model's layers that have weights, in order.
+fn weighted_layers(spec: &Sequential) -> Vec<&str> {
     spec.layers()
         .iter()
-        .enumerate()
-        .filter(|(_, l)| l.param_count() > 0)
-        .map(|(i, l)| (i, l.name.clone(), kernel_layout(spec, i)))
+        .filter(|l| l.param_count() > 0)
+        .map(|l| l.name.as_str())
         .collect()
 }
 
@@ -110,7 +109,7 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamSta
     write_string(&weights, "backend", "tensorflow", path)?;
     write_string(&weights, "keras_version", KERAS_FORMAT_VERSION, path)?;
     let model_weights: Vec<_> = model.weights().collect();
-    for (i, layer) in spec.layers().iter().enumerate() {
+    for layer in spec.layers() {
         if layer.kind == LayerKind::Input {
             continue;
         }
@@ -133,11 +132,7 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamSta
             .create_group(&layer.name)
             .at(path, || format!("layer {}", layer.name))?;
         for w in ws {
-            let layout = if w.name == "kernel" {
-                kernel_layout(spec, i)
-            } else {
-                KerasLayout::Same
-            };
+            let layout = weight_layout(spec, w);
             let t =
                 to_keras(w.var.as_tensor(), layout).at(path, || format!("layer {}", layer.name))?;
             write_tensor(&inner, &format!("{}:0", w.name), &t, path)?;
@@ -177,16 +172,7 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
         .at(path, || "Adam/iter:0".into())?;
     for (slot, moments) in [("m", &adam.m), ("v", &adam.v)] {
         for (w, t) in ws.iter().zip(moments.iter()) {
-            let index = spec
-                .layers()
-                .iter()
-                .position(|l| l.name == w.layer)
-                .expect("weight of a layer");
-            let layout = if w.name == "kernel" {
-                kernel_layout(spec, index)
-            } else {
-                KerasLayout::Same
-            };
+            let layout = weight_layout(spec, w);
             let group = format!("{}/{}", w.layer, w.name);
             let sub = a
                 .group(&group)
@@ -260,7 +246,7 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
         .filter(|l| !l.weights.is_empty())
         .collect();
     let ours = weighted_layers(model.spec());
-    let pairs: Vec<(&(usize, String, KerasLayout), &FileLayer)> = match by {
+    let pairs: Vec<(&str, &FileLayer)> = match by {
         MatchBy::Order => {
             if layers.len() != ours.len() {
                 return fail(
@@ -272,19 +258,19 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
                     ),
                 );
             }
-            ours.iter().zip(layers.iter()).collect()
+            ours.iter().copied().zip(layers.iter()).collect()
         }
         MatchBy::Name => ours
             .iter()
-            .map(|o| match layers.iter().find(|l| l.name == o.1) {
+            .map(|&o| match layers.iter().find(|l| l.name == o) {
                 Some(l) => Ok((o, l)),
-                None => fail(path, format!("layer {}: not in the file", o.1)),
+                None => fail(path, format!("layer {o}: not in the file")),
             })
             .collect::<Result<_>>()?,
     };
     let model_weights: Vec<_> = model.weights().collect();
-    for ((_, name, layout), file_layer) in pairs {
-        let targets: Vec<_> = model_weights.iter().filter(|w| &w.layer == name).collect();
+    for (name, file_layer) in pairs {
+        let targets: Vec<_> = model_weights.iter().filter(|w| w.layer == name).collect();
         if targets.len() != file_layer.weights.len() {
             return fail(
                 path,
@@ -297,11 +283,7 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
             );
         }
         for (w, (wname, t)) in targets.iter().zip(&file_layer.weights) {
-            let layout = if w.name == "kernel" {
-                *layout
-            } else {
-                KerasLayout::Same
-            };
+            let layout = weight_layout(model.spec(), w);
             let expected = keras_dims(w.var.dims(), layout);
             if t.dims() != expected.as_slice() {
                 return fail(
@@ -351,16 +333,7 @@ pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
     let spec = model.spec();
     let (mut m, mut v) = (Vec::new(), Vec::new());
     for w in model.weights() {
-        let index = spec
-            .layers()
-            .iter()
-            .position(|l| l.name == w.layer)
-            .expect("weight of a layer");
-        let layout = if w.name == "kernel" {
-            kernel_layout(spec, index)
-        } else {
-            KerasLayout::Same
-        };
+        let layout = weight_layout(spec, w);
         for (slot, out) in [("m", &mut m), ("v", &mut v)] {
             let name = format!("{}/{}/{slot}:0", w.layer, w.name);
             let ds = adam

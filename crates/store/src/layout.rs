@@ -332,6 +332,14 @@ pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
     }
 }
 
+/// The layout of one of the model's weights: its layer's kernel layout, or `Same` for biases.
+pub fn weight_layout(spec: &Sequential, weight: &simplecnn_model::NamedWeight) -> KerasLayout {
+    match spec.layers().iter().position(|l| l.name == weight.layer) {
+        Some(index) if weight.name == "kernel" => kernel_layout(spec, index),
+        _ => KerasLayout::Same,
+    }
+}
+
 /// Our tensor → Keras' layout.
 pub fn to_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor> {
     match layout {
