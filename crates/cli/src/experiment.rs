@@ -39,6 +39,15 @@ pub struct BaselineArgs {
     pub out: PathBuf,
 }
 
+impl DeviceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceName::Cpu => "cpu",
+            DeviceName::Cuda => "cuda",
+        }
+    }
+}
+
 pub fn device(name: DeviceName) -> Result<Device> {
     match name {
         DeviceName::Cpu => Ok(Device::Cpu),
@@ -135,10 +144,7 @@ fn make_run_dir(out: &Path, device: DeviceName) -> Result<PathBuf> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let stamp = provenance::utc_stamp();
-    let base = format!(
-        "{stamp}-{}",
-        serde_json::to_value(device)?.as_str().unwrap_or("cpu")
-    );
+    let base = format!("{stamp}-{}", device.as_str());
     let mut dir = out.join(&base);
     let mut n = 1;
     while dir.exists() {

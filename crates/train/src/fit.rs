@@ -76,8 +76,8 @@ impl FitConfig {
                 self.validation_split
             ));
         }
-        let train = data_len - ((data_len as f64) * self.validation_split) as usize;
-        if (data_len as f64 * (1.0 - self.validation_split)) as usize == 0 || train == 0 {
+        // The same split `fit` makes: split_at = int(n * (1 - validation_split)).
+        if (data_len as f64 * (1.0 - self.validation_split)) as usize == 0 {
             return bad(format!("{data_len} images leave nothing to train on"));
         }
         Ok(())
