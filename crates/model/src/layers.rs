@@ -180,6 +180,12 @@ pub enum LayerKind {
         units: usize,
         activation: Activation,
     },
+    /// Keras' `BatchNormalization` over the channels (the last axis in Keras), inference only:
+    /// `(x - moving_mean) / sqrt(moving_variance + epsilon) * gamma + beta`.
+    BatchNorm {
+        epsilon: f32,
+        momentum: f32,
+    },
 }
 
 impl LayerKind {
@@ -193,6 +199,7 @@ impl LayerKind {
             LayerKind::Dropout { .. } => "Dropout",
             LayerKind::Flatten => "Flatten",
             LayerKind::Dense { .. } => "Dense",
+            LayerKind::BatchNorm { .. } => "BatchNormalization",
         }
     }
 
@@ -206,6 +213,7 @@ impl LayerKind {
             LayerKind::Dropout { .. } => "dropout",
             LayerKind::Flatten => "flatten",
             LayerKind::Dense { .. } => "dense",
+            LayerKind::BatchNorm { .. } => "batch_normalization",
         }
     }
 
@@ -222,14 +230,39 @@ impl LayerKind {
             (LayerKind::Dense { units, .. }, FeatureShape::Flat(n)) => {
                 vec![("kernel", vec![*n, *units]), ("bias", vec![*units])]
             }
+            (LayerKind::BatchNorm { .. }, shape) => {
+                let c = match *shape {
+                    FeatureShape::Image { channels, .. } => channels,
+                    FeatureShape::Flat(n) => n,
+                };
+                ["gamma", "beta", "moving_mean", "moving_variance"]
+                    .into_iter()
+                    .map(|name| (name, vec![c]))
+                    .collect()
+            }
             _ => vec![],
         }
     }
 
-    /// Number of trainable parameters given the input shape.
+    /// Whether the optimizer trains a weight of this name (BatchNormalization's moving
+    /// statistics are not trained, as in Keras).
+    pub fn is_trainable(weight: &str) -> bool {
+        !weight.starts_with("moving_")
+    }
+
+    /// Number of parameters, trainable or not, given the input shape.
     pub fn param_count(&self, input: &FeatureShape) -> usize {
         self.weight_shapes(input)
             .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Parameters the optimizer trains (Keras' "Trainable params").
+    pub fn trainable_param_count(&self, input: &FeatureShape) -> usize {
+        self.weight_shapes(input)
+            .iter()
+            .filter(|(n, _)| Self::is_trainable(n))
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
     }
@@ -241,7 +274,9 @@ impl LayerKind {
             message: why,
         };
         match (self, *input) {
-            (LayerKind::Input, s) | (LayerKind::Dropout { .. }, s) => Ok(s),
+            (LayerKind::Input | LayerKind::Dropout { .. } | LayerKind::BatchNorm { .. }, s) => {
+                Ok(s)
+            }
             (LayerKind::Conv2d(c), FeatureShape::Image { height, width, .. }) => {
                 let (h, _, _) = c
                     .padding

@@ -14,6 +14,8 @@ pub struct NamedWeight {
     pub layer: String,
     pub name: &'static str,
     pub var: Var,
+    /// False for BatchNormalization's moving statistics, which no optimizer updates.
+    pub trainable: bool,
 }
 
 /// The source of dropout masks. Seeded, so that training runs repeat exactly on CPU
@@ -77,18 +79,23 @@ impl Model {
             let mut ws = Vec::new();
             for (name, shape) in layer.kind.weight_shapes(&layer.input) {
                 let n: usize = shape.iter().product();
-                let values: Vec<f32> = if name == "bias" {
-                    vec![0.0; n]
-                } else {
-                    let (fan_in, fan_out) = fans(&shape);
-                    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-                    (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+                // Keras' defaults: Glorot-uniform kernels, ones for gamma and the moving
+                // variance, zeros for everything else.
+                let values: Vec<f32> = match name {
+                    "kernel" => {
+                        let (fan_in, fan_out) = fans(&shape);
+                        let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                        (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+                    }
+                    "gamma" | "moving_variance" => vec![1.0; n],
+                    _ => vec![0.0; n],
                 };
                 let var = Var::from_tensor(&Tensor::from_vec(values, shape, device)?)?;
                 ws.push(NamedWeight {
                     layer: layer.name.clone(),
                     name,
                     var,
+                    trainable: LayerKind::is_trainable(name),
                 });
             }
             weights.push(ws);
@@ -112,14 +119,19 @@ impl Model {
         self.spec.summary()
     }
 
-    /// Every weight in layer order, kernel before bias.
+    /// Every weight in layer order, in Keras' order within a layer (kernel before bias).
     pub fn weights(&self) -> impl Iterator<Item = &NamedWeight> {
         self.weights.iter().flatten()
     }
 
     /// The variables an optimizer updates, in the order of [`Model::weights`].
     pub fn vars(&self) -> Vec<Var> {
-        self.weights().map(|w| w.var.clone()).collect()
+        self.trainable_weights().map(|w| w.var.clone()).collect()
+    }
+
+    /// The weights an optimizer trains, in the order of [`Model::weights`].
+    pub fn trainable_weights(&self) -> impl Iterator<Item = &NamedWeight> {
+        self.weights().filter(|w| w.trainable)
     }
 
     /// Replaces one weight's values (shape-checked), e.g. from a file.
@@ -230,6 +242,24 @@ fn forward_layer(
             _ => x.clone(),
         },
         LayerKind::Flatten => x.flatten_from(1)?,
+        LayerKind::BatchNorm { epsilon, .. } => {
+            if matches!(mode, Mode::Training(_)) {
+                return Err(ModelError::Config(format!(
+                    "layer {}: BatchNormalization runs in inference only; training a model \
+                     with it is not supported yet",
+                    layer.name
+                )));
+            }
+            // Per-channel statistics broadcast over (N, C, H, W) or (N, C).
+            let mut shape = vec![1; x.rank()];
+            shape[1] = x.dim(1)?;
+            let p = |i: usize| ws[i].var.as_tensor().reshape(shape.as_slice());
+            let (gamma, beta, mean, var) = (p(0)?, p(1)?, p(2)?, p(3)?);
+            let scale = gamma.broadcast_div(&(var + *epsilon as f64)?.sqrt()?)?;
+            x.broadcast_sub(&mean)?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&beta)?
+        }
         LayerKind::Dense { activation, .. } => {
             let (kernel, bias) = (ws[0].var.as_tensor(), ws[1].var.as_tensor());
             let y = x.matmul(kernel)?.broadcast_add(bias)?;

@@ -21,6 +21,10 @@ impl LayerSpec {
     pub fn param_count(&self) -> usize {
         self.kind.param_count(&self.input)
     }
+
+    pub fn trainable_param_count(&self) -> usize {
+        self.kind.trainable_param_count(&self.input)
+    }
 }
 
 /// A linear stack of layers, as Keras' `Sequential`.
@@ -105,6 +109,13 @@ impl Sequential {
         self.layers.iter().map(LayerSpec::param_count).sum()
     }
 
+    pub fn trainable_param_count(&self) -> usize {
+        self.layers
+            .iter()
+            .map(LayerSpec::trainable_param_count)
+            .sum()
+    }
+
     /// Keras' `model.summary()` table (Keras 2 layout: 65 columns, type names cut to fit).
     pub fn summary(&self) -> String {
         const WIDTH: usize = 65;
@@ -140,10 +151,14 @@ impl Sequential {
             let sep = if i + 1 == self.layers.len() { "=" } else { "_" };
             let _ = writeln!(out, "{}", sep.repeat(WIDTH));
         }
-        let total = self.param_count();
+        let (total, trainable) = (self.param_count(), self.trainable_param_count());
         let _ = writeln!(out, "Total params: {}", thousands(total));
-        let _ = writeln!(out, "Trainable params: {}", thousands(total));
-        let _ = writeln!(out, "Non-trainable params: 0");
+        let _ = writeln!(out, "Trainable params: {}", thousands(trainable));
+        let _ = writeln!(
+            out,
+            "Non-trainable params: {}",
+            thousands(total - trainable)
+        );
         let _ = writeln!(out, "{}", "_".repeat(WIDTH));
         out
     }

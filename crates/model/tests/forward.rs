@@ -119,3 +119,66 @@ fn wrong_input_shape_is_an_error() {
     let err = model.forward(&x, Mode::Inference).unwrap_err();
     assert!(err.to_string().contains("28"), "{err}");
 }
+
+#[test]
+fn batch_normalization_normalises_per_channel_in_inference_only() {
+    use simplecnn_model::{FeatureShape, LayerKind, Sequential};
+    let mut s = Sequential::new("m", FeatureShape::image(2, 2, 2));
+    s.add(LayerKind::BatchNorm {
+        epsilon: 1e-3,
+        momentum: 0.99,
+    })
+    .unwrap();
+    assert_eq!(s.layers()[0].name, "batch_normalization_1");
+    assert_eq!((s.param_count(), s.trainable_param_count()), (8, 4));
+    let table = s.summary();
+    assert!(
+        table.contains("Trainable params: 4\nNon-trainable params: 4\n"),
+        "{table}"
+    );
+
+    let model = Model::new(s, &Device::Cpu, 0).unwrap();
+    let set = |name, v: [f32; 2]| {
+        model
+            .set_weight(
+                "batch_normalization_1",
+                name,
+                &Tensor::new(&v, &Device::Cpu).unwrap(),
+            )
+            .unwrap()
+    };
+    set("gamma", [2.0, 0.5]);
+    set("beta", [1.0, -1.0]);
+    set("moving_mean", [0.5, 3.0]);
+    set("moving_variance", [4.0, 0.25]);
+    let x = Tensor::new(
+        &[[[[1f32, 2.], [3., 4.]], [[5., 6.], [7., 8.]]]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y: Vec<f32> = model
+        .forward(&x, Mode::Inference)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let expected: Vec<f32> = [1f32, 2., 3., 4.]
+        .iter()
+        .map(|v| (v - 0.5) / (4.0f32 + 1e-3).sqrt() * 2.0 + 1.0)
+        .chain(
+            [5f32, 6., 7., 8.]
+                .iter()
+                .map(|v| (v - 3.0) / (0.25f32 + 1e-3).sqrt() * 0.5 - 1.0),
+        )
+        .collect();
+    for (a, b) in y.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-5, "{y:?} vs {expected:?}");
+    }
+    // Only trainable weights reach the optimizer.
+    assert_eq!(model.vars().len(), 2);
+    let err = model
+        .forward(&x, Mode::Training(&mut DropoutRng::new(0)))
+        .unwrap_err();
+    assert!(err.to_string().contains("batch_normalization_1"), "{err}");
+}

@@ -13,7 +13,8 @@ use crate::layout::{
     KERAS_FORMAT_VERSION,
 };
 
-/// Adam's state in our layouts and in the order of `Model::weights()`, so training resumes from a file.
+/// Adam's state in our layouts and in the order of `Model::trainable_weights()`, so training
+/// resumes from a file.
 #[derive(Clone, Debug)]
 pub struct AdamState {
     pub learning_rate: f64,
@@ -147,7 +148,7 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamSta
 /// Keras 2.9's `/optimizer_weights`: `Adam/iter:0`, then every `m:0`, then every `v:0`.
 fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Path) -> Result<()> {
     let spec = model.spec();
-    let ws: Vec<_> = model.weights().collect();
+    let ws: Vec<_> = model.trainable_weights().collect();
     if adam.m.len() != ws.len() || adam.v.len() != ws.len() {
         return fail(
             path,
@@ -332,7 +333,7 @@ pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
         .at(path, || "Adam/iter:0".into())?;
     let spec = model.spec();
     let (mut m, mut v) = (Vec::new(), Vec::new());
-    for w in model.weights() {
+    for w in model.trainable_weights() {
         let layout = weight_layout(spec, w);
         for (slot, out) in [("m", &mut m), ("v", &mut v)] {
             let name = format!("{}/{}/{slot}:0", w.layer, w.name);

@@ -57,6 +57,19 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             json!({"rate": *rate as f64, "noise_shape": null, "seed": null}),
         ),
         LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
+        LayerKind::BatchNorm { epsilon, momentum } => merge(
+            base,
+            json!({
+                "axis": -1, "momentum": *momentum as f64, "epsilon": *epsilon as f64,
+                "center": true, "scale": true,
+                "beta_initializer": {"class_name": "Zeros", "config": {}},
+                "gamma_initializer": {"class_name": "Ones", "config": {}},
+                "moving_mean_initializer": {"class_name": "Zeros", "config": {}},
+                "moving_variance_initializer": {"class_name": "Ones", "config": {}},
+                "beta_regularizer": null, "gamma_regularizer": null,
+                "beta_constraint": null, "gamma_constraint": null
+            }),
+        ),
         LayerKind::Dense { units, activation } => merge(
             merge(
                 base,
@@ -145,6 +158,11 @@ fn input_shape(config: &Value) -> Option<FeatureShape> {
         [f] => Some(FeatureShape::Flat(*f)),
         _ => None,
     }
+}
+
+/// The shape the next layer receives: the last layer's output, or the model input.
+fn input_so_far(seq: &Option<Sequential>, input: Option<FeatureShape>) -> Option<FeatureShape> {
+    seq.as_ref().map(Sequential::output_shape).or(input)
 }
 
 /// Rebuilds the architecture from Keras' `model_config` JSON (Keras 2 or 3).
@@ -256,6 +274,33 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 rate: cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32,
             },
             "Flatten" => LayerKind::Flatten,
+            "BatchNormalization" => {
+                for flag in ["center", "scale"] {
+                    if cfg.get(flag).and_then(Value::as_bool) == Some(false) {
+                        return Err(err(format!(
+                            "BatchNormalization with {flag}=false is not supported"
+                        )));
+                    }
+                }
+                // Keras 2 writes the axis as 3 or [3] for NHWC images, Keras 3 as -1: all mean
+                // the channels, the only axis we normalise over.
+                let rank = match input_so_far(&seq, input) {
+                    Some(FeatureShape::Image { .. }) => 4,
+                    _ => 2,
+                };
+                let axis = match cfg.get("axis") {
+                    Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+                    Some(v) => v.as_i64(),
+                    None => Some(-1),
+                };
+                if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
+                    return Err(err(format!("BatchNormalization over axis {axis:?} is not supported (only the channels)")));
+                }
+                LayerKind::BatchNorm {
+                    epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
+                    momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99) as f32,
+                }
+            }
             "Dense" => {
                 if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
                     return Err(err("Dense without bias is not supported".into()));

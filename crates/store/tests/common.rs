@@ -65,7 +65,11 @@ pub fn python() -> Option<String> {
 }
 
 pub fn run(py: &str, args: &[&str]) -> String {
+    // The HDF5 C library opens files without O_CLOEXEC, so a helper spawned while another test
+    // thread has a file open inherits its descriptor and lock; h5py would then fail to lock
+    // that file. The helper only reads files the test finished writing: no locking needed.
     let out = Command::new(py)
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
         .arg(helper())
         .args(args)
         .output()

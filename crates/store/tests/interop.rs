@@ -166,3 +166,57 @@ fn a_file_keras_wrote_predicts_what_keras_predicted() {
     let d = max_diff(&got, &expected);
     assert!(d < 1e-5, "differs from Keras by {d}");
 }
+
+/// BatchNormalization (inference) in both namings: gamma, beta and the moving statistics load
+/// into place and the model predicts what numpy predicts.
+#[test]
+fn batch_normalization_loads_and_predicts_like_numpy() {
+    let Some(py) = common::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (naming, strings) in [("keras2", "fixed"), ("keras3", "vlen")] {
+        let model_path = dir.path().join(format!("bn-{naming}.h5"));
+        let io_path = dir.path().join(format!("bn-{naming}-io.h5"));
+        common::run(
+            &py,
+            &[
+                "write",
+                model_path.to_str().unwrap(),
+                io_path.to_str().unwrap(),
+                "--naming",
+                naming,
+                "--strings",
+                strings,
+                "--bn",
+            ],
+        );
+        let (x, expected) = read_io(&io_path);
+        let model = load_model(&model_path, &Device::Cpu).unwrap();
+        assert_eq!(
+            model.spec().layers()[1].kind.class_name(),
+            "BatchNormalization"
+        );
+        // 4 channels: gamma and beta trainable, the moving statistics not.
+        assert_eq!(
+            model.spec().param_count() - model.spec().trainable_param_count(),
+            8
+        );
+        let got: Vec<Vec<f32>> = model
+            .forward(&x, Mode::Inference)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let d = max_diff(&got, &expected);
+        assert!(d < 1e-5, "{naming}: differs from numpy by {d}");
+
+        // Saved again by us, it loads back to the same predictions.
+        let again = dir.path().join(format!("bn-{naming}-ours.h5"));
+        save_model(&model, &again, None).unwrap();
+        let back = load_model(&again, &Device::Cpu).unwrap();
+        let got2: Vec<Vec<f32>> = back
+            .forward(&x, Mode::Inference)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(got, got2);
+    }
+}

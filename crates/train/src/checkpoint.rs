@@ -49,15 +49,19 @@ pub fn save_checkpoint(
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let (m, v) = adam.moments();
     let mut names = Vec::new();
-    for (i, w) in model.weights().enumerate() {
+    for w in model.weights() {
         let name = format!("{}/{}", w.layer, w.name);
         tensors.insert(
             format!("weight/{name}"),
             w.var.as_tensor().to_device(&Device::Cpu)?,
         );
+        names.push(name);
+    }
+    // Adam's moments follow the trainable weights, in the same order.
+    for (i, w) in model.trainable_weights().enumerate() {
+        let name = format!("{}/{}", w.layer, w.name);
         tensors.insert(format!("adam_m/{name}"), m[i].to_device(&Device::Cpu)?);
         tensors.insert(format!("adam_v/{name}"), v[i].to_device(&Device::Cpu)?);
-        names.push(name);
     }
     write_atomic(&tensors_path, |tmp| {
         candle_core::safetensors::save(&tensors, tmp).map_err(|e| file_err(tmp)(e.to_string()))
@@ -98,8 +102,10 @@ pub fn load_checkpoint(
     for w in model.weights() {
         let name = format!("{}/{}", w.layer, w.name);
         model.set_weight(&w.layer, w.name, &get(format!("weight/{name}"))?)?;
-        m.push(get(format!("adam_m/{name}"))?);
-        v.push(get(format!("adam_v/{name}"))?);
+        if w.trainable {
+            m.push(get(format!("adam_m/{name}"))?);
+            v.push(get(format!("adam_v/{name}"))?);
+        }
     }
     adam.set_state(m, v, meta.iterations)?;
     Ok(meta)

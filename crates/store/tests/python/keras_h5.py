@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Keras-layout .h5 files written and checked with h5py + numpy alone (no Keras needed).
 
-    keras_h5.py write MODEL.h5 IO.h5 --naming keras2|keras3 --strings fixed|vlen
-        Writes a small Sequential CNN in Keras' legacy layout with seeded random weights, and
+    keras_h5.py write MODEL.h5 IO.h5 --naming keras2|keras3 --strings fixed|vlen [--bn]
+        Writes a small Sequential CNN (with --bn, a BatchNormalization after the first conv) in Keras' legacy layout with seeded random weights, and
         IO.h5 with an input batch x (N, H, W, C) and numpy's forward pass y (N, classes).
     keras_h5.py check MODEL.h5 IO.h5
         Reads a file written by simplecnn-rs: checks the layout (attributes, names, shapes)
@@ -59,10 +59,16 @@ def maxpool2(x):
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def forward(x, ws):
-    """The network below: conv(4, same, relu) → maxpool → dropout → conv(6, valid, relu) →
-    flatten → dropout → dense(7, relu) → dense(CLASSES, softmax)."""
+BN_EPS = 0.001
+
+
+def forward(x, ws, bn=None):
+    """The network below: conv(4, same, relu) → [batchnorm] → maxpool → dropout →
+    conv(6, valid, relu) → flatten → dropout → dense(7, relu) → dense(CLASSES, softmax)."""
     x = relu(conv_same(x, *ws[0]))
+    if bn is not None:
+        gamma, beta, mean, var = bn
+        x = (x - mean) / np.sqrt(var + BN_EPS) * gamma + beta
     x = maxpool2(x)
     x = relu(conv_valid(x, *ws[1]))
     x = x.reshape(x.shape[0], -1)  # Keras flattens NHWC
@@ -70,7 +76,7 @@ def forward(x, ws):
     return softmax(x @ ws[3][0] + ws[3][1])
 
 
-def layer_defs(keras3):
+def layer_defs(keras3, bn):
     names = (["conv2d", "max_pooling2d", "dropout", "conv2d_1", "flatten", "dropout_1", "dense", "dense_1"]
              if keras3 else
              ["conv2d_1", "max_pooling2d_1", "dropout_1", "conv2d_2", "flatten_1", "dropout_2", "dense_1", "dense_2"])
@@ -87,6 +93,11 @@ def layer_defs(keras3):
         ("Dense", {"units": 7, "activation": "relu", "use_bias": True}),
         ("Dense", {"units": CLASSES, "activation": "softmax", "use_bias": True}),
     ]
+    if bn:
+        names.insert(1, "batch_normalization" if keras3 else "batch_normalization_1")
+        # Keras 2 stored the axis as [3], Keras 3 as -1.
+        cfgs.insert(1, ("BatchNormalization", {"axis": -1 if keras3 else [3], "momentum": 0.99,
+                                               "epsilon": BN_EPS, "center": True, "scale": True}))
     layers = []
     if keras3:
         layers.append({"module": "keras.layers", "class_name": "InputLayer",
@@ -105,13 +116,17 @@ def strings(values, kind):
     return np.array(values, dtype=h5py.string_dtype("utf-8"))
 
 
-def write(model_path, io_path, naming, kind):
+def write(model_path, io_path, naming, kind, bn):
     keras3 = naming == "keras3"
     rng = np.random.default_rng(12345)
     shapes = [((3, 3, C, 4), 4), ((2, 2, 4, 6), 6), ((3 * 3 * 6, 7), 7), ((7, CLASSES), CLASSES)]
     ws = [(rng.normal(0, 0.5, k).astype(np.float32), rng.normal(0, 0.1, b).astype(np.float32)) for k, b in shapes]
-    names, layers = layer_defs(keras3)
-    weighted = [names[0], names[3], names[6], names[7]]
+    names, layers = layer_defs(keras3, bn)
+    weighted = [n for n in names if n.startswith(("conv2d", "dense"))]
+    bn_params = None
+    if bn:
+        bn_params = [rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.1, 4), rng.normal(0, 0.3, 4), rng.uniform(0.2, 2.0, 4)]
+        bn_params = [p.astype(np.float32) for p in bn_params]
     with h5py.File(model_path, "w") as f:
         f.attrs["keras_version"] = "3.15.1" if keras3 else "2.1.6"
         f.attrs["backend"] = "tensorflow"
@@ -121,7 +136,13 @@ def write(model_path, io_path, naming, kind):
         g.attrs["layer_names"] = strings(names, kind)
         for name in names:
             lg = g.create_group(name)
-            if name in weighted:
+            if name.startswith("batch_normalization"):
+                parts = ["gamma", "beta", "moving_mean", "moving_variance"]
+                wn = ["%s/%s/%s" % (model_name, name, p) if keras3 else "%s/%s:0" % (name, p) for p in parts]
+                lg.attrs["weight_names"] = strings(wn, kind)
+                for n, p in zip(wn, bn_params):
+                    lg[n] = p
+            elif name in weighted:
                 k, b = ws[weighted.index(name)]
                 if keras3:
                     wn = ["%s/%s/kernel" % (model_name, name), "%s/%s/bias" % (model_name, name)]
@@ -135,7 +156,8 @@ def write(model_path, io_path, naming, kind):
         if keras3:
             g.create_group("top_level_model_weights")
     x = rng.uniform(0, 1, (4, H, W, C)).astype(np.float32)
-    y = forward(x.astype(np.float64), [(k.astype(np.float64), b.astype(np.float64)) for k, b in ws])
+    y = forward(x.astype(np.float64), [(k.astype(np.float64), b.astype(np.float64)) for k, b in ws],
+                None if bn_params is None else [p.astype(np.float64) for p in bn_params])
     with h5py.File(io_path, "w") as f:
         f["x"] = x
         f["y"] = y.astype(np.float32)
@@ -183,7 +205,7 @@ def check(model_path, io_path):
 
 if __name__ == "__main__":
     if sys.argv[1] == "write":
-        write(sys.argv[2], sys.argv[3], sys.argv[5], sys.argv[7])
+        write(sys.argv[2], sys.argv[3], sys.argv[5], sys.argv[7], "--bn" in sys.argv[8:])
     elif sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3])
     else:
