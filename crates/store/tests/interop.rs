@@ -22,6 +22,36 @@ fn read_io(path: &std::path::Path) -> (Tensor, Vec<Vec<f32>>) {
     )
 }
 
+/// Has the helper write a model (`--bn` adds BatchNormalization) and its IO file into `dir`;
+/// returns the model's path, the input (NCHW) and numpy's predictions.
+fn python_model(
+    py: &str,
+    dir: &std::path::Path,
+    naming: &str,
+    strings: &str,
+    bn: bool,
+) -> (std::path::PathBuf, Tensor, Vec<Vec<f32>>) {
+    let stem = format!("{naming}-{strings}{}", if bn { "-bn" } else { "" });
+    let model_path = dir.join(format!("{stem}.h5"));
+    let io_path = dir.join(format!("{stem}-io.h5"));
+    let (m, io) = (model_path.to_str().unwrap(), io_path.to_str().unwrap());
+    let mut args = vec!["write", m, io, "--naming", naming, "--strings", strings];
+    if bn {
+        args.push("--bn");
+    }
+    common::run(py, &args);
+    let (x, y) = read_io(&io_path);
+    (model_path, x, y)
+}
+
+fn predict(model: &Model, x: &Tensor) -> Vec<Vec<f32>> {
+    model
+        .forward(x, Mode::Inference)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()
         .flatten()
@@ -40,28 +70,10 @@ fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
         ("keras3", "vlen"),
         ("keras3", "fixed"),
     ] {
-        let model_path = dir.path().join(format!("{naming}-{strings}.h5"));
-        let io_path = dir.path().join(format!("{naming}-{strings}-io.h5"));
-        common::run(
-            &py,
-            &[
-                "write",
-                model_path.to_str().unwrap(),
-                io_path.to_str().unwrap(),
-                "--naming",
-                naming,
-                "--strings",
-                strings,
-            ],
-        );
-        let (x, expected) = read_io(&io_path);
+        let (model_path, x, expected) = python_model(&py, dir.path(), naming, strings, false);
 
         let model = load_model(&model_path, &Device::Cpu).unwrap();
-        let got: Vec<Vec<f32>> = model
-            .forward(&x, Mode::Inference)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let got = predict(&model, &x);
         let d = max_diff(&got, &expected);
         assert!(
             d < 1e-5,
@@ -71,11 +83,7 @@ fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
         // The same weights into a model built here, by order.
         let ours = Model::new(common::small_cnn(), &Device::Cpu, 1).unwrap();
         load_weights(&ours, &model_path, MatchBy::Order).unwrap();
-        let got: Vec<Vec<f32>> = ours
-            .forward(&x, Mode::Inference)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let got = predict(&ours, &x);
         assert!(
             max_diff(&got, &expected) < 1e-5,
             "{naming}/{strings}: load_weights"
@@ -84,11 +92,7 @@ fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
             // Names match only in the Keras 2 naming.
             let by_name = Model::new(common::small_cnn(), &Device::Cpu, 2).unwrap();
             load_weights(&by_name, &model_path, MatchBy::Name).unwrap();
-            let got: Vec<Vec<f32>> = by_name
-                .forward(&x, Mode::Inference)
-                .unwrap()
-                .to_vec2()
-                .unwrap();
+            let got = predict(&by_name, &x);
             assert!(max_diff(&got, &expected) < 1e-5);
         } else {
             let by_name = Model::new(common::small_cnn(), &Device::Cpu, 2).unwrap();
@@ -158,11 +162,7 @@ fn a_file_keras_wrote_predicts_what_keras_predicted() {
     let model = load_model(&data.join("keras3-simplecnn.h5"), &Device::Cpu).unwrap();
     assert_eq!(model.spec().param_count(), 545_098);
     let (x, expected) = read_io(&data.join("keras3-simplecnn-io.h5"));
-    let got: Vec<Vec<f32>> = model
-        .forward(&x, Mode::Inference)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let got = predict(&model, &x);
     let d = max_diff(&got, &expected);
     assert!(d < 1e-5, "differs from Keras by {d}");
 }
@@ -174,22 +174,7 @@ fn batch_normalization_loads_and_predicts_like_numpy() {
     let Some(py) = common::python() else { return };
     let dir = tempfile::tempdir().unwrap();
     for (naming, strings) in [("keras2", "fixed"), ("keras3", "vlen")] {
-        let model_path = dir.path().join(format!("bn-{naming}.h5"));
-        let io_path = dir.path().join(format!("bn-{naming}-io.h5"));
-        common::run(
-            &py,
-            &[
-                "write",
-                model_path.to_str().unwrap(),
-                io_path.to_str().unwrap(),
-                "--naming",
-                naming,
-                "--strings",
-                strings,
-                "--bn",
-            ],
-        );
-        let (x, expected) = read_io(&io_path);
+        let (model_path, x, expected) = python_model(&py, dir.path(), naming, strings, true);
         let model = load_model(&model_path, &Device::Cpu).unwrap();
         assert_eq!(
             model.spec().layers()[1].kind.class_name(),
@@ -200,11 +185,7 @@ fn batch_normalization_loads_and_predicts_like_numpy() {
             model.spec().param_count() - model.spec().trainable_param_count(),
             8
         );
-        let got: Vec<Vec<f32>> = model
-            .forward(&x, Mode::Inference)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let got = predict(&model, &x);
         let d = max_diff(&got, &expected);
         assert!(d < 1e-5, "{naming}: differs from numpy by {d}");
 
@@ -212,11 +193,7 @@ fn batch_normalization_loads_and_predicts_like_numpy() {
         let again = dir.path().join(format!("bn-{naming}-ours.h5"));
         save_model(&model, &again, None).unwrap();
         let back = load_model(&again, &Device::Cpu).unwrap();
-        let got2: Vec<Vec<f32>> = back
-            .forward(&x, Mode::Inference)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let got2 = predict(&back, &x);
         assert_eq!(got, got2);
     }
 }
