@@ -75,22 +75,9 @@ enum ExperimentName {
     Baseline(experiment::BaselineArgs),
 }
 
-/// candle allocates and frees multi-megabyte tensors every training step, and glibc returns
-/// them to the kernel each time: the page faults cost as much system time as the maths.
-/// Keep freed memory in the heap instead (measured: sys time per 1 800-image epoch 10-12 s → ~4 s).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    unsafe {
-        // Serve blocks up to 32 MiB (glibc's maximum) from the heap, grow it in 256 MiB steps
-        // and never trim it.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() -> Result<()> {
-    keep_freed_memory();
+    // Training speed depends on it (see simplecnn_train::keep_freed_memory).
+    simplecnn_train::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

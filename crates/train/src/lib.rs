@@ -28,6 +28,7 @@
 //! ```
 
 mod adam;
+mod alloc;
 mod checkpoint;
 mod error;
 mod evaluate;
@@ -36,6 +37,7 @@ mod history;
 pub mod loss;
 
 pub use adam::{Adam, AdamConfig};
+pub use alloc::keep_freed_memory;
 pub use checkpoint::{checkpoint_paths, load_checkpoint, save_checkpoint, CheckpointMeta};
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, evaluate_indices, predict, Evaluation};
