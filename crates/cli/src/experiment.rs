@@ -133,10 +133,8 @@ pub fn peak_rss_mib() -> f64 {
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    crate::files::write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))
 }
 
 /// Makes `<out>/<run-id>/`, checking that `out` is writable before any work starts.
@@ -240,8 +238,7 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
         provenance: provenance::collect(),
     };
     write_json(&run_dir.join("config.json"), &config)?;
-    // Keras: split_at = int(n * (1 - validation_split)).
-    let split_at = (data.train.len() as f64 * (1.0 - fit_config.validation_split)) as usize;
+    let split_at = fit_config.split_at(data.train.len());
     println!(
         "Train on {split_at} samples, validate on {} samples; results in {}",
         data.train.len() - split_at,

@@ -2,6 +2,7 @@
 
 mod data;
 mod experiment;
+mod files;
 mod plots;
 mod provenance;
 mod show;

@@ -26,9 +26,8 @@ fn two_series(
     val: &[(f64, f64)],
 ) -> Result<()> {
     register_font();
-    let tmp = path.with_extension("tmp.png");
-    {
-        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+    crate::files::write_atomic(path, |tmp| {
+        let root = BitMapBackend::new(tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE)?;
         let all = train.iter().chain(val).map(|p| p.1);
         let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
@@ -70,8 +69,8 @@ fn two_series(
             .label_font(("sans-serif", 15))
             .draw()?;
         root.present()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        Ok(())
+    })
 }
 
 /// `loss.png` (loss vs val_loss) and `accuracy.png` (acc vs val_acc) in `dir`.

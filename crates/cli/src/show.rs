@@ -59,11 +59,10 @@ fn blit(
 }
 
 fn save_png(path: &Path, buf: Vec<u8>, w: usize, h: usize) -> Result<()> {
-    let tmp = path.with_extension("tmp.png");
     let img = image::RgbImage::from_raw(w as u32, h as u32, buf).context("buffer size")?;
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::files::write_atomic(path, |tmp| {
+        Ok(img.save_with_format(tmp, image::ImageFormat::Png)?)
+    })?;
     println!("wrote {}", path.display());
     Ok(())
 }

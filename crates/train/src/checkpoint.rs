@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use simplecnn_model::Model;
 
 use crate::adam::Adam;
-use crate::error::{file_err, Result, TrainError};
+use crate::error::{file_err, write_atomic, Result, TrainError};
 use crate::history::History;
 
 /// What a checkpoint records beside the tensors.
@@ -28,12 +28,6 @@ pub fn checkpoint_paths(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
         dir.join(format!("{stem}.safetensors")),
         dir.join(format!("{stem}.json")),
     )
-}
-
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path)(e.to_string()))
 }
 
 /// Saves the model and optimizer after `history`'s last epoch as `dir/<stem>.*`.

@@ -16,6 +16,17 @@ pub enum TrainError {
 
 pub type Result<T> = std::result::Result<T, TrainError>;
 
+/// Writes `path` through `write(tmp)` on a temporary name beside it, then renames it into
+/// place, so a crash never leaves half a file where a good one was.
+pub(crate) fn write_atomic(
+    path: &std::path::Path,
+    write: impl FnOnce(&std::path::Path) -> Result<()>,
+) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path)(e.to_string()))
+}
+
 pub(crate) fn file_err(path: &std::path::Path) -> impl FnOnce(String) -> TrainError + '_ {
     move |message| TrainError::File {
         path: path.to_path_buf(),

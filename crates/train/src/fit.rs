@@ -62,6 +62,12 @@ impl Default for FitConfig {
 }
 
 impl FitConfig {
+    /// How many of `data_len` images are trained on; the rest, the tail, is validation.
+    /// Keras: `split_at = int(n * (1 - validation_split))`.
+    pub fn split_at(&self, data_len: usize) -> usize {
+        (data_len as f64 * (1.0 - self.validation_split)) as usize
+    }
+
     pub fn validate(&self, data_len: usize) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         if self.epochs == 0 {
@@ -76,8 +82,7 @@ impl FitConfig {
                 self.validation_split
             ));
         }
-        // The same split `fit` makes: split_at = int(n * (1 - validation_split)).
-        if (data_len as f64 * (1.0 - self.validation_split)) as usize == 0 {
+        if self.split_at(data_len) == 0 {
             return bad(format!("{data_len} images leave nothing to train on"));
         }
         Ok(())
@@ -128,8 +133,8 @@ fn fit_from(
     mut history: History,
 ) -> Result<History> {
     config.validate(data.len())?;
-    // Keras: split_at = int(n * (1 - validation_split)); validation is the tail, unshuffled.
-    let split_at = ((data.len() as f64) * (1.0 - config.validation_split)) as usize;
+    // Validation is the tail, taken before any shuffling.
+    let split_at = config.split_at(data.len());
     let val_indices: Vec<usize> = (split_at..data.len()).collect();
     let mut best = history
         .epochs

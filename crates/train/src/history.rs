@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{file_err, Result};
+use crate::error::{file_err, write_atomic, Result};
 
 /// One epoch's numbers, as Keras' `History` records them, plus timing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,14 +73,14 @@ pub struct History {
 impl History {
     /// Writes `epoch,seconds,loss,acc,val_loss,val_acc,learning_rate,images_per_second`.
     pub fn write_csv(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("csv.tmp");
-        let mut w = csv::Writer::from_path(&tmp).map_err(|e| file_err(path)(e.to_string()))?;
-        for e in &self.epochs {
-            w.serialize(e).map_err(|e| file_err(path)(e.to_string()))?;
-        }
-        w.flush().map_err(|e| file_err(path)(e.to_string()))?;
-        drop(w);
-        std::fs::rename(&tmp, path).map_err(|e| file_err(path)(e.to_string()))
+        write_atomic(path, |tmp| {
+            let err = |e: String| file_err(path)(e);
+            let mut w = csv::Writer::from_path(tmp).map_err(|e| err(e.to_string()))?;
+            for e in &self.epochs {
+                w.serialize(e).map_err(|e| err(e.to_string()))?;
+            }
+            w.flush().map_err(|e| err(e.to_string()))
+        })
     }
 
     /// Reads a CSV written by [`History::write_csv`].
