@@ -1,15 +1,26 @@
 //! Each layer of the tutorial model, forward and backward at batch 128; one full training step;
 //! inference on a batch of 1000. Throughput is in images (elements) per second.
+//!
+//! Every benchmark runs twice, `fast/…` with this project's CPU kernels and `candle/…` with
+//! candle's own ops: the before and after of `simplecnn_model::ops`, side by side.
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use simplecnn_model::{zoo, DropoutRng, FeatureShape, Mode, Model, Sequential};
+use simplecnn_model::{zoo, DropoutRng, FeatureShape, Kernels, Mode, Model, Sequential};
 use simplecnn_train::{loss::categorical_cross_entropy, Adam, AdamConfig};
 
 const BATCH: usize = 128;
 
 /// A one-layer model of the tutorial's layer `name`, with its input shape there.
-fn single_layer(name: &str) -> (Model, FeatureShape) {
+const KERNELS: [(&str, Kernels); 2] = [("fast", Kernels::Fast), ("candle", Kernels::Candle)];
+
+fn model(spec: Sequential, kernels: Kernels) -> Model {
+    let mut model = Model::new(spec, &Device::Cpu, 0).unwrap();
+    model.set_kernels(kernels);
+    model
+}
+
+fn single_layer(name: &str, kernels: Kernels) -> (Model, FeatureShape) {
     let spec = zoo::simple_cnn();
     let layer = spec
         .layers()
@@ -18,7 +29,7 @@ fn single_layer(name: &str) -> (Model, FeatureShape) {
         .expect("layer of the tutorial");
     let mut s = Sequential::new(name, layer.input);
     s.add_named(name, layer.kind).unwrap();
-    (Model::new(s, &Device::Cpu, 0).unwrap(), layer.input)
+    (model(s, kernels), layer.input)
 }
 
 fn layers(c: &mut Criterion) {
@@ -34,47 +45,50 @@ fn layers(c: &mut Criterion) {
         "max_pooling2d_2",
         "dense_1",
     ] {
-        let (model, input) = single_layer(name);
-        // The input is a variable, so backward computes its gradient as inside the network
-        // (conv2d_1's input gradient is the one a real step could skip).
-        let x = Var::from_tensor(
-            &Tensor::rand(0f32, 1f32, input.batch_dims(BATCH), &Device::Cpu).unwrap(),
-        )
-        .unwrap();
-        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+        for (label, kernels) in KERNELS {
+            let (model, input) = single_layer(name, kernels);
+            // The input is a variable, so backward computes its gradient as inside the network
+            // (conv2d_1's input gradient is the one a real step could skip).
+            let x = Var::from_tensor(
+                &Tensor::rand(0f32, 1f32, input.batch_dims(BATCH), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            group.bench_function(BenchmarkId::new(label, name), |b| {
+                b.iter(|| {
+                    let y = model.forward(x.as_tensor(), Mode::Inference).unwrap();
+                    y.sum_all().unwrap().backward().unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn training_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("training_step");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(10);
+    for (label, kernels) in KERNELS {
+        let model = model(zoo::simple_cnn(), kernels);
+        let mut adam = Adam::new(model.vars(), AdamConfig::default()).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (BATCH, 3, 32, 32), &Device::Cpu).unwrap();
+        let labels: Vec<f32> = (0..BATCH * 10)
+            .map(|i| if i % 10 == (i / 10) % 10 { 1.0 } else { 0.0 })
+            .collect();
+        let y = Tensor::from_vec(labels, (BATCH, 10), &Device::Cpu).unwrap();
+        let mut rng = DropoutRng::new(0);
+        group.bench_function(BenchmarkId::new(label, "simple_cnn_b128"), |b| {
             b.iter(|| {
-                let y = model.forward(x.as_tensor(), Mode::Inference).unwrap();
-                y.sum_all().unwrap().backward().unwrap()
+                let logits = model.logits(&x, Mode::Training(&mut rng)).unwrap();
+                let loss = categorical_cross_entropy(&logits, &y).unwrap();
+                adam.step(&loss.backward().unwrap()).unwrap();
             })
         });
     }
     group.finish();
 }
 
-fn training_step(c: &mut Criterion) {
-    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
-    let mut adam = Adam::new(model.vars(), AdamConfig::default()).unwrap();
-    let x = Tensor::rand(0f32, 1f32, (BATCH, 3, 32, 32), &Device::Cpu).unwrap();
-    let labels: Vec<f32> = (0..BATCH * 10)
-        .map(|i| if i % 10 == (i / 10) % 10 { 1.0 } else { 0.0 })
-        .collect();
-    let y = Tensor::from_vec(labels, (BATCH, 10), &Device::Cpu).unwrap();
-    let mut rng = DropoutRng::new(0);
-    let mut group = c.benchmark_group("training_step");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.sample_size(10);
-    group.bench_function("simple_cnn_b128", |b| {
-        b.iter(|| {
-            let logits = model.logits(&x, Mode::Training(&mut rng)).unwrap();
-            let loss = categorical_cross_entropy(&logits, &y).unwrap();
-            adam.step(&loss.backward().unwrap()).unwrap();
-        })
-    });
-    group.finish();
-}
-
 fn inference(c: &mut Criterion) {
-    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
     let x = Tensor::rand(0f32, 1f32, (1000, 3, 32, 32), &Device::Cpu)
         .unwrap()
         .to_dtype(DType::F32)
@@ -82,9 +96,12 @@ fn inference(c: &mut Criterion) {
     let mut group = c.benchmark_group("inference");
     group.throughput(Throughput::Elements(1000));
     group.sample_size(10);
-    group.bench_function("simple_cnn_b1000", |b| {
-        b.iter(|| model.forward(&x, Mode::Inference).unwrap())
-    });
+    for (label, kernels) in KERNELS {
+        let model = model(zoo::simple_cnn(), kernels);
+        group.bench_function(BenchmarkId::new(label, "simple_cnn_b1000"), |b| {
+            b.iter(|| model.forward(&x, Mode::Inference).unwrap())
+        });
+    }
     group.finish();
 }
 

@@ -28,10 +28,11 @@
 mod error;
 mod layers;
 mod model;
+pub mod ops;
 mod sequential;
 pub mod zoo;
 
 pub use error::{ModelError, Result};
 pub use layers::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig};
-pub use model::{argmax, DropoutRng, Mode, Model, NamedWeight};
+pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use sequential::{thousands, LayerSpec, Sequential};

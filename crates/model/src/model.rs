@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, LayerKind, Padding};
+use crate::ops;
 use crate::sequential::{LayerSpec, Sequential};
 
 /// One weight tensor: the layer it belongs to, its Keras name (`kernel`, `bias`), the variable.
@@ -67,6 +68,18 @@ pub struct Model {
     /// Per layer, its weights in Keras' order (kernel, bias); empty for weightless layers.
     weights: Vec<Vec<NamedWeight>>,
     device: Device,
+    kernels: Kernels,
+}
+
+/// Which implementation runs the convolutions and max pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// [`crate::ops`] for f32 on the CPU (im2col + gemm, fused bias and ReLU), candle's ops
+    /// elsewhere.
+    #[default]
+    Fast,
+    /// candle's own ops everywhere: the reference the fast kernels are tested against.
+    Candle,
 }
 
 impl Model {
@@ -104,7 +117,17 @@ impl Model {
             spec,
             weights,
             device: device.clone(),
+            kernels: Kernels::default(),
         })
+    }
+
+    /// Chooses the convolution and pooling kernels (see [`Kernels`]); the weights stay.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     pub fn spec(&self) -> &Sequential {
@@ -175,10 +198,18 @@ impl Model {
             )));
         }
         let last = self.spec.layers().len().saturating_sub(1);
+        let fast = self.kernels == Kernels::Fast && x.device().is_cpu() && x.dtype() == DType::F32;
         let mut x = x.clone();
         for (i, (layer, ws)) in self.spec.layers().iter().zip(&self.weights).enumerate() {
             let skip_softmax = skip_final_softmax && i == last;
-            x = forward_layer(layer, ws, &x, &mut mode, skip_softmax)?;
+            x = if fast {
+                match fast_layer(layer, ws, &x, skip_softmax)? {
+                    Some(y) => y,
+                    None => forward_layer(layer, ws, &x, &mut mode, skip_softmax)?,
+                }
+            } else {
+                forward_layer(layer, ws, &x, &mut mode, skip_softmax)?
+            };
         }
         Ok(x)
     }
@@ -199,6 +230,57 @@ fn activate(x: Tensor, a: Activation, skip_softmax: bool) -> Result<Tensor> {
         Activation::Relu => x.relu()?,
         Activation::Softmax if skip_softmax => x,
         Activation::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
+    })
+}
+
+/// The layers [`crate::ops`] computes on the CPU; `None` for the others.
+fn fast_layer(
+    layer: &LayerSpec,
+    ws: &[NamedWeight],
+    x: &Tensor,
+    skip_softmax: bool,
+) -> Result<Option<Tensor>> {
+    let (_, c, h, w) = match x.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        _ => return Ok(None),
+    };
+    Ok(match &layer.kind {
+        LayerKind::Conv2d(cfg) => {
+            let (kernel, bias) = (ws[0].var.as_tensor(), ws[1].var.as_tensor());
+            let pads = |len, k, s| cfg.padding.output_len(len, k, s).map(|(_, a, b)| (a, b));
+            let shape = pads(h, cfg.kernel_size.0, cfg.strides.0)
+                .zip(pads(w, cfg.kernel_size.1, cfg.strides.1))
+                .and_then(|padding| {
+                    ops::ConvShape::new(
+                        (c, h, w),
+                        cfg.filters,
+                        cfg.kernel_size,
+                        cfg.strides,
+                        padding,
+                    )
+                })
+                .ok_or_else(|| ModelError::Shape {
+                    layer: layer.name.clone(),
+                    message: format!("input (C, H, W) = ({c}, {h}, {w}) is too small"),
+                })?;
+            let relu = cfg.activation == Activation::Relu;
+            let y = ops::conv2d(x, kernel, bias, shape, relu)?;
+            Some(if relu {
+                y
+            } else {
+                activate(y, cfg.activation, skip_softmax)?
+            })
+        }
+        LayerKind::MaxPool2d(p) => {
+            let shape = ops::PoolShape::new((h, w), p.pool_size, p.strides).ok_or_else(|| {
+                ModelError::Shape {
+                    layer: layer.name.clone(),
+                    message: format!("input {h}x{w} is smaller than the pool"),
+                }
+            })?;
+            Some(ops::max_pool2d(x, shape)?)
+        }
+        _ => None,
     })
 }
 

@@ -1,0 +1,514 @@
+//! 2-D convolution (NCHW, kernels `(out, in, kh, kw)`) as im2col + gemm, with bias and an
+//! optional ReLU fused into the forward pass.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+use super::gemm::{matmul, MatRef};
+
+/// Images per partial sum of the kernel gradient. Fixed, so the order of the additions (and so
+/// the result, to the bit) does not depend on how many threads run.
+const KERNEL_GRAD_CHUNK: usize = 8;
+
+/// The geometry of one convolution, batch size aside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub in_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl ConvShape {
+    /// `input` is `(channels, height, width)`; `padding` is `((top, bottom), (left, right))`.
+    /// `None` when the padded input is smaller than the kernel or a size is zero.
+    pub fn new(
+        input: (usize, usize, usize),
+        out_channels: usize,
+        kernel: (usize, usize),
+        strides: (usize, usize),
+        padding: ((usize, usize), (usize, usize)),
+    ) -> Option<Self> {
+        let (c, h, w) = input;
+        let ((top, bottom), (left, right)) = padding;
+        let (kh, kw) = kernel;
+        let (sh, sw) = strides;
+        if [c, h, w, out_channels, kh, kw, sh, sw].contains(&0) {
+            return None;
+        }
+        let (ph, pw) = (h + top + bottom, w + left + right);
+        if ph < kh || pw < kw {
+            return None;
+        }
+        Some(ConvShape {
+            in_channels: c,
+            in_h: h,
+            in_w: w,
+            out_channels,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_top: top,
+            pad_left: left,
+            out_h: (ph - kh) / sh + 1,
+            out_w: (pw - kw) / sw + 1,
+        })
+    }
+
+    /// Rows of the im2col matrix: one per kernel weight of an output channel.
+    fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel_h * self.kernel_w
+    }
+
+    /// Columns of the im2col matrix: one per output position.
+    fn positions(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    fn in_len(&self) -> usize {
+        self.in_channels * self.in_h * self.in_w
+    }
+
+    fn out_len(&self) -> usize {
+        self.out_channels * self.positions()
+    }
+
+    fn kernel_dims(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.in_channels,
+            self.kernel_h,
+            self.kernel_w,
+        ]
+    }
+
+    /// The output columns `ox` whose input column `ox * stride + kj - pad_left` is inside the
+    /// image.
+    fn valid_cols(&self, kj: usize) -> std::ops::Range<usize> {
+        valid_range(kj, self.pad_left, self.stride_w, self.in_w, self.out_w)
+    }
+
+    fn valid_rows(&self, ki: usize) -> std::ops::Range<usize> {
+        valid_range(ki, self.pad_top, self.stride_h, self.in_h, self.out_h)
+    }
+
+    fn check_input(&self, op: &str, dims: &[usize]) -> Result<usize> {
+        match dims {
+            [n, c, h, w] if (*c, *h, *w) == (self.in_channels, self.in_h, self.in_w) => Ok(*n),
+            _ => candle_core::bail!(
+                "{op}: input {dims:?} does not match (N, {}, {}, {})",
+                self.in_channels,
+                self.in_h,
+                self.in_w
+            ),
+        }
+    }
+
+    fn check_output(&self, op: &str, dims: &[usize]) -> Result<usize> {
+        match dims {
+            [n, o, h, w] if (*o, *h, *w) == (self.out_channels, self.out_h, self.out_w) => Ok(*n),
+            _ => candle_core::bail!(
+                "{op}: output gradient {dims:?} does not match (N, {}, {}, {})",
+                self.out_channels,
+                self.out_h,
+                self.out_w
+            ),
+        }
+    }
+
+    fn check_kernel(&self, op: &str, dims: &[usize]) -> Result<()> {
+        if dims != self.kernel_dims() {
+            candle_core::bail!("{op}: kernel {dims:?}, expected {:?}", self.kernel_dims());
+        }
+        Ok(())
+    }
+}
+
+/// Indices `o < out` with `0 <= o * stride + k - pad < len`.
+fn valid_range(
+    k: usize,
+    pad: usize,
+    stride: usize,
+    len: usize,
+    out: usize,
+) -> std::ops::Range<usize> {
+    let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
+    // o * stride + k - pad <= len - 1  <=>  o <= (len - 1 + pad - k) / stride
+    let hi = if len + pad > k {
+        ((len - 1 + pad - k) / stride + 1).min(out)
+    } else {
+        0
+    };
+    lo..hi.max(lo)
+}
+
+/// One image `(C, H, W)` to its patch matrix `(C*kh*kw, oh*ow)`, zeros where the kernel
+/// overhangs the padding.
+fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
+    let (p, ow) = (s.positions(), s.out_w);
+    for c in 0..s.in_channels {
+        let plane = &x[c * s.in_h * s.in_w..][..s.in_h * s.in_w];
+        for ki in 0..s.kernel_h {
+            let rows = s.valid_rows(ki);
+            for kj in 0..s.kernel_w {
+                let cols = s.valid_cols(kj);
+                let r = (c * s.kernel_h + ki) * s.kernel_w + kj;
+                let dst = &mut col[r * p..][..p];
+                dst.fill(0.0);
+                for oy in rows.clone() {
+                    let iy = oy * s.stride_h + ki - s.pad_top;
+                    let src = &plane[iy * s.in_w..][..s.in_w];
+                    let out = &mut dst[oy * ow..][..ow];
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    if s.stride_w == 1 {
+                        let ix0 = cols.start + kj - s.pad_left;
+                        out[cols.clone()].copy_from_slice(&src[ix0..ix0 + cols.len()]);
+                    } else {
+                        for ox in cols.clone() {
+                            out[ox] = src[ox * s.stride_w + kj - s.pad_left];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each patch-matrix entry back onto its input pixel.
+fn col2im_add(s: &ConvShape, col: &[f32], dx: &mut [f32]) {
+    let (p, ow) = (s.positions(), s.out_w);
+    for c in 0..s.in_channels {
+        let plane = &mut dx[c * s.in_h * s.in_w..][..s.in_h * s.in_w];
+        for ki in 0..s.kernel_h {
+            let rows = s.valid_rows(ki);
+            for kj in 0..s.kernel_w {
+                let cols = s.valid_cols(kj);
+                let r = (c * s.kernel_h + ki) * s.kernel_w + kj;
+                let src = &col[r * p..][..p];
+                for oy in rows.clone() {
+                    let iy = oy * s.stride_h + ki - s.pad_top;
+                    let dst = &mut plane[iy * s.in_w..][..s.in_w];
+                    let row = &src[oy * ow..][..ow];
+                    for ox in cols.clone() {
+                        dst[ox * s.stride_w + kj - s.pad_left] += row[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `relu(conv(x, kernel) + bias)` (or without the ReLU) for f32 CPU tensors `x (N, C, H, W)`,
+/// `kernel (O, C, kh, kw)`, `bias (O)`. Differentiable in all three.
+pub fn conv2d(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    shape: ConvShape,
+    relu: bool,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &kernel.contiguous()?,
+        &bias.contiguous()?,
+        Conv2dForward { shape, relu },
+    )
+}
+
+struct Conv2dForward {
+    shape: ConvShape,
+    relu: bool,
+}
+
+impl CustomOp3 for Conv2dForward {
+    fn name(&self) -> &'static str {
+        "simplecnn-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = &self.shape;
+        let n = s.check_input(self.name(), xl.dims())?;
+        s.check_kernel(self.name(), kl.dims())?;
+        if bl.dims() != [s.out_channels] {
+            candle_core::bail!(
+                "{}: bias {:?}, expected [{}]",
+                self.name(),
+                bl.dims(),
+                s.out_channels
+            );
+        }
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let k = contiguous_f32(self.name(), ks, kl)?;
+        let b = contiguous_f32(self.name(), bs, bl)?;
+        let (kk, p) = (s.patch_len(), s.positions());
+        let mut y = vec![0f32; n * s.out_len()];
+        y.par_chunks_mut(s.out_len())
+            .zip(x.par_chunks(s.in_len()))
+            .for_each_init(
+                || vec![0f32; kk * p],
+                |col, (y, x)| {
+                    im2col(s, x, col);
+                    matmul(
+                        y,
+                        MatRef::rows(k, kk),
+                        MatRef::rows(col, p),
+                        (s.out_channels, p, kk),
+                        false,
+                    );
+                    for (plane, &bias) in y.chunks_mut(p).zip(b) {
+                        if self.relu {
+                            plane.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+                        } else {
+                            plane.iter_mut().for_each(|v| *v += bias);
+                        }
+                    }
+                },
+            );
+        let dims = [n, s.out_channels, s.out_h, s.out_w];
+        Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad_res.contiguous()?;
+        let grad = if self.relu {
+            grad.apply_op2_no_bwd(res, &ReluGrad)?
+        } else {
+            grad
+        };
+        // The network's input (the images) does not need a gradient: skip the costliest product.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(kernel, &Conv2dInputGrad { shape: self.shape })?)
+        } else {
+            None
+        };
+        let dk = x.apply_op2_no_bwd(&grad, &Conv2dKernelGrad { shape: self.shape })?;
+        let db = grad.apply_op1_no_bwd(&BiasGrad)?;
+        Ok((dx, Some(dk), Some(db)))
+    }
+}
+
+/// The gradient through a ReLU given its output: `grad` where `out > 0`, else 0.
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if gl.dims() != yl.dims() {
+            candle_core::bail!(
+                "{}: shapes {:?} and {:?} differ",
+                self.name(),
+                gl.dims(),
+                yl.dims()
+            );
+        }
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let y = contiguous_f32(self.name(), ys, yl)?;
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(1 << 16)
+            .zip(g.par_chunks(1 << 16).zip(y.par_chunks(1 << 16)))
+            .for_each(|(out, (g, y))| {
+                for ((o, &g), &y) in out.iter_mut().zip(g).zip(y) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+/// `(N, O, H, W)` to the per-channel sums `(O)`.
+struct BiasGrad;
+
+impl CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-bias-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let [n, o, h, w] = gl.dims() else {
+            candle_core::bail!("{}: expects (N, O, H, W), got {:?}", self.name(), gl.dims());
+        };
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let mut sums = vec![0f32; *o];
+        for image in g.chunks(o * h * w).take(*n) {
+            for (sum, plane) in sums.iter_mut().zip(image.chunks(h * w)) {
+                *sum += lane_sum(plane);
+            }
+        }
+        Ok((CpuStorage::F32(sums), Shape::from(*o)))
+    }
+}
+
+/// A sum in 16 lanes, which the compiler vectorises (a plain `f32` sum must stay serial).
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `dL/dx` from `dL/dy (N, O, oh, ow)` and the kernel: `col2im(kernelᵀ · dy)` per image.
+struct Conv2dInputGrad {
+    shape: ConvShape,
+}
+
+impl CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = &self.shape;
+        let n = s.check_output(self.name(), gl.dims())?;
+        s.check_kernel(self.name(), kl.dims())?;
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let k = contiguous_f32(self.name(), ks, kl)?;
+        let (kk, p) = (s.patch_len(), s.positions());
+        let mut dx = vec![0f32; n * s.in_len()];
+        dx.par_chunks_mut(s.in_len())
+            .zip(g.par_chunks(s.out_len()))
+            .for_each_init(
+                || vec![0f32; kk * p],
+                |dcol, (dx, g)| {
+                    matmul(
+                        dcol,
+                        MatRef::transposed(k, kk),
+                        MatRef::rows(g, p),
+                        (kk, p, s.out_channels),
+                        false,
+                    );
+                    col2im_add(s, dcol, dx);
+                },
+            );
+        let dims = [n, s.in_channels, s.in_h, s.in_w];
+        Ok((CpuStorage::F32(dx), Shape::from(&dims[..])))
+    }
+}
+
+/// `dL/dkernel = Σ_images dy · im2col(x)ᵀ`, summed in fixed chunks for determinism.
+struct Conv2dKernelGrad {
+    shape: ConvShape,
+}
+
+impl CustomOp2 for Conv2dKernelGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-conv2d-kernel-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = &self.shape;
+        let n = s.check_input(self.name(), xl.dims())?;
+        if s.check_output(self.name(), gl.dims())? != n {
+            candle_core::bail!(
+                "{}: batch sizes differ: {:?} and {:?}",
+                self.name(),
+                xl.dims(),
+                gl.dims()
+            );
+        }
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let (kk, p, o) = (s.patch_len(), s.positions(), s.out_channels);
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(s.in_len() * KERNEL_GRAD_CHUNK)
+            .zip(g.par_chunks(s.out_len() * KERNEL_GRAD_CHUNK))
+            .map(|(xs, gs)| {
+                let mut col = vec![0f32; kk * p];
+                let mut dk = vec![0f32; o * kk];
+                for (x, g) in xs.chunks(s.in_len()).zip(gs.chunks(s.out_len())) {
+                    im2col(s, x, &mut col);
+                    matmul(
+                        &mut dk,
+                        MatRef::rows(g, p),
+                        MatRef::transposed(&col, p),
+                        (o, kk, p),
+                        true,
+                    );
+                }
+                dk
+            })
+            .collect();
+        let mut dk = vec![0f32; o * kk];
+        for partial in &partials {
+            dk.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+        }
+        Ok((CpuStorage::F32(dk), Shape::from(&s.kernel_dims()[..])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_range_matches_brute_force() {
+        for (k, pad, stride, len) in [
+            (0, 1, 1, 5),
+            (2, 1, 1, 5),
+            (1, 0, 2, 6),
+            (2, 3, 2, 4),
+            (4, 0, 3, 3),
+        ] {
+            let out = 8;
+            let want: Vec<usize> = (0..out)
+                .filter(|&o| {
+                    let i = (o * stride + k) as isize - pad as isize;
+                    i >= 0 && (i as usize) < len
+                })
+                .collect();
+            let got: Vec<usize> = valid_range(k, pad, stride, len, out).collect();
+            assert_eq!(got, want, "k={k} pad={pad} stride={stride} len={len}");
+        }
+    }
+}

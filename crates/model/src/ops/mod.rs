@@ -1,0 +1,35 @@
+//! CPU kernels for the layers that dominate training time, as candle custom ops with their own
+//! backward passes.
+//!
+//! candle 0.11's CPU conv2d computes the input gradient with a direct loop (no gemm), the kernel
+//! gradient as a batch-as-channels convolution, an input gradient even for the network's input,
+//! and builds max-pool's backward out of upsample/compare/avg-pool. Here:
+//! * [`conv2d`]: im2col + gemm for the forward pass, the input gradient and the kernel gradient,
+//!   parallel over the batch; bias and ReLU fused into the forward pass; no input gradient when
+//!   the input does not track gradients (the images).
+//! * [`max_pool2d`]: a direct forward; the backward finds each window's first maximum again and
+//!   scatters the gradient there (what TensorFlow does).
+//!
+//! Only f32 tensors on the CPU take these paths; [`crate::Model`] keeps candle's own ops
+//! everywhere else (CUDA), and the tests hold these ops to candle's.
+
+mod conv;
+mod gemm;
+mod pool;
+
+pub use conv::{conv2d, ConvShape};
+pub use pool::{max_pool2d, PoolShape};
+
+use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
+
+/// The f32 values of a contiguous CPU tensor, or an error naming the op.
+fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => candle_core::bail!("{op}: expects f32, got {:?}", other.dtype()),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expects a contiguous tensor"),
+    }
+}

@@ -1,0 +1,201 @@
+//! Max pooling (NCHW, no padding) whose backward sends each window's gradient to the window's
+//! first maximum, recorded by the forward pass, instead of candle's compare-and-broadcast graph.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+
+/// The geometry of one pooling layer, batch and channels aside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub in_h: usize,
+    pub in_w: usize,
+    pub pool_h: usize,
+    pub pool_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl PoolShape {
+    /// `None` when the input is smaller than the window or a size is zero.
+    pub fn new(
+        input: (usize, usize),
+        pool: (usize, usize),
+        strides: (usize, usize),
+    ) -> Option<Self> {
+        let ((h, w), (ph, pw), (sh, sw)) = (input, pool, strides);
+        if [ph, pw, sh, sw].contains(&0) || h < ph || w < pw {
+            return None;
+        }
+        Some(PoolShape {
+            in_h: h,
+            in_w: w,
+            pool_h: ph,
+            pool_w: pw,
+            stride_h: sh,
+            stride_w: sw,
+            out_h: (h - ph) / sh + 1,
+            out_w: (w - pw) / sw + 1,
+        })
+    }
+
+    /// The flat index inside one input plane of the first maximum of output window `(oy, ox)`.
+    fn argmax(&self, plane: &[f32], oy: usize, ox: usize) -> usize {
+        let (y0, x0) = (oy * self.stride_h, ox * self.stride_w);
+        let mut best = y0 * self.in_w + x0;
+        for y in y0..y0 + self.pool_h {
+            for x in x0..x0 + self.pool_w {
+                let i = y * self.in_w + x;
+                if plane[i] > plane[best] {
+                    best = i;
+                }
+            }
+        }
+        best
+    }
+
+    fn check(&self, op: &str, dims: &[usize], (h, w): (usize, usize)) -> Result<(usize, usize)> {
+        match dims {
+            [n, c, dh, dw] if (*dh, *dw) == (h, w) => Ok((*n, *c)),
+            _ => candle_core::bail!("{op}: expects (N, C, {h}, {w}), got {dims:?}"),
+        }
+    }
+}
+
+/// Max pooling of an f32 CPU tensor `(N, C, H, W)`; differentiable.
+pub fn max_pool2d(x: &Tensor, shape: PoolShape) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(MaxPool2d {
+        shape,
+        argmax: Mutex::new(None),
+    })
+}
+
+/// The forward op records where each window's maximum was, so that its backward is a scatter.
+/// candle hands the op to backward by reference, hence the lock (taken once per call).
+struct MaxPool2d {
+    shape: PoolShape,
+    /// Per output value, the flat index of its maximum within the input plane.
+    argmax: Mutex<Option<Vec<u32>>>,
+}
+
+impl MaxPool2d {
+    /// One plane: the maxima into `y`, their positions into `idx`.
+    fn plane(&self, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
+        let s = &self.shape;
+        if (s.pool_h, s.pool_w, s.stride_h, s.stride_w) == (2, 2, 2, 2) {
+            // The tutorial's pools: a straight-line version the compiler keeps in registers.
+            for oy in 0..s.out_h {
+                let r0 = 2 * oy * s.in_w;
+                let (top, bottom) = (&x[r0..r0 + s.in_w], &x[r0 + s.in_w..r0 + 2 * s.in_w]);
+                let (y, idx) = (
+                    &mut y[oy * s.out_w..][..s.out_w],
+                    &mut idx[oy * s.out_w..][..s.out_w],
+                );
+                for ox in 0..s.out_w {
+                    let c = 2 * ox;
+                    let (mut best, mut at) = (top[c], r0 + c);
+                    if top[c + 1] > best {
+                        (best, at) = (top[c + 1], r0 + c + 1);
+                    }
+                    if bottom[c] > best {
+                        (best, at) = (bottom[c], r0 + s.in_w + c);
+                    }
+                    if bottom[c + 1] > best {
+                        (best, at) = (bottom[c + 1], r0 + s.in_w + c + 1);
+                    }
+                    y[ox] = best;
+                    idx[ox] = at as u32;
+                }
+            }
+            return;
+        }
+        for oy in 0..s.out_h {
+            for ox in 0..s.out_w {
+                let at = s.argmax(x, oy, ox);
+                y[oy * s.out_w + ox] = x[at];
+                idx[oy * s.out_w + ox] = at as u32;
+            }
+        }
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "simplecnn-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let s = &self.shape;
+        let (n, c) = s.check(self.name(), xl.dims(), (s.in_h, s.in_w))?;
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let (plane_in, plane_out) = (s.in_h * s.in_w, s.out_h * s.out_w);
+        let mut y = vec![0f32; n * c * plane_out];
+        let mut idx = vec![0u32; n * c * plane_out];
+        y.par_chunks_mut(plane_out)
+            .zip(idx.par_chunks_mut(plane_out))
+            .zip(x.par_chunks(plane_in))
+            .for_each(|((y, idx), x)| self.plane(x, y, idx));
+        *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(idx);
+        let dims = [n, c, s.out_h, s.out_w];
+        Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let argmax = self.argmax.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(argmax) = argmax else {
+            candle_core::bail!("{}: backward ran twice or before the forward", self.name());
+        };
+        let scatter = MaxPool2dGrad {
+            shape: self.shape,
+            argmax,
+        };
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .apply_op1_no_bwd(&scatter)?
+                .reshape(x.shape())?,
+        ))
+    }
+}
+
+/// Sends each output gradient to the input position its forward recorded.
+struct MaxPool2dGrad {
+    shape: PoolShape,
+    argmax: Vec<u32>,
+}
+
+impl CustomOp1 for MaxPool2dGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-max-pool2d-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let s = &self.shape;
+        let (n, c) = s.check(self.name(), gl.dims(), (s.out_h, s.out_w))?;
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let (plane_in, plane_out) = (s.in_h * s.in_w, s.out_h * s.out_w);
+        if self.argmax.len() != g.len() {
+            candle_core::bail!(
+                "{}: gradient {:?} does not match the forward pass",
+                self.name(),
+                gl.dims()
+            );
+        }
+        let mut dx = vec![0f32; n * c * plane_in];
+        dx.par_chunks_mut(plane_in)
+            .zip(g.par_chunks(plane_out))
+            .zip(self.argmax.par_chunks(plane_out))
+            .for_each(|((dx, g), idx)| {
+                for (&g, &i) in g.iter().zip(idx) {
+                    dx[i as usize] += g;
+                }
+            });
+        let dims = [n, c, s.in_h, s.in_w];
+        Ok((CpuStorage::F32(dx), Shape::from(&dims[..])))
+    }
+}
