@@ -9,6 +9,8 @@
 //! * `cargo xtask setup` → only the installs above (and the test venv);
 //! * `cargo xtask test [ARGS]` → sets up `target/py-venv` (Pillow, h5py, numpy for the
 //!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
+//! * `cargo xtask bench --reference …` → also sets up `target/reference-venv/{keras,torch}`
+//!   (pip, only when asked) for the reference scripts in `benches/reference/`;
 //! * `cargo xtask ANYTHING…` → `cargo run --release -p simplecnn-cli -- ANYTHING…`.
 
 use std::path::{Path, PathBuf};
@@ -81,22 +83,21 @@ fn ensure_hdf5() {
     }
 }
 
-/// `target/py-venv` with the Python packages the interop and shared-data tests use.
-fn ensure_python_venv(root: &Path) -> PathBuf {
-    let venv = root.join("target/py-venv");
+/// A virtualenv at `venv` in which `probe` (a Python import line) succeeds, made with pip and
+/// `packages` when it does not yet.
+fn ensure_venv(venv: &Path, probe: &str, packages: &[&str]) -> PathBuf {
     let python = venv.join("bin/python");
-    let probe = format!("import {}", "PIL, h5py, numpy");
-    if succeeds(Command::new(&python).args(["-c", &probe])) {
-        return venv;
+    if succeeds(Command::new(&python).args(["-c", probe])) {
+        return venv.to_path_buf();
     }
     eprintln!(
         "xtask: creating {} with {}",
         venv.display(),
-        PYTHON_PACKAGES.join(", ")
+        packages.join(", ")
     );
     let ok = Command::new("python3")
         .args(["-m", "venv"])
-        .arg(&venv)
+        .arg(venv)
         .status()
         .is_ok_and(|s| s.success())
         && Command::new(&python)
@@ -107,7 +108,7 @@ fn ensure_python_venv(root: &Path) -> PathBuf {
                 "--quiet",
                 "--disable-pip-version-check",
             ])
-            .args(PYTHON_PACKAGES)
+            .args(packages)
             .status()
             .is_ok_and(|s| s.success());
     if !ok {
@@ -117,7 +118,40 @@ fn ensure_python_venv(root: &Path) -> PathBuf {
         );
         exit(1);
     }
-    venv
+    venv.to_path_buf()
+}
+
+/// `target/py-venv` with the Python packages the interop and shared-data tests use.
+fn ensure_python_venv(root: &Path) -> PathBuf {
+    ensure_venv(
+        &root.join("target/py-venv"),
+        "import PIL, h5py, numpy",
+        PYTHON_PACKAGES,
+    )
+}
+
+/// The reference frameworks' virtualenvs, made only for `bench --reference`: TensorFlow is
+/// ~600 MB, PyTorch (whose Linux wheels bring CUDA libraries) ~5 GB.
+fn ensure_reference_venvs(root: &Path) -> [(&'static str, PathBuf); 2] {
+    let dir = root.join("target/reference-venv");
+    [
+        (
+            "--python-keras",
+            ensure_venv(
+                &dir.join("keras"),
+                "import keras, tensorflow, numpy",
+                &["tensorflow-cpu", "keras", "numpy"],
+            ),
+        ),
+        (
+            "--python-torch",
+            ensure_venv(
+                &dir.join("torch"),
+                "import torch, numpy",
+                &["torch", "numpy"],
+            ),
+        ),
+    ]
 }
 
 fn run(cmd: &mut Command) -> ! {
@@ -151,7 +185,17 @@ fn main() {
             .env("PATH", std::env::join_paths(paths).expect("valid PATH"))
             .env("SIMPLECNN_PYTHON", venv.join("bin/python")));
     }
-    run(Command::new(cargo())
-        .args(["run", "--quiet", "--release", "-p", "simplecnn-cli", "--"])
-        .args(&args));
+    let mut cli = Command::new(cargo());
+    cli.args(["run", "--quiet", "--release", "-p", "simplecnn-cli", "--"])
+        .args(&args);
+    if args.first().map(String::as_str) == Some("bench") && args.iter().any(|a| a == "--reference")
+    {
+        for (flag, venv) in ensure_reference_venvs(&root) {
+            if !args.iter().any(|a| a == flag) {
+                cli.arg(flag).arg(venv.join("bin/python"));
+            }
+        }
+        cli.arg("--scripts").arg(root.join("benches/reference"));
+    }
+    run(&mut cli);
 }

@@ -9,6 +9,8 @@ use serde::Serialize;
 use simplecnn_model::{zoo, Model};
 use simplecnn_train::{evaluate, fit, Adam, AdamConfig, FitConfig};
 
+use simplecnn_bench::{cpu_seconds, peak_rss_mib};
+
 use crate::{data::data_dir, plots, provenance};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -97,39 +99,6 @@ struct TestReport<'a> {
     class_names: &'a [String],
     /// `confusion[true][predicted]`.
     confusion: &'a [Vec<usize>],
-}
-
-/// (user + system) CPU seconds of this process so far.
-pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Peak resident set size of this process, MiB.
-pub fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {

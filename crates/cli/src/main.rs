@@ -1,5 +1,6 @@
 //! `simplecnn …` (what `cargo xtask …` runs): glue over the library crates; no model or data logic here.
 
+mod bench;
 mod data;
 mod experiment;
 mod files;
@@ -51,6 +52,8 @@ enum Command {
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
         batch_size: u32,
     },
+    /// Training and inference throughput on real data; with --reference beside Keras and PyTorch.
+    Bench(bench::BenchArgs),
     /// HDF5 model files.
     H5 {
         #[command(subcommand)]
@@ -122,6 +125,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Bench(args) => bench::run(args),
         Command::H5 {
             command: H5Command::Inspect { file },
         } => {

@@ -1,0 +1,42 @@
+"""The tutorial's SimpleCNN in PyTorch (CPU): training steps and inference, timed."""
+
+import common
+
+
+def main():
+    a = common.args()
+    import numpy as np
+    import torch
+    from torch import nn
+
+    torch.manual_seed(a.seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Dropout(0.25), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Dropout(0.25),
+        nn.Linear(128, 10),
+    )
+    # Keras' Adam defaults.
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+    loss_fn = nn.CrossEntropyLoss()
+    train, test = common.data(a)
+
+    def train_step(x, y):
+        model.train()
+        opt.zero_grad()
+        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def predict(x):
+        model.eval()
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+
+    version = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    common.run(a, "pytorch", version, train_step, predict, train, test)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+//! `bench`: our training and inference throughput on real data, optionally beside Keras and
+//! PyTorch (`benches/reference/`), each in its own process, alternating, on the same data.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use simplecnn_bench::{BenchConfig, RawMeasurement, ThroughputReport};
+use simplecnn_model::Kernels;
+
+use crate::{data::data_dir, provenance};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelsArg {
+    Fast,
+    Candle,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// CIFAR-10 folder (default: CIFAR10_DIR, else data/); the binary layout for --reference.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Timed training steps (batch 128) per run.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: u32,
+    /// Untimed steps before them.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Images predicted per run, in batches of 1000.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub inference_images: u32,
+    /// Runs of each framework, alternating between them.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Also run Keras and PyTorch (benches/reference/) and report our ratio to each.
+    #[arg(long)]
+    pub reference: bool,
+    #[arg(long, default_value = "target/reference-venv/keras/bin/python")]
+    pub python_keras: PathBuf,
+    #[arg(long, default_value = "target/reference-venv/torch/bin/python")]
+    pub python_torch: PathBuf,
+    #[arg(long, default_value = "benches/reference")]
+    pub scripts: PathBuf,
+    /// Also run ours with candle's own convolution and pooling ops (the kernels' "before").
+    #[arg(long)]
+    pub candle_kernels: bool,
+    #[arg(long, default_value = "results/bench")]
+    pub out: PathBuf,
+    /// Internal: measure in this process with these kernels and print one JSON line.
+    #[arg(long, hide = true, value_enum)]
+    pub worker: Option<KernelsArg>,
+}
+
+/// One line of a harness's output (ours or a reference script's).
+#[derive(Debug, Serialize, Deserialize)]
+struct WorkerOutput {
+    framework: String,
+    version: String,
+    raw: RawMeasurement,
+}
+
+struct Entrant {
+    framework: &'static str,
+    command: Command,
+}
+
+impl BenchArgs {
+    fn config(&self) -> BenchConfig {
+        BenchConfig {
+            warmup_steps: self.warmup as usize,
+            train_steps: self.steps as usize,
+            inference_images: self.inference_images as usize,
+            ..BenchConfig::default()
+        }
+    }
+
+    /// The arguments every harness takes, ours and the scripts alike.
+    fn common_args(&self, data: &Path) -> Vec<String> {
+        let c = self.config();
+        vec![
+            "--data".into(),
+            data.display().to_string(),
+            "--steps".into(),
+            c.train_steps.to_string(),
+            "--warmup".into(),
+            c.warmup_steps.to_string(),
+            "--inference-images".into(),
+            c.inference_images.to_string(),
+        ]
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(kernels) = args.worker {
+        return worker(&args, kernels);
+    }
+    let dir = data_dir(args.data.clone());
+    let layout = simplecnn_cifar::detect(&dir)?;
+    let mut entrants = vec![ours(&args, &dir, KernelsArg::Fast)?];
+    if args.candle_kernels {
+        entrants.push(ours(&args, &dir, KernelsArg::Candle)?);
+    }
+    if args.reference {
+        let simplecnn_cifar::Layout::Binary(batches) = layout else {
+            bail!(
+                "{}: the reference scripts read the binary layout (cifar-10-batches-bin); \
+                 convert image folders with shared/data/make_cifar_bin.py or run `cargo xtask data`",
+                dir.display()
+            );
+        };
+        for (framework, python, script) in [
+            ("keras", &args.python_keras, "keras_bench.py"),
+            ("pytorch", &args.python_torch, "torch_bench.py"),
+        ] {
+            if !python.exists() {
+                bail!(
+                    "{}: no Python for the {framework} reference; `cargo xtask bench --reference` \
+                     sets up its virtualenv",
+                    python.display()
+                );
+            }
+            let script = args.scripts.join(script);
+            if !script.exists() {
+                bail!("{}: reference script missing", script.display());
+            }
+            let mut command = Command::new(python);
+            command.arg(&script).args(args.common_args(&batches));
+            entrants.push(Entrant { framework, command });
+        }
+    }
+
+    let mut runs: Vec<(u32, WorkerOutput)> = Vec::new();
+    for round in 1..=args.rounds {
+        for e in &mut entrants {
+            eprintln!("round {round}/{}: {} …", args.rounds, e.framework);
+            let out = run_worker(e)?;
+            let r = out.raw.report();
+            eprintln!(
+                "round {round}/{}: {} {:.1} ms/step, {:.0} train img/s, {:.1} CPU-s/epoch, {:.0} inference img/s",
+                args.rounds,
+                out.framework,
+                r.train_step_ms_median,
+                r.train_images_per_s,
+                r.cpu_s_per_epoch,
+                r.inference_images_per_s
+            );
+            runs.push((round, out));
+        }
+    }
+
+    let machine = provenance::collect();
+    let table = Summary::new(&runs);
+    let markdown = table.markdown(&machine, &args);
+    print!("{}", table.text());
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let date = &machine.timestamp_utc[..machine.timestamp_utc.len().min(10)];
+    let stem = match args.reference {
+        true => format!("{date}-{}", machine.host),
+        false => format!("{date}-{}-simplecnn", machine.host),
+    };
+    let csv_path = args.out.join(format!("{stem}.csv"));
+    let md_path = args.out.join(format!("{stem}.md"));
+    crate::files::write_atomic(&csv_path, |tmp| write_csv(tmp, &runs, &machine))?;
+    crate::files::write_atomic(&md_path, |tmp| Ok(std::fs::write(tmp, &markdown)?))?;
+    println!("wrote {} and {}", csv_path.display(), md_path.display());
+    Ok(())
+}
+
+fn ours(args: &BenchArgs, dir: &Path, kernels: KernelsArg) -> Result<Entrant> {
+    let exe = std::env::current_exe().context("cannot find this program to run the harness")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("bench")
+        .args(args.common_args(dir))
+        .arg("--worker");
+    command.arg(match kernels {
+        KernelsArg::Fast => "fast",
+        KernelsArg::Candle => "candle",
+    });
+    let framework = match kernels {
+        KernelsArg::Fast => "simplecnn",
+        KernelsArg::Candle => "simplecnn-candle-ops",
+    };
+    Ok(Entrant { framework, command })
+}
+
+fn run_worker(e: &mut Entrant) -> Result<WorkerOutput> {
+    let out = e
+        .command
+        .output()
+        .with_context(|| format!("cannot start the {} harness", e.framework))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match (out.status.success(), line) {
+        (true, Some(line)) => serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} harness printed an unreadable result: {line}",
+                e.framework
+            )
+        }),
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "the {} harness failed ({}):\n{}",
+                e.framework,
+                out.status,
+                tail.join("\n")
+            )
+        }
+    }
+}
+
+fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
+    let dir = data_dir(args.data.clone());
+    let data = simplecnn_cifar::load(&dir)?;
+    let config = BenchConfig {
+        kernels: match kernels {
+            KernelsArg::Fast => Kernels::Fast,
+            KernelsArg::Candle => Kernels::Candle,
+        },
+        ..args.config()
+    };
+    let raw =
+        simplecnn_bench::measure(&data.train, &data.test, &candle_core::Device::Cpu, &config)?;
+    let framework = match kernels {
+        KernelsArg::Fast => "simplecnn",
+        KernelsArg::Candle => "simplecnn-candle-ops",
+    };
+    let out = WorkerOutput {
+        framework: framework.into(),
+        version: format!(
+            "simplecnn {}, candle 0.11.1, {} threads",
+            env!("CARGO_PKG_VERSION"),
+            candle_core::utils::get_num_threads()
+        ),
+        raw,
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn write_csv(path: &Path, runs: &[(u32, WorkerOutput)], m: &provenance::Provenance) -> Result<()> {
+    let mut w = csv::Writer::from_path(path)?;
+    w.write_record([
+        "framework",
+        "version",
+        "round",
+        "train_steps",
+        "train_step_ms_median",
+        "train_images_per_s",
+        "train_cpu_ms_per_step",
+        "train_gflop_per_s",
+        "cpu_s_per_epoch",
+        "wall_s_per_epoch",
+        "inference_images_per_s",
+        "inference_cpu_ms_per_1000",
+        "peak_rss_mib",
+        "mean_train_loss",
+        "host",
+        "cpu_model",
+        "cpu_cores",
+        "git_commit",
+        "timestamp_utc",
+    ])?;
+    for (round, out) in runs {
+        let r = out.raw.report();
+        let f = |v: f64| format!("{v:.3}");
+        w.write_record([
+            out.framework.clone(),
+            out.version.clone(),
+            round.to_string(),
+            r.train_steps.to_string(),
+            f(r.train_step_ms_median),
+            f(r.train_images_per_s),
+            f(r.train_cpu_ms_per_step),
+            f(r.train_gflop_per_s),
+            f(r.cpu_s_per_epoch),
+            f(r.wall_s_per_epoch),
+            f(r.inference_images_per_s),
+            f(r.inference_cpu_ms_per_1000),
+            f(r.peak_rss_mib),
+            format!("{:.4}", r.mean_train_loss),
+            m.host.clone(),
+            m.cpu_model.clone(),
+            m.cpu_cores.to_string(),
+            m.git_commit.clone(),
+            m.timestamp_utc.clone(),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Per framework, all its rounds pooled.
+struct Summary {
+    rows: Vec<(String, String, ThroughputReport)>,
+}
+
+impl Summary {
+    fn new(runs: &[(u32, WorkerOutput)]) -> Self {
+        let mut rows = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        for (_, out) in runs {
+            if !names.contains(&out.framework.as_str()) {
+                names.push(&out.framework);
+            }
+        }
+        for name in names {
+            let mine: Vec<&WorkerOutput> = runs
+                .iter()
+                .map(|(_, o)| o)
+                .filter(|o| o.framework == name)
+                .collect();
+            let raws: Vec<RawMeasurement> = mine.iter().map(|o| o.raw.clone()).collect();
+            if let Some(pooled) = RawMeasurement::pooled(&raws) {
+                rows.push((name.to_string(), mine[0].version.clone(), pooled.report()));
+            }
+        }
+        Summary { rows }
+    }
+
+    fn table_rows(&self) -> Vec<[String; 8]> {
+        self.rows
+            .iter()
+            .map(|(name, _, r)| {
+                [
+                    name.clone(),
+                    format!("{:.0}", r.train_images_per_s),
+                    format!("{:.1}", r.train_step_ms_median),
+                    format!("{:.1}", r.train_cpu_ms_per_step),
+                    format!("{:.1}", r.cpu_s_per_epoch),
+                    format!("{:.1}", r.wall_s_per_epoch),
+                    format!("{:.0}", r.inference_images_per_s),
+                    format!("{:.0}", r.peak_rss_mib),
+                ]
+            })
+            .collect()
+    }
+
+    const HEADER: [&'static str; 8] = [
+        "framework",
+        "train img/s",
+        "ms/step",
+        "CPU ms/step",
+        "CPU-s/epoch",
+        "wall s/epoch",
+        "inference img/s",
+        "peak RSS MiB",
+    ];
+
+    /// Ours against each other entrant: >1 means ours is better.
+    fn ratios(&self) -> Vec<String> {
+        let Some((_, _, ours)) = self.rows.first() else {
+            return Vec::new();
+        };
+        self.rows[1..]
+            .iter()
+            .map(|(name, _, r)| {
+                format!(
+                    "vs {name}: CPU-s per epoch {:.2}x theirs, training {:.2}x their images/s, \
+                     inference {:.2}x their images/s, peak RSS {:.2}x theirs",
+                    ours.cpu_s_per_epoch / r.cpu_s_per_epoch,
+                    ours.train_images_per_s / r.train_images_per_s,
+                    ours.inference_images_per_s / r.inference_images_per_s,
+                    ours.peak_rss_mib / r.peak_rss_mib,
+                )
+            })
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        let rows = self.table_rows();
+        let widths: Vec<usize> = (0..8)
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].len())
+                    .chain([Self::HEADER[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<&str>| -> String {
+            let mut s = format!("{:<w$}", cells[0], w = widths[0]);
+            for (c, w) in cells.iter().zip(&widths).skip(1) {
+                s += &format!("  {c:>w$}");
+            }
+            s + "\n"
+        };
+        let mut out = line(Self::HEADER.to_vec());
+        for r in &rows {
+            out += &line(r.iter().map(String::as_str).collect());
+        }
+        for r in self.ratios() {
+            out += &format!("simplecnn {r}\n");
+        }
+        out
+    }
+
+    fn markdown(&self, m: &provenance::Provenance, args: &BenchArgs) -> String {
+        let mut s = format!(
+            "# Throughput: SimpleCNN on CIFAR-10, batch 128\n\n\
+             Machine: {} ({} cores), host `{}`; {} UTC; commit `{}`{}; {}.\n\n\
+             Each framework ran {} time(s) in its own process, alternating: {} warm-up + {} timed \
+             training steps on real images, then {} images predicted in batches of 1000. \
+             Per-epoch figures: 45 000 training images and 5 000 validation images at the \
+             measured rates; CPU-seconds are user + system of all threads.\n\n",
+            m.cpu_model,
+            m.cpu_cores,
+            m.host,
+            m.timestamp_utc,
+            &m.git_commit[..m.git_commit.len().min(10)],
+            if m.git_dirty {
+                " (with local changes)"
+            } else {
+                ""
+            },
+            m.rustc,
+            args.rounds,
+            args.warmup,
+            args.steps,
+            args.inference_images,
+        );
+        s += &format!("| {} |\n", Self::HEADER.join(" | "));
+        s += &format!("|{}\n", "---|".repeat(8));
+        for r in self.table_rows() {
+            s += &format!("| {} |\n", r.join(" | "));
+        }
+        s += "\nVersions:\n";
+        for (name, version, _) in &self.rows {
+            s += &format!("- {name}: {version}\n");
+        }
+        let ratios = self.ratios();
+        if !ratios.is_empty() {
+            s += "\nsimplecnn, from this run:\n";
+            for r in ratios {
+                s += &format!("- {r}\n");
+            }
+        }
+        s += &format!(
+            "\nCommand: `cargo xtask bench{}` (steps {}, rounds {}).\n",
+            if args.reference { " --reference" } else { "" },
+            args.steps,
+            args.rounds
+        );
+        s
+    }
+}
