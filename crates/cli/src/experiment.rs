@@ -20,8 +20,9 @@ pub enum DeviceName {
     Cuda,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct BaselineArgs {
+/// The tutorial's recipe, as far as a command line changes it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RecipeArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub epochs: u32,
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
@@ -29,16 +30,32 @@ pub struct BaselineArgs {
     /// CIFAR-10 folder, binary layout or image folders (default: CIFAR10_DIR, else data/).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceName,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Train on the first N training images only (the test split stays whole).
     #[arg(long)]
     pub subset: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceName,
     /// Where runs go: a folder per run, and `latest` pointing at the newest.
     #[arg(long, default_value = "results/baseline")]
     pub out: PathBuf,
+    /// Write into exactly this folder (made here), with no `latest` link: for `compare`.
+    #[arg(skip)]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// What a finished baseline run hands back to a caller that compares runs.
+pub struct BaselineOutcome {
+    pub history: simplecnn_train::History,
+    pub test: simplecnn_train::Evaluation,
+    pub train_images: usize,
 }
 
 impl DeviceName {
@@ -136,12 +153,12 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run_baseline(args: BaselineArgs) -> Result<()> {
+pub fn run_baseline(args: BaselineArgs) -> Result<BaselineOutcome> {
     // Every argument is checked before the data is read or a folder is made.
     let device = device(args.device)?;
-    let explicit_data = args.data.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
-    let data_dir = data_dir(args.data.clone());
-    if args.subset == Some(0) {
+    let explicit_data = args.recipe.data.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
+    let data_dir = data_dir(args.recipe.data.clone());
+    if args.recipe.subset == Some(0) {
         bail!("--subset must be at least 1");
     }
     let started = Instant::now();
@@ -156,7 +173,7 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
     }
     let mut data = simplecnn_cifar::load(&data_dir)?;
     let data_load_seconds = started.elapsed().as_secs_f64();
-    if let Some(n) = args.subset {
+    if let Some(n) = args.recipe.subset {
         if n > data.train.len() {
             bail!(
                 "--subset {n} is larger than the {} training images in {}",
@@ -167,24 +184,31 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
         data.train = data.train.take(n);
     }
     let fit_config = FitConfig {
-        epochs: args.epochs as usize,
-        batch_size: args.batch_size as usize,
+        epochs: args.recipe.epochs as usize,
+        batch_size: args.recipe.batch_size as usize,
         validation_split: 0.1,
         shuffle: true,
-        seed: args.seed,
+        seed: args.recipe.seed,
         early_stopping: None,
         checkpoint_dir: None,
         verbose: true,
     };
     fit_config.validate(data.train.len())?;
-    let run_dir = make_run_dir(&args.out, args.device)?;
+    let run_dir = match &args.run_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+            dir.clone()
+        }
+        None => make_run_dir(&args.out, args.device)?,
+    };
     let fit_config = FitConfig {
         checkpoint_dir: Some(run_dir.join("checkpoints")),
         ..fit_config
     };
 
     let spec = zoo::simple_cnn();
-    let model = Model::new(spec, &device, args.seed)?;
+    let model = Model::new(spec, &device, args.recipe.seed)?;
     let summary = model.summary();
     print!("{summary}");
     std::fs::write(run_dir.join("summary.txt"), &summary)?;
@@ -197,13 +221,13 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
         data_layout: format!("{:?}", simplecnn_cifar::detect(&data_dir)?),
         train_images: data.train.len(),
         test_images: data.test.len(),
-        subset: args.subset,
+        subset: args.recipe.subset,
         device: args.device,
         fit: &fit_config,
         optimizer: "Adam",
         adam: adam_config,
         loss: "categorical_crossentropy",
-        init_seed: args.seed,
+        init_seed: args.recipe.seed,
         provenance: provenance::collect(),
     };
     write_json(&run_dir.join("config.json"), &config)?;
@@ -265,7 +289,9 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
         stopped: history.stopped.as_ref().map(|s| s.to_string()),
     };
     write_json(&run_dir.join("run.json"), &totals)?;
-    update_latest(&args.out, &run_dir)?;
+    if args.run_dir.is_none() {
+        update_latest(&args.out, &run_dir)?;
+    }
     println!("results in {}", run_dir.display());
     if history
         .stopped
@@ -274,5 +300,9 @@ pub fn run_baseline(args: BaselineArgs) -> Result<()> {
     {
         bail!("training diverged");
     }
-    Ok(())
+    Ok(BaselineOutcome {
+        history,
+        test,
+        train_images: split_at,
+    })
 }

@@ -1,6 +1,7 @@
 //! `simplecnn …` (what `cargo xtask …` runs): glue over the library crates; no model or data logic here.
 
 mod bench;
+mod compare;
 mod data;
 mod experiment;
 mod files;
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
         batch_size: u32,
     },
+    /// The baseline on several devices (`compare cpu cuda`), same seed and data, side by side.
+    Compare(compare::CompareArgs),
     /// Training and inference throughput on real data; with --reference beside Keras and PyTorch.
     Bench(bench::BenchArgs),
     /// HDF5 model files.
@@ -110,7 +113,7 @@ fn main() -> Result<()> {
         Command::Show(args) => show::run(args),
         Command::Experiment {
             which: ExperimentName::Baseline(args),
-        } => experiment::run_baseline(args),
+        } => experiment::run_baseline(args).map(|_| ()),
         Command::Evaluate {
             model,
             data,
@@ -126,6 +129,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::H5 {
             command: H5Command::Inspect { file },
         } => {

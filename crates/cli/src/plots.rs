@@ -17,24 +17,30 @@ pub fn register_font() {
     });
 }
 
-/// One chart of two series per epoch, as the tutorial plots history: train vs validation.
-fn two_series(
-    path: &Path,
-    title: &str,
-    y_label: &str,
-    train: &[(f64, f64)],
-    val: &[(f64, f64)],
-) -> Result<()> {
+/// A named line of `(epoch, value)` points.
+pub struct Series {
+    pub name: String,
+    pub colour: RGBColor,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One chart of series per epoch, as the tutorial plots history: train vs validation.
+pub fn chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
     register_font();
     crate::files::write_atomic(path, |tmp| {
         let root = BitMapBackend::new(tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE)?;
-        let all = train.iter().chain(val).map(|p| p.1);
+        let all = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
         let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
         });
         let pad = ((hi - lo) * 0.1).max(1e-3);
-        let last = train.len().max(val.len()).max(2) as f64;
+        let last = series
+            .iter()
+            .map(|s| s.points.len())
+            .max()
+            .unwrap_or(0)
+            .max(2) as f64;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 26))
             .margin(15)
@@ -47,20 +53,21 @@ fn two_series(
             .y_desc(y_label)
             .label_style(("sans-serif", 15))
             .draw()?;
-        for (series, colour, name) in [(train, BLUE, "train"), (val, RED, "validation")] {
-            if series.is_empty() {
+        for s in series {
+            if s.points.is_empty() {
                 continue;
             }
+            let colour = s.colour;
             chart
                 .draw_series(LineSeries::new(
-                    series.iter().copied(),
+                    s.points.iter().copied(),
                     colour.stroke_width(2),
                 ))?
-                .label(name)
+                .label(s.name.as_str())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
-            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
         }
         chart
             .configure_series_labels()
@@ -75,30 +82,46 @@ fn two_series(
 
 /// `loss.png` (loss vs val_loss) and `accuracy.png` (acc vs val_acc) in `dir`.
 pub fn loss_and_accuracy(history: &History, dir: &Path) -> Result<()> {
-    let pick = |f: &dyn Fn(&simplecnn_train::EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        history
-            .epochs
-            .iter()
-            .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
-            .collect()
+    let pair = |train, val| {
+        [
+            Series {
+                name: "train".into(),
+                colour: BLUE,
+                points: train,
+            },
+            Series {
+                name: "validation".into(),
+                colour: RED,
+                points: val,
+            },
+        ]
     };
-    two_series(
-        &dir.join("loss.png"),
-        "Model loss",
-        "loss",
-        &pick(&|e| Some(e.loss)),
-        &pick(&|e| e.val_loss),
-    )?;
-    two_series(
+    let loss = pair(
+        pick(history, |e| Some(e.loss)),
+        pick(history, |e| e.val_loss),
+    );
+    chart(&dir.join("loss.png"), "Model loss", "loss", &loss)?;
+    let acc = pair(pick(history, |e| Some(e.acc)), pick(history, |e| e.val_acc));
+    chart(
         &dir.join("accuracy.png"),
         "Model accuracy",
         "accuracy",
-        &pick(&|e| Some(e.acc)),
-        &pick(&|e| e.val_acc),
+        &acc,
     )
 }
 
-/// Writes the graph as DOT, and as SVG beside it when Graphviz' `dot` is installed.
+/// `(epoch, value)` for the epochs that have the value.
+pub fn pick(
+    history: &History,
+    f: impl Fn(&simplecnn_train::EpochMetrics) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    history
+        .epochs
+        .iter()
+        .filter_map(|e| f(e).map(|v| (e.epoch as f64, v)))
+        .collect()
+}
+
 pub fn write_dot(model: &simplecnn_model::Sequential, path: &Path) -> Result<()> {
     std::fs::write(path, model.to_dot())
         .with_context(|| format!("cannot write {}", path.display()))?;

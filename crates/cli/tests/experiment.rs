@@ -331,3 +331,120 @@ fn show_writes_the_image_and_the_class_grid() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("out of range"), "{}", stderr(&o));
 }
+
+/// `compare cpu cuda` on a CPU-only build: the CPU half runs and is reported; nothing for CUDA.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn compare_without_cuda_runs_the_cpu_half() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_folders(&tmp.path().join("data"), 4);
+    let out = tmp.path().join("out");
+    let o = xtask(&[
+        "compare",
+        "cpu",
+        "cuda",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--data",
+        tmp.path().join("data").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "one comparison folder: {runs:?}");
+    let run = &runs[0];
+    assert!(!run.join("cuda").exists());
+    let history = History::read_csv(&run.join("cpu/epochs.csv")).unwrap();
+    assert_eq!(history.epochs.len(), 2);
+    image::open(run.join("loss.png")).expect("a PNG plot");
+    // The table's cpu row carries the run's final loss, and says CUDA did not run.
+    let md = std::fs::read_to_string(run.join("compare.md")).unwrap();
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| cpu |"))
+        .expect("cpu row");
+    let loss = format!("{:.4}", history.epochs[1].loss);
+    assert!(row.contains(&loss), "{row} has loss {loss}");
+    assert!(md.contains("Not run: cuda"), "{md}");
+    assert!(!md.lines().any(|l| l.starts_with("| cuda |")));
+}
+
+#[test]
+fn compare_needs_a_device_that_can_run() {
+    let o = xtask(&["compare"]);
+    assert!(!o.status.success());
+    let o = xtask(&["compare", "cpu", "cpu", "--data", "/nonexistent"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("named twice"), "{}", stderr(&o));
+}
+
+/// The harness on tiny image folders: one worker process, a CSV row per round with sane rates.
+#[test]
+fn bench_on_tiny_data_writes_csv_and_markdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_folders(&tmp.path().join("data"), 13);
+    let out = tmp.path().join("out");
+    let o = xtask(&[
+        "bench",
+        "--data",
+        tmp.path().join("data").to_str().unwrap(),
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--inference-images",
+        "300",
+        "--rounds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let csv_path = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "csv"))
+        .expect("a CSV");
+    assert!(files
+        .iter()
+        .any(|p| p.extension().is_some_and(|e| e == "md")));
+    let mut reader = csv::Reader::from_path(csv_path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2, "one row per round");
+    for row in &rows {
+        assert_eq!(&row[col("framework")], "simplecnn");
+        let num = |name: &str| row[col(name)].parse::<f64>().unwrap();
+        assert!(num("train_images_per_s") > 0.0);
+        assert!(num("inference_images_per_s") > 0.0);
+        assert!(num("peak_rss_mib") > 10.0);
+        // 128 images per step over the median step time.
+        let rate = 128.0 / (num("train_step_ms_median") / 1e3);
+        assert!((num("train_images_per_s") - rate).abs() <= 0.01 * rate);
+        assert!(!row[col("cpu_model")].is_empty());
+    }
+}
+
+#[test]
+fn bench_reference_needs_the_binary_layout_and_its_pythons() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_folders(&tmp.path().join("data"), 1);
+    let o = xtask(&[
+        "bench",
+        "--reference",
+        "--data",
+        tmp.path().join("data").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("binary layout"), "{}", stderr(&o));
+}

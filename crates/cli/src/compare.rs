@@ -1,0 +1,180 @@
+//! `compare cpu cuda`: the baseline experiment, same seed and data, on each device; one folder
+//! with both runs, a markdown table and both loss curves.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use plotters::style::{RGBColor, BLUE, CYAN, MAGENTA, RED};
+
+use crate::experiment::{self, BaselineArgs, BaselineOutcome, DeviceName, RecipeArgs};
+use crate::{plots, provenance};
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Devices to run on, in order (the first is the one speed-ups are relative to).
+    #[arg(required = true, value_enum)]
+    pub devices: Vec<DeviceName>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    #[arg(long, default_value = "results/compare")]
+    pub out: PathBuf,
+}
+
+/// Why a device cannot run here, in one line; `None` when it can.
+fn unavailable(device: DeviceName) -> Option<String> {
+    match experiment::device(device) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{}: {e:#}", device.as_str())),
+    }
+}
+
+pub fn run(args: CompareArgs) -> Result<()> {
+    let mut devices = Vec::new();
+    for &d in &args.devices {
+        if devices.contains(&d) {
+            bail!("{} is named twice", d.as_str());
+        }
+        match unavailable(d) {
+            Some(why) => println!("{why}; skipping it"),
+            None => devices.push(d),
+        }
+    }
+    if devices.is_empty() {
+        bail!("none of the devices asked for can run here");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
+    let names: Vec<&str> = args.devices.iter().map(|d| d.as_str()).collect();
+    let dir = unique_dir(
+        &args.out,
+        &format!("{}-{}", provenance::utc_stamp(), names.join("-")),
+    );
+    let mut outcomes = Vec::new();
+    for &device in &devices {
+        println!("== {} ==", device.as_str());
+        let outcome = experiment::run_baseline(BaselineArgs {
+            recipe: args.recipe.clone(),
+            device,
+            out: args.out.clone(),
+            run_dir: Some(dir.join(device.as_str())),
+        })?;
+        outcomes.push((device, outcome));
+    }
+    let skipped: Vec<String> = args
+        .devices
+        .iter()
+        .filter(|d| !devices.contains(d))
+        .filter_map(|&d| unavailable(d))
+        .collect();
+    let table = markdown(&args, &outcomes, &skipped);
+    crate::files::write_atomic(&dir.join("compare.md"), |tmp| {
+        Ok(std::fs::write(tmp, &table)?)
+    })?;
+    loss_plot(&dir.join("loss.png"), &outcomes)?;
+    print!("{table}");
+    println!("results in {}", dir.display());
+    Ok(())
+}
+
+fn unique_dir(out: &Path, base: &str) -> PathBuf {
+    let mut dir = out.join(base);
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = out.join(format!("{base}-{n}"));
+    }
+    dir
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n => (v[(n - 1) / 2] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Median seconds per epoch, leaving out the first (warm-up, kernel compilation) when there
+/// are more.
+fn seconds_per_epoch(o: &BaselineOutcome) -> f64 {
+    let secs: Vec<f64> = o.history.epochs.iter().map(|e| e.seconds).collect();
+    match secs.len() {
+        0 | 1 => median(secs),
+        _ => median(secs[1..].to_vec()),
+    }
+}
+
+fn markdown(
+    args: &CompareArgs,
+    outcomes: &[(DeviceName, BaselineOutcome)],
+    skipped: &[String],
+) -> String {
+    let m = provenance::collect();
+    let mut s = format!(
+        "# SimpleCNN baseline on {}\n\n\
+         {} epoch(s), batch {}, seed {}{}; machine: {} ({} cores), host `{}`, commit `{}`.\n\n\
+         | device | s/epoch (median) | train img/s | loss | acc | val_loss | val_acc | test loss | test acc | speed-up |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        outcomes
+            .iter()
+            .map(|(d, _)| d.as_str())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        args.recipe.epochs,
+        args.recipe.batch_size,
+        args.recipe.seed,
+        args.recipe.subset
+            .map_or(String::new(), |n| format!(", first {n} training images")),
+        m.cpu_model,
+        m.cpu_cores,
+        m.host,
+        &m.git_commit[..m.git_commit.len().min(10)],
+    );
+    let first = outcomes.first().map(|(_, o)| seconds_per_epoch(o));
+    for (device, o) in outcomes {
+        let secs = seconds_per_epoch(o);
+        let last = o.history.epochs.last();
+        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+        s += &format!(
+            "| {} | {:.1} | {:.0} | {} | {} | {} | {} | {:.4} | {:.4} | {:.2}x |\n",
+            device.as_str(),
+            secs,
+            o.train_images as f64 / secs,
+            f(last.map(|e| e.loss)),
+            f(last.map(|e| e.acc)),
+            f(last.and_then(|e| e.val_loss)),
+            f(last.and_then(|e| e.val_acc)),
+            o.test.loss,
+            o.test.accuracy,
+            first.map_or(1.0, |f| f / secs),
+        );
+    }
+    for line in skipped {
+        s += &format!("\nNot run: {line}.\n");
+    }
+    s += "\nPer-epoch numbers: `<device>/epochs.csv`; both loss curves: `loss.png`.\n";
+    s
+}
+
+fn loss_plot(path: &Path, outcomes: &[(DeviceName, BaselineOutcome)]) -> Result<()> {
+    const COLOURS: [(RGBColor, RGBColor); 2] = [(BLUE, CYAN), (RED, MAGENTA)];
+    let series: Vec<plots::Series> = outcomes
+        .iter()
+        .zip(COLOURS.iter().cycle())
+        .flat_map(|((device, o), &(train, val))| {
+            [
+                plots::Series {
+                    name: format!("{} loss", device.as_str()),
+                    colour: train,
+                    points: plots::pick(&o.history, |e| Some(e.loss)),
+                },
+                plots::Series {
+                    name: format!("{} val_loss", device.as_str()),
+                    colour: val,
+                    points: plots::pick(&o.history, |e| e.val_loss),
+                },
+            ]
+        })
+        .collect();
+    plots::chart(path, "Loss by device", "loss", &series)
+}
