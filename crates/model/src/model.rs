@@ -1,11 +1,11 @@
 //! `Model`: a [`Sequential`] with its weights on a device, and the forward pass.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{ModelError, Result};
-use crate::layers::{Activation, LayerKind, Padding};
+use crate::layers::{Activation, Conv2dConfig, LayerKind, Padding, Pool2dConfig};
 use crate::ops;
 use crate::sequential::{LayerSpec, Sequential};
 
@@ -32,16 +32,13 @@ impl DropoutRng {
     /// A keep-mask scaled by `1 / (1 - rate)`: each value is 0 with probability `rate`.
     fn mask(&mut self, len: usize, rate: f32) -> Vec<f32> {
         let keep = 1.0 / (1.0 - rate);
-        // Compare 24-bit uniforms against the threshold: exact for any f32 rate.
+        // Compare 24-bit uniforms against the threshold: exact for any f32 rate. The words
+        // come in one `fill` (the same sequence as `next_u32` calls, much faster).
         let threshold = (rate as f64 * (1u64 << 24) as f64) as u32;
-        (0..len)
-            .map(|_| {
-                if self.0.next_u32() >> 8 >= threshold {
-                    keep
-                } else {
-                    0.0
-                }
-            })
+        let mut bits = vec![0u32; len];
+        self.0.fill(bits.as_mut_slice());
+        bits.iter()
+            .map(|&b| if b >> 8 >= threshold { keep } else { 0.0 })
             .collect()
     }
 
@@ -200,16 +197,25 @@ impl Model {
         let last = self.spec.layers().len().saturating_sub(1);
         let fast = self.kernels == Kernels::Fast && x.device().is_cpu() && x.dtype() == DType::F32;
         let mut x = x.clone();
-        for (i, (layer, ws)) in self.spec.layers().iter().zip(&self.weights).enumerate() {
+        let layers = self.spec.layers();
+        let mut i = 0;
+        while i < layers.len() {
             let skip_softmax = skip_final_softmax && i == last;
-            x = if fast {
-                match fast_layer(layer, ws, &x, skip_softmax)? {
-                    Some(y) => y,
-                    None => forward_layer(layer, ws, &x, &mut mode, skip_softmax)?,
+            if fast {
+                if let Some((y, used)) = fast_layers(
+                    &layers[i..],
+                    &self.weights[i..],
+                    &x,
+                    &mut mode,
+                    skip_softmax,
+                )? {
+                    x = y;
+                    i += used;
+                    continue;
                 }
-            } else {
-                forward_layer(layer, ws, &x, &mut mode, skip_softmax)?
-            };
+            }
+            x = forward_layer(&layers[i], &self.weights[i], &x, &mut mode, skip_softmax)?;
+            i += 1;
         }
         Ok(x)
     }
@@ -233,53 +239,100 @@ fn activate(x: Tensor, a: Activation, skip_softmax: bool) -> Result<Tensor> {
     })
 }
 
-/// The layers [`crate::ops`] computes on the CPU; `None` for the others.
-fn fast_layer(
+/// The geometry [`crate::ops`] needs for a Conv2D layer on input `(c, h, w)`.
+fn conv_shape(
     layer: &LayerSpec,
-    ws: &[NamedWeight],
+    cfg: &Conv2dConfig,
+    (c, h, w): (usize, usize, usize),
+) -> Result<ops::ConvShape> {
+    let pads = |len, k, s| cfg.padding.output_len(len, k, s).map(|(_, a, b)| (a, b));
+    pads(h, cfg.kernel_size.0, cfg.strides.0)
+        .zip(pads(w, cfg.kernel_size.1, cfg.strides.1))
+        .and_then(|padding| {
+            ops::ConvShape::new(
+                (c, h, w),
+                cfg.filters,
+                cfg.kernel_size,
+                cfg.strides,
+                padding,
+            )
+        })
+        .ok_or_else(|| ModelError::Shape {
+            layer: layer.name.clone(),
+            message: format!("input (C, H, W) = ({c}, {h}, {w}) is too small"),
+        })
+}
+
+fn pool_shape(
+    layer: &LayerSpec,
+    cfg: &Pool2dConfig,
+    (h, w): (usize, usize),
+) -> Result<ops::PoolShape> {
+    ops::PoolShape::new((h, w), cfg.pool_size, cfg.strides).ok_or_else(|| ModelError::Shape {
+        layer: layer.name.clone(),
+        message: format!("input {h}x{w} is smaller than the pool"),
+    })
+}
+
+/// The next layer or layers as [`crate::ops`] computes them on the CPU, and how many layers
+/// that took: Conv2D → MaxPool2D (→ Dropout) fused, or one Conv2D, MaxPool2D or Dropout;
+/// `None` where candle's ops do the work.
+fn fast_layers(
+    layers: &[LayerSpec],
+    weights: &[Vec<NamedWeight>],
     x: &Tensor,
+    mode: &mut Mode<'_>,
     skip_softmax: bool,
-) -> Result<Option<Tensor>> {
-    let (_, c, h, w) = match x.dims() {
-        &[n, c, h, w] => (n, c, h, w),
-        _ => return Ok(None),
+) -> Result<Option<(Tensor, usize)>> {
+    let mut dropout_mask = |rate: f32, len: usize| match mode {
+        Mode::Training(rng) if rate > 0.0 => Some(rng.mask(len, rate)),
+        _ => None,
     };
-    Ok(match &layer.kind {
-        LayerKind::Conv2d(cfg) => {
-            let (kernel, bias) = (ws[0].var.as_tensor(), ws[1].var.as_tensor());
-            let pads = |len, k, s| cfg.padding.output_len(len, k, s).map(|(_, a, b)| (a, b));
-            let shape = pads(h, cfg.kernel_size.0, cfg.strides.0)
-                .zip(pads(w, cfg.kernel_size.1, cfg.strides.1))
-                .and_then(|padding| {
-                    ops::ConvShape::new(
-                        (c, h, w),
-                        cfg.filters,
-                        cfg.kernel_size,
-                        cfg.strides,
-                        padding,
-                    )
-                })
-                .ok_or_else(|| ModelError::Shape {
-                    layer: layer.name.clone(),
-                    message: format!("input (C, H, W) = ({c}, {h}, {w}) is too small"),
-                })?;
-            let relu = cfg.activation == Activation::Relu;
-            let y = ops::conv2d(x, kernel, bias, shape, relu)?;
-            Some(if relu {
-                y
-            } else {
-                activate(y, cfg.activation, skip_softmax)?
+    let (n, c, h, w) = match x.dims() {
+        &[n, c, h, w] => (n, c, h, w),
+        _ => {
+            return Ok(match &layers[0].kind {
+                LayerKind::Dropout { rate } => dropout_mask(*rate, x.elem_count())
+                    .map(|m| ops::dropout(x, m).map(|y| (y, 1)))
+                    .transpose()?,
+                _ => None,
             })
         }
-        LayerKind::MaxPool2d(p) => {
-            let shape = ops::PoolShape::new((h, w), p.pool_size, p.strides).ok_or_else(|| {
-                ModelError::Shape {
-                    layer: layer.name.clone(),
-                    message: format!("input {h}x{w} is smaller than the pool"),
+    };
+    Ok(match &layers[0].kind {
+        LayerKind::Conv2d(cfg) if cfg.activation != Activation::Softmax => {
+            let conv = conv_shape(&layers[0], cfg, (c, h, w))?;
+            let (kernel, bias) = (weights[0][0].var.as_tensor(), weights[0][1].var.as_tensor());
+            let relu = cfg.activation == Activation::Relu;
+            match layers.get(1).map(|l| &l.kind) {
+                Some(LayerKind::MaxPool2d(p)) => {
+                    let pool = pool_shape(&layers[1], p, (conv.out_h, conv.out_w))?;
+                    let out_len = n * conv.out_channels * pool.out_h * pool.out_w;
+                    let (mask, used) = match layers.get(2).map(|l| &l.kind) {
+                        Some(LayerKind::Dropout { rate }) => (dropout_mask(*rate, out_len), 3),
+                        _ => (None, 2),
+                    };
+                    Some((
+                        ops::conv_pool(x, kernel, bias, conv, relu, pool, mask)?,
+                        used,
+                    ))
                 }
-            })?;
-            Some(ops::max_pool2d(x, shape)?)
+                _ => Some((ops::conv2d(x, kernel, bias, conv, relu)?, 1)),
+            }
         }
+        LayerKind::Conv2d(cfg) => {
+            let conv = conv_shape(&layers[0], cfg, (c, h, w))?;
+            let (kernel, bias) = (weights[0][0].var.as_tensor(), weights[0][1].var.as_tensor());
+            let y = ops::conv2d(x, kernel, bias, conv, false)?;
+            Some((activate(y, cfg.activation, skip_softmax)?, 1))
+        }
+        LayerKind::MaxPool2d(p) => {
+            let pool = pool_shape(&layers[0], p, (h, w))?;
+            Some((ops::max_pool2d(x, pool)?, 1))
+        }
+        LayerKind::Dropout { rate } => dropout_mask(*rate, x.elem_count())
+            .map(|m| ops::dropout(x, m).map(|y| (y, 1)))
+            .transpose()?,
         _ => None,
     })
 }

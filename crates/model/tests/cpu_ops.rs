@@ -315,3 +315,57 @@ fn simple_cnn_trains_the_same_with_either_kernels() {
         assert_close(&format!("gradient {i}"), a, &b, 1e-3);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The fused block against the separate ops it replaces (each tested above).
+    #[test]
+    fn conv_pool_matches_conv_then_pool_then_dropout(
+        n in 1usize..4, c in 1usize..4, o in 1usize..5,
+        h in 2usize..12, w in 2usize..12, k in 1usize..4,
+        pool in 1usize..4, stride in 1usize..3, same: bool,
+        relu: bool, dropout: bool, input_grad: bool, seed: u64,
+    ) {
+        // TensorFlow's "same" for stride 1: the odd row or column of padding goes last.
+        let pad = if same { ((k - 1) / 2, k / 2) } else { (0, 0) };
+        let conv = ConvShape::new((c, h, w), o, (k, k), (1, 1), (pad, pad));
+        prop_assume!(conv.is_some());
+        let conv = conv.unwrap();
+        let pool_shape = PoolShape::new((conv.out_h, conv.out_w), (pool, pool), (stride, stride));
+        prop_assume!(pool_shape.is_some());
+        let pool_shape = pool_shape.unwrap();
+        let x = rand(&[n, c, h, w], seed);
+        let k_ = rand(&[o, c, k, k], seed ^ 1);
+        let b = rand(&[o], seed ^ 2);
+        let out_len = n * o * pool_shape.out_h * pool_shape.out_w;
+        let mask: Option<Vec<f32>> = dropout.then(|| (0..out_len).map(|i| if (i * 7 + seed as usize).is_multiple_of(4) { 0.0 } else { 4.0 / 3.0 }).collect());
+        let run = |fused: bool| -> Vec<Tensor> {
+            let xv = Var::from_tensor(&x).unwrap();
+            let (kv, bv) = (Var::from_tensor(&k_).unwrap(), Var::from_tensor(&b).unwrap());
+            let input = if input_grad { xv.as_tensor().clone() } else { x.clone() };
+            let y = if fused {
+                ops::conv_pool(&input, &kv, &bv, conv, relu, pool_shape, mask.clone()).unwrap()
+            } else {
+                let y = ops::max_pool2d(&ops::conv2d(&input, &kv, &bv, conv, relu).unwrap(), pool_shape).unwrap();
+                match &mask {
+                    Some(m) => (y * Tensor::from_vec(m.clone(), out_len, &CPU).unwrap().reshape(((), o, pool_shape.out_h, pool_shape.out_w)).unwrap()).unwrap(),
+                    None => y,
+                }
+            };
+            let r = rand(y.dims(), 3);
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![y.clone(), grads.get(&kv).unwrap().clone(), grads.get(&bv).unwrap().clone()];
+            if input_grad {
+                out.push(grads.get(&xv).unwrap().clone());
+            } else {
+                assert!(grads.get(&xv).is_none());
+            }
+            out
+        };
+        let (fused, separate) = (run(true), run(false));
+        for (i, what) in ["output", "kernel gradient", "bias gradient", "input gradient"].iter().enumerate().take(fused.len()) {
+            assert_close(what, &fused[i], &separate[i], 1e-4);
+        }
+    }
+}

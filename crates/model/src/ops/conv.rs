@@ -1,15 +1,15 @@
 //! 2-D convolution (NCHW, kernels `(out, in, kh, kw)`) as im2col + gemm, with bias and an
 //! optional ReLU fused into the forward pass.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
 use super::gemm::{matmul, MatRef};
 
-/// Images per partial sum of the kernel gradient. Fixed, so the order of the additions (and so
-/// the result, to the bit) does not depend on how many threads run.
-const KERNEL_GRAD_CHUNK: usize = 8;
+/// Images per partial sum of the kernel and bias gradients. Fixed, so the order of the
+/// additions (and so the result, to the bit) does not depend on how many threads run.
+const PARAM_GRAD_CHUNK: usize = 8;
 
 /// The geometry of one convolution, batch size aside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,24 +66,24 @@ impl ConvShape {
     }
 
     /// Rows of the im2col matrix: one per kernel weight of an output channel.
-    fn patch_len(&self) -> usize {
+    pub(crate) fn patch_len(&self) -> usize {
         self.in_channels * self.kernel_h * self.kernel_w
     }
 
     /// Columns of the im2col matrix: one per output position.
-    fn positions(&self) -> usize {
+    pub(crate) fn positions(&self) -> usize {
         self.out_h * self.out_w
     }
 
-    fn in_len(&self) -> usize {
+    pub(crate) fn in_len(&self) -> usize {
         self.in_channels * self.in_h * self.in_w
     }
 
-    fn out_len(&self) -> usize {
+    pub(crate) fn out_len(&self) -> usize {
         self.out_channels * self.positions()
     }
 
-    fn kernel_dims(&self) -> [usize; 4] {
+    pub(crate) fn kernel_dims(&self) -> [usize; 4] {
         [
             self.out_channels,
             self.in_channels,
@@ -102,7 +102,7 @@ impl ConvShape {
         valid_range(ki, self.pad_top, self.stride_h, self.in_h, self.out_h)
     }
 
-    fn check_input(&self, op: &str, dims: &[usize]) -> Result<usize> {
+    pub(crate) fn check_input(&self, op: &str, dims: &[usize]) -> Result<usize> {
         match dims {
             [n, c, h, w] if (*c, *h, *w) == (self.in_channels, self.in_h, self.in_w) => Ok(*n),
             _ => candle_core::bail!(
@@ -114,7 +114,7 @@ impl ConvShape {
         }
     }
 
-    fn check_output(&self, op: &str, dims: &[usize]) -> Result<usize> {
+    pub(crate) fn check_output(&self, op: &str, dims: &[usize]) -> Result<usize> {
         match dims {
             [n, o, h, w] if (*o, *h, *w) == (self.out_channels, self.out_h, self.out_w) => Ok(*n),
             _ => candle_core::bail!(
@@ -126,12 +126,46 @@ impl ConvShape {
         }
     }
 
-    fn check_kernel(&self, op: &str, dims: &[usize]) -> Result<()> {
+    /// The batch size and the values of a forward pass's input, kernel and bias, checked
+    /// against this shape.
+    pub(crate) fn operands<'a>(
+        &self,
+        op: &str,
+        (xs, xl): (&'a CpuStorage, &Layout),
+        (ks, kl): (&'a CpuStorage, &Layout),
+        (bs, bl): (&'a CpuStorage, &Layout),
+    ) -> Result<ConvOperands<'a>> {
+        let n = self.check_input(op, xl.dims())?;
+        self.check_kernel(op, kl.dims())?;
+        if bl.dims() != [self.out_channels] {
+            candle_core::bail!(
+                "{op}: bias {:?}, expected [{}]",
+                bl.dims(),
+                self.out_channels
+            );
+        }
+        Ok(ConvOperands {
+            n,
+            x: contiguous_f32(op, xs, xl)?,
+            kernel: contiguous_f32(op, ks, kl)?,
+            bias: contiguous_f32(op, bs, bl)?,
+        })
+    }
+
+    pub(crate) fn check_kernel(&self, op: &str, dims: &[usize]) -> Result<()> {
         if dims != self.kernel_dims() {
             candle_core::bail!("{op}: kernel {dims:?}, expected {:?}", self.kernel_dims());
         }
         Ok(())
     }
+}
+
+/// A forward pass's batch size, input, kernel and bias values.
+pub(crate) struct ConvOperands<'a> {
+    pub n: usize,
+    pub x: &'a [f32],
+    pub kernel: &'a [f32],
+    pub bias: &'a [f32],
 }
 
 /// Indices `o < out` with `0 <= o * stride + k - pad < len`.
@@ -154,7 +188,7 @@ fn valid_range(
 
 /// One image `(C, H, W)` to its patch matrix `(C*kh*kw, oh*ow)`, zeros where the kernel
 /// overhangs the padding.
-fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
+pub(crate) fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
     let (p, ow) = (s.positions(), s.out_w);
     for c in 0..s.in_channels {
         let plane = &x[c * s.in_h * s.in_w..][..s.in_h * s.in_w];
@@ -187,7 +221,7 @@ fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
 }
 
 /// The adjoint of [`im2col`]: adds each patch-matrix entry back onto its input pixel.
-fn col2im_add(s: &ConvShape, col: &[f32], dx: &mut [f32]) {
+pub(crate) fn col2im_add(s: &ConvShape, col: &[f32], dx: &mut [f32]) {
     let (p, ow) = (s.positions(), s.out_w);
     for c in 0..s.in_channels {
         let plane = &mut dx[c * s.in_h * s.in_w..][..s.in_h * s.in_w];
@@ -201,6 +235,14 @@ fn col2im_add(s: &ConvShape, col: &[f32], dx: &mut [f32]) {
                     let iy = oy * s.stride_h + ki - s.pad_top;
                     let dst = &mut plane[iy * s.in_w..][..s.in_w];
                     let row = &src[oy * ow..][..ow];
+                    if s.stride_w == 1 && !cols.is_empty() {
+                        let ix0 = cols.start + kj - s.pad_left;
+                        let dst = &mut dst[ix0..ix0 + cols.len()];
+                        dst.iter_mut()
+                            .zip(&row[cols.clone()])
+                            .for_each(|(d, r)| *d += r);
+                        continue;
+                    }
                     for ox in cols.clone() {
                         dst[ox * s.stride_w + kj - s.pad_left] += row[ox];
                     }
@@ -246,19 +288,12 @@ impl CustomOp3 for Conv2dForward {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let s = &self.shape;
-        let n = s.check_input(self.name(), xl.dims())?;
-        s.check_kernel(self.name(), kl.dims())?;
-        if bl.dims() != [s.out_channels] {
-            candle_core::bail!(
-                "{}: bias {:?}, expected [{}]",
-                self.name(),
-                bl.dims(),
-                s.out_channels
-            );
-        }
-        let x = contiguous_f32(self.name(), xs, xl)?;
-        let k = contiguous_f32(self.name(), ks, kl)?;
-        let b = contiguous_f32(self.name(), bs, bl)?;
+        let ConvOperands {
+            n,
+            x,
+            kernel: k,
+            bias: b,
+        } = s.operands(self.name(), (xs, xl), (ks, kl), (bs, bl))?;
         let (kk, p) = (s.patch_len(), s.positions());
         let mut y = vec![0f32; n * s.out_len()];
         y.par_chunks_mut(s.out_len())
@@ -307,8 +342,8 @@ impl CustomOp3 for Conv2dForward {
         } else {
             None
         };
-        let dk = x.apply_op2_no_bwd(&grad, &Conv2dKernelGrad { shape: self.shape })?;
-        let db = grad.apply_op1_no_bwd(&BiasGrad)?;
+        let packed = x.apply_op2_no_bwd(&grad, &Conv2dParamGrad { shape: self.shape })?;
+        let (dk, db) = unpack_param_grads(&packed, &self.shape)?;
         Ok((dx, Some(dk), Some(db)))
     }
 }
@@ -350,29 +385,6 @@ impl CustomOp2 for ReluGrad {
     }
 }
 
-/// `(N, O, H, W)` to the per-channel sums `(O)`.
-struct BiasGrad;
-
-impl CustomOp1 for BiasGrad {
-    fn name(&self) -> &'static str {
-        "simplecnn-bias-grad"
-    }
-
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let [n, o, h, w] = gl.dims() else {
-            candle_core::bail!("{}: expects (N, O, H, W), got {:?}", self.name(), gl.dims());
-        };
-        let g = contiguous_f32(self.name(), gs, gl)?;
-        let mut sums = vec![0f32; *o];
-        for image in g.chunks(o * h * w).take(*n) {
-            for (sum, plane) in sums.iter_mut().zip(image.chunks(h * w)) {
-                *sum += lane_sum(plane);
-            }
-        }
-        Ok((CpuStorage::F32(sums), Shape::from(*o)))
-    }
-}
-
 /// A sum in 16 lanes, which the compiler vectorises (a plain `f32` sum must stay serial).
 fn lane_sum(v: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
@@ -386,7 +398,85 @@ fn lane_sum(v: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `dL/dx` from `dL/dy (N, O, oh, ow)` and the kernel: `col2im(kernelᵀ · dy)` per image.
+/// `dL/dx` for `n` images: per image, `conv_grad(i, buf)` writes `dL/d(conv output)` (O, oh, ow)
+/// into `buf`; then `col2im(kernelᵀ · buf)`. Parallel over the images.
+pub(crate) fn input_grad(
+    s: &ConvShape,
+    n: usize,
+    kernel: &[f32],
+    conv_grad: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let (kk, p) = (s.patch_len(), s.positions());
+    let mut dx = vec![0f32; n * s.in_len()];
+    dx.par_chunks_mut(s.in_len()).enumerate().for_each_init(
+        || (vec![0f32; kk * p], vec![0f32; s.out_len()]),
+        |(dcol, g), (i, dx)| {
+            conv_grad(i, g);
+            matmul(
+                dcol,
+                MatRef::transposed(kernel, kk),
+                MatRef::rows(g, p),
+                (kk, p, s.out_channels),
+                false,
+            );
+            col2im_add(s, dcol, dx);
+        },
+    );
+    dx
+}
+
+/// `dL/dkernel` (O·C·kh·kw values) then `dL/dbias` (O values), summed over `n` images `x`
+/// in fixed chunks so the order of the additions does not depend on the threads;
+/// `conv_grad` as for [`input_grad`].
+pub(crate) fn param_grads(
+    s: &ConvShape,
+    n: usize,
+    x: &[f32],
+    conv_grad: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let (kk, p, o) = (s.patch_len(), s.positions(), s.out_channels);
+    let partials: Vec<Vec<f32>> = (0..n.div_ceil(PARAM_GRAD_CHUNK))
+        .into_par_iter()
+        .map(|chunk| {
+            let (mut col, mut g) = (vec![0f32; kk * p], vec![0f32; s.out_len()]);
+            let mut acc = vec![0f32; o * kk + o];
+            let (dk, db) = acc.split_at_mut(o * kk);
+            let first = chunk * PARAM_GRAD_CHUNK;
+            for i in first..(first + PARAM_GRAD_CHUNK).min(n) {
+                conv_grad(i, &mut g);
+                im2col(s, &x[i * s.in_len()..][..s.in_len()], &mut col);
+                matmul(
+                    dk,
+                    MatRef::rows(&g, p),
+                    MatRef::transposed(&col, p),
+                    (o, kk, p),
+                    true,
+                );
+                for (d, plane) in db.iter_mut().zip(g.chunks(p)) {
+                    *d += lane_sum(plane);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; o * kk + o];
+    for partial in &partials {
+        total.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
+/// Splits [`param_grads`]' packed tensor into the kernel and bias gradients.
+pub(crate) fn unpack_param_grads(packed: &Tensor, s: &ConvShape) -> Result<(Tensor, Tensor)> {
+    let kernel_len = s.out_channels * s.patch_len();
+    let dk = packed
+        .narrow(0, 0, kernel_len)?
+        .reshape(&s.kernel_dims()[..])?;
+    let db = packed.narrow(0, kernel_len, s.out_channels)?;
+    Ok((dk, db))
+}
+
+/// `dL/dx` from `dL/dy (N, O, oh, ow)` and the kernel.
 struct Conv2dInputGrad {
     shape: ConvShape,
 }
@@ -408,36 +498,22 @@ impl CustomOp2 for Conv2dInputGrad {
         s.check_kernel(self.name(), kl.dims())?;
         let g = contiguous_f32(self.name(), gs, gl)?;
         let k = contiguous_f32(self.name(), ks, kl)?;
-        let (kk, p) = (s.patch_len(), s.positions());
-        let mut dx = vec![0f32; n * s.in_len()];
-        dx.par_chunks_mut(s.in_len())
-            .zip(g.par_chunks(s.out_len()))
-            .for_each_init(
-                || vec![0f32; kk * p],
-                |dcol, (dx, g)| {
-                    matmul(
-                        dcol,
-                        MatRef::transposed(k, kk),
-                        MatRef::rows(g, p),
-                        (kk, p, s.out_channels),
-                        false,
-                    );
-                    col2im_add(s, dcol, dx);
-                },
-            );
+        let dx = input_grad(s, n, k, |i, buf| {
+            buf.copy_from_slice(&g[i * s.out_len()..][..s.out_len()])
+        });
         let dims = [n, s.in_channels, s.in_h, s.in_w];
         Ok((CpuStorage::F32(dx), Shape::from(&dims[..])))
     }
 }
 
-/// `dL/dkernel = Σ_images dy · im2col(x)ᵀ`, summed in fixed chunks for determinism.
-struct Conv2dKernelGrad {
+/// The kernel and bias gradients from `x` and `dL/dy`, packed as [`param_grads`] makes them.
+struct Conv2dParamGrad {
     shape: ConvShape,
 }
 
-impl CustomOp2 for Conv2dKernelGrad {
+impl CustomOp2 for Conv2dParamGrad {
     fn name(&self) -> &'static str {
-        "simplecnn-conv2d-kernel-grad"
+        "simplecnn-conv2d-param-grad"
     }
 
     fn cpu_fwd(
@@ -459,31 +535,11 @@ impl CustomOp2 for Conv2dKernelGrad {
         }
         let x = contiguous_f32(self.name(), xs, xl)?;
         let g = contiguous_f32(self.name(), gs, gl)?;
-        let (kk, p, o) = (s.patch_len(), s.positions(), s.out_channels);
-        let partials: Vec<Vec<f32>> = x
-            .par_chunks(s.in_len() * KERNEL_GRAD_CHUNK)
-            .zip(g.par_chunks(s.out_len() * KERNEL_GRAD_CHUNK))
-            .map(|(xs, gs)| {
-                let mut col = vec![0f32; kk * p];
-                let mut dk = vec![0f32; o * kk];
-                for (x, g) in xs.chunks(s.in_len()).zip(gs.chunks(s.out_len())) {
-                    im2col(s, x, &mut col);
-                    matmul(
-                        &mut dk,
-                        MatRef::rows(g, p),
-                        MatRef::transposed(&col, p),
-                        (o, kk, p),
-                        true,
-                    );
-                }
-                dk
-            })
-            .collect();
-        let mut dk = vec![0f32; o * kk];
-        for partial in &partials {
-            dk.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-        }
-        Ok((CpuStorage::F32(dk), Shape::from(&s.kernel_dims()[..])))
+        let packed = param_grads(s, n, x, |i, buf| {
+            buf.copy_from_slice(&g[i * s.out_len()..][..s.out_len()])
+        });
+        let len = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(len)))
     }
 }
 

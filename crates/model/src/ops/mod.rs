@@ -7,17 +7,24 @@
 //! * [`conv2d`]: im2col + gemm for the forward pass, the input gradient and the kernel gradient,
 //!   parallel over the batch; bias and ReLU fused into the forward pass; no input gradient when
 //!   the input does not track gradients (the images).
-//! * [`max_pool2d`]: a direct forward; the backward finds each window's first maximum again and
+//! * [`max_pool2d`]: a direct forward that records each window's first maximum; the backward
 //!   scatters the gradient there (what TensorFlow does).
+//! * [`conv_pool`]: Conv2D → ReLU → MaxPool2D (→ Dropout) in one op, never materialising the
+//!   convolution's full-size output.
+//! * [`dropout`]: a mask multiply, forward and backward.
 //!
 //! Only f32 tensors on the CPU take these paths; [`crate::Model`] keeps candle's own ops
 //! everywhere else (CUDA), and the tests hold these ops to candle's.
 
+mod block;
 mod conv;
+mod dropout;
 mod gemm;
 mod pool;
 
+pub use block::conv_pool;
 pub use conv::{conv2d, ConvShape};
+pub use dropout::dropout;
 pub use pool::{max_pool2d, PoolShape};
 
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};

@@ -83,43 +83,40 @@ struct MaxPool2d {
     argmax: Mutex<Option<Vec<u32>>>,
 }
 
-impl MaxPool2d {
-    /// One plane: the maxima into `y`, their positions into `idx`.
-    fn plane(&self, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
-        let s = &self.shape;
-        if (s.pool_h, s.pool_w, s.stride_h, s.stride_w) == (2, 2, 2, 2) {
-            // The tutorial's pools: a straight-line version the compiler keeps in registers.
-            for oy in 0..s.out_h {
-                let r0 = 2 * oy * s.in_w;
-                let (top, bottom) = (&x[r0..r0 + s.in_w], &x[r0 + s.in_w..r0 + 2 * s.in_w]);
-                let (y, idx) = (
-                    &mut y[oy * s.out_w..][..s.out_w],
-                    &mut idx[oy * s.out_w..][..s.out_w],
-                );
-                for ox in 0..s.out_w {
-                    let c = 2 * ox;
-                    let (mut best, mut at) = (top[c], r0 + c);
-                    if top[c + 1] > best {
-                        (best, at) = (top[c + 1], r0 + c + 1);
-                    }
-                    if bottom[c] > best {
-                        (best, at) = (bottom[c], r0 + s.in_w + c);
-                    }
-                    if bottom[c + 1] > best {
-                        (best, at) = (bottom[c + 1], r0 + s.in_w + c + 1);
-                    }
-                    y[ox] = best;
-                    idx[ox] = at as u32;
-                }
-            }
-            return;
-        }
+/// One plane: the maxima into `y`, their flat positions in the plane into `idx`.
+pub(crate) fn pool_plane(s: &PoolShape, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
+    if (s.pool_h, s.pool_w, s.stride_h, s.stride_w) == (2, 2, 2, 2) {
+        // The tutorial's pools: a straight-line version the compiler keeps in registers.
         for oy in 0..s.out_h {
+            let r0 = 2 * oy * s.in_w;
+            let (top, bottom) = (&x[r0..r0 + s.in_w], &x[r0 + s.in_w..r0 + 2 * s.in_w]);
+            let (y, idx) = (
+                &mut y[oy * s.out_w..][..s.out_w],
+                &mut idx[oy * s.out_w..][..s.out_w],
+            );
             for ox in 0..s.out_w {
-                let at = s.argmax(x, oy, ox);
-                y[oy * s.out_w + ox] = x[at];
-                idx[oy * s.out_w + ox] = at as u32;
+                let c = 2 * ox;
+                let (mut best, mut at) = (top[c], r0 + c);
+                if top[c + 1] > best {
+                    (best, at) = (top[c + 1], r0 + c + 1);
+                }
+                if bottom[c] > best {
+                    (best, at) = (bottom[c], r0 + s.in_w + c);
+                }
+                if bottom[c + 1] > best {
+                    (best, at) = (bottom[c + 1], r0 + s.in_w + c + 1);
+                }
+                y[ox] = best;
+                idx[ox] = at as u32;
             }
+        }
+        return;
+    }
+    for oy in 0..s.out_h {
+        for ox in 0..s.out_w {
+            let at = s.argmax(x, oy, ox);
+            y[oy * s.out_w + ox] = x[at];
+            idx[oy * s.out_w + ox] = at as u32;
         }
     }
 }
@@ -139,7 +136,7 @@ impl CustomOp1 for MaxPool2d {
         y.par_chunks_mut(plane_out)
             .zip(idx.par_chunks_mut(plane_out))
             .zip(x.par_chunks(plane_in))
-            .for_each(|((y, idx), x)| self.plane(x, y, idx));
+            .for_each(|((y, idx), x)| pool_plane(s, x, y, idx));
         *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(idx);
         let dims = [n, c, s.out_h, s.out_w];
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))

@@ -1,0 +1,275 @@
+//! Conv2D → ReLU → MaxPool2D (→ Dropout) as one op, the tutorial's two feature blocks.
+//!
+//! The convolution's full-size output (4 M values per batch for conv2d_1) never becomes a
+//! tensor: each image is convolved into a per-thread buffer and pooled at once; the forward
+//! pass keeps only where each window's maximum was. The backward pass scatters the gradient
+//! back per image into a per-thread buffer and runs the kernel and input gradients from there.
+//! Besides the memory, this spares candle's autograd a zero-filled gradient and an addition
+//! per intermediate tensor.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+use super::conv::{im2col, input_grad, param_grads, unpack_param_grads, ConvOperands, ConvShape};
+use super::gemm::{matmul, MatRef};
+use super::pool::{pool_plane, PoolShape};
+
+/// Marks an output whose ReLU clipped it: no gradient flows back through it.
+const CLIPPED: u32 = u32::MAX;
+
+/// `dropout(max_pool(relu(conv(x, kernel) + bias)))` for f32 CPU tensors; `relu` false leaves
+/// the activation out; `dropout_mask`, one value per output (0 or 1/(1-rate)), is applied when
+/// given. Differentiable in `x`, `kernel` and `bias`.
+pub fn conv_pool(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    conv: ConvShape,
+    relu: bool,
+    pool: PoolShape,
+    dropout_mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    if (pool.in_h, pool.in_w) != (conv.out_h, conv.out_w) {
+        candle_core::bail!(
+            "conv-pool: the pool takes {}x{}, the convolution gives {}x{}",
+            pool.in_h,
+            pool.in_w,
+            conv.out_h,
+            conv.out_w
+        );
+    }
+    x.contiguous()?.apply_op3(
+        &kernel.contiguous()?,
+        &bias.contiguous()?,
+        ConvPool {
+            conv,
+            pool,
+            relu,
+            mask: dropout_mask.map(Arc::new),
+            argmax: Mutex::new(None),
+        },
+    )
+}
+
+struct ConvPool {
+    conv: ConvShape,
+    pool: PoolShape,
+    relu: bool,
+    mask: Option<Arc<Vec<f32>>>,
+    /// Per output value, the flat position of its maximum in the conv output plane, or
+    /// [`CLIPPED`]; filled by the forward pass, taken by the backward.
+    argmax: Mutex<Option<Arc<Vec<u32>>>>,
+}
+
+impl ConvPool {
+    fn out_len(&self) -> usize {
+        self.conv.out_channels * self.pool.out_h * self.pool.out_w
+    }
+}
+
+impl CustomOp3 for ConvPool {
+    fn name(&self) -> &'static str {
+        "simplecnn-conv-pool"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (c, p) = (&self.conv, &self.pool);
+        let ConvOperands {
+            n,
+            x,
+            kernel: k,
+            bias: b,
+        } = c.operands(self.name(), (xs, xl), (ks, kl), (bs, bl))?;
+        let out_len = self.out_len();
+        if let Some(m) = &self.mask {
+            if m.len() != n * out_len {
+                candle_core::bail!(
+                    "{}: dropout mask of {} values for {}",
+                    self.name(),
+                    m.len(),
+                    n * out_len
+                );
+            }
+        }
+        let (kk, positions, plane) = (c.patch_len(), c.positions(), p.out_h * p.out_w);
+        let mut y = vec![0f32; n * out_len];
+        let mut argmax = vec![0u32; n * out_len];
+        y.par_chunks_mut(out_len)
+            .zip(argmax.par_chunks_mut(out_len))
+            .zip(x.par_chunks(c.in_len()))
+            .enumerate()
+            .for_each_init(
+                || (vec![0f32; kk * positions], vec![0f32; c.out_len()]),
+                |(col, conv_out), (i, ((y, idx), x))| {
+                    im2col(c, x, col);
+                    matmul(
+                        conv_out,
+                        MatRef::rows(k, kk),
+                        MatRef::rows(col, positions),
+                        (c.out_channels, positions, kk),
+                        false,
+                    );
+                    let channels = conv_out
+                        .chunks(positions)
+                        .zip(y.chunks_mut(plane))
+                        .zip(idx.chunks_mut(plane));
+                    for (o, ((conv_plane, y), idx)) in channels.enumerate() {
+                        // max(v) + b = max(v + b): pool first, add the bias to the maxima only.
+                        pool_plane(p, conv_plane, y, idx);
+                        for (v, at) in y.iter_mut().zip(idx.iter_mut()) {
+                            *v += b[o];
+                            if self.relu && *v <= 0.0 {
+                                *v = 0.0;
+                                *at = CLIPPED;
+                            }
+                        }
+                    }
+                    if let Some(mask) = &self.mask {
+                        let mask = &mask[i * out_len..][..out_len];
+                        y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
+                    }
+                },
+            );
+        *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(argmax));
+        let dims = [n, c.out_channels, p.out_h, p.out_w];
+        Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let argmax = self.argmax.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(argmax) = argmax else {
+            candle_core::bail!("{}: backward ran twice or before the forward", self.name());
+        };
+        let scatter = Scatter {
+            conv: self.conv,
+            out_len: self.out_len(),
+            argmax,
+            mask: self.mask.clone(),
+        };
+        let grad = grad_res.contiguous()?;
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(kernel, &ConvPoolInputGrad(scatter.clone()))?)
+        } else {
+            None
+        };
+        let packed = x.apply_op2_no_bwd(&grad, &ConvPoolParamGrad(scatter))?;
+        let (dk, db) = unpack_param_grads(&packed, &self.conv)?;
+        Ok((dx, Some(dk), Some(db)))
+    }
+}
+
+/// What the backward ops share: where the forward's maxima were, the dropout mask.
+#[derive(Clone)]
+struct Scatter {
+    conv: ConvShape,
+    out_len: usize,
+    argmax: Arc<Vec<u32>>,
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+impl Scatter {
+    /// Image `i`'s gradient with respect to the convolution's output (before the ReLU): the
+    /// output gradient, times the dropout mask, at each window's maximum; 0 elsewhere.
+    fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]) {
+        out.fill(0.0);
+        let (positions, plane) = (self.conv.positions(), self.out_len / self.conv.out_channels);
+        let idx = &self.argmax[i * self.out_len..][..self.out_len];
+        let mask = self
+            .mask
+            .as_ref()
+            .map(|m| &m[i * self.out_len..][..self.out_len]);
+        for (j, (&g, &at)) in grad.iter().zip(idx).enumerate() {
+            if at != CLIPPED {
+                let g = mask.map_or(g, |m| g * m[j]);
+                out[(j / plane) * positions + at as usize] += g;
+            }
+        }
+    }
+
+    fn check(&self, op: &str, grad_dims: &[usize]) -> Result<usize> {
+        let n = grad_dims.first().copied().unwrap_or(0);
+        if grad_dims.iter().product::<usize>() != self.argmax.len()
+            || n * self.out_len != self.argmax.len()
+        {
+            candle_core::bail!("{op}: gradient {grad_dims:?} does not match the forward pass");
+        }
+        Ok(n)
+    }
+}
+
+/// The kernel and bias gradients, packed as [`param_grads`] makes them.
+struct ConvPoolParamGrad(Scatter);
+
+impl CustomOp2 for ConvPoolParamGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-conv-pool-param-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = &self.0;
+        let n = s.conv.check_input(self.name(), xl.dims())?;
+        if s.check(self.name(), gl.dims())? != n {
+            candle_core::bail!("{}: batch sizes differ", self.name());
+        }
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let packed = param_grads(&s.conv, n, x, |i, buf| {
+            s.conv_grad(i, &g[i * s.out_len..][..s.out_len], buf)
+        });
+        let len = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(len)))
+    }
+}
+
+/// The gradient with respect to the block's input.
+struct ConvPoolInputGrad(Scatter);
+
+impl CustomOp2 for ConvPoolInputGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-conv-pool-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = &self.0;
+        let c = &s.conv;
+        let n = s.check(self.name(), gl.dims())?;
+        c.check_kernel(self.name(), kl.dims())?;
+        let g = contiguous_f32(self.name(), gs, gl)?;
+        let k = contiguous_f32(self.name(), ks, kl)?;
+        let dx = input_grad(c, n, k, |i, buf| {
+            s.conv_grad(i, &g[i * s.out_len..][..s.out_len], buf)
+        });
+        let dims = [n, c.in_channels, c.in_h, c.in_w];
+        Ok((CpuStorage::F32(dx), Shape::from(&dims[..])))
+    }
+}
