@@ -34,7 +34,7 @@ fn single_layer(name: &str, kernels: Kernels) -> (Model, FeatureShape) {
 
 fn layers(c: &mut Criterion) {
     // As the training command does: measure the kernels, not glibc returning memory to the OS.
-    simplecnn_train::keep_freed_memory();
+    simplecnn_train::tune_cpu_runtime();
     let mut group = c.benchmark_group("layer_forward_backward_b128");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);

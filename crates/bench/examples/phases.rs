@@ -8,7 +8,13 @@ use simplecnn_model::{zoo, DropoutRng, Mode, Model};
 use simplecnn_train::{loss::categorical_cross_entropy, Adam, AdamConfig};
 
 fn main() -> anyhow::Result<()> {
-    simplecnn_train::keep_freed_memory();
+    simplecnn_train::tune_cpu_runtime();
+    if let Ok(v) = std::env::var("LHS_T") {
+        gemm::set_lhs_packing_threshold_single_thread(v.parse()?);
+    }
+    if let Ok(v) = std::env::var("RHS_T") {
+        gemm::set_rhs_packing_threshold(v.parse()?);
+    }
     let dir = std::env::args().nth(1).unwrap_or_else(|| "data".into());
     let data = simplecnn_cifar::load(std::path::Path::new(&dir))?;
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0)?;

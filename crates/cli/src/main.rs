@@ -83,8 +83,8 @@ enum ExperimentName {
 }
 
 fn main() -> Result<()> {
-    // Training speed depends on it (see simplecnn_train::keep_freed_memory).
-    simplecnn_train::keep_freed_memory();
+    // Training speed depends on it (see simplecnn_train::tune_cpu_runtime).
+    simplecnn_train::tune_cpu_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

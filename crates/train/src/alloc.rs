@@ -14,3 +14,17 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// The process-wide settings a training program wants on the CPU, to call first thing in
+/// `main` (before any tensor exists): [`keep_freed_memory`], and candle's elementwise ops
+/// without helper threads unless `CANDLE_NUM_THREADS` says otherwise. Those helpers spin
+/// between ops and, on a 2-core machine, take a core from the convolution kernels that run
+/// on rayon's pool (measured: ~10 CPU-ms less per training step, wall time no worse; candle's
+/// matrix products still use `RAYON_NUM_THREADS` threads).
+pub fn tune_cpu_runtime() {
+    keep_freed_memory();
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Read once, when candle first runs an elementwise op; nothing has run yet.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}

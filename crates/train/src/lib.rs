@@ -37,7 +37,7 @@ mod history;
 pub mod loss;
 
 pub use adam::{Adam, AdamConfig};
-pub use alloc::keep_freed_memory;
+pub use alloc::{keep_freed_memory, tune_cpu_runtime};
 pub use checkpoint::{checkpoint_paths, load_checkpoint, save_checkpoint, CheckpointMeta};
 pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, evaluate_indices, predict, Evaluation};

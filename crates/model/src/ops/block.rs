@@ -9,11 +9,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
-use super::conv::{im2col, input_grad, param_grads, unpack_param_grads, ConvOperands, ConvShape};
+use super::conv::{conv_grads, im2col, ConvGradSource, ConvOperands, ConvShape};
 use super::gemm::{matmul, MatRef};
 use super::pool::{pool_plane, PoolShape};
 
@@ -164,15 +163,7 @@ impl CustomOp3 for ConvPool {
             argmax,
             mask: self.mask.clone(),
         };
-        let grad = grad_res.contiguous()?;
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(kernel, &ConvPoolInputGrad(scatter.clone()))?)
-        } else {
-            None
-        };
-        let packed = x.apply_op2_no_bwd(&grad, &ConvPoolParamGrad(scatter))?;
-        let (dk, db) = unpack_param_grads(&packed, &self.conv)?;
-        Ok((dx, Some(dk), Some(db)))
+        conv_grads(x, grad_res, kernel, self.conv, scatter)
     }
 }
 
@@ -185,9 +176,12 @@ struct Scatter {
     mask: Option<Arc<Vec<f32>>>,
 }
 
-impl Scatter {
-    /// Image `i`'s gradient with respect to the convolution's output (before the ReLU): the
-    /// output gradient, times the dropout mask, at each window's maximum; 0 elsewhere.
+impl ConvGradSource for Scatter {
+    fn grad_len(&self) -> usize {
+        self.out_len
+    }
+
+    /// The output gradient, times the dropout mask, at each window's maximum; 0 elsewhere.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]) {
         out.fill(0.0);
         let (positions, plane) = (self.conv.positions(), self.out_len / self.conv.out_channels);
@@ -202,74 +196,5 @@ impl Scatter {
                 out[(j / plane) * positions + at as usize] += g;
             }
         }
-    }
-
-    fn check(&self, op: &str, grad_dims: &[usize]) -> Result<usize> {
-        let n = grad_dims.first().copied().unwrap_or(0);
-        if grad_dims.iter().product::<usize>() != self.argmax.len()
-            || n * self.out_len != self.argmax.len()
-        {
-            candle_core::bail!("{op}: gradient {grad_dims:?} does not match the forward pass");
-        }
-        Ok(n)
-    }
-}
-
-/// The kernel and bias gradients, packed as [`param_grads`] makes them.
-struct ConvPoolParamGrad(Scatter);
-
-impl CustomOp2 for ConvPoolParamGrad {
-    fn name(&self) -> &'static str {
-        "simplecnn-conv-pool-param-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = &self.0;
-        let n = s.conv.check_input(self.name(), xl.dims())?;
-        if s.check(self.name(), gl.dims())? != n {
-            candle_core::bail!("{}: batch sizes differ", self.name());
-        }
-        let x = contiguous_f32(self.name(), xs, xl)?;
-        let g = contiguous_f32(self.name(), gs, gl)?;
-        let packed = param_grads(&s.conv, n, x, |i, buf| {
-            s.conv_grad(i, &g[i * s.out_len..][..s.out_len], buf)
-        });
-        let len = packed.len();
-        Ok((CpuStorage::F32(packed), Shape::from(len)))
-    }
-}
-
-/// The gradient with respect to the block's input.
-struct ConvPoolInputGrad(Scatter);
-
-impl CustomOp2 for ConvPoolInputGrad {
-    fn name(&self) -> &'static str {
-        "simplecnn-conv-pool-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ks: &CpuStorage,
-        kl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = &self.0;
-        let c = &s.conv;
-        let n = s.check(self.name(), gl.dims())?;
-        c.check_kernel(self.name(), kl.dims())?;
-        let g = contiguous_f32(self.name(), gs, gl)?;
-        let k = contiguous_f32(self.name(), ks, kl)?;
-        let dx = input_grad(c, n, k, |i, buf| {
-            s.conv_grad(i, &g[i * s.out_len..][..s.out_len], buf)
-        });
-        let dims = [n, c.in_channels, c.in_h, c.in_w];
-        Ok((CpuStorage::F32(dx), Shape::from(&dims[..])))
     }
 }
