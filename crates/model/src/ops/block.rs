@@ -53,6 +53,43 @@ pub fn conv_pool(
     )
 }
 
+/// Pools one plane of the convolution's output, adds the bias and applies the ReLU:
+/// `max(v) + b = max(v + b)`, so the bias is added to the maxima only. `idx` gets each
+/// maximum's position in the plane, or [`CLIPPED`].
+fn pool_bias_relu(p: &PoolShape, x: &[f32], bias: f32, relu: bool, y: &mut [f32], idx: &mut [u32]) {
+    let clip = |v: f32, at: usize| -> (f32, u32) {
+        if relu && v <= 0.0 {
+            (0.0, CLIPPED)
+        } else {
+            (v, at as u32)
+        }
+    };
+    if (p.pool_h, p.pool_w, p.stride_h, p.stride_w) != (2, 2, 2, 2) {
+        pool_plane(p, x, y, idx);
+        for (v, at) in y.iter_mut().zip(idx.iter_mut()) {
+            (*v, *at) = clip(*v + bias, *at as usize);
+        }
+        return;
+    }
+    // The tutorial's pools, branch-free: the two rows' maxima, then the larger (the earlier
+    // one on ties, as the scan in `pool_plane` picks).
+    let w = p.in_w;
+    for oy in 0..p.out_h {
+        let r0 = 2 * oy * w;
+        let (top, bottom) = (&x[r0..r0 + w], &x[r0 + w..r0 + 2 * w]);
+        let y = &mut y[oy * p.out_w..][..p.out_w];
+        let idx = &mut idx[oy * p.out_w..][..p.out_w];
+        for ox in 0..p.out_w {
+            let c = 2 * ox;
+            let (a, b, d, e) = (top[c], top[c + 1], bottom[c], bottom[c + 1]);
+            let (m0, i0) = if b > a { (b, c + 1) } else { (a, c) };
+            let (m1, i1) = if e > d { (e, w + c + 1) } else { (d, w + c) };
+            let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
+            (y[ox], idx[ox]) = clip(m + bias, r0 + i);
+        }
+    }
+}
+
 struct ConvPool {
     conv: ConvShape,
     pool: PoolShape,
@@ -124,15 +161,7 @@ impl CustomOp3 for ConvPool {
                         .zip(y.chunks_mut(plane))
                         .zip(idx.chunks_mut(plane));
                     for (o, ((conv_plane, y), idx)) in channels.enumerate() {
-                        // max(v) + b = max(v + b): pool first, add the bias to the maxima only.
-                        pool_plane(p, conv_plane, y, idx);
-                        for (v, at) in y.iter_mut().zip(idx.iter_mut()) {
-                            *v += b[o];
-                            if self.relu && *v <= 0.0 {
-                                *v = 0.0;
-                                *at = CLIPPED;
-                            }
-                        }
+                        pool_bias_relu(p, conv_plane, b[o], self.relu, y, idx);
                     }
                     if let Some(mask) = &self.mask {
                         let mask = &mask[i * out_len..][..out_len];

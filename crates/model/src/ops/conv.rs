@@ -186,14 +186,18 @@ pub(crate) fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
                 let cols = s.valid_cols(kj);
                 let r = (c * s.kernel_h + ki) * s.kernel_w + kj;
                 let dst = &mut col[r * p..][..p];
-                dst.fill(0.0);
+                // Zeros only where the kernel overhangs the padding; the rest is copied.
+                dst[..rows.start * ow].fill(0.0);
+                dst[rows.end * ow..].fill(0.0);
                 for oy in rows.clone() {
-                    let iy = oy * s.stride_h + ki - s.pad_top;
-                    let src = &plane[iy * s.in_w..][..s.in_w];
                     let out = &mut dst[oy * ow..][..ow];
+                    out[..cols.start].fill(0.0);
+                    out[cols.end..].fill(0.0);
                     if cols.is_empty() {
                         continue;
                     }
+                    let iy = oy * s.stride_h + ki - s.pad_top;
+                    let src = &plane[iy * s.in_w..][..s.in_w];
                     if s.stride_w == 1 {
                         let ix0 = cols.start + kj - s.pad_left;
                         out[cols.clone()].copy_from_slice(&src[ix0..ix0 + cols.len()]);
@@ -368,17 +372,24 @@ impl CustomOp2 for ReluGrad {
     }
 }
 
-/// `dst (cols x rows) = srcᵀ` for a row-major `src (rows x cols)`, in cache-sized tiles.
+/// `dst (cols x rows) = srcᵀ` for a row-major `src (rows x cols)`. Eight source rows at a time:
+/// each output run of eight is contiguous, and the eight source lines stay in L1 while `c`
+/// walks along them.
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const TILE: usize = 16;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let src = &src[r * cols..][..cols];
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[c];
-                }
+    const R: usize = 8;
+    let full = rows / R * R;
+    for r0 in (0..full).step_by(R) {
+        let block: [&[f32]; R] = std::array::from_fn(|k| &src[(r0 + k) * cols..][..cols]);
+        for (c, out) in dst.chunks_exact_mut(rows).take(cols).enumerate() {
+            let out: &mut [f32; R] = (&mut out[r0..r0 + R]).try_into().expect("R values");
+            for k in 0..R {
+                out[k] = block[k][c];
             }
+        }
+    }
+    for r in full..rows {
+        for c in 0..cols {
+            dst[c * rows + r] = src[r * cols + c];
         }
     }
 }
