@@ -313,7 +313,14 @@ fn fast_layers(
                         _ => (None, 2),
                     };
                     Some((
-                        ops::conv_pool(x, kernel, bias, conv, relu, pool, mask)?,
+                        ops::conv_pool(
+                            x,
+                            kernel,
+                            bias,
+                            ops::ConvPoolShape { conv, pool, relu },
+                            mask,
+                            matches!(mode, Mode::Training(_)),
+                        )?,
                         used,
                     ))
                 }

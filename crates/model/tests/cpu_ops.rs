@@ -345,7 +345,13 @@ proptest! {
             let (kv, bv) = (Var::from_tensor(&k_).unwrap(), Var::from_tensor(&b).unwrap());
             let input = if input_grad { xv.as_tensor().clone() } else { x.clone() };
             let y = if fused {
-                ops::conv_pool(&input, &kv, &bv, conv, relu, pool_shape, mask.clone()).unwrap()
+                let block = ops::ConvPoolShape { conv, pool: pool_shape, relu };
+                let y = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), true).unwrap();
+                // The inference form computes the same values and records nothing.
+                let plain = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), false).unwrap();
+                assert!(!plain.track_op());
+                assert_close("inference output", &plain, &y, 0.0);
+                y
             } else {
                 let y = ops::max_pool2d(&ops::conv2d(&input, &kv, &bv, conv, relu).unwrap(), pool_shape).unwrap();
                 match &mask {

@@ -21,16 +21,17 @@ const CLIPPED: u32 = u32::MAX;
 
 /// `dropout(max_pool(relu(conv(x, kernel) + bias)))` for f32 CPU tensors; `relu` false leaves
 /// the activation out; `dropout_mask`, one value per output (0 or 1/(1-rate)), is applied when
-/// given. Differentiable in `x`, `kernel` and `bias`.
+/// given. With `differentiable`, candle can take gradients for `x`, `kernel` and `bias`; without,
+/// (inference) the op records nothing for a backward pass.
 pub fn conv_pool(
     x: &Tensor,
     kernel: &Tensor,
     bias: &Tensor,
-    conv: ConvShape,
-    relu: bool,
-    pool: PoolShape,
+    block: ConvPoolShape,
     dropout_mask: Option<Vec<f32>>,
+    differentiable: bool,
 ) -> Result<Tensor> {
+    let ConvPoolShape { conv, pool, relu } = block;
     if (pool.in_h, pool.in_w) != (conv.out_h, conv.out_w) {
         candle_core::bail!(
             "conv-pool: the pool takes {}x{}, the convolution gives {}x{}",
@@ -40,17 +41,27 @@ pub fn conv_pool(
             conv.out_w
         );
     }
-    x.contiguous()?.apply_op3(
-        &kernel.contiguous()?,
-        &bias.contiguous()?,
-        ConvPool {
-            conv,
-            pool,
-            relu,
-            mask: dropout_mask.map(Arc::new),
-            argmax: Mutex::new(None),
-        },
-    )
+    let op = ConvPool {
+        conv,
+        pool,
+        relu,
+        mask: dropout_mask.map(Arc::new),
+        argmax: Mutex::new(None),
+        record: differentiable,
+    };
+    let (x, kernel, bias) = (x.contiguous()?, kernel.contiguous()?, bias.contiguous()?);
+    match differentiable {
+        true => x.apply_op3(&kernel, &bias, op),
+        false => x.apply_op3_no_bwd(&kernel, &bias, &op),
+    }
+}
+
+/// A Conv2D → MaxPool2D block's geometry, and whether a ReLU sits between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvPoolShape {
+    pub conv: ConvShape,
+    pub pool: PoolShape,
+    pub relu: bool,
 }
 
 /// Pools one plane of the convolution's output, adds the bias and applies the ReLU:
@@ -98,6 +109,8 @@ struct ConvPool {
     /// Per output value, the flat position of its maximum in the conv output plane, or
     /// [`CLIPPED`]; filled by the forward pass, taken by the backward.
     argmax: Mutex<Option<Arc<Vec<u32>>>>,
+    /// Whether to fill `argmax` (not for inference).
+    record: bool,
 }
 
 impl ConvPool {
@@ -140,36 +153,52 @@ impl CustomOp3 for ConvPool {
         }
         let (kk, positions, plane) = (c.patch_len(), c.positions(), p.out_h * p.out_w);
         let mut y = vec![0f32; n * out_len];
-        let mut argmax = vec![0u32; n * out_len];
-        y.par_chunks_mut(out_len)
-            .zip(argmax.par_chunks_mut(out_len))
-            .zip(x.par_chunks(c.in_len()))
-            .enumerate()
-            .for_each_init(
-                || (vec![0f32; kk * positions], vec![0f32; c.out_len()]),
-                |(col, conv_out), (i, ((y, idx), x))| {
-                    im2col(c, x, col);
-                    matmul(
-                        conv_out,
-                        MatRef::rows(k, kk),
-                        MatRef::rows(col, positions),
-                        (c.out_channels, positions, kk),
-                        false,
-                    );
-                    let channels = conv_out
-                        .chunks(positions)
-                        .zip(y.chunks_mut(plane))
-                        .zip(idx.chunks_mut(plane));
-                    for (o, ((conv_plane, y), idx)) in channels.enumerate() {
-                        pool_bias_relu(p, conv_plane, b[o], self.relu, y, idx);
-                    }
-                    if let Some(mask) = &self.mask {
-                        let mask = &mask[i * out_len..][..out_len];
-                        y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
-                    }
-                },
+        // Inference keeps the positions only per image, in a scratch buffer.
+        let mut argmax = vec![0u32; if self.record { n * out_len } else { out_len }];
+        let image = |(i, y): (usize, &mut [f32]),
+                     bufs: &mut (Vec<f32>, Vec<f32>, Vec<u32>),
+                     idx: Option<&mut [u32]>| {
+            let (col, conv_out, scratch) = bufs;
+            let idx = idx.unwrap_or(scratch);
+            im2col(c, &x[i * c.in_len()..][..c.in_len()], col);
+            matmul(
+                conv_out,
+                MatRef::rows(k, kk),
+                MatRef::rows(col, positions),
+                (c.out_channels, positions, kk),
+                false,
             );
-        *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(argmax));
+            let channels = conv_out
+                .chunks(positions)
+                .zip(y.chunks_mut(plane))
+                .zip(idx.chunks_mut(plane));
+            for (o, ((conv_plane, y), idx)) in channels.enumerate() {
+                pool_bias_relu(p, conv_plane, b[o], self.relu, y, idx);
+            }
+            if let Some(mask) = &self.mask {
+                let mask = &mask[i * out_len..][..out_len];
+                y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
+            }
+        };
+        let init = || {
+            (
+                vec![0f32; kk * positions],
+                vec![0f32; c.out_len()],
+                vec![0u32; out_len],
+            )
+        };
+        if self.record {
+            y.par_chunks_mut(out_len)
+                .enumerate()
+                .zip(argmax.par_chunks_mut(out_len))
+                .for_each_init(init, |bufs, (image_y, idx)| image(image_y, bufs, Some(idx)));
+            *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(argmax));
+        } else {
+            drop(argmax);
+            y.par_chunks_mut(out_len)
+                .enumerate()
+                .for_each_init(init, |bufs, image_y| image(image_y, bufs, None));
+        }
         let dims = [n, c.out_channels, p.out_h, p.out_w];
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }

@@ -22,7 +22,7 @@ mod dropout;
 mod gemm;
 mod pool;
 
-pub use block::conv_pool;
+pub use block::{conv_pool, ConvPoolShape};
 pub use conv::{conv2d, ConvShape};
 pub use dropout::dropout;
 pub use pool::{max_pool2d, PoolShape};
