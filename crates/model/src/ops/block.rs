@@ -67,7 +67,17 @@ pub struct ConvPoolShape {
 /// Pools one plane of the convolution's output, adds the bias and applies the ReLU:
 /// `max(v) + b = max(v + b)`, so the bias is added to the maxima only. `idx` gets each
 /// maximum's position in the plane, or [`CLIPPED`].
-fn pool_bias_relu(p: &PoolShape, x: &[f32], bias: f32, relu: bool, y: &mut [f32], idx: &mut [u32]) {
+fn pool_bias_relu(
+    p: &PoolShape,
+    x: &[f32],
+    bias: f32,
+    relu: bool,
+    y: &mut [f32],
+    idx: Option<&mut [u32]>,
+) {
+    let Some(idx) = idx else {
+        return pool_bias_relu_values(p, x, bias, relu, y);
+    };
     let clip = |v: f32, at: usize| -> (f32, u32) {
         if relu && v <= 0.0 {
             (0.0, CLIPPED)
@@ -97,6 +107,28 @@ fn pool_bias_relu(p: &PoolShape, x: &[f32], bias: f32, relu: bool, y: &mut [f32]
             let (m1, i1) = if e > d { (e, w + c + 1) } else { (d, w + c) };
             let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
             (y[ox], idx[ox]) = clip(m + bias, r0 + i);
+        }
+    }
+}
+
+/// [`pool_bias_relu`] for inference: the values only, which the compiler vectorises.
+fn pool_bias_relu_values(p: &PoolShape, x: &[f32], bias: f32, relu: bool, y: &mut [f32]) {
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    if (p.pool_h, p.pool_w, p.stride_h, p.stride_w) != (2, 2, 2, 2) {
+        for oy in 0..p.out_h {
+            for ox in 0..p.out_w {
+                y[oy * p.out_w + ox] = (x[p.argmax(x, oy, ox)] + bias).max(floor);
+            }
+        }
+        return;
+    }
+    let w = p.in_w;
+    for (oy, y) in y.chunks_exact_mut(p.out_w).enumerate() {
+        let r0 = 2 * oy * w;
+        let top = x[r0..r0 + w].chunks_exact(2);
+        let bottom = x[r0 + w..r0 + 2 * w].chunks_exact(2);
+        for ((y, t), b) in y.iter_mut().zip(top).zip(bottom) {
+            *y = (t[0].max(t[1]).max(b[0].max(b[1])) + bias).max(floor);
         }
     }
 }
@@ -153,13 +185,12 @@ impl CustomOp3 for ConvPool {
         }
         let (kk, positions, plane) = (c.patch_len(), c.positions(), p.out_h * p.out_w);
         let mut y = vec![0f32; n * out_len];
-        // Inference keeps the positions only per image, in a scratch buffer.
-        let mut argmax = vec![0u32; if self.record { n * out_len } else { out_len }];
+        // Inference keeps no positions.
+        let mut argmax = vec![0u32; if self.record { n * out_len } else { 0 }];
         let image = |(i, y): (usize, &mut [f32]),
-                     bufs: &mut (Vec<f32>, Vec<f32>, Vec<u32>),
+                     bufs: &mut (Vec<f32>, Vec<f32>),
                      idx: Option<&mut [u32]>| {
-            let (col, conv_out, scratch) = bufs;
-            let idx = idx.unwrap_or(scratch);
+            let (col, conv_out) = bufs;
             im2col(c, &x[i * c.in_len()..][..c.in_len()], col);
             matmul(
                 conv_out,
@@ -168,25 +199,26 @@ impl CustomOp3 for ConvPool {
                 (c.out_channels, positions, kk),
                 false,
             );
-            let channels = conv_out
-                .chunks(positions)
-                .zip(y.chunks_mut(plane))
-                .zip(idx.chunks_mut(plane));
-            for (o, ((conv_plane, y), idx)) in channels.enumerate() {
-                pool_bias_relu(p, conv_plane, b[o], self.relu, y, idx);
+            let planes = conv_out.chunks(positions).zip(y.chunks_mut(plane));
+            match idx {
+                Some(idx) => {
+                    for (o, ((conv_plane, y), idx)) in planes.zip(idx.chunks_mut(plane)).enumerate()
+                    {
+                        pool_bias_relu(p, conv_plane, b[o], self.relu, y, Some(idx));
+                    }
+                }
+                None => {
+                    for (o, (conv_plane, y)) in planes.enumerate() {
+                        pool_bias_relu(p, conv_plane, b[o], self.relu, y, None);
+                    }
+                }
             }
             if let Some(mask) = &self.mask {
                 let mask = &mask[i * out_len..][..out_len];
                 y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
             }
         };
-        let init = || {
-            (
-                vec![0f32; kk * positions],
-                vec![0f32; c.out_len()],
-                vec![0u32; out_len],
-            )
-        };
+        let init = || (vec![0f32; kk * positions], vec![0f32; c.out_len()]);
         if self.record {
             y.par_chunks_mut(out_len)
                 .enumerate()
@@ -194,7 +226,6 @@ impl CustomOp3 for ConvPool {
                 .for_each_init(init, |bufs, (image_y, idx)| image(image_y, bufs, Some(idx)));
             *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(argmax));
         } else {
-            drop(argmax);
             y.par_chunks_mut(out_len)
                 .enumerate()
                 .for_each_init(init, |bufs, image_y| image(image_y, bufs, None));

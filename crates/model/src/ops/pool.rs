@@ -45,7 +45,7 @@ impl PoolShape {
     }
 
     /// The flat index inside one input plane of the first maximum of output window `(oy, ox)`.
-    fn argmax(&self, plane: &[f32], oy: usize, ox: usize) -> usize {
+    pub(crate) fn argmax(&self, plane: &[f32], oy: usize, ox: usize) -> usize {
         let (y0, x0) = (oy * self.stride_h, ox * self.stride_w);
         let mut best = y0 * self.in_w + x0;
         for y in y0..y0 + self.pool_h {
