@@ -67,6 +67,22 @@ struct Entrant {
 }
 
 impl BenchArgs {
+    /// The options that decide what ran, as they are typed.
+    fn command_line(&self) -> String {
+        let mut words = Vec::new();
+        if self.reference {
+            words.push("--reference".to_string());
+        }
+        if self.candle_kernels {
+            words.push("--candle-kernels".to_string());
+        }
+        words.push(format!(
+            "--steps {} --warmup {} --inference-images {} --rounds {}",
+            self.steps, self.warmup, self.inference_images, self.rounds
+        ));
+        words.join(" ")
+    }
+
     fn config(&self) -> BenchConfig {
         BenchConfig {
             warmup_steps: self.warmup as usize,
@@ -404,8 +420,8 @@ impl Summary {
     fn markdown(&self, m: &provenance::Provenance, args: &BenchArgs) -> String {
         let mut s = format!(
             "# Throughput: SimpleCNN on CIFAR-10, batch 128\n\n\
-             Machine: {} ({} cores), host `{}`; {} UTC; commit `{}`{}; {}.\n\n\
-             Each framework ran {} time(s) in its own process, alternating: {} warm-up + {} timed \
+             Machine: {} ({} cores), host `{}`; {}; commit `{}`{}; {}.\n\n\
+             Each framework ran {} times in its own process, alternating: {} warm-up + {} timed \
              training steps on real images, then {} images predicted in batches of 1000. \
              Per-epoch figures: 45 000 training images and 5 000 validation images at the \
              measured rates; CPU-seconds are user + system of all threads.\n\n",
@@ -441,12 +457,7 @@ impl Summary {
                 s += &format!("- {r}\n");
             }
         }
-        s += &format!(
-            "\nCommand: `cargo xtask bench{}` (steps {}, rounds {}).\n",
-            if args.reference { " --reference" } else { "" },
-            args.steps,
-            args.rounds
-        );
+        s += &format!("\nCommand: `cargo xtask bench {}`.\n", args.command_line());
         s
     }
 }
