@@ -288,16 +288,13 @@ fn fast_layers(
         Mode::Training(rng) if rate > 0.0 => Some(rng.mask(len, rate)),
         _ => None,
     };
-    let (n, c, h, w) = match x.dims() {
-        &[n, c, h, w] => (n, c, h, w),
-        _ => {
-            return Ok(match &layers[0].kind {
-                LayerKind::Dropout { rate } => dropout_mask(*rate, x.elem_count())
-                    .map(|m| ops::dropout(x, m).map(|y| (y, 1)))
-                    .transpose()?,
-                _ => None,
-            })
-        }
+    if let LayerKind::Dropout { rate } = layers[0].kind {
+        return Ok(dropout_mask(rate, x.elem_count())
+            .map(|m| ops::dropout(x, m).map(|y| (y, 1)))
+            .transpose()?);
+    }
+    let &[n, c, h, w] = x.dims() else {
+        return Ok(None);
     };
     Ok(match &layers[0].kind {
         LayerKind::Conv2d(cfg) if cfg.activation != Activation::Softmax => {
@@ -337,9 +334,6 @@ fn fast_layers(
             let pool = pool_shape(&layers[0], p, (h, w))?;
             Some((ops::max_pool2d(x, pool)?, 1))
         }
-        LayerKind::Dropout { rate } => dropout_mask(*rate, x.elem_count())
-            .map(|m| ops::dropout(x, m).map(|y| (y, 1)))
-            .transpose()?,
         _ => None,
     })
 }

@@ -78,37 +78,14 @@ fn pool_bias_relu(
     let Some(idx) = idx else {
         return pool_bias_relu_values(p, x, bias, relu, y);
     };
-    let clip = |v: f32, at: usize| -> (f32, u32) {
+    pool_plane(p, x, y, idx, |max, at| {
+        let v = max + bias;
         if relu && v <= 0.0 {
             (0.0, CLIPPED)
         } else {
             (v, at as u32)
         }
-    };
-    if (p.pool_h, p.pool_w, p.stride_h, p.stride_w) != (2, 2, 2, 2) {
-        pool_plane(p, x, y, idx);
-        for (v, at) in y.iter_mut().zip(idx.iter_mut()) {
-            (*v, *at) = clip(*v + bias, *at as usize);
-        }
-        return;
-    }
-    // The tutorial's pools, branch-free: the two rows' maxima, then the larger (the earlier
-    // one on ties, as the scan in `pool_plane` picks).
-    let w = p.in_w;
-    for oy in 0..p.out_h {
-        let r0 = 2 * oy * w;
-        let (top, bottom) = (&x[r0..r0 + w], &x[r0 + w..r0 + 2 * w]);
-        let y = &mut y[oy * p.out_w..][..p.out_w];
-        let idx = &mut idx[oy * p.out_w..][..p.out_w];
-        for ox in 0..p.out_w {
-            let c = 2 * ox;
-            let (a, b, d, e) = (top[c], top[c + 1], bottom[c], bottom[c + 1]);
-            let (m0, i0) = if b > a { (b, c + 1) } else { (a, c) };
-            let (m1, i1) = if e > d { (e, w + c + 1) } else { (d, w + c) };
-            let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
-            (y[ox], idx[ox]) = clip(m + bias, r0 + i);
-        }
-    }
+    });
 }
 
 /// [`pool_bias_relu`] for inference: the values only, which the compiler vectorises.

@@ -83,31 +83,32 @@ struct MaxPool2d {
     argmax: Mutex<Option<Vec<u32>>>,
 }
 
-/// One plane: the maxima into `y`, their flat positions in the plane into `idx`.
-pub(crate) fn pool_plane(s: &PoolShape, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
+/// One plane: each window's maximum and its flat position in the plane (the first maximum on
+/// ties), passed through `finish` into `y` and `idx`; the fused conv block adds its bias and
+/// ReLU there, so both ops share this loop.
+pub(crate) fn pool_plane(
+    s: &PoolShape,
+    x: &[f32],
+    y: &mut [f32],
+    idx: &mut [u32],
+    finish: impl Fn(f32, usize) -> (f32, u32),
+) {
     if (s.pool_h, s.pool_w, s.stride_h, s.stride_w) == (2, 2, 2, 2) {
-        // The tutorial's pools: a straight-line version the compiler keeps in registers.
+        // The tutorial's pools, branch-free: the two rows' maxima, then the larger (the
+        // earlier one on ties, as the general scan below picks).
+        let w = s.in_w;
         for oy in 0..s.out_h {
-            let r0 = 2 * oy * s.in_w;
-            let (top, bottom) = (&x[r0..r0 + s.in_w], &x[r0 + s.in_w..r0 + 2 * s.in_w]);
-            let (y, idx) = (
-                &mut y[oy * s.out_w..][..s.out_w],
-                &mut idx[oy * s.out_w..][..s.out_w],
-            );
+            let r0 = 2 * oy * w;
+            let (top, bottom) = (&x[r0..r0 + w], &x[r0 + w..r0 + 2 * w]);
+            let y = &mut y[oy * s.out_w..][..s.out_w];
+            let idx = &mut idx[oy * s.out_w..][..s.out_w];
             for ox in 0..s.out_w {
                 let c = 2 * ox;
-                let (mut best, mut at) = (top[c], r0 + c);
-                if top[c + 1] > best {
-                    (best, at) = (top[c + 1], r0 + c + 1);
-                }
-                if bottom[c] > best {
-                    (best, at) = (bottom[c], r0 + s.in_w + c);
-                }
-                if bottom[c + 1] > best {
-                    (best, at) = (bottom[c + 1], r0 + s.in_w + c + 1);
-                }
-                y[ox] = best;
-                idx[ox] = at as u32;
+                let (a, b, d, e) = (top[c], top[c + 1], bottom[c], bottom[c + 1]);
+                let (m0, i0) = if b > a { (b, c + 1) } else { (a, c) };
+                let (m1, i1) = if e > d { (e, w + c + 1) } else { (d, w + c) };
+                let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
+                (y[ox], idx[ox]) = finish(m, r0 + i);
             }
         }
         return;
@@ -115,8 +116,7 @@ pub(crate) fn pool_plane(s: &PoolShape, x: &[f32], y: &mut [f32], idx: &mut [u32
     for oy in 0..s.out_h {
         for ox in 0..s.out_w {
             let at = s.argmax(x, oy, ox);
-            y[oy * s.out_w + ox] = x[at];
-            idx[oy * s.out_w + ox] = at as u32;
+            (y[oy * s.out_w + ox], idx[oy * s.out_w + ox]) = finish(x[at], at);
         }
     }
 }
@@ -136,7 +136,7 @@ impl CustomOp1 for MaxPool2d {
         y.par_chunks_mut(plane_out)
             .zip(idx.par_chunks_mut(plane_out))
             .zip(x.par_chunks(plane_in))
-            .for_each(|((y, idx), x)| pool_plane(s, x, y, idx));
+            .for_each(|((y, idx), x)| pool_plane(s, x, y, idx, |v, at| (v, at as u32)));
         *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(idx);
         let dims = [n, c, s.out_h, s.out_w];
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
