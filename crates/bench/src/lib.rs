@@ -11,6 +11,6 @@ mod throughput;
 
 pub use process::{cpu_seconds, peak_rss_mib};
 pub use throughput::{
-    measure, BenchConfig, BenchError, EpochShape, RawMeasurement, ThroughputReport, EPOCH,
+    measure, median, BenchConfig, BenchError, EpochShape, RawMeasurement, ThroughputReport, EPOCH,
     FORWARD_MACS_PER_IMAGE,
 };

@@ -95,7 +95,8 @@ pub struct ThroughputReport {
     pub mean_train_loss: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value (the mean of the two middle ones for an even count); NaN for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,

@@ -17,6 +17,31 @@ pub enum KernelsArg {
     Candle,
 }
 
+impl KernelsArg {
+    /// As `--worker` takes it.
+    fn arg(self) -> &'static str {
+        match self {
+            KernelsArg::Fast => "fast",
+            KernelsArg::Candle => "candle",
+        }
+    }
+
+    /// The name in the results.
+    fn framework(self) -> &'static str {
+        match self {
+            KernelsArg::Fast => "simplecnn",
+            KernelsArg::Candle => "simplecnn-candle-ops",
+        }
+    }
+
+    fn kernels(self) -> Kernels {
+        match self {
+            KernelsArg::Fast => Kernels::Fast,
+            KernelsArg::Candle => Kernels::Candle,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// CIFAR-10 folder (default: CIFAR10_DIR, else data/); the binary layout for --reference.
@@ -191,16 +216,11 @@ fn ours(args: &BenchArgs, dir: &Path, kernels: KernelsArg) -> Result<Entrant> {
     command
         .arg("bench")
         .args(args.common_args(dir))
-        .arg("--worker");
-    command.arg(match kernels {
-        KernelsArg::Fast => "fast",
-        KernelsArg::Candle => "candle",
-    });
-    let framework = match kernels {
-        KernelsArg::Fast => "simplecnn",
-        KernelsArg::Candle => "simplecnn-candle-ops",
-    };
-    Ok(Entrant { framework, command })
+        .args(["--worker", kernels.arg()]);
+    Ok(Entrant {
+        framework: kernels.framework(),
+        command,
+    })
 }
 
 fn run_worker(e: &mut Entrant) -> Result<WorkerOutput> {
@@ -235,23 +255,18 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
     let dir = data_dir(args.data.clone());
     let data = simplecnn_cifar::load(&dir)?;
     let config = BenchConfig {
-        kernels: match kernels {
-            KernelsArg::Fast => Kernels::Fast,
-            KernelsArg::Candle => Kernels::Candle,
-        },
+        kernels: kernels.kernels(),
         ..args.config()
     };
     let raw =
         simplecnn_bench::measure(&data.train, &data.test, &candle_core::Device::Cpu, &config)?;
-    let framework = match kernels {
-        KernelsArg::Fast => "simplecnn",
-        KernelsArg::Candle => "simplecnn-candle-ops",
-    };
+    let versions = provenance::crate_versions();
     let out = WorkerOutput {
-        framework: framework.into(),
+        framework: kernels.framework().into(),
         version: format!(
-            "simplecnn {}, candle 0.11.1, {} threads",
+            "simplecnn {}, candle {}, {} threads",
             env!("CARGO_PKG_VERSION"),
+            versions["candle-core"].as_str().unwrap_or("?"),
             candle_core::utils::get_num_threads()
         ),
         raw,

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use plotters::style::{RGBColor, BLUE, CYAN, MAGENTA, RED};
 
+use simplecnn_bench::median;
+
 use crate::experiment::{self, BaselineArgs, BaselineOutcome, DeviceName, RecipeArgs};
 use crate::{plots, provenance};
 
@@ -45,7 +47,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
     let names: Vec<&str> = args.devices.iter().map(|d| d.as_str()).collect();
-    let dir = unique_dir(
+    let dir = experiment::unique_dir(
         &args.out,
         &format!("{}-{}", provenance::utc_stamp(), names.join("-")),
     );
@@ -74,24 +76,6 @@ pub fn run(args: CompareArgs) -> Result<()> {
     print!("{table}");
     println!("results in {}", dir.display());
     Ok(())
-}
-
-fn unique_dir(out: &Path, base: &str) -> PathBuf {
-    let mut dir = out.join(base);
-    let mut n = 1;
-    while dir.exists() {
-        n += 1;
-        dir = out.join(format!("{base}-{n}"));
-    }
-    dir
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n => (v[(n - 1) / 2] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Median seconds per epoch, leaving out the first (warm-up, kernel compilation) when there

@@ -128,16 +128,21 @@ fn make_run_dir(out: &Path, device: DeviceName) -> Result<PathBuf> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let stamp = provenance::utc_stamp();
-    let base = format!("{stamp}-{}", device.as_str());
-    let mut dir = out.join(&base);
+    let dir = unique_dir(out, &format!("{stamp}-{}", device.as_str()));
+    std::fs::create_dir(&dir)
+        .with_context(|| format!("cannot write to output folder {}", out.display()))?;
+    Ok(dir)
+}
+
+/// `out/base`, or `out/base-2`, `-3`, … when that exists already.
+pub fn unique_dir(out: &Path, base: &str) -> PathBuf {
+    let mut dir = out.join(base);
     let mut n = 1;
     while dir.exists() {
         n += 1;
         dir = out.join(format!("{base}-{n}"));
     }
-    std::fs::create_dir(&dir)
-        .with_context(|| format!("cannot write to output folder {}", out.display()))?;
-    Ok(dir)
+    dir
 }
 
 /// Points `<out>/latest` at `run_dir` (a relative symlink, replaced atomically).

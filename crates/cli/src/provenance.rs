@@ -46,7 +46,7 @@ pub fn host() -> String {
 }
 
 /// Versions of the crates that decide speed and numerics, read from Cargo.lock.
-fn crate_versions() -> serde_json::Value {
+pub fn crate_versions() -> serde_json::Value {
     let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"))
         .unwrap_or_default();
     let mut map = serde_json::Map::new();
