@@ -99,12 +99,14 @@ pub fn load_binary_with(dir: &Path, records_per_file: Option<usize>) -> Result<C
             });
         }
     }
-    // Six files of 30 MB: read them in parallel.
+    // Six files of 30 MB: read them in parallel. Results are gathered first and checked in
+    // file order, so a bad set reports its first bad file whichever thread finished first.
     use rayon::prelude::*;
-    let mut parts: Vec<LabeledImages> = files
+    let results: Vec<Result<LabeledImages>> = files
         .par_iter()
         .map(|f| read_batch_file(f, records_per_file))
-        .collect::<Result<_>>()?;
+        .collect();
+    let mut parts = results.into_iter().collect::<Result<Vec<_>>>()?;
     let test = parts.pop().expect("six files");
     let mut parts = parts.into_iter();
     let mut train = parts.next().expect("five training files");

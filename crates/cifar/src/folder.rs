@@ -148,11 +148,13 @@ fn load_split(
         }
         files.extend(images.into_iter().map(|p| (p, label as u8)));
     }
-    // Decoding dominates; do it on every core.
-    let decoded: Vec<Vec<u8>> = files
+    // Decoding dominates; do it on every core. Errors are checked in file order afterwards so
+    // the one reported does not depend on thread timing.
+    let decoded: Vec<Result<Vec<u8>>> = files
         .par_iter()
         .map(|(p, _)| decode_image(p, opts.resize))
-        .collect::<Result<_>>()?;
+        .collect();
+    let decoded = decoded.into_iter().collect::<Result<Vec<_>>>()?;
     let labels = files.iter().map(|(_, l)| *l).collect();
     let mut set = LabeledImages::new(decoded.concat(), labels, classes.len())?;
     if let Some(seed) = opts.shuffle_seed {
