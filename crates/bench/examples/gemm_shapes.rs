@@ -49,7 +49,7 @@ fn run(case: &Case) -> f64 {
 }
 
 fn main() {
-    let cases: [Case; 11] = [
+    let cases: [Case; 18] = [
         ("conv1 dKT   col·gT", 27, 32, 1024, (1024, 1), (1, 1024)),
         ("conv2 dKT   col·gT", 288, 64, 256, (256, 1), (1, 256)),
         ("conv1 fwd   K·col", 32, 1024, 27, (27, 1), (1024, 1)),
@@ -96,6 +96,14 @@ fn main() {
             (1, 256),
             (288, 1),
         ),
+        // Channels-last (HWC) images: patches as rows in (ki, kj, c) order, outputs (p, o).
+        ("conv1 fwd   hwc row·Kr", 1024, 32, 27, (27, 1), (32, 1)),
+        ("conv2 fwd   hwc row·Kr", 256, 64, 288, (288, 1), (64, 1)),
+        ("conv1 dKr   hwc rowT·g", 27, 32, 1024, (1, 27), (32, 1)),
+        ("conv1 dK    hwc gT·row", 32, 27, 1024, (1, 32), (27, 1)),
+        ("conv2 dKr   hwc rowT·g", 288, 64, 256, (1, 288), (64, 1)),
+        ("conv2 dK    hwc gT·row", 64, 288, 256, (1, 64), (288, 1)),
+        ("conv2 dX    hwc g·Kt", 256, 288, 64, (64, 1), (288, 1)),
     ];
     for c in &cases {
         println!("{:30} {:6.1} GFLOP/s", c.0, run(c));

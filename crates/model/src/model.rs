@@ -71,7 +71,7 @@ pub struct Model {
 /// Which implementation runs the convolutions and max pools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// [`crate::ops`] for f32 on the CPU (im2col + gemm, fused bias and ReLU), candle's ops
+    /// [`crate::ops`] for f32 on the CPU (im2row + gemm, fused bias and ReLU), candle's ops
     /// elsewhere.
     #[default]
     Fast,

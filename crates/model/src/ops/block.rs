@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{conv_grads, im2col, ConvGradSource, ConvOperands, ConvShape};
-use super::gemm::{matmul, MatRef};
-use super::pool::{pool_plane, PoolShape};
+use super::conv::{
+    conv_grads, conv_rows, kernel_rows, transpose, ConvGradSource, ConvOperands, ConvShape, Patches,
+};
+use super::pool::PoolShape;
 
 /// Marks an output whose ReLU clipped it: no gradient flows back through it.
 const CLIPPED: u32 = u32::MAX;
@@ -64,48 +65,92 @@ pub struct ConvPoolShape {
     pub relu: bool,
 }
 
-/// Pools one plane of the convolution's output, adds the bias and applies the ReLU:
-/// `max(v) + b = max(v + b)`, so the bias is added to the maxima only. `idx` gets each
-/// maximum's position in the plane, or [`CLIPPED`].
-fn pool_bias_relu(
+/// Max-pools the channels-last convolution output `x (in_h·in_w, O)` of one image into
+/// `y (out_h·out_w, O)`, adding the bias to each maximum (`max(v) + b = max(v + b)`) and
+/// applying the ReLU. `idx`, laid out like `y`, gets each maximum's position in `x` (the first
+/// in row-major order on ties), or [`CLIPPED`]. Each comparison runs across the channels at
+/// once, which the compiler vectorises.
+fn pool_rows(
     p: &PoolShape,
+    bias: &[f32],
+    relu: bool,
     x: &[f32],
-    bias: f32,
+    y: &mut [f32],
+    idx: Option<&mut [u32]>,
+) {
+    let ch = bias.len();
+    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
+    let two_by_two = (p.pool_h, p.pool_w, p.stride_h, p.stride_w) == (2, 2, 2, 2);
+    let mut idx = idx;
+    for oy in 0..p.out_h {
+        for ox in 0..p.out_w {
+            let q = oy * p.out_w + ox;
+            let y = &mut y[q * ch..][..ch];
+            let (y0, x0) = (oy * p.stride_h, ox * p.stride_w);
+            let first = y0 * p.in_w + x0;
+            let idx = idx.as_deref_mut().map(|idx| &mut idx[q * ch..][..ch]);
+            if !two_by_two {
+                // Any other window: one channel at a time, the first maximum in row-major order.
+                let window = || {
+                    (y0..y0 + p.pool_h)
+                        .flat_map(move |wy| (x0..x0 + p.pool_w).map(move |wx| wy * p.in_w + wx))
+                };
+                let mut at = vec![first; ch];
+                for (c, at) in at.iter_mut().enumerate() {
+                    for pos in window() {
+                        if x[pos * ch + c] > x[*at * ch + c] {
+                            *at = pos;
+                        }
+                    }
+                }
+                finish(x, ch, &at, bias, relu, y, idx);
+                continue;
+            }
+            // The tutorial's pools, branch-free across the channels (vectorised): the two rows'
+            // maxima, then the larger, the earlier one on ties.
+            let positions = [first, first + 1, first + p.in_w, first + p.in_w + 1];
+            let [a, b, d, e] = positions.map(|pos| &x[pos * ch..][..ch]);
+            match idx {
+                Some(idx) => {
+                    let [p0, p1, p2, p3] = positions.map(|pos| pos as u32);
+                    for c in 0..ch {
+                        let (m0, i0) = if b[c] > a[c] { (b[c], p1) } else { (a[c], p0) };
+                        let (m1, i1) = if e[c] > d[c] { (e[c], p3) } else { (d[c], p2) };
+                        let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
+                        let v = m + bias[c];
+                        let clipped = relu && v <= 0.0;
+                        y[c] = if clipped { 0.0 } else { v };
+                        idx[c] = if clipped { CLIPPED } else { i };
+                    }
+                }
+                None => {
+                    for c in 0..ch {
+                        let m = a[c].max(b[c]).max(d[c].max(e[c]));
+                        y[c] = (m + bias[c]).max(floor);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The general window's finishing step: value at `at` plus bias, through the ReLU.
+fn finish(
+    x: &[f32],
+    ch: usize,
+    at: &[usize],
+    bias: &[f32],
     relu: bool,
     y: &mut [f32],
     idx: Option<&mut [u32]>,
 ) {
-    let Some(idx) = idx else {
-        return pool_bias_relu_values(p, x, bias, relu, y);
-    };
-    pool_plane(p, x, y, idx, |max, at| {
-        let v = max + bias;
-        if relu && v <= 0.0 {
-            (0.0, CLIPPED)
-        } else {
-            (v, at as u32)
-        }
-    });
-}
-
-/// [`pool_bias_relu`] for inference: the values only, which the compiler vectorises.
-fn pool_bias_relu_values(p: &PoolShape, x: &[f32], bias: f32, relu: bool, y: &mut [f32]) {
-    let floor = if relu { 0.0 } else { f32::NEG_INFINITY };
-    if (p.pool_h, p.pool_w, p.stride_h, p.stride_w) != (2, 2, 2, 2) {
-        for oy in 0..p.out_h {
-            for ox in 0..p.out_w {
-                y[oy * p.out_w + ox] = (x[p.argmax(x, oy, ox)] + bias).max(floor);
-            }
-        }
-        return;
-    }
-    let w = p.in_w;
-    for (oy, y) in y.chunks_exact_mut(p.out_w).enumerate() {
-        let r0 = 2 * oy * w;
-        let top = x[r0..r0 + w].chunks_exact(2);
-        let bottom = x[r0 + w..r0 + 2 * w].chunks_exact(2);
-        for ((y, t), b) in y.iter_mut().zip(top).zip(bottom) {
-            *y = (t[0].max(t[1]).max(b[0].max(b[1])) + bias).max(floor);
+    let mut idx = idx;
+    for c in 0..ch {
+        let v = x[at[c] * ch + c] + bias[c];
+        let clipped = relu && v <= 0.0;
+        y[c] = if clipped { 0.0 } else { v };
+        if let Some(idx) = idx.as_deref_mut() {
+            idx[c] = if clipped { CLIPPED } else { at[c] as u32 };
         }
     }
 }
@@ -115,8 +160,9 @@ struct ConvPool {
     pool: PoolShape,
     relu: bool,
     mask: Option<Arc<Vec<f32>>>,
-    /// Per output value, the flat position of its maximum in the conv output plane, or
-    /// [`CLIPPED`]; filled by the forward pass, taken by the backward.
+    /// Per output value, channels-last `(N, pooled, O)`, the position of its maximum in the
+    /// convolution's output plane, or [`CLIPPED`]; filled by the forward pass, taken by the
+    /// backward.
     argmax: Mutex<Option<Arc<Vec<u32>>>>,
     /// Whether to fill `argmax` (not for inference).
     record: bool,
@@ -126,6 +172,14 @@ impl ConvPool {
     fn out_len(&self) -> usize {
         self.conv.out_channels * self.pool.out_h * self.pool.out_w
     }
+}
+
+/// One thread's buffers for an image: its patches, its convolution and pooled outputs
+/// (channels-last).
+struct Buffers {
+    patches: Patches,
+    conv: Vec<f32>,
+    pooled: Vec<f32>,
 }
 
 impl CustomOp3 for ConvPool {
@@ -160,42 +214,26 @@ impl CustomOp3 for ConvPool {
                 );
             }
         }
-        let (kk, positions, plane) = (c.patch_len(), c.positions(), p.out_h * p.out_w);
+        let (o, plane) = (c.out_channels, p.out_h * p.out_w);
+        let kr = kernel_rows(c, k);
         let mut y = vec![0f32; n * out_len];
-        // Inference keeps no positions.
+        // Inference keeps no positions. Positions are stored channels-last, as pooled.
         let mut argmax = vec![0u32; if self.record { n * out_len } else { 0 }];
-        let image = |(i, y): (usize, &mut [f32]),
-                     bufs: &mut (Vec<f32>, Vec<f32>),
-                     idx: Option<&mut [u32]>| {
-            let (col, conv_out) = bufs;
-            im2col(c, &x[i * c.in_len()..][..c.in_len()], col);
-            matmul(
-                conv_out,
-                MatRef::rows(k, kk),
-                MatRef::rows(col, positions),
-                (c.out_channels, positions, kk),
-                false,
-            );
-            let planes = conv_out.chunks(positions).zip(y.chunks_mut(plane));
-            match idx {
-                Some(idx) => {
-                    for (o, ((conv_plane, y), idx)) in planes.zip(idx.chunks_mut(plane)).enumerate()
-                    {
-                        pool_bias_relu(p, conv_plane, b[o], self.relu, y, Some(idx));
-                    }
-                }
-                None => {
-                    for (o, (conv_plane, y)) in planes.enumerate() {
-                        pool_bias_relu(p, conv_plane, b[o], self.relu, y, None);
-                    }
-                }
-            }
+        let image = |(i, y): (usize, &mut [f32]), bufs: &mut Buffers, idx: Option<&mut [u32]>| {
+            bufs.patches.load(c, &x[i * c.in_len()..][..c.in_len()]);
+            conv_rows(c, &bufs.patches.rows, &kr, &mut bufs.conv);
+            pool_rows(p, b, self.relu, &bufs.conv, &mut bufs.pooled, idx);
+            transpose(&bufs.pooled, plane, o, y);
             if let Some(mask) = &self.mask {
                 let mask = &mask[i * out_len..][..out_len];
                 y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
             }
         };
-        let init = || (vec![0f32; kk * positions], vec![0f32; c.out_len()]);
+        let init = || Buffers {
+            patches: Patches::new(c),
+            conv: vec![0f32; c.out_len()],
+            pooled: vec![0f32; out_len],
+        };
         if self.record {
             y.par_chunks_mut(out_len)
                 .enumerate()
@@ -247,19 +285,24 @@ impl ConvGradSource for Scatter {
         self.out_len
     }
 
-    /// The output gradient, times the dropout mask, at each window's maximum; 0 elsewhere.
+    /// The output gradient `(O, pooled)`, times the dropout mask, at each window's maximum
+    /// in the channels-last `(positions, O)`; 0 elsewhere.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]) {
         out.fill(0.0);
-        let (positions, plane) = (self.conv.positions(), self.out_len / self.conv.out_channels);
+        let o = self.conv.out_channels;
+        let plane = self.out_len / o;
         let idx = &self.argmax[i * self.out_len..][..self.out_len];
         let mask = self
             .mask
             .as_ref()
             .map(|m| &m[i * self.out_len..][..self.out_len]);
-        for (j, (&g, &at)) in grad.iter().zip(idx).enumerate() {
-            if at != CLIPPED {
-                let g = mask.map_or(g, |m| g * m[j]);
-                out[(j / plane) * positions + at as usize] += g;
+        for (ch, grad) in grad.chunks_exact(plane).enumerate() {
+            for (q, &g) in grad.iter().enumerate() {
+                let at = idx[q * o + ch];
+                if at != CLIPPED {
+                    let g = mask.map_or(g, |m| g * m[ch * plane + q]);
+                    out[at as usize * o + ch] += g;
+                }
             }
         }
     }

@@ -1,5 +1,14 @@
-//! 2-D convolution (NCHW, kernels `(out, in, kh, kw)`) as im2col + gemm, with bias and an
-//! optional ReLU fused into the forward pass.
+//! 2-D convolution (NCHW tensors, kernels `(out, in, kh, kw)`) as im2row + gemm on a
+//! channels-last copy of each image, with bias and an optional ReLU fused into the forward pass.
+//!
+//! Why channels-last inside: with an image as `(H·W, C)`, one kernel row of a patch is a
+//! single run of `kw·C` contiguous values, so the patch matrix `(positions, kh·kw·C)` is
+//! written row by row, and every product of the forward and backward passes reads its
+//! operands as rows or as a transposed view that gemm packs well (all ≥ 100 GFLOP/s on one
+//! core, `cargo run --release -p simplecnn-bench --example gemm_shapes`). Only the images and
+//! outputs, 1/9 the size of their patch matrices, are transposed at the op's edges.
+
+use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -65,12 +74,12 @@ impl ConvShape {
         })
     }
 
-    /// Rows of the im2col matrix: one per kernel weight of an output channel.
+    /// Columns of the patch matrix: one per kernel weight of an output channel.
     pub(crate) fn patch_len(&self) -> usize {
         self.in_channels * self.kernel_h * self.kernel_w
     }
 
-    /// Columns of the im2col matrix: one per output position.
+    /// Rows of the patch matrix: one per output position.
     pub(crate) fn positions(&self) -> usize {
         self.out_h * self.out_w
     }
@@ -90,16 +99,6 @@ impl ConvShape {
             self.kernel_h,
             self.kernel_w,
         ]
-    }
-
-    /// The output columns `ox` whose input column `ox * stride + kj - pad_left` is inside the
-    /// image.
-    fn valid_cols(&self, kj: usize) -> std::ops::Range<usize> {
-        valid_range(kj, self.pad_left, self.stride_w, self.in_w, self.out_w)
-    }
-
-    fn valid_rows(&self, ki: usize) -> std::ops::Range<usize> {
-        valid_range(ki, self.pad_top, self.stride_h, self.in_h, self.out_h)
     }
 
     pub(crate) fn check_input(&self, op: &str, dims: &[usize]) -> Result<usize> {
@@ -156,92 +155,165 @@ pub(crate) struct ConvOperands<'a> {
     pub bias: &'a [f32],
 }
 
-/// Indices `o < out` with `0 <= o * stride + k - pad < len`.
-fn valid_range(
-    k: usize,
-    pad: usize,
-    stride: usize,
-    len: usize,
-    out: usize,
-) -> std::ops::Range<usize> {
-    let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
-    // o * stride + k - pad <= len - 1  <=>  o <= (len - 1 + pad - k) / stride
-    let hi = if len + pad > k {
-        ((len - 1 + pad - k) / stride + 1).min(out)
-    } else {
-        0
-    };
+/// The kernel offsets `k < kernel` that put output index `o` on an input index
+/// `o * stride + k - pad` inside `0..len`: a contiguous range.
+fn kernel_span(o: usize, kernel: usize, stride: usize, pad: usize, len: usize) -> Range<usize> {
+    let start = o * stride;
+    let lo = pad.saturating_sub(start).min(kernel);
+    let hi = (len + pad).saturating_sub(start).min(kernel);
     lo..hi.max(lo)
 }
 
-/// One image `(C, H, W)` to its patch matrix `(C*kh*kw, oh*ow)`, zeros where the kernel
-/// overhangs the padding.
-pub(crate) fn im2col(s: &ConvShape, x: &[f32], col: &mut [f32]) {
-    let (p, ow) = (s.positions(), s.out_w);
-    for c in 0..s.in_channels {
-        let plane = &x[c * s.in_h * s.in_w..][..s.in_h * s.in_w];
-        for ki in 0..s.kernel_h {
-            let rows = s.valid_rows(ki);
-            for kj in 0..s.kernel_w {
-                let cols = s.valid_cols(kj);
-                let r = (c * s.kernel_h + ki) * s.kernel_w + kj;
-                let dst = &mut col[r * p..][..p];
-                // Zeros only where the kernel overhangs the padding; the rest is copied.
-                dst[..rows.start * ow].fill(0.0);
-                dst[rows.end * ow..].fill(0.0);
-                for oy in rows.clone() {
-                    let out = &mut dst[oy * ow..][..ow];
-                    out[..cols.start].fill(0.0);
-                    out[cols.end..].fill(0.0);
-                    if cols.is_empty() {
-                        continue;
-                    }
-                    let iy = oy * s.stride_h + ki - s.pad_top;
-                    let src = &plane[iy * s.in_w..][..s.in_w];
-                    if s.stride_w == 1 {
-                        let ix0 = cols.start + kj - s.pad_left;
-                        out[cols.clone()].copy_from_slice(&src[ix0..ix0 + cols.len()]);
-                    } else {
-                        for ox in cols.clone() {
-                            out[ox] = src[ox * s.stride_w + kj - s.pad_left];
-                        }
-                    }
+/// Position of a kernel weight `(c, ki, kj)` in a patch row: `(ki, kj, c)` order, as Keras
+/// stores kernels, so that one kernel row of a patch is one run of the channels-last image.
+fn patch_index(s: &ConvShape, c: usize, ki: usize, kj: usize) -> usize {
+    (ki * s.kernel_w + kj) * s.in_channels + c
+}
+
+/// Calls `f(flat index in (O, C, kh, kw), output channel, patch index)` for every weight.
+fn for_each_weight(s: &ConvShape, mut f: impl FnMut(usize, usize, usize)) {
+    let mut flat = 0;
+    for o in 0..s.out_channels {
+        for c in 0..s.in_channels {
+            for ki in 0..s.kernel_h {
+                for kj in 0..s.kernel_w {
+                    f(flat, o, patch_index(s, c, ki, kj));
+                    flat += 1;
                 }
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds each patch-matrix entry back onto its input pixel.
-pub(crate) fn col2im_add(s: &ConvShape, col: &[f32], dx: &mut [f32]) {
-    let (p, ow) = (s.positions(), s.out_w);
-    for c in 0..s.in_channels {
-        let plane = &mut dx[c * s.in_h * s.in_w..][..s.in_h * s.in_w];
-        for ki in 0..s.kernel_h {
-            let rows = s.valid_rows(ki);
-            for kj in 0..s.kernel_w {
-                let cols = s.valid_cols(kj);
-                let r = (c * s.kernel_h + ki) * s.kernel_w + kj;
-                let src = &col[r * p..][..p];
-                for oy in rows.clone() {
-                    let iy = oy * s.stride_h + ki - s.pad_top;
-                    let dst = &mut plane[iy * s.in_w..][..s.in_w];
-                    let row = &src[oy * ow..][..ow];
-                    if s.stride_w == 1 && !cols.is_empty() {
-                        let ix0 = cols.start + kj - s.pad_left;
-                        let dst = &mut dst[ix0..ix0 + cols.len()];
-                        dst.iter_mut()
-                            .zip(&row[cols.clone()])
-                            .for_each(|(d, r)| *d += r);
-                        continue;
-                    }
-                    for ox in cols.clone() {
-                        dst[ox * s.stride_w + kj - s.pad_left] += row[ox];
-                    }
-                }
-            }
+/// `kernel (O, C, kh, kw)` as the `(patch, O)` matrix that turns patch rows into output rows.
+pub(crate) fn kernel_rows(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
+    let o = s.out_channels;
+    let mut rows = vec![0f32; kernel.len()];
+    for_each_weight(s, |flat, oc, r| rows[r * o + oc] = kernel[flat]);
+    rows
+}
+
+/// `kernel (O, C, kh, kw)` as `(O, patch)`: each output channel's weights in patch order.
+fn kernel_cols(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
+    let kk = s.patch_len();
+    let mut cols = vec![0f32; kernel.len()];
+    for_each_weight(s, |flat, oc, r| cols[oc * kk + r] = kernel[flat]);
+    cols
+}
+
+/// The inverse of [`kernel_rows`]: a `(patch, O)` gradient into `kernel (O, C, kh, kw)`.
+fn rows_to_kernel(s: &ConvShape, rows: &[f32], kernel: &mut [f32]) {
+    let o = s.out_channels;
+    for_each_weight(s, |flat, oc, r| kernel[flat] = rows[r * o + oc]);
+}
+
+/// Where each output position's patch comes from in a channels-last image `(H·W, C)`: calls
+/// `f((oy, ox), kernel rows, kernel columns)` with the kernel offsets that land inside the
+/// image (empty when the patch lies wholly in the padding), then [`PatchRun`] turns a kernel
+/// row into the image run it reads.
+fn for_each_patch(s: &ConvShape, mut f: impl FnMut((usize, usize), Range<usize>, Range<usize>)) {
+    for oy in 0..s.out_h {
+        let kis = kernel_span(oy, s.kernel_h, s.stride_h, s.pad_top, s.in_h);
+        for ox in 0..s.out_w {
+            let kjs = kernel_span(ox, s.kernel_w, s.stride_w, s.pad_left, s.in_w);
+            f((oy, ox), kis.clone(), kjs);
         }
     }
+}
+
+/// One kernel row of a patch that lies inside the image: `len` values from `patch_at` in the
+/// patch row and from `image_at` in the channels-last image.
+struct PatchRun {
+    patch_at: usize,
+    image_at: usize,
+    len: usize,
+}
+
+impl PatchRun {
+    fn new(s: &ConvShape, (oy, ox): (usize, usize), ki: usize, kjs: &Range<usize>) -> Self {
+        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
+        let iy = oy * s.stride_h + ki - s.pad_top;
+        let ix = ox * s.stride_w + kjs.start - s.pad_left;
+        PatchRun {
+            patch_at: ki * run + kjs.start * c,
+            image_at: (iy * s.in_w + ix) * c,
+            len: kjs.len() * c,
+        }
+    }
+}
+
+/// A channels-last image `(H·W, C)` to its patch rows `(positions, kh·kw·C)`, zeros where the
+/// kernel overhangs the padding.
+fn im2row(s: &ConvShape, xh: &[f32], rows: &mut [f32]) {
+    let (c, kk, run) = (s.in_channels, s.patch_len(), s.kernel_w * s.in_channels);
+    for_each_patch(s, |(oy, ox), kis, kjs| {
+        let row = &mut rows[(oy * s.out_w + ox) * kk..][..kk];
+        if kjs.is_empty() {
+            return row.fill(0.0);
+        }
+        // Zeros only where the kernel overhangs the image; the rest is copied.
+        row[..kis.start * run].fill(0.0);
+        row[kis.end * run..].fill(0.0);
+        for ki in kis {
+            let part = &mut row[ki * run..][..run];
+            part[..kjs.start * c].fill(0.0);
+            part[kjs.end * c..].fill(0.0);
+            let r = PatchRun::new(s, (oy, ox), ki, &kjs);
+            row[r.patch_at..][..r.len].copy_from_slice(&xh[r.image_at..][..r.len]);
+        }
+    });
+}
+
+/// The adjoint of [`im2row`]: adds each patch-row entry onto its pixel of `dxh (H·W, C)`.
+fn row2im_add(s: &ConvShape, rows: &[f32], dxh: &mut [f32]) {
+    let kk = s.patch_len();
+    for_each_patch(s, |(oy, ox), kis, kjs| {
+        if kjs.is_empty() {
+            return;
+        }
+        let row = &rows[(oy * s.out_w + ox) * kk..][..kk];
+        for ki in kis {
+            let r = PatchRun::new(s, (oy, ox), ki, &kjs);
+            let dst = &mut dxh[r.image_at..][..r.len];
+            dst.iter_mut()
+                .zip(&row[r.patch_at..][..r.len])
+                .for_each(|(d, v)| *d += v);
+        }
+    });
+}
+
+/// Per-thread buffers for one image: its channels-last copy and its patch rows.
+pub(crate) struct Patches {
+    xh: Vec<f32>,
+    pub rows: Vec<f32>,
+}
+
+impl Patches {
+    pub fn new(s: &ConvShape) -> Self {
+        Patches {
+            xh: vec![0f32; s.in_len()],
+            rows: vec![0f32; s.positions() * s.patch_len()],
+        }
+    }
+
+    /// Fills `rows` with the patches of image `x (C, H, W)`.
+    pub fn load(&mut self, s: &ConvShape, x: &[f32]) {
+        transpose(x, s.in_channels, s.in_h * s.in_w, &mut self.xh);
+        im2row(s, &self.xh, &mut self.rows);
+    }
+}
+
+/// `out (positions, O) = patch rows · kernel rows`: one image's convolution, channels-last,
+/// before bias and activation.
+pub(crate) fn conv_rows(s: &ConvShape, patches: &[f32], kernel_rows: &[f32], out: &mut [f32]) {
+    let (kk, o) = (s.patch_len(), s.out_channels);
+    matmul(
+        out,
+        MatRef::rows(patches, kk),
+        MatRef::rows(kernel_rows, o),
+        (s.positions(), o, kk),
+        false,
+    );
 }
 
 /// `relu(conv(x, kernel) + bias)` (or without the ReLU) for f32 CPU tensors `x (N, C, H, W)`,
@@ -286,28 +358,26 @@ impl CustomOp3 for Conv2dForward {
             kernel: k,
             bias: b,
         } = s.operands(self.name(), (xs, xl), (ks, kl), (bs, bl))?;
-        let (kk, p) = (s.patch_len(), s.positions());
+        let (p, o) = (s.positions(), s.out_channels);
+        let kr = kernel_rows(s, k);
         let mut y = vec![0f32; n * s.out_len()];
         y.par_chunks_mut(s.out_len())
             .zip(x.par_chunks(s.in_len()))
             .for_each_init(
-                || vec![0f32; kk * p],
-                |col, (y, x)| {
-                    im2col(s, x, col);
-                    matmul(
-                        y,
-                        MatRef::rows(k, kk),
-                        MatRef::rows(col, p),
-                        (s.out_channels, p, kk),
-                        false,
-                    );
-                    for (plane, &bias) in y.chunks_mut(p).zip(b) {
-                        if self.relu {
-                            plane.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
-                        } else {
-                            plane.iter_mut().for_each(|v| *v += bias);
+                || (Patches::new(s), vec![0f32; p * o]),
+                |(patches, out), (y, x)| {
+                    patches.load(s, x);
+                    conv_rows(s, &patches.rows, &kr, out);
+                    for row in out.chunks_exact_mut(o) {
+                        for (v, &bias) in row.iter_mut().zip(b) {
+                            *v = if self.relu {
+                                (*v + bias).max(0.0)
+                            } else {
+                                *v + bias
+                            };
                         }
                     }
+                    transpose(out, p, o, y);
                 },
             );
         let dims = [n, s.out_channels, s.out_h, s.out_w];
@@ -328,10 +398,7 @@ impl CustomOp3 for Conv2dForward {
         } else {
             grad
         };
-        let source = Direct {
-            len: self.shape.out_len(),
-        };
-        conv_grads(x, &grad, kernel, self.shape, source)
+        conv_grads(x, &grad, kernel, self.shape, Direct { shape: self.shape })
     }
 }
 
@@ -375,7 +442,7 @@ impl CustomOp2 for ReluGrad {
 /// `dst (cols x rows) = srcᵀ` for a row-major `src (rows x cols)`. Eight source rows at a time:
 /// each output run of eight is contiguous, and the eight source lines stay in L1 while `c`
 /// walks along them.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const R: usize = 8;
     let full = rows / R * R;
     for r0 in (0..full).step_by(R) {
@@ -394,48 +461,37 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     }
 }
 
-/// A sum in 16 lanes, which the compiler vectorises (a plain `f32` sum must stay serial).
-fn lane_sum(v: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = v.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (l, x) in lanes.iter_mut().zip(chunk) {
-            *l += x;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Where a convolution's backward pass gets `dL/d(conv output)` of image `i`, `(O, oh, ow)`:
-/// the output gradient itself, or (for a fused block) one rebuilt from a smaller gradient.
+/// Where a convolution's backward pass gets `dL/d(conv output)` of image `i`, channels-last
+/// `(positions, O)`: from the output gradient itself, or (for a fused block) rebuilt from a
+/// smaller gradient.
 pub(crate) trait ConvGradSource: Send + Sync {
     /// Values of the op's output gradient per image.
     fn grad_len(&self) -> usize;
-    /// Writes image `i`'s gradient with respect to the convolution's output into `out`, given
-    /// that image's slice of the op's output gradient.
+    /// Writes image `i`'s gradient with respect to the convolution's output into `out`
+    /// `(positions, O)`, given that image's slice of the op's output gradient.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]);
 }
 
-/// The convolution's output gradient is the op's output gradient.
+/// The convolution's output gradient is the op's output gradient `(O, positions)`.
 pub(crate) struct Direct {
-    pub len: usize,
+    pub shape: ConvShape,
 }
 
 impl ConvGradSource for Direct {
     fn grad_len(&self) -> usize {
-        self.len
+        self.shape.out_len()
     }
 
     fn conv_grad(&self, _i: usize, grad: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(grad);
+        transpose(grad, self.shape.out_channels, self.shape.positions(), out);
     }
 }
 
 /// All of a convolution's gradients in one pass over the images, packed as
-/// `[dL/dx (N·C·H·W values, when `with_input` is set) | dL/dkernel (O·C·kh·kw) | dL/dbias (O)]`:
-/// per image, `col2im(kernelᵀ · g)` and `g · patchesᵀ`. Images go in fixed chunks, summed in
-/// order, so the result does not depend on the number of threads.
+/// `[dL/dx (N·C·H·W values, when `with_input` is set) | dL/dkernel (O·C·kh·kw) | dL/dbias (O)]`.
+/// Per image, with `g (positions, O)`: kernel rows `+= patchesᵀ · g`, bias `+=` the column sums
+/// of `g`, and the input gradient `row2im(g · kernel colsᵀ)`. Images go in fixed chunks, summed
+/// in order, so the result does not depend on the number of threads.
 pub(crate) struct ConvGrads<S> {
     pub shape: ConvShape,
     pub source: S,
@@ -443,10 +499,12 @@ pub(crate) struct ConvGrads<S> {
 }
 
 impl<S: ConvGradSource> ConvGrads<S> {
+    /// The partial `[kernel rows (patch, O) | bias (O)]` of images `first..first + CHUNK`, and
+    /// their input gradients into `dx` when given (with `kernel_cols`).
     fn chunk(
         &self,
         x: &[f32],
-        k: &[f32],
+        kernel_cols: &[f32],
         grad: &[f32],
         first: usize,
         n: usize,
@@ -454,40 +512,40 @@ impl<S: ConvGradSource> ConvGrads<S> {
     ) -> Vec<f32> {
         let s = &self.shape;
         let (kk, p, o) = (s.patch_len(), s.positions(), s.out_channels);
-        let (mut col, mut patches, mut g) = (
-            vec![0f32; kk * p],
-            vec![0f32; p * kk],
-            vec![0f32; s.out_len()],
-        );
-        let mut acc = vec![0f32; o * kk + o];
-        let (dk, db) = acc.split_at_mut(o * kk);
+        let mut patches = Patches::new(s);
+        let mut g = vec![0f32; p * o];
+        let (mut drows, mut dxh) = match dx {
+            Some(_) => (vec![0f32; p * kk], vec![0f32; s.in_len()]),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut acc = vec![0f32; kk * o + o];
+        let (dk, db) = acc.split_at_mut(kk * o);
         let len = self.source.grad_len();
         for i in first..(first + PARAM_GRAD_CHUNK).min(n) {
             self.source.conv_grad(i, &grad[i * len..][..len], &mut g);
-            im2col(s, &x[i * s.in_len()..][..s.in_len()], &mut col);
-            // gemm runs this product 1.5-3x faster with the patches as rows than with a
-            // transposed view of the columns (measured: examples/gemm_shapes.rs).
-            transpose(&col, kk, p, &mut patches);
+            patches.load(s, &x[i * s.in_len()..][..s.in_len()]);
             matmul(
                 dk,
-                MatRef::rows(&g, p),
-                MatRef::rows(&patches, kk),
-                (o, kk, p),
+                MatRef::transposed(&patches.rows, kk),
+                MatRef::rows(&g, o),
+                (kk, o, p),
                 true,
             );
-            for (d, plane) in db.iter_mut().zip(g.chunks(p)) {
-                *d += lane_sum(plane);
+            for row in g.chunks_exact(o) {
+                db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
             if let Some(dx) = dx.as_deref_mut() {
-                // `col` is free again: reuse it for kernelᵀ · g.
                 matmul(
-                    &mut col,
-                    MatRef::transposed(k, kk),
-                    MatRef::rows(&g, p),
-                    (kk, p, o),
+                    &mut drows,
+                    MatRef::rows(&g, o),
+                    MatRef::rows(kernel_cols, kk),
+                    (p, kk, o),
                     false,
                 );
-                col2im_add(s, &col, &mut dx[(i - first) * s.in_len()..][..s.in_len()]);
+                dxh.fill(0.0);
+                row2im_add(s, &drows, &mut dxh);
+                let dx = &mut dx[(i - first) * s.in_len()..][..s.in_len()];
+                transpose(&dxh, s.in_h * s.in_w, s.in_channels, dx);
             }
         }
         acc
@@ -521,24 +579,29 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         let x = contiguous_f32(self.name(), xs, xl)?;
         let g = contiguous_f32(self.name(), gs, gl)?;
         let k = contiguous_f32(self.name(), ks, kl)?;
-        let params = s.out_channels * s.patch_len() + s.out_channels;
+        let kernel_len = s.out_channels * s.patch_len();
         let dx_len = if self.with_input { n * s.in_len() } else { 0 };
-        let mut out = vec![0f32; dx_len + params];
-        let (dx, tail) = out.split_at_mut(dx_len);
+        let mut out = vec![0f32; dx_len + kernel_len + s.out_channels];
+        let (dx, params) = out.split_at_mut(dx_len);
         let partials: Vec<Vec<f32>> = if self.with_input {
+            let kc = kernel_cols(s, k);
             dx.par_chunks_mut(PARAM_GRAD_CHUNK * s.in_len())
                 .enumerate()
-                .map(|(c, dx)| self.chunk(x, k, g, c * PARAM_GRAD_CHUNK, n, Some(dx)))
+                .map(|(c, dx)| self.chunk(x, &kc, g, c * PARAM_GRAD_CHUNK, n, Some(dx)))
                 .collect()
         } else {
             (0..n.div_ceil(PARAM_GRAD_CHUNK))
                 .into_par_iter()
-                .map(|c| self.chunk(x, k, g, c * PARAM_GRAD_CHUNK, n, None))
+                .map(|c| self.chunk(x, &[], g, c * PARAM_GRAD_CHUNK, n, None))
                 .collect()
         };
+        let mut total = vec![0f32; kernel_len + s.out_channels];
         for partial in &partials {
-            tail.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+            total.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
         }
+        let (dk, db) = params.split_at_mut(kernel_len);
+        rows_to_kernel(s, &total[..kernel_len], dk);
+        db.copy_from_slice(&total[kernel_len..]);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
@@ -591,23 +654,38 @@ mod tests {
     }
 
     #[test]
-    fn valid_range_matches_brute_force() {
-        for (k, pad, stride, len) in [
-            (0, 1, 1, 5),
-            (2, 1, 1, 5),
-            (1, 0, 2, 6),
-            (2, 3, 2, 4),
-            (4, 0, 3, 3),
-        ] {
-            let out = 8;
-            let want: Vec<usize> = (0..out)
-                .filter(|&o| {
-                    let i = (o * stride + k) as isize - pad as isize;
-                    i >= 0 && (i as usize) < len
-                })
-                .collect();
-            let got: Vec<usize> = valid_range(k, pad, stride, len, out).collect();
-            assert_eq!(got, want, "k={k} pad={pad} stride={stride} len={len}");
+    fn kernel_span_matches_brute_force() {
+        for (kernel, pad, stride, len) in [(3, 1, 1, 5), (3, 0, 2, 6), (5, 3, 2, 4), (4, 0, 3, 3)] {
+            for o in 0..8 {
+                let want: Vec<usize> = (0..kernel)
+                    .filter(|&k| {
+                        let i = (o * stride + k) as isize - pad as isize;
+                        i >= 0 && (i as usize) < len
+                    })
+                    .collect();
+                let got: Vec<usize> = kernel_span(o, kernel, stride, pad, len).collect();
+                assert_eq!(
+                    got, want,
+                    "o={o} kernel={kernel} pad={pad} stride={stride} len={len}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn kernel_layouts_round_trip() {
+        let s = ConvShape::new((3, 5, 5), 4, (3, 2), (1, 1), ((1, 1), (0, 1))).unwrap();
+        let k: Vec<f32> = (0..4 * 3 * 3 * 2).map(|i| i as f32).collect();
+        let rows = kernel_rows(&s, &k);
+        let cols = kernel_cols(&s, &k);
+        let mut back = vec![0f32; k.len()];
+        rows_to_kernel(&s, &rows, &mut back);
+        assert_eq!(back, k);
+        // (patch, O) and (O, patch) are transposes of each other.
+        let mut t = vec![0f32; k.len()];
+        transpose(&rows, s.patch_len(), 4, &mut t);
+        assert_eq!(t, cols);
+        // Weight (o=1, c=2, ki=0, kj=1) sits at patch index (0·2 + 1)·3 + 2 = 5.
+        assert_eq!(cols[s.patch_len() + 5], k[((3 + 2) * 3) * 2 + 1]);
     }
 }

@@ -4,9 +4,10 @@
 //! candle 0.11's CPU conv2d computes the input gradient with a direct loop (no gemm), the kernel
 //! gradient as a batch-as-channels convolution, an input gradient even for the network's input,
 //! and builds max-pool's backward out of upsample/compare/avg-pool. Here:
-//! * [`conv2d`]: im2col + gemm for the forward pass, the input gradient and the kernel gradient,
-//!   parallel over the batch; bias and ReLU fused into the forward pass; no input gradient when
-//!   the input does not track gradients (the images).
+//! * [`conv2d`]: im2row (patches of a channels-last copy of each image) + gemm for the forward
+//!   pass, the input gradient and the kernel gradient, parallel over the batch; bias and ReLU
+//!   fused into the forward pass; no input gradient when the input does not track gradients
+//!   (the images).
 //! * [`max_pool2d`]: a direct forward that records each window's first maximum; the backward
 //!   scatters the gradient there (what TensorFlow does).
 //! * [`conv_pool`]: Conv2D → ReLU → MaxPool2D (→ Dropout) in one op, never materialising the
