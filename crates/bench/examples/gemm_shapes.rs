@@ -49,7 +49,7 @@ fn run(case: &Case) -> f64 {
 }
 
 fn main() {
-    let cases: [Case; 18] = [
+    let cases: [Case; 21] = [
         ("conv1 dKT   col·gT", 27, 32, 1024, (1024, 1), (1, 1024)),
         ("conv2 dKT   col·gT", 288, 64, 256, (256, 1), (1, 256)),
         ("conv1 fwd   K·col", 32, 1024, 27, (27, 1), (1024, 1)),
@@ -104,6 +104,10 @@ fn main() {
         ("conv2 dKr   hwc rowT·g", 288, 64, 256, (1, 288), (64, 1)),
         ("conv2 dK    hwc gT·row", 64, 288, 256, (1, 64), (288, 1)),
         ("conv2 dX    hwc g·Kt", 256, 288, 64, (64, 1), (288, 1)),
+        // The same with the output gradient left (O, positions), read through a transposed view.
+        ("conv1 dKr   hwc rowT·gT", 27, 32, 1024, (1, 27), (1, 1024)),
+        ("conv2 dKr   hwc rowT·gT", 288, 64, 256, (1, 288), (1, 256)),
+        ("conv2 dX    hwc gT·Kt", 256, 288, 64, (1, 256), (288, 1)),
     ];
     for c in &cases {
         println!("{:30} {:6.1} GFLOP/s", c.0, run(c));

@@ -263,6 +263,7 @@ impl CustomOp3 for ConvPool {
         };
         let scatter = Scatter {
             conv: self.conv,
+            pool: self.pool,
             out_len: self.out_len(),
             argmax,
             mask: self.mask.clone(),
@@ -275,6 +276,7 @@ impl CustomOp3 for ConvPool {
 #[derive(Clone)]
 struct Scatter {
     conv: ConvShape,
+    pool: PoolShape,
     out_len: usize,
     argmax: Arc<Vec<u32>>,
     mask: Option<Arc<Vec<f32>>>,
@@ -288,20 +290,38 @@ impl ConvGradSource for Scatter {
     /// The output gradient `(O, pooled)`, times the dropout mask, at each window's maximum
     /// in the channels-last `(positions, O)`; 0 elsewhere.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]) {
-        out.fill(0.0);
-        let o = self.conv.out_channels;
-        let plane = self.out_len / o;
-        let idx = &self.argmax[i * self.out_len..][..self.out_len];
-        let mask = self
-            .mask
-            .as_ref()
-            .map(|m| &m[i * self.out_len..][..self.out_len]);
-        for (ch, grad) in grad.chunks_exact(plane).enumerate() {
-            for (q, &g) in grad.iter().enumerate() {
-                let at = idx[q * o + ch];
+        let (o, len) = (self.conv.out_channels, self.out_len);
+        let idx = &self.argmax[i * len..][..len];
+        let mut masked = grad.to_vec();
+        if let Some(mask) = &self.mask {
+            masked
+                .iter_mut()
+                .zip(&mask[i * len..][..len])
+                .for_each(|(g, m)| *g *= m);
+        }
+        // Channels-last, like the recorded positions.
+        let mut g = vec![0f32; len];
+        transpose(&masked, o, len / o, &mut g);
+        let p = &self.pool;
+        let tiles = (p.pool_h, p.pool_w, p.stride_h, p.stride_w) == (2, 2, 2, 2)
+            && (2 * p.out_h, 2 * p.out_w) == (self.conv.out_h, self.conv.out_w);
+        if !tiles {
+            out.fill(0.0);
+            for ((&g, &at), ch) in g.iter().zip(idx).zip((0..o).cycle()) {
                 if at != CLIPPED {
-                    let g = mask.map_or(g, |m| g * m[ch * plane + q]);
                     out[at as usize * o + ch] += g;
+                }
+            }
+            return;
+        }
+        // 2x2 windows that tile the output: every output value is written once, from its
+        // window's gradient where it was the maximum and 0 elsewhere, across the channels.
+        for (q, (g, idx)) in g.chunks_exact(o).zip(idx.chunks_exact(o)).enumerate() {
+            let first = 2 * (q / p.out_w) * p.in_w + 2 * (q % p.out_w);
+            for pos in [first, first + 1, first + p.in_w, first + p.in_w + 1] {
+                let dst = &mut out[pos * o..][..o];
+                for ((d, &g), &at) in dst.iter_mut().zip(g).zip(idx) {
+                    *d = if at == pos as u32 { g } else { 0.0 };
                 }
             }
         }

@@ -439,26 +439,54 @@ impl CustomOp2 for ReluGrad {
     }
 }
 
-/// `dst (cols x rows) = srcᵀ` for a row-major `src (rows x cols)`. Eight source rows at a time:
-/// each output run of eight is contiguous, and the eight source lines stay in L1 while `c`
-/// walks along them.
+/// `dst (cols x rows) = srcᵀ` for a row-major `src (rows x cols)`: 4x4 tiles in SSE registers
+/// (part of every x86-64 CPU), the edges one value at a time.
 pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const R: usize = 8;
-    let full = rows / R * R;
-    for r0 in (0..full).step_by(R) {
-        let block: [&[f32]; R] = std::array::from_fn(|k| &src[(r0 + k) * cols..][..cols]);
-        for (c, out) in dst.chunks_exact_mut(rows).take(cols).enumerate() {
-            let out: &mut [f32; R] = (&mut out[r0..r0 + R]).try_into().expect("R values");
-            for k in 0..R {
-                out[k] = block[k][c];
-            }
-        }
-    }
-    for r in full..rows {
-        for c in 0..cols {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    let (tiled_rows, tiled_cols) = transpose_tiles(src, rows, cols, dst);
+    for r in 0..rows {
+        let cs = if r < tiled_rows {
+            tiled_cols..cols
+        } else {
+            0..cols
+        };
+        for c in cs {
             dst[c * rows + r] = src[r * cols + c];
         }
     }
+}
+
+/// Transposes the `4·⌊rows/4⌋ x 4·⌊cols/4⌋` corner; returns its size.
+#[cfg(target_arch = "x86_64")]
+fn transpose_tiles(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) -> (usize, usize) {
+    use std::arch::x86_64::*;
+    let (tr, tc) = (rows / 4 * 4, cols / 4 * 4);
+    for r0 in (0..tr).step_by(4) {
+        for c0 in (0..tc).step_by(4) {
+            // SAFETY: rows r0..r0+4 and columns c0..c0+4 lie inside the `rows x cols` matrix,
+            // which `transpose` checked both slices hold; SSE is part of the x86-64 baseline.
+            unsafe {
+                let p = src.as_ptr().add(r0 * cols + c0);
+                let a = _mm_loadu_ps(p);
+                let b = _mm_loadu_ps(p.add(cols));
+                let c = _mm_loadu_ps(p.add(2 * cols));
+                let d = _mm_loadu_ps(p.add(3 * cols));
+                let (ab_lo, cd_lo) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+                let (ab_hi, cd_hi) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+                let q = dst.as_mut_ptr().add(c0 * rows + r0);
+                _mm_storeu_ps(q, _mm_movelh_ps(ab_lo, cd_lo));
+                _mm_storeu_ps(q.add(rows), _mm_movehl_ps(cd_lo, ab_lo));
+                _mm_storeu_ps(q.add(2 * rows), _mm_movelh_ps(ab_hi, cd_hi));
+                _mm_storeu_ps(q.add(3 * rows), _mm_movehl_ps(cd_hi, ab_hi));
+            }
+        }
+    }
+    (tr, tc)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn transpose_tiles(_: &[f32], _: usize, _: usize, _: &mut [f32]) -> (usize, usize) {
+    (0, 0)
 }
 
 /// Where a convolution's backward pass gets `dL/d(conv output)` of image `i`, channels-last
