@@ -49,7 +49,7 @@ fn run(case: &Case) -> f64 {
 }
 
 fn main() {
-    let cases: [Case; 21] = [
+    let cases: [Case; 25] = [
         ("conv1 dKT   col·gT", 27, 32, 1024, (1024, 1), (1, 1024)),
         ("conv2 dKT   col·gT", 288, 64, 256, (256, 1), (1, 256)),
         ("conv1 fwd   K·col", 32, 1024, 27, (27, 1), (1024, 1)),
@@ -108,6 +108,26 @@ fn main() {
         ("conv1 dKr   hwc rowT·gT", 27, 32, 1024, (1, 27), (1, 1024)),
         ("conv2 dKr   hwc rowT·gT", 288, 64, 256, (1, 288), (1, 256)),
         ("conv2 dX    hwc gT·Kt", 256, 288, 64, (1, 256), (288, 1)),
+        // Stride-1 convolutions straight from a padded channels-last image: per kernel row, the
+        // patches are overlapping rows `kw·C` long, `C` apart (x3 kernel rows, 18/16 positions).
+        (
+            "conv2 fwd   pad view·Kr (x3)",
+            288,
+            64,
+            96,
+            (32, 1),
+            (64, 1),
+        ),
+        ("conv1 fwd   pad view·Kr (x3)", 1088, 32, 9, (3, 1), (32, 1)),
+        (
+            "conv2 dKr   pad viewT·g (x3)",
+            96,
+            64,
+            288,
+            (1, 32),
+            (64, 1),
+        ),
+        ("conv1 dKr   pad viewT·g (x3)", 9, 32, 1088, (1, 3), (32, 1)),
     ];
     for c in &cases {
         println!("{:30} {:6.1} GFLOP/s", c.0, run(c));

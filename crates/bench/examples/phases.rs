@@ -1,5 +1,5 @@
 //! Where a training step's time goes: forward, backward, optimizer (wall and process CPU ms,
-//! medians over steps). `cargo run --release -p simplecnn-bench --example phases -- DATA_DIR`
+//! means over steps); with INFERENCE set, a 1000-image inference batch instead. `cargo run --release -p simplecnn-bench --example phases -- DATA_DIR`
 use std::time::Instant;
 
 use candle_core::Device;
@@ -20,6 +20,24 @@ fn main() -> anyhow::Result<()> {
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0)?;
     let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
     let mut rng = DropoutRng::new(0);
+    if std::env::var_os("INFERENCE").is_some() {
+        // Batches of 1000, as the harness predicts.
+        let (mut wall, mut cpu) = (0.0, 0.0);
+        for b in 0..10 {
+            let idx: Vec<usize> = (b * 1000..b * 1000 + 1000).collect();
+            let batch = data.test.batch(&idx, &Device::Cpu)?;
+            let (t0, c0) = (Instant::now(), cpu_seconds());
+            let _ = model
+                .forward(&batch.images, Mode::Inference)?
+                .to_vec2::<f32>()?;
+            if b >= 2 {
+                wall += t0.elapsed().as_secs_f64() * 1e3 / 8.0;
+                cpu += (cpu_seconds() - c0) * 1e3 / 8.0;
+            }
+        }
+        println!("inference, 1000 images: {wall:.1} ms wall, {cpu:.1} ms CPU");
+        return Ok(());
+    }
     let mut rows: Vec<[f64; 6]> = Vec::new();
     for step in 0..100 {
         let idx: Vec<usize> = (step * 128..step * 128 + 128).collect();

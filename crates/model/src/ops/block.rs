@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{
-    conv_grads, conv_rows, kernel_rows, transpose, ConvGradSource, ConvOperands, ConvShape, Patches,
-};
+use super::conv::{conv_grads, ConvGradSource, ConvOperands, ConvShape};
+use super::lowering::{kernel_rows, Grid, ImageConv};
 use super::pool::PoolShape;
+use super::transpose::transpose;
 
 /// Marks an output whose ReLU clipped it: no gradient flows back through it.
 const CLIPPED: u32 = u32::MAX;
@@ -65,13 +65,14 @@ pub struct ConvPoolShape {
     pub relu: bool,
 }
 
-/// Max-pools the channels-last convolution output `x (in_h·in_w, O)` of one image into
-/// `y (out_h·out_w, O)`, adding the bias to each maximum (`max(v) + b = max(v + b)`) and
+/// Max-pools the channels-last convolution output `x (grid, O)` of one image (row `y·pitch + x`
+/// holds position `(y, x)`) into `y (out_h·out_w, O)`, adding the bias to each maximum (`max(v) + b = max(v + b)`) and
 /// applying the ReLU. `idx`, laid out like `y`, gets each maximum's position in `x` (the first
 /// in row-major order on ties), or [`CLIPPED`]. Each comparison runs across the channels at
 /// once, which the compiler vectorises.
 fn pool_rows(
     p: &PoolShape,
+    pitch: usize,
     bias: &[f32],
     relu: bool,
     x: &[f32],
@@ -87,13 +88,13 @@ fn pool_rows(
             let q = oy * p.out_w + ox;
             let y = &mut y[q * ch..][..ch];
             let (y0, x0) = (oy * p.stride_h, ox * p.stride_w);
-            let first = y0 * p.in_w + x0;
+            let first = y0 * pitch + x0;
             let idx = idx.as_deref_mut().map(|idx| &mut idx[q * ch..][..ch]);
             if !two_by_two {
                 // Any other window: one channel at a time, the first maximum in row-major order.
                 let window = || {
                     (y0..y0 + p.pool_h)
-                        .flat_map(move |wy| (x0..x0 + p.pool_w).map(move |wx| wy * p.in_w + wx))
+                        .flat_map(move |wy| (x0..x0 + p.pool_w).map(move |wx| wy * pitch + wx))
                 };
                 let mut at = vec![first; ch];
                 for (c, at) in at.iter_mut().enumerate() {
@@ -108,7 +109,7 @@ fn pool_rows(
             }
             // The tutorial's pools, branch-free across the channels (vectorised): the two rows'
             // maxima, then the larger, the earlier one on ties.
-            let positions = [first, first + 1, first + p.in_w, first + p.in_w + 1];
+            let positions = [first, first + 1, first + pitch, first + pitch + 1];
             let [a, b, d, e] = positions.map(|pos| &x[pos * ch..][..ch]);
             match idx {
                 Some(idx) => {
@@ -174,10 +175,10 @@ impl ConvPool {
     }
 }
 
-/// One thread's buffers for an image: its patches, its convolution and pooled outputs
-/// (channels-last).
+/// One thread's buffers for an image: its convolution (input and output) and its pooled
+/// output, channels-last.
 struct Buffers {
-    patches: Patches,
+    conv_in: ImageConv,
     conv: Vec<f32>,
     pooled: Vec<f32>,
 }
@@ -215,14 +216,22 @@ impl CustomOp3 for ConvPool {
             }
         }
         let (o, plane) = (c.out_channels, p.out_h * p.out_w);
-        let kr = kernel_rows(c, k);
+        let (kr, grid) = (kernel_rows(c, k), Grid::of(c));
         let mut y = vec![0f32; n * out_len];
         // Inference keeps no positions. Positions are stored channels-last, as pooled.
         let mut argmax = vec![0u32; if self.record { n * out_len } else { 0 }];
         let image = |(i, y): (usize, &mut [f32]), bufs: &mut Buffers, idx: Option<&mut [u32]>| {
-            bufs.patches.load(c, &x[i * c.in_len()..][..c.in_len()]);
-            conv_rows(c, &bufs.patches.rows, &kr, &mut bufs.conv);
-            pool_rows(p, b, self.relu, &bufs.conv, &mut bufs.pooled, idx);
+            bufs.conv_in.load(&x[i * c.in_len()..][..c.in_len()]);
+            bufs.conv_in.forward(&kr, &mut bufs.conv);
+            pool_rows(
+                p,
+                grid.pitch,
+                b,
+                self.relu,
+                &bufs.conv,
+                &mut bufs.pooled,
+                idx,
+            );
             transpose(&bufs.pooled, plane, o, y);
             if let Some(mask) = &self.mask {
                 let mask = &mask[i * out_len..][..out_len];
@@ -230,8 +239,8 @@ impl CustomOp3 for ConvPool {
             }
         };
         let init = || Buffers {
-            patches: Patches::new(c),
-            conv: vec![0f32; c.out_len()],
+            conv_in: ImageConv::new(c),
+            conv: vec![0f32; grid.len * o],
             pooled: vec![0f32; out_len],
         };
         if self.record {
@@ -288,7 +297,7 @@ impl ConvGradSource for Scatter {
     }
 
     /// The output gradient `(O, pooled)`, times the dropout mask, at each window's maximum
-    /// in the channels-last `(positions, O)`; 0 elsewhere.
+    /// in the channels-last `(grid, O)`; 0 elsewhere.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]) {
         let (o, len) = (self.conv.out_channels, self.out_len);
         let idx = &self.argmax[i * len..][..len];
@@ -302,7 +311,7 @@ impl ConvGradSource for Scatter {
         // Channels-last, like the recorded positions.
         let mut g = vec![0f32; len];
         transpose(&masked, o, len / o, &mut g);
-        let p = &self.pool;
+        let (p, grid) = (&self.pool, Grid::of(&self.conv));
         let tiles = (p.pool_h, p.pool_w, p.stride_h, p.stride_w) == (2, 2, 2, 2)
             && (2 * p.out_h, 2 * p.out_w) == (self.conv.out_h, self.conv.out_w);
         if !tiles {
@@ -317,13 +326,14 @@ impl ConvGradSource for Scatter {
         // 2x2 windows that tile the output: every output value is written once, from its
         // window's gradient where it was the maximum and 0 elsewhere, across the channels.
         for (q, (g, idx)) in g.chunks_exact(o).zip(idx.chunks_exact(o)).enumerate() {
-            let first = 2 * (q / p.out_w) * p.in_w + 2 * (q % p.out_w);
-            for pos in [first, first + 1, first + p.in_w, first + p.in_w + 1] {
+            let first = 2 * (q / p.out_w) * grid.pitch + 2 * (q % p.out_w);
+            for pos in [first, first + 1, first + grid.pitch, first + grid.pitch + 1] {
                 let dst = &mut out[pos * o..][..o];
                 for ((d, &g), &at) in dst.iter_mut().zip(g).zip(idx) {
                     *d = if at == pos as u32 { g } else { 0.0 };
                 }
             }
         }
+        grid.zero_gaps(&self.conv, out);
     }
 }

@@ -1,20 +1,13 @@
-//! 2-D convolution (NCHW tensors, kernels `(out, in, kh, kw)`) as im2row + gemm on a
-//! channels-last copy of each image, with bias and an optional ReLU fused into the forward pass.
-//!
-//! Why channels-last inside: with an image as `(H·W, C)`, one kernel row of a patch is a
-//! single run of `kw·C` contiguous values, so the patch matrix `(positions, kh·kw·C)` is
-//! written row by row, and every product of the forward and backward passes reads its
-//! operands as rows or as a transposed view that gemm packs well (all ≥ 100 GFLOP/s on one
-//! core, `cargo run --release -p simplecnn-bench --example gemm_shapes`). Only the images and
-//! outputs, 1/9 the size of their patch matrices, are transposed at the op's edges.
-
-use std::ops::Range;
+//! 2-D convolution (NCHW tensors, kernels `(out, in, kh, kw)`) as gemm on channels-last copies
+//! of each image (see [`super::lowering`]), with bias and an optional ReLU fused into the
+//! forward pass, and one backward routine for the input, kernel and bias gradients.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
-use super::gemm::{matmul, MatRef};
+use super::lowering::{input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv};
+use super::transpose::transpose_into;
 
 /// Images per partial sum of the kernel and bias gradients. Fixed, so the order of the
 /// additions (and so the result, to the bit) does not depend on how many threads run.
@@ -155,167 +148,6 @@ pub(crate) struct ConvOperands<'a> {
     pub bias: &'a [f32],
 }
 
-/// The kernel offsets `k < kernel` that put output index `o` on an input index
-/// `o * stride + k - pad` inside `0..len`: a contiguous range.
-fn kernel_span(o: usize, kernel: usize, stride: usize, pad: usize, len: usize) -> Range<usize> {
-    let start = o * stride;
-    let lo = pad.saturating_sub(start).min(kernel);
-    let hi = (len + pad).saturating_sub(start).min(kernel);
-    lo..hi.max(lo)
-}
-
-/// Position of a kernel weight `(c, ki, kj)` in a patch row: `(ki, kj, c)` order, as Keras
-/// stores kernels, so that one kernel row of a patch is one run of the channels-last image.
-fn patch_index(s: &ConvShape, c: usize, ki: usize, kj: usize) -> usize {
-    (ki * s.kernel_w + kj) * s.in_channels + c
-}
-
-/// Calls `f(flat index in (O, C, kh, kw), output channel, patch index)` for every weight.
-fn for_each_weight(s: &ConvShape, mut f: impl FnMut(usize, usize, usize)) {
-    let mut flat = 0;
-    for o in 0..s.out_channels {
-        for c in 0..s.in_channels {
-            for ki in 0..s.kernel_h {
-                for kj in 0..s.kernel_w {
-                    f(flat, o, patch_index(s, c, ki, kj));
-                    flat += 1;
-                }
-            }
-        }
-    }
-}
-
-/// `kernel (O, C, kh, kw)` as the `(patch, O)` matrix that turns patch rows into output rows.
-pub(crate) fn kernel_rows(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
-    let o = s.out_channels;
-    let mut rows = vec![0f32; kernel.len()];
-    for_each_weight(s, |flat, oc, r| rows[r * o + oc] = kernel[flat]);
-    rows
-}
-
-/// `kernel (O, C, kh, kw)` as `(O, patch)`: each output channel's weights in patch order.
-fn kernel_cols(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
-    let kk = s.patch_len();
-    let mut cols = vec![0f32; kernel.len()];
-    for_each_weight(s, |flat, oc, r| cols[oc * kk + r] = kernel[flat]);
-    cols
-}
-
-/// The inverse of [`kernel_rows`]: a `(patch, O)` gradient into `kernel (O, C, kh, kw)`.
-fn rows_to_kernel(s: &ConvShape, rows: &[f32], kernel: &mut [f32]) {
-    let o = s.out_channels;
-    for_each_weight(s, |flat, oc, r| kernel[flat] = rows[r * o + oc]);
-}
-
-/// Where each output position's patch comes from in a channels-last image `(H·W, C)`: calls
-/// `f((oy, ox), kernel rows, kernel columns)` with the kernel offsets that land inside the
-/// image (empty when the patch lies wholly in the padding), then [`PatchRun`] turns a kernel
-/// row into the image run it reads.
-fn for_each_patch(s: &ConvShape, mut f: impl FnMut((usize, usize), Range<usize>, Range<usize>)) {
-    for oy in 0..s.out_h {
-        let kis = kernel_span(oy, s.kernel_h, s.stride_h, s.pad_top, s.in_h);
-        for ox in 0..s.out_w {
-            let kjs = kernel_span(ox, s.kernel_w, s.stride_w, s.pad_left, s.in_w);
-            f((oy, ox), kis.clone(), kjs);
-        }
-    }
-}
-
-/// One kernel row of a patch that lies inside the image: `len` values from `patch_at` in the
-/// patch row and from `image_at` in the channels-last image.
-struct PatchRun {
-    patch_at: usize,
-    image_at: usize,
-    len: usize,
-}
-
-impl PatchRun {
-    fn new(s: &ConvShape, (oy, ox): (usize, usize), ki: usize, kjs: &Range<usize>) -> Self {
-        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
-        let iy = oy * s.stride_h + ki - s.pad_top;
-        let ix = ox * s.stride_w + kjs.start - s.pad_left;
-        PatchRun {
-            patch_at: ki * run + kjs.start * c,
-            image_at: (iy * s.in_w + ix) * c,
-            len: kjs.len() * c,
-        }
-    }
-}
-
-/// A channels-last image `(H·W, C)` to its patch rows `(positions, kh·kw·C)`, zeros where the
-/// kernel overhangs the padding.
-fn im2row(s: &ConvShape, xh: &[f32], rows: &mut [f32]) {
-    let (c, kk, run) = (s.in_channels, s.patch_len(), s.kernel_w * s.in_channels);
-    for_each_patch(s, |(oy, ox), kis, kjs| {
-        let row = &mut rows[(oy * s.out_w + ox) * kk..][..kk];
-        if kjs.is_empty() {
-            return row.fill(0.0);
-        }
-        // Zeros only where the kernel overhangs the image; the rest is copied.
-        row[..kis.start * run].fill(0.0);
-        row[kis.end * run..].fill(0.0);
-        for ki in kis {
-            let part = &mut row[ki * run..][..run];
-            part[..kjs.start * c].fill(0.0);
-            part[kjs.end * c..].fill(0.0);
-            let r = PatchRun::new(s, (oy, ox), ki, &kjs);
-            row[r.patch_at..][..r.len].copy_from_slice(&xh[r.image_at..][..r.len]);
-        }
-    });
-}
-
-/// The adjoint of [`im2row`]: adds each patch-row entry onto its pixel of `dxh (H·W, C)`.
-fn row2im_add(s: &ConvShape, rows: &[f32], dxh: &mut [f32]) {
-    let kk = s.patch_len();
-    for_each_patch(s, |(oy, ox), kis, kjs| {
-        if kjs.is_empty() {
-            return;
-        }
-        let row = &rows[(oy * s.out_w + ox) * kk..][..kk];
-        for ki in kis {
-            let r = PatchRun::new(s, (oy, ox), ki, &kjs);
-            let dst = &mut dxh[r.image_at..][..r.len];
-            dst.iter_mut()
-                .zip(&row[r.patch_at..][..r.len])
-                .for_each(|(d, v)| *d += v);
-        }
-    });
-}
-
-/// Per-thread buffers for one image: its channels-last copy and its patch rows.
-pub(crate) struct Patches {
-    xh: Vec<f32>,
-    pub rows: Vec<f32>,
-}
-
-impl Patches {
-    pub fn new(s: &ConvShape) -> Self {
-        Patches {
-            xh: vec![0f32; s.in_len()],
-            rows: vec![0f32; s.positions() * s.patch_len()],
-        }
-    }
-
-    /// Fills `rows` with the patches of image `x (C, H, W)`.
-    pub fn load(&mut self, s: &ConvShape, x: &[f32]) {
-        transpose(x, s.in_channels, s.in_h * s.in_w, &mut self.xh);
-        im2row(s, &self.xh, &mut self.rows);
-    }
-}
-
-/// `out (positions, O) = patch rows · kernel rows`: one image's convolution, channels-last,
-/// before bias and activation.
-pub(crate) fn conv_rows(s: &ConvShape, patches: &[f32], kernel_rows: &[f32], out: &mut [f32]) {
-    let (kk, o) = (s.patch_len(), s.out_channels);
-    matmul(
-        out,
-        MatRef::rows(patches, kk),
-        MatRef::rows(kernel_rows, o),
-        (s.positions(), o, kk),
-        false,
-    );
-}
-
 /// `relu(conv(x, kernel) + bias)` (or without the ReLU) for f32 CPU tensors `x (N, C, H, W)`,
 /// `kernel (O, C, kh, kw)`, `bias (O)`. Differentiable in all three.
 pub fn conv2d(
@@ -360,14 +192,15 @@ impl CustomOp3 for Conv2dForward {
         } = s.operands(self.name(), (xs, xl), (ks, kl), (bs, bl))?;
         let (p, o) = (s.positions(), s.out_channels);
         let kr = kernel_rows(s, k);
+        let grid = Grid::of(s);
         let mut y = vec![0f32; n * s.out_len()];
         y.par_chunks_mut(s.out_len())
             .zip(x.par_chunks(s.in_len()))
             .for_each_init(
-                || (Patches::new(s), vec![0f32; p * o]),
-                |(patches, out), (y, x)| {
-                    patches.load(s, x);
-                    conv_rows(s, &patches.rows, &kr, out);
+                || (ImageConv::new(s), vec![0f32; grid.len * o]),
+                |(conv, out), (y, x)| {
+                    conv.load(x);
+                    conv.forward(&kr, out);
                     for row in out.chunks_exact_mut(o) {
                         for (v, &bias) in row.iter_mut().zip(b) {
                             *v = if self.relu {
@@ -377,7 +210,10 @@ impl CustomOp3 for Conv2dForward {
                             };
                         }
                     }
-                    transpose(out, p, o, y);
+                    for oy in 0..s.out_h {
+                        let row = &out[oy * grid.pitch * o..];
+                        transpose_into(row, o, s.out_w, o, &mut y[oy * s.out_w..], p);
+                    }
                 },
             );
         let dims = [n, s.out_channels, s.out_h, s.out_w];
@@ -439,64 +275,15 @@ impl CustomOp2 for ReluGrad {
     }
 }
 
-/// `dst (cols x rows) = srcᵀ` for a row-major `src (rows x cols)`: 4x4 tiles in SSE registers
-/// (part of every x86-64 CPU), the edges one value at a time.
-pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
-    let (tiled_rows, tiled_cols) = transpose_tiles(src, rows, cols, dst);
-    for r in 0..rows {
-        let cs = if r < tiled_rows {
-            tiled_cols..cols
-        } else {
-            0..cols
-        };
-        for c in cs {
-            dst[c * rows + r] = src[r * cols + c];
-        }
-    }
-}
-
-/// Transposes the `4·⌊rows/4⌋ x 4·⌊cols/4⌋` corner; returns its size.
-#[cfg(target_arch = "x86_64")]
-fn transpose_tiles(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) -> (usize, usize) {
-    use std::arch::x86_64::*;
-    let (tr, tc) = (rows / 4 * 4, cols / 4 * 4);
-    for r0 in (0..tr).step_by(4) {
-        for c0 in (0..tc).step_by(4) {
-            // SAFETY: rows r0..r0+4 and columns c0..c0+4 lie inside the `rows x cols` matrix,
-            // which `transpose` checked both slices hold; SSE is part of the x86-64 baseline.
-            unsafe {
-                let p = src.as_ptr().add(r0 * cols + c0);
-                let a = _mm_loadu_ps(p);
-                let b = _mm_loadu_ps(p.add(cols));
-                let c = _mm_loadu_ps(p.add(2 * cols));
-                let d = _mm_loadu_ps(p.add(3 * cols));
-                let (ab_lo, cd_lo) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
-                let (ab_hi, cd_hi) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
-                let q = dst.as_mut_ptr().add(c0 * rows + r0);
-                _mm_storeu_ps(q, _mm_movelh_ps(ab_lo, cd_lo));
-                _mm_storeu_ps(q.add(rows), _mm_movehl_ps(cd_lo, ab_lo));
-                _mm_storeu_ps(q.add(2 * rows), _mm_movelh_ps(ab_hi, cd_hi));
-                _mm_storeu_ps(q.add(3 * rows), _mm_movehl_ps(cd_hi, ab_hi));
-            }
-        }
-    }
-    (tr, tc)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn transpose_tiles(_: &[f32], _: usize, _: usize, _: &mut [f32]) -> (usize, usize) {
-    (0, 0)
-}
-
-/// Where a convolution's backward pass gets `dL/d(conv output)` of image `i`, channels-last
-/// `(positions, O)`: from the output gradient itself, or (for a fused block) rebuilt from a
-/// smaller gradient.
+/// Where a convolution's backward pass gets `dL/d(conv output)` of image `i`, channels-last on
+/// the lowering's [`Grid`]: from the output gradient itself, or (for a fused block) rebuilt
+/// from a smaller gradient.
 pub(crate) trait ConvGradSource: Send + Sync {
     /// Values of the op's output gradient per image.
     fn grad_len(&self) -> usize;
     /// Writes image `i`'s gradient with respect to the convolution's output into `out`
-    /// `(positions, O)`, given that image's slice of the op's output gradient.
+    /// `(grid, O)`, zeros in the grid's gaps, given that image's slice of the op's output
+    /// gradient.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]);
 }
 
@@ -511,15 +298,21 @@ impl ConvGradSource for Direct {
     }
 
     fn conv_grad(&self, _i: usize, grad: &[f32], out: &mut [f32]) {
-        transpose(grad, self.shape.out_channels, self.shape.positions(), out);
+        let s = &self.shape;
+        let (o, grid) = (s.out_channels, Grid::of(s));
+        for oy in 0..s.out_h {
+            let dst = &mut out[oy * grid.pitch * o..];
+            transpose_into(&grad[oy * s.out_w..], s.positions(), o, s.out_w, dst, o);
+        }
+        grid.zero_gaps(s, out);
     }
 }
 
 /// All of a convolution's gradients in one pass over the images, packed as
 /// `[dL/dx (N·C·H·W values, when `with_input` is set) | dL/dkernel (O·C·kh·kw) | dL/dbias (O)]`.
-/// Per image, with `g (positions, O)`: kernel rows `+= patchesᵀ · g`, bias `+=` the column sums
-/// of `g`, and the input gradient `row2im(g · kernel colsᵀ)`. Images go in fixed chunks, summed
-/// in order, so the result does not depend on the number of threads.
+/// Per image, with `g (grid, O)`: the kernel gradient by [`ImageConv::kernel_grad`], the bias
+/// gradient as the column sums of `g`, the input gradient by [`ImageConv::input_grad`]. Images
+/// go in fixed chunks, summed in order, so the result does not depend on the number of threads.
 pub(crate) struct ConvGrads<S> {
     pub shape: ConvShape,
     pub source: S,
@@ -528,52 +321,33 @@ pub(crate) struct ConvGrads<S> {
 
 impl<S: ConvGradSource> ConvGrads<S> {
     /// The partial `[kernel rows (patch, O) | bias (O)]` of images `first..first + CHUNK`, and
-    /// their input gradients into `dx` when given (with `kernel_cols`).
+    /// their input gradients into `dx` when given (with [`input_grad_kernel`]).
     fn chunk(
         &self,
         x: &[f32],
-        kernel_cols: &[f32],
+        input_kernel: &[f32],
         grad: &[f32],
         first: usize,
         n: usize,
         mut dx: Option<&mut [f32]>,
     ) -> Vec<f32> {
         let s = &self.shape;
-        let (kk, p, o) = (s.patch_len(), s.positions(), s.out_channels);
-        let mut patches = Patches::new(s);
-        let mut g = vec![0f32; p * o];
-        let (mut drows, mut dxh) = match dx {
-            Some(_) => (vec![0f32; p * kk], vec![0f32; s.in_len()]),
-            None => (Vec::new(), Vec::new()),
-        };
+        let (kk, o) = (s.patch_len(), s.out_channels);
+        let mut conv = ImageConv::new(s);
+        let mut g = vec![0f32; conv.grid().len * o];
         let mut acc = vec![0f32; kk * o + o];
         let (dk, db) = acc.split_at_mut(kk * o);
         let len = self.source.grad_len();
         for i in first..(first + PARAM_GRAD_CHUNK).min(n) {
             self.source.conv_grad(i, &grad[i * len..][..len], &mut g);
-            patches.load(s, &x[i * s.in_len()..][..s.in_len()]);
-            matmul(
-                dk,
-                MatRef::transposed(&patches.rows, kk),
-                MatRef::rows(&g, o),
-                (kk, o, p),
-                true,
-            );
+            conv.load(&x[i * s.in_len()..][..s.in_len()]);
+            conv.kernel_grad(&g, dk);
             for row in g.chunks_exact(o) {
                 db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
             if let Some(dx) = dx.as_deref_mut() {
-                matmul(
-                    &mut drows,
-                    MatRef::rows(&g, o),
-                    MatRef::rows(kernel_cols, kk),
-                    (p, kk, o),
-                    false,
-                );
-                dxh.fill(0.0);
-                row2im_add(s, &drows, &mut dxh);
                 let dx = &mut dx[(i - first) * s.in_len()..][..s.in_len()];
-                transpose(&dxh, s.in_h * s.in_w, s.in_channels, dx);
+                conv.input_grad(&g, input_kernel, dx);
             }
         }
         acc
@@ -612,7 +386,7 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         let mut out = vec![0f32; dx_len + kernel_len + s.out_channels];
         let (dx, params) = out.split_at_mut(dx_len);
         let partials: Vec<Vec<f32>> = if self.with_input {
-            let kc = kernel_cols(s, k);
+            let kc = input_grad_kernel(s, k);
             dx.par_chunks_mut(PARAM_GRAD_CHUNK * s.in_len())
                 .enumerate()
                 .map(|(c, dx)| self.chunk(x, &kc, g, c * PARAM_GRAD_CHUNK, n, Some(dx)))
@@ -662,58 +436,4 @@ pub(crate) fn conv_grads<S: ConvGradSource + 'static>(
         .reshape(&shape.kernel_dims()[..])?;
     let db = packed.narrow(0, dx_len + kernel_len, shape.out_channels)?;
     Ok((dx, Some(dk), Some(db)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_moves_every_element() {
-        let (rows, cols) = (37, 21);
-        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let mut dst = vec![0f32; rows * cols];
-        transpose(&src, rows, cols, &mut dst);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(dst[c * rows + r], src[r * cols + c]);
-            }
-        }
-    }
-
-    #[test]
-    fn kernel_span_matches_brute_force() {
-        for (kernel, pad, stride, len) in [(3, 1, 1, 5), (3, 0, 2, 6), (5, 3, 2, 4), (4, 0, 3, 3)] {
-            for o in 0..8 {
-                let want: Vec<usize> = (0..kernel)
-                    .filter(|&k| {
-                        let i = (o * stride + k) as isize - pad as isize;
-                        i >= 0 && (i as usize) < len
-                    })
-                    .collect();
-                let got: Vec<usize> = kernel_span(o, kernel, stride, pad, len).collect();
-                assert_eq!(
-                    got, want,
-                    "o={o} kernel={kernel} pad={pad} stride={stride} len={len}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn kernel_layouts_round_trip() {
-        let s = ConvShape::new((3, 5, 5), 4, (3, 2), (1, 1), ((1, 1), (0, 1))).unwrap();
-        let k: Vec<f32> = (0..4 * 3 * 3 * 2).map(|i| i as f32).collect();
-        let rows = kernel_rows(&s, &k);
-        let cols = kernel_cols(&s, &k);
-        let mut back = vec![0f32; k.len()];
-        rows_to_kernel(&s, &rows, &mut back);
-        assert_eq!(back, k);
-        // (patch, O) and (O, patch) are transposes of each other.
-        let mut t = vec![0f32; k.len()];
-        transpose(&rows, s.patch_len(), 4, &mut t);
-        assert_eq!(t, cols);
-        // Weight (o=1, c=2, ki=0, kj=1) sits at patch index (0·2 + 1)·3 + 2 = 5.
-        assert_eq!(cols[s.patch_len() + 5], k[((3 + 2) * 3) * 2 + 1]);
-    }
 }

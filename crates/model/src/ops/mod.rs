@@ -21,7 +21,9 @@ mod block;
 mod conv;
 mod dropout;
 mod gemm;
+mod lowering;
 mod pool;
+mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
 pub use conv::{conv2d, ConvShape};

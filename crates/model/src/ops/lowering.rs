@@ -1,0 +1,427 @@
+//! One image's convolution as matrix products on channels-last buffers, and its gradients.
+//!
+//! Two lowerings, picked per shape:
+//! * *Padded* (stride 1 and every pad at most kernel − 1: "same" and "valid"): the image is
+//!   copied channels-last into a zero-padded buffer of width `Wp = out_w + kw − 1`. For kernel
+//!   row `ki`, the patch rows of all outputs are then one strided view of that buffer — rows
+//!   `kw·C` long, `C` apart, overlapping — so the convolution is `kh` gemms read straight from
+//!   the image, with no patch matrix written and read back. Outputs land on a grid of pitch
+//!   `Wp`: the `kw − 1` positions past each row's end wrap around into the next row; they are
+//!   computed and ignored (6–12 % more multiply-adds for the tutorial's layers, less than
+//!   the patch matrix cost). The input gradient is the same product on the zero-padded output
+//!   gradient with the kernel flipped.
+//! * *Patches* (any other geometry): the patch matrix `(positions, kh·kw·C)` (im2row), on a
+//!   grid of pitch `out_w`.
+
+use std::ops::Range;
+
+use super::conv::ConvShape;
+use super::gemm::{matmul, MatRef};
+use super::transpose::{transpose, transpose_into};
+
+/// Where a convolution's outputs (or their gradients) sit in a channels-last buffer: output
+/// `(oy, ox)` at row `oy * pitch + ox`, `O` values per row; `len` rows in all.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    pub pitch: usize,
+    pub len: usize,
+}
+
+impl Grid {
+    pub fn of(s: &ConvShape) -> Self {
+        let pitch = if padded_lowering(s) {
+            s.out_w + s.kernel_w - 1
+        } else {
+            s.out_w
+        };
+        Grid {
+            pitch,
+            len: (s.out_h - 1) * pitch + s.out_w,
+        }
+    }
+
+    /// Zeros the rows between one output row's end and the next row's start.
+    pub fn zero_gaps(&self, s: &ConvShape, buf: &mut [f32]) {
+        let o = s.out_channels;
+        for oy in 0..s.out_h - 1 {
+            buf[(oy * self.pitch + s.out_w) * o..(oy + 1) * self.pitch * o].fill(0.0);
+        }
+    }
+}
+
+/// Whether `s` takes the padded lowering.
+fn padded_lowering(s: &ConvShape) -> bool {
+    let (pad_bottom, pad_right) = (
+        (s.out_h + s.kernel_h - 1).checked_sub(s.in_h + s.pad_top),
+        (s.out_w + s.kernel_w - 1).checked_sub(s.in_w + s.pad_left),
+    );
+    s.stride_h == 1
+        && s.stride_w == 1
+        && [s.pad_top, pad_bottom.unwrap_or(usize::MAX)]
+            .iter()
+            .all(|&p| p < s.kernel_h)
+        && [s.pad_left, pad_right.unwrap_or(usize::MAX)]
+            .iter()
+            .all(|&p| p < s.kernel_w)
+}
+
+/// Position of a kernel weight `(c, ki, kj)` in a patch row: `(ki, kj, c)` order, as Keras
+/// stores kernels, so that one kernel row of a patch is one run of the channels-last image.
+fn patch_index(s: &ConvShape, c: usize, ki: usize, kj: usize) -> usize {
+    (ki * s.kernel_w + kj) * s.in_channels + c
+}
+
+/// Calls `f(flat index in (O, C, kh, kw), output channel, input channel, ki, kj)` for every
+/// weight.
+fn for_each_weight(s: &ConvShape, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let mut flat = 0;
+    for o in 0..s.out_channels {
+        for c in 0..s.in_channels {
+            for ki in 0..s.kernel_h {
+                for kj in 0..s.kernel_w {
+                    f(flat, o, c, ki, kj);
+                    flat += 1;
+                }
+            }
+        }
+    }
+}
+
+/// `kernel (O, C, kh, kw)` as the `(patch, O)` matrix that turns patch rows into output rows.
+pub(crate) fn kernel_rows(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
+    let o = s.out_channels;
+    let mut rows = vec![0f32; kernel.len()];
+    for_each_weight(s, |flat, oc, c, ki, kj| {
+        rows[patch_index(s, c, ki, kj) * o + oc] = kernel[flat]
+    });
+    rows
+}
+
+/// The inverse of [`kernel_rows`]: a `(patch, O)` gradient into `kernel (O, C, kh, kw)`.
+pub(crate) fn rows_to_kernel(s: &ConvShape, rows: &[f32], kernel: &mut [f32]) {
+    let o = s.out_channels;
+    for_each_weight(s, |flat, oc, c, ki, kj| {
+        kernel[flat] = rows[patch_index(s, c, ki, kj) * o + oc]
+    });
+}
+
+/// The kernel as [`ImageConv::input_grad`] takes it: padded lowering, flipped and transposed,
+/// `((ki, kj, o), C)` with `(ki, kj)` counted from the far corner; patches, `(O, patch)`.
+pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
+    let (o, c, kk) = (s.out_channels, s.in_channels, s.patch_len());
+    let mut out = vec![0f32; kernel.len()];
+    let padded = padded_lowering(s);
+    for_each_weight(s, |flat, oc, ic, ki, kj| {
+        let at = if padded {
+            let (fi, fj) = (s.kernel_h - 1 - ki, s.kernel_w - 1 - kj);
+            ((fi * s.kernel_w + fj) * o + oc) * c + ic
+        } else {
+            oc * kk + patch_index(s, ic, ki, kj)
+        };
+        out[at] = kernel[flat];
+    });
+    out
+}
+
+/// One thread's buffers for convolving images of one shape, one image at a time.
+pub(crate) struct ImageConv {
+    s: ConvShape,
+    grid: Grid,
+    padded: bool,
+    /// Padded: the zero-padded channels-last image `(Hp·Wp, C)`; patches: `(H·W, C)`.
+    image: Vec<f32>,
+    /// Patches: the patch rows `(positions, kh·kw·C)`.
+    rows: Vec<f32>,
+    /// Backward, sized on first use. Padded: the zero-padded output gradient `(Hg·Wg, O)`;
+    /// patches: the input gradient's patch rows.
+    grad_buf: Vec<f32>,
+    /// Backward, sized on first use: the input gradient, channels-last (padded: pitch `Wg`).
+    dx_buf: Vec<f32>,
+}
+
+impl ImageConv {
+    pub fn new(s: &ConvShape) -> Self {
+        let padded = padded_lowering(s);
+        let (image, rows) = if padded {
+            let (hp, wp) = (s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1);
+            // The padding is zeroed once here; `load` writes only the inside.
+            (vec![0f32; hp * wp * s.in_channels], Vec::new())
+        } else {
+            (
+                vec![0f32; s.in_len()],
+                vec![0f32; s.positions() * s.patch_len()],
+            )
+        };
+        ImageConv {
+            s: *s,
+            grid: Grid::of(s),
+            padded,
+            image,
+            rows,
+            grad_buf: Vec::new(),
+            dx_buf: Vec::new(),
+        }
+    }
+
+    pub fn grid(&self) -> Grid {
+        self.grid
+    }
+
+    /// Takes image `x (C, H, W)`.
+    pub fn load(&mut self, x: &[f32]) {
+        let s = &self.s;
+        let (c, hw) = (s.in_channels, s.in_h * s.in_w);
+        if !self.padded {
+            transpose(x, c, hw, &mut self.image);
+            return im2row(s, &self.image, &mut self.rows);
+        }
+        let wp = self.grid.pitch;
+        for iy in 0..s.in_h {
+            let at = ((iy + s.pad_top) * wp + s.pad_left) * c;
+            transpose_into(&x[iy * s.in_w..], hw, c, s.in_w, &mut self.image[at..], c);
+        }
+    }
+
+    /// `out (grid, O)`: the loaded image convolved with [`kernel_rows`], before bias.
+    pub fn forward(&self, kernel_rows: &[f32], out: &mut [f32]) {
+        let s = &self.s;
+        let (o, kk) = (s.out_channels, s.patch_len());
+        if !self.padded {
+            let (a, b) = (MatRef::rows(&self.rows, kk), MatRef::rows(kernel_rows, o));
+            return matmul(out, a, b, (s.positions(), o, kk), false);
+        }
+        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
+        for ki in 0..s.kernel_h {
+            let patches = MatRef {
+                data: &self.image[ki * self.grid.pitch * c..],
+                row_stride: c,
+                col_stride: 1,
+            };
+            let b = MatRef::rows(&kernel_rows[ki * run * o..][..run * o], o);
+            matmul(out, patches, b, (self.grid.len, o, run), ki > 0);
+        }
+    }
+
+    /// `dkernel_rows (patch, O) += patchesᵀ · g` for the loaded image, `g (grid, O)` with zero
+    /// gaps.
+    pub fn kernel_grad(&self, g: &[f32], dkernel_rows: &mut [f32]) {
+        let s = &self.s;
+        let (o, kk) = (s.out_channels, s.patch_len());
+        if !self.padded {
+            let a = MatRef::transposed(&self.rows, kk);
+            return matmul(
+                dkernel_rows,
+                a,
+                MatRef::rows(g, o),
+                (kk, o, s.positions()),
+                true,
+            );
+        }
+        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
+        for ki in 0..s.kernel_h {
+            let patches_t = MatRef {
+                data: &self.image[ki * self.grid.pitch * c..],
+                row_stride: 1,
+                col_stride: c,
+            };
+            let dst = &mut dkernel_rows[ki * run * o..][..run * o];
+            matmul(
+                dst,
+                patches_t,
+                MatRef::rows(g, o),
+                (run, o, self.grid.len),
+                true,
+            );
+        }
+    }
+
+    /// The input gradient `dx (C, H, W)` (overwritten) of one image from its output gradient
+    /// `g (grid, O)` and [`input_grad_kernel`].
+    pub fn input_grad(&mut self, g: &[f32], kernel: &[f32], dx: &mut [f32]) {
+        let s = self.s;
+        let (o, c, hw) = (s.out_channels, s.in_channels, s.in_h * s.in_w);
+        if !self.padded {
+            let kk = s.patch_len();
+            if self.grad_buf.is_empty() {
+                self.grad_buf = vec![0f32; s.positions() * kk];
+                self.dx_buf = vec![0f32; s.in_len()];
+            }
+            let (a, b) = (MatRef::rows(g, o), MatRef::rows(kernel, kk));
+            matmul(&mut self.grad_buf, a, b, (s.positions(), kk, o), false);
+            self.dx_buf.fill(0.0);
+            row2im_add(&s, &self.grad_buf, &mut self.dx_buf);
+            return transpose(&self.dx_buf, hw, c, dx);
+        }
+        // dx is the "valid" convolution of the output gradient, zero-padded by kernel − 1 − pad
+        // on each side, with the flipped kernel.
+        let (kh, kw) = (s.kernel_h, s.kernel_w);
+        let (hg, wg) = (s.in_h + kh - 1, s.in_w + kw - 1);
+        let (top, left) = (kh - 1 - s.pad_top, kw - 1 - s.pad_left);
+        if self.grad_buf.is_empty() {
+            self.grad_buf = vec![0f32; hg * wg * o];
+            self.dx_buf = vec![0f32; ((s.in_h - 1) * wg + s.in_w) * c];
+        }
+        for oy in 0..s.out_h {
+            let src = &g[oy * self.grid.pitch * o..][..s.out_w * o];
+            self.grad_buf[((oy + top) * wg + left) * o..][..s.out_w * o].copy_from_slice(src);
+        }
+        let (rows, run) = (self.dx_buf.len() / c, kw * o);
+        for ki in 0..kh {
+            let a = MatRef {
+                data: &self.grad_buf[ki * wg * o..],
+                row_stride: o,
+                col_stride: 1,
+            };
+            let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
+            matmul(&mut self.dx_buf, a, b, (rows, c, run), ki > 0);
+        }
+        for iy in 0..s.in_h {
+            transpose_into(
+                &self.dx_buf[iy * wg * c..],
+                c,
+                s.in_w,
+                c,
+                &mut dx[iy * s.in_w..],
+                hw,
+            );
+        }
+    }
+}
+
+/// The kernel offsets `k < kernel` that put output index `o` on an input index
+/// `o * stride + k - pad` inside `0..len`: a contiguous range.
+fn kernel_span(o: usize, kernel: usize, stride: usize, pad: usize, len: usize) -> Range<usize> {
+    let start = o * stride;
+    let lo = pad.saturating_sub(start).min(kernel);
+    let hi = (len + pad).saturating_sub(start).min(kernel);
+    lo..hi.max(lo)
+}
+
+/// Where each output position's patch comes from in a channels-last image `(H·W, C)`: calls
+/// `f((oy, ox), kernel rows, kernel columns)` with the kernel offsets that land inside the
+/// image (empty when the patch lies wholly in the padding), then [`PatchRun`] turns a kernel
+/// row into the image run it reads.
+fn for_each_patch(s: &ConvShape, mut f: impl FnMut((usize, usize), Range<usize>, Range<usize>)) {
+    for oy in 0..s.out_h {
+        let kis = kernel_span(oy, s.kernel_h, s.stride_h, s.pad_top, s.in_h);
+        for ox in 0..s.out_w {
+            let kjs = kernel_span(ox, s.kernel_w, s.stride_w, s.pad_left, s.in_w);
+            f((oy, ox), kis.clone(), kjs);
+        }
+    }
+}
+
+/// One kernel row of a patch that lies inside the image: `len` values from `patch_at` in the
+/// patch row and from `image_at` in the channels-last image.
+struct PatchRun {
+    patch_at: usize,
+    image_at: usize,
+    len: usize,
+}
+
+impl PatchRun {
+    fn new(s: &ConvShape, (oy, ox): (usize, usize), ki: usize, kjs: &Range<usize>) -> Self {
+        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
+        let iy = oy * s.stride_h + ki - s.pad_top;
+        let ix = ox * s.stride_w + kjs.start - s.pad_left;
+        PatchRun {
+            patch_at: ki * run + kjs.start * c,
+            image_at: (iy * s.in_w + ix) * c,
+            len: kjs.len() * c,
+        }
+    }
+}
+
+/// A channels-last image `(H·W, C)` to its patch rows `(positions, kh·kw·C)`, zeros where the
+/// kernel overhangs the padding.
+fn im2row(s: &ConvShape, xh: &[f32], rows: &mut [f32]) {
+    let (c, kk, run) = (s.in_channels, s.patch_len(), s.kernel_w * s.in_channels);
+    for_each_patch(s, |(oy, ox), kis, kjs| {
+        let row = &mut rows[(oy * s.out_w + ox) * kk..][..kk];
+        if kjs.is_empty() {
+            return row.fill(0.0);
+        }
+        // Zeros only where the kernel overhangs the image; the rest is copied.
+        row[..kis.start * run].fill(0.0);
+        row[kis.end * run..].fill(0.0);
+        for ki in kis {
+            let part = &mut row[ki * run..][..run];
+            part[..kjs.start * c].fill(0.0);
+            part[kjs.end * c..].fill(0.0);
+            let r = PatchRun::new(s, (oy, ox), ki, &kjs);
+            row[r.patch_at..][..r.len].copy_from_slice(&xh[r.image_at..][..r.len]);
+        }
+    });
+}
+
+/// The adjoint of [`im2row`]: adds each patch-row entry onto its pixel of `dxh (H·W, C)`.
+fn row2im_add(s: &ConvShape, rows: &[f32], dxh: &mut [f32]) {
+    let kk = s.patch_len();
+    for_each_patch(s, |(oy, ox), kis, kjs| {
+        if kjs.is_empty() {
+            return;
+        }
+        let row = &rows[(oy * s.out_w + ox) * kk..][..kk];
+        for ki in kis {
+            let r = PatchRun::new(s, (oy, ox), ki, &kjs);
+            let dst = &mut dxh[r.image_at..][..r.len];
+            dst.iter_mut()
+                .zip(&row[r.patch_at..][..r.len])
+                .for_each(|(d, v)| *d += v);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_span_matches_brute_force() {
+        for (kernel, pad, stride, len) in [(3, 1, 1, 5), (3, 0, 2, 6), (5, 3, 2, 4), (4, 0, 3, 3)] {
+            for o in 0..8 {
+                let want: Vec<usize> = (0..kernel)
+                    .filter(|&k| {
+                        let i = (o * stride + k) as isize - pad as isize;
+                        i >= 0 && (i as usize) < len
+                    })
+                    .collect();
+                let got: Vec<usize> = kernel_span(o, kernel, stride, pad, len).collect();
+                assert_eq!(
+                    got, want,
+                    "o={o} kernel={kernel} pad={pad} stride={stride} len={len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_layouts_round_trip() {
+        let s = ConvShape::new((3, 5, 5), 4, (3, 2), (2, 1), ((1, 1), (0, 1))).unwrap();
+        assert!(!padded_lowering(&s));
+        let k: Vec<f32> = (0..4 * 3 * 3 * 2).map(|i| i as f32).collect();
+        let rows = kernel_rows(&s, &k);
+        let cols = input_grad_kernel(&s, &k);
+        let mut back = vec![0f32; k.len()];
+        rows_to_kernel(&s, &rows, &mut back);
+        assert_eq!(back, k);
+        // (patch, O) and (O, patch) are transposes of each other.
+        let mut t = vec![0f32; k.len()];
+        transpose(&rows, s.patch_len(), 4, &mut t);
+        assert_eq!(t, cols);
+        // Weight (o=1, c=2, ki=0, kj=1) sits at patch index (0·2 + 1)·3 + 2 = 5.
+        assert_eq!(cols[s.patch_len() + 5], k[((3 + 2) * 3) * 2 + 1]);
+    }
+
+    #[test]
+    fn lowering_follows_stride_and_padding() {
+        let same = ConvShape::new((3, 8, 8), 4, (3, 3), (1, 1), ((1, 1), (1, 1))).unwrap();
+        let valid = ConvShape::new((3, 8, 8), 4, (3, 3), (1, 1), ((0, 0), (0, 0))).unwrap();
+        let wide = ConvShape::new((3, 8, 8), 4, (3, 3), (1, 1), ((3, 0), (0, 0))).unwrap();
+        let strided = ConvShape::new((3, 8, 8), 4, (3, 3), (2, 2), ((1, 1), (1, 1))).unwrap();
+        assert!(padded_lowering(&same) && padded_lowering(&valid));
+        assert!(!padded_lowering(&wide) && !padded_lowering(&strided));
+        let g = Grid::of(&same);
+        assert_eq!((g.pitch, g.len), (10, 7 * 10 + 8));
+    }
+}
