@@ -2,14 +2,15 @@
 //!
 //! Two lowerings, picked per shape:
 //! * *Padded* (stride 1 and every pad at most kernel − 1: "same" and "valid"): the image is
-//!   copied channels-last into a zero-padded buffer of width `Wp = out_w + kw − 1`. For kernel
-//!   row `ki`, the patch rows of all outputs are then one strided view of that buffer — rows
-//!   `kw·C` long, `C` apart, overlapping — so the convolution is `kh` gemms read straight from
-//!   the image, with no patch matrix written and read back. Outputs land on a grid of pitch
-//!   `Wp`: the `kw − 1` positions past each row's end wrap around into the next row; they are
-//!   computed and ignored (6–12 % more multiply-adds for the tutorial's layers, less than
-//!   the patch matrix cost). The input gradient is the same product on the zero-padded output
-//!   gradient with the kernel flipped.
+//!   copied channels-last into a zero-bordered buffer ([`PaddedPlane`]) whose rows are
+//!   `P = W + max(left pad, right pad)` pixels: the zero columns past each row's end are that
+//!   row's right padding and the next row's left padding at once. For kernel row `ki`, the
+//!   patch rows of all outputs are then one strided view of that buffer — rows `kw·C` long,
+//!   `C` apart, overlapping — so the convolution is `kh` gemms read straight from the image,
+//!   with no patch matrix written and read back. Outputs land on a grid of pitch `P`: the
+//!   `P − out_w` positions past each row's end are computed and ignored (1 in 17 and 1 in 33
+//!   for the tutorial's layers, far less than the patch matrix cost). The input gradient is
+//!   the same product on the zero-bordered output gradient with the kernel flipped.
 //! * *Patches* (any other geometry): the patch matrix `(positions, kh·kw·C)` (im2row), on a
 //!   grid of pitch `out_w`.
 
@@ -30,7 +31,7 @@ pub(crate) struct Grid {
 impl Grid {
     pub fn of(s: &ConvShape) -> Self {
         let pitch = if padded_lowering(s) {
-            s.out_w + s.kernel_w - 1
+            PaddedPlane::input(s).pitch
         } else {
             s.out_w
         };
@@ -63,6 +64,113 @@ fn padded_lowering(s: &ConvShape) -> bool {
         && [s.pad_left, pad_right.unwrap_or(usize::MAX)]
             .iter()
             .all(|&p| p < s.kernel_w)
+}
+
+/// A `height x width` plane of `channels`-value pixels inside a zero border, as the padded
+/// lowering reads it: rows of `pitch` pixels; a leading zero row, `top` zero rows, the plane's
+/// rows (pixel `(y, x)` at row `1 + top + y`, column `x`, zeros in columns `width..pitch`),
+/// `bottom` zero rows. A stride-1 convolution of the bordered plane with a `kh x kw` kernel is
+/// then, for each kernel row `ki`, a product of [`PaddedPlane::view`]`(ki)` and that kernel
+/// row's weights, on a grid of pitch `pitch`.
+#[derive(Clone, Copy, Debug)]
+struct PaddedPlane {
+    top: usize,
+    left: usize,
+    width: usize,
+    pitch: usize,
+    rows: usize,
+    channels: usize,
+    kernel_w: usize,
+}
+
+impl PaddedPlane {
+    /// `(top, bottom, left, right)` zero padding around a `(height, width)` plane.
+    fn new(
+        (height, width): (usize, usize),
+        channels: usize,
+        (top, bottom, left, right): (usize, usize, usize, usize),
+        kernel_w: usize,
+    ) -> Self {
+        PaddedPlane {
+            top,
+            left,
+            width,
+            pitch: width + left.max(right),
+            rows: 1 + top + height + bottom,
+            channels,
+            kernel_w,
+        }
+    }
+
+    /// The convolution's input, padded as the convolution pads it.
+    fn input(s: &ConvShape) -> Self {
+        let bottom = s.out_h + s.kernel_h - 1 - s.in_h - s.pad_top;
+        let right = s.out_w + s.kernel_w - 1 - s.in_w - s.pad_left;
+        PaddedPlane::new(
+            (s.in_h, s.in_w),
+            s.in_channels,
+            (s.pad_top, bottom, s.pad_left, right),
+            s.kernel_w,
+        )
+    }
+
+    /// The output gradient, padded so that its convolution with the flipped kernel is the
+    /// input gradient: `kernel − 1 − pad` on each side.
+    fn output_grad(s: &ConvShape) -> Self {
+        let bottom = s.out_h + s.kernel_h - 1 - s.in_h - s.pad_top;
+        let right = s.out_w + s.kernel_w - 1 - s.in_w - s.pad_left;
+        let (kh, kw) = (s.kernel_h - 1, s.kernel_w - 1);
+        PaddedPlane::new(
+            (s.out_h, s.out_w),
+            s.out_channels,
+            (kh - s.pad_top, kh - bottom, kw - s.pad_left, kw - right),
+            s.kernel_w,
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.pitch * self.channels
+    }
+
+    /// Where pixel `(y, x)` of the plane starts in the buffer.
+    fn at(&self, y: usize, x: usize) -> usize {
+        ((1 + self.top + y) * self.pitch + x) * self.channels
+    }
+
+    /// Kernel row `ki`'s patches: grid position `p` is row `p`, `kw·channels` values from
+    /// `buf[start + p·channels]` (a column left of the plane reads the previous row's zeros).
+    fn view<'a>(&self, buf: &'a [f32], ki: usize) -> MatRef<'a> {
+        MatRef {
+            data: &buf[((1 + ki) * self.pitch - self.left) * self.channels..],
+            row_stride: self.channels,
+            col_stride: 1,
+        }
+    }
+
+    /// [`Self::view`] transposed, for the kernel gradient.
+    fn view_t<'a>(&self, buf: &'a [f32], ki: usize) -> MatRef<'a> {
+        let v = self.view(buf, ki);
+        MatRef {
+            row_stride: 1,
+            col_stride: self.channels,
+            ..v
+        }
+    }
+
+    /// Values in one kernel row of a patch.
+    fn run(&self) -> usize {
+        self.kernel_w * self.channels
+    }
+
+    /// Rows of the output grid for an output `out_h` rows by `out_w` wide.
+    fn grid_len(&self, (out_h, out_w): (usize, usize)) -> usize {
+        (out_h - 1) * self.pitch + out_w
+    }
+
+    /// Copies one plane row of `width·channels` values in.
+    fn write_row(&self, buf: &mut [f32], y: usize, row: &[f32]) {
+        buf[self.at(y, 0)..][..self.width * self.channels].copy_from_slice(row);
+    }
 }
 
 /// Position of a kernel weight `(c, ki, kj)` in a patch row: `(ki, kj, c)` order, as Keras
@@ -127,35 +235,34 @@ pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
 pub(crate) struct ImageConv {
     s: ConvShape,
     grid: Grid,
-    padded: bool,
-    /// Padded: the zero-padded channels-last image `(Hp·Wp, C)`; patches: `(H·W, C)`.
+    /// Padded lowering: the input plane's geometry; `None` for patches.
+    plane: Option<PaddedPlane>,
+    /// Padded: the zero-bordered channels-last image ([`PaddedPlane`]); patches: `(H·W, C)`.
     image: Vec<f32>,
     /// Patches: the patch rows `(positions, kh·kw·C)`.
     rows: Vec<f32>,
-    /// Backward, sized on first use. Padded: the zero-padded output gradient `(Hg·Wg, O)`;
-    /// patches: the input gradient's patch rows.
+    /// Backward, sized on first use. Padded: the zero-bordered output gradient; patches: the
+    /// input gradient's patch rows.
     grad_buf: Vec<f32>,
-    /// Backward, sized on first use: the input gradient, channels-last (padded: pitch `Wg`).
+    /// Backward, sized on first use: the input gradient, channels-last (padded: on a grid).
     dx_buf: Vec<f32>,
 }
 
 impl ImageConv {
     pub fn new(s: &ConvShape) -> Self {
-        let padded = padded_lowering(s);
-        let (image, rows) = if padded {
-            let (hp, wp) = (s.out_h + s.kernel_h - 1, s.out_w + s.kernel_w - 1);
-            // The padding is zeroed once here; `load` writes only the inside.
-            (vec![0f32; hp * wp * s.in_channels], Vec::new())
-        } else {
-            (
+        let plane = padded_lowering(s).then(|| PaddedPlane::input(s));
+        let (image, rows) = match plane {
+            // The border is zeroed once here; `load` writes only the inside.
+            Some(plane) => (vec![0f32; plane.len()], Vec::new()),
+            None => (
                 vec![0f32; s.in_len()],
                 vec![0f32; s.positions() * s.patch_len()],
-            )
+            ),
         };
         ImageConv {
             s: *s,
             grid: Grid::of(s),
-            padded,
+            plane,
             image,
             rows,
             grad_buf: Vec::new(),
@@ -171,14 +278,13 @@ impl ImageConv {
     pub fn load(&mut self, x: &[f32]) {
         let s = &self.s;
         let (c, hw) = (s.in_channels, s.in_h * s.in_w);
-        if !self.padded {
+        let Some(plane) = self.plane else {
             transpose(x, c, hw, &mut self.image);
             return im2row(s, &self.image, &mut self.rows);
-        }
-        let wp = self.grid.pitch;
+        };
         for iy in 0..s.in_h {
-            let at = ((iy + s.pad_top) * wp + s.pad_left) * c;
-            transpose_into(&x[iy * s.in_w..], hw, c, s.in_w, &mut self.image[at..], c);
+            let dst = &mut self.image[plane.at(iy, 0)..];
+            transpose_into(&x[iy * s.in_w..], hw, c, s.in_w, dst, c);
         }
     }
 
@@ -186,19 +292,15 @@ impl ImageConv {
     pub fn forward(&self, kernel_rows: &[f32], out: &mut [f32]) {
         let s = &self.s;
         let (o, kk) = (s.out_channels, s.patch_len());
-        if !self.padded {
+        let Some(plane) = self.plane else {
             let (a, b) = (MatRef::rows(&self.rows, kk), MatRef::rows(kernel_rows, o));
             return matmul(out, a, b, (s.positions(), o, kk), false);
-        }
-        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
+        };
+        let run = plane.run();
         for ki in 0..s.kernel_h {
-            let patches = MatRef {
-                data: &self.image[ki * self.grid.pitch * c..],
-                row_stride: c,
-                col_stride: 1,
-            };
             let b = MatRef::rows(&kernel_rows[ki * run * o..][..run * o], o);
-            matmul(out, patches, b, (self.grid.len, o, run), ki > 0);
+            let dims = (self.grid.len, o, run);
+            matmul(out, plane.view(&self.image, ki), b, dims, ki > 0);
         }
     }
 
@@ -207,31 +309,15 @@ impl ImageConv {
     pub fn kernel_grad(&self, g: &[f32], dkernel_rows: &mut [f32]) {
         let s = &self.s;
         let (o, kk) = (s.out_channels, s.patch_len());
-        if !self.padded {
-            let a = MatRef::transposed(&self.rows, kk);
-            return matmul(
-                dkernel_rows,
-                a,
-                MatRef::rows(g, o),
-                (kk, o, s.positions()),
-                true,
-            );
-        }
-        let (c, run) = (s.in_channels, s.kernel_w * s.in_channels);
+        let Some(plane) = self.plane else {
+            let (a, b) = (MatRef::transposed(&self.rows, kk), MatRef::rows(g, o));
+            return matmul(dkernel_rows, a, b, (kk, o, s.positions()), true);
+        };
+        let run = plane.run();
         for ki in 0..s.kernel_h {
-            let patches_t = MatRef {
-                data: &self.image[ki * self.grid.pitch * c..],
-                row_stride: 1,
-                col_stride: c,
-            };
             let dst = &mut dkernel_rows[ki * run * o..][..run * o];
-            matmul(
-                dst,
-                patches_t,
-                MatRef::rows(g, o),
-                (run, o, self.grid.len),
-                true,
-            );
+            let (a, b) = (plane.view_t(&self.image, ki), MatRef::rows(g, o));
+            matmul(dst, a, b, (run, o, self.grid.len), true);
         }
     }
 
@@ -240,7 +326,7 @@ impl ImageConv {
     pub fn input_grad(&mut self, g: &[f32], kernel: &[f32], dx: &mut [f32]) {
         let s = self.s;
         let (o, c, hw) = (s.out_channels, s.in_channels, s.in_h * s.in_w);
-        if !self.padded {
+        if self.plane.is_none() {
             let kk = s.patch_len();
             if self.grad_buf.is_empty() {
                 self.grad_buf = vec![0f32; s.positions() * kk];
@@ -252,38 +338,27 @@ impl ImageConv {
             row2im_add(&s, &self.grad_buf, &mut self.dx_buf);
             return transpose(&self.dx_buf, hw, c, dx);
         }
-        // dx is the "valid" convolution of the output gradient, zero-padded by kernel − 1 − pad
-        // on each side, with the flipped kernel.
-        let (kh, kw) = (s.kernel_h, s.kernel_w);
-        let (hg, wg) = (s.in_h + kh - 1, s.in_w + kw - 1);
-        let (top, left) = (kh - 1 - s.pad_top, kw - 1 - s.pad_left);
+        // dx is the stride-1 convolution of the output gradient, bordered by kernel − 1 − pad
+        // zeros on each side, with the flipped kernel: its grid is `H x W`.
+        let plane = PaddedPlane::output_grad(&s);
+        let rows = plane.grid_len((s.in_h, s.in_w));
         if self.grad_buf.is_empty() {
-            self.grad_buf = vec![0f32; hg * wg * o];
-            self.dx_buf = vec![0f32; ((s.in_h - 1) * wg + s.in_w) * c];
+            self.grad_buf = vec![0f32; plane.len()];
+            self.dx_buf = vec![0f32; rows * c];
         }
         for oy in 0..s.out_h {
             let src = &g[oy * self.grid.pitch * o..][..s.out_w * o];
-            self.grad_buf[((oy + top) * wg + left) * o..][..s.out_w * o].copy_from_slice(src);
+            plane.write_row(&mut self.grad_buf, oy, src);
         }
-        let (rows, run) = (self.dx_buf.len() / c, kw * o);
-        for ki in 0..kh {
-            let a = MatRef {
-                data: &self.grad_buf[ki * wg * o..],
-                row_stride: o,
-                col_stride: 1,
-            };
+        let run = plane.run();
+        for ki in 0..s.kernel_h {
             let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
+            let a = plane.view(&self.grad_buf, ki);
             matmul(&mut self.dx_buf, a, b, (rows, c, run), ki > 0);
         }
         for iy in 0..s.in_h {
-            transpose_into(
-                &self.dx_buf[iy * wg * c..],
-                c,
-                s.in_w,
-                c,
-                &mut dx[iy * s.in_w..],
-                hw,
-            );
+            let src = &self.dx_buf[iy * plane.pitch * c..];
+            transpose_into(src, c, s.in_w, c, &mut dx[iy * s.in_w..], hw);
         }
     }
 }
@@ -422,6 +497,6 @@ mod tests {
         assert!(padded_lowering(&same) && padded_lowering(&valid));
         assert!(!padded_lowering(&wide) && !padded_lowering(&strided));
         let g = Grid::of(&same);
-        assert_eq!((g.pitch, g.len), (10, 7 * 10 + 8));
+        assert_eq!((g.pitch, g.len), (9, 7 * 9 + 8));
     }
 }
