@@ -199,17 +199,19 @@ impl Model {
         let mut x = x.clone();
         let layers = self.spec.layers();
         let mut i = 0;
+        // Fused blocks hand the next fused block channels-last images; nothing else sees them.
+        let mut layout = ops::ImageLayout::Nchw;
         while i < layers.len() {
             let skip_softmax = skip_final_softmax && i == last;
             if fast {
-                if let Some((y, used)) = fast_layers(
+                if let Some((y, used, y_layout)) = fast_layers(
                     &layers[i..],
                     &self.weights[i..],
-                    &x,
+                    (&x, layout),
                     &mut mode,
                     skip_softmax,
                 )? {
-                    x = y;
+                    (x, layout) = (y, y_layout);
                     i += used;
                     continue;
                 }
@@ -274,27 +276,46 @@ fn pool_shape(
     })
 }
 
-/// The next layer or layers as [`crate::ops`] computes them on the CPU, and how many layers
-/// that took: Conv2D → MaxPool2D (→ Dropout) fused, or one Conv2D, MaxPool2D or Dropout;
-/// `None` where candle's ops do the work.
+/// Whether `layers` start with a Conv2D → MaxPool2D block that [`fast_layers`] fuses.
+fn starts_fused_block(layers: &[LayerSpec]) -> bool {
+    matches!(
+        (layers.first().map(|l| &l.kind), layers.get(1).map(|l| &l.kind)),
+        (Some(LayerKind::Conv2d(cfg)), Some(LayerKind::MaxPool2d(_)))
+            if cfg.activation != Activation::Softmax
+    )
+}
+
+/// The next layer or layers as [`crate::ops`] computes them on the CPU, how many layers that
+/// took and the output's layout: Conv2D → MaxPool2D (→ Dropout) fused, or one Conv2D,
+/// MaxPool2D or Dropout; `None` where candle's ops do the work. Only a fused block takes or
+/// gives channels-last images, and gives them only to the next fused block.
 fn fast_layers(
     layers: &[LayerSpec],
     weights: &[Vec<NamedWeight>],
-    x: &Tensor,
+    (x, layout): (&Tensor, ops::ImageLayout),
     mode: &mut Mode<'_>,
     skip_softmax: bool,
-) -> Result<Option<(Tensor, usize)>> {
+) -> Result<Option<(Tensor, usize, ops::ImageLayout)>> {
+    let nchw = ops::ImageLayout::Nchw;
+    if layout != nchw && !starts_fused_block(layers) {
+        return Err(ModelError::Config(format!(
+            "layer {}: internal error, channels-last input outside a fused block",
+            layers[0].name
+        )));
+    }
     let mut dropout_mask = |rate: f32, len: usize| match mode {
         Mode::Training(rng) if rate > 0.0 => Some(rng.mask(len, rate)),
         _ => None,
     };
     if let LayerKind::Dropout { rate } = layers[0].kind {
         return Ok(dropout_mask(rate, x.elem_count())
-            .map(|m| ops::dropout(x, m).map(|y| (y, 1)))
+            .map(|m| ops::dropout(x, m).map(|y| (y, 1, nchw)))
             .transpose()?);
     }
-    let &[n, c, h, w] = x.dims() else {
-        return Ok(None);
+    let (n, c, h, w) = match (x.dims(), layout) {
+        (&[n, c, h, w], ops::ImageLayout::Nchw) => (n, c, h, w),
+        (&[n, h, w, c], ops::ImageLayout::Nhwc) => (n, c, h, w),
+        _ => return Ok(None),
     };
     Ok(match &layers[0].kind {
         LayerKind::Conv2d(cfg) if cfg.activation != Activation::Softmax => {
@@ -309,30 +330,33 @@ fn fast_layers(
                         Some(LayerKind::Dropout { rate }) => (dropout_mask(*rate, out_len), 3),
                         _ => (None, 2),
                     };
-                    Some((
-                        ops::conv_pool(
-                            x,
-                            kernel,
-                            bias,
-                            ops::ConvPoolShape { conv, pool, relu },
-                            mask,
-                            matches!(mode, Mode::Training(_)),
-                        )?,
-                        used,
-                    ))
+                    let output = match starts_fused_block(&layers[used..]) {
+                        true => ops::ImageLayout::Nhwc,
+                        false => nchw,
+                    };
+                    let block = ops::ConvPoolShape {
+                        conv,
+                        pool,
+                        relu,
+                        input: layout,
+                        output,
+                    };
+                    let training = matches!(mode, Mode::Training(_));
+                    let y = ops::conv_pool(x, kernel, bias, block, mask, training)?;
+                    Some((y, used, output))
                 }
-                _ => Some((ops::conv2d(x, kernel, bias, conv, relu)?, 1)),
+                _ => Some((ops::conv2d(x, kernel, bias, conv, relu)?, 1, nchw)),
             }
         }
         LayerKind::Conv2d(cfg) => {
             let conv = conv_shape(&layers[0], cfg, (c, h, w))?;
             let (kernel, bias) = (weights[0][0].var.as_tensor(), weights[0][1].var.as_tensor());
             let y = ops::conv2d(x, kernel, bias, conv, false)?;
-            Some((activate(y, cfg.activation, skip_softmax)?, 1))
+            Some((activate(y, cfg.activation, skip_softmax)?, 1, nchw))
         }
         LayerKind::MaxPool2d(p) => {
             let pool = pool_shape(&layers[0], p, (h, w))?;
-            Some((ops::max_pool2d(x, pool)?, 1))
+            Some((ops::max_pool2d(x, pool)?, 1, nchw))
         }
         _ => None,
     })

@@ -326,6 +326,7 @@ proptest! {
         h in 2usize..12, w in 2usize..12, k in 1usize..4,
         pool in 1usize..4, stride in 1usize..3, same: bool,
         relu: bool, dropout: bool, input_grad: bool, seed: u64,
+        nhwc_in: bool, nhwc_out: bool,
     ) {
         // TensorFlow's "same" for stride 1: the odd row or column of padding goes last.
         let pad = if same { ((k - 1) / 2, k / 2) } else { (0, 0) };
@@ -345,13 +346,19 @@ proptest! {
             let (kv, bv) = (Var::from_tensor(&k_).unwrap(), Var::from_tensor(&b).unwrap());
             let input = if input_grad { xv.as_tensor().clone() } else { x.clone() };
             let y = if fused {
-                let block = ops::ConvPoolShape { conv, pool: pool_shape, relu };
+                // Channels-last input and output, when drawn, are permuted here so that the
+                // comparison (and the gradient reaching `xv`) is in NCHW.
+                let layout = |nhwc| if nhwc { ops::ImageLayout::Nhwc } else { ops::ImageLayout::Nchw };
+                let block = ops::ConvPoolShape {
+                    conv, pool: pool_shape, relu, input: layout(nhwc_in), output: layout(nhwc_out),
+                };
+                let input = if nhwc_in { input.permute((0, 2, 3, 1)).unwrap() } else { input };
                 let y = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), true).unwrap();
                 // The inference form computes the same values and records nothing.
                 let plain = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), false).unwrap();
                 assert!(!plain.track_op());
                 assert_close("inference output", &plain, &y, 0.0);
-                y
+                if nhwc_out { y.permute((0, 3, 1, 2)).unwrap() } else { y }
             } else {
                 let y = ops::max_pool2d(&ops::conv2d(&input, &kv, &bv, conv, relu).unwrap(), pool_shape).unwrap();
                 match &mask {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{conv_grads, ConvGradSource, ConvOperands, ConvShape};
+use super::conv::{conv_grads, ConvGradSource, ConvOperands, ConvShape, ImageLayout};
 use super::lowering::{kernel_rows, Grid, ImageConv};
 use super::pool::PoolShape;
 use super::transpose::transpose;
@@ -22,8 +22,9 @@ const CLIPPED: u32 = u32::MAX;
 
 /// `dropout(max_pool(relu(conv(x, kernel) + bias)))` for f32 CPU tensors; `relu` false leaves
 /// the activation out; `dropout_mask`, one value per output (0 or 1/(1-rate)), is applied when
-/// given. With `differentiable`, candle can take gradients for `x`, `kernel` and `bias`; without,
-/// (inference) the op records nothing for a backward pass.
+/// given, in NCHW order whatever the layouts. With `differentiable`, candle can take gradients
+/// for `x`, `kernel` and `bias`; without, (inference) the op records nothing for a backward
+/// pass. `x` and the result are laid out as `block.input` and `block.output` say.
 pub fn conv_pool(
     x: &Tensor,
     kernel: &Tensor,
@@ -32,7 +33,13 @@ pub fn conv_pool(
     dropout_mask: Option<Vec<f32>>,
     differentiable: bool,
 ) -> Result<Tensor> {
-    let ConvPoolShape { conv, pool, relu } = block;
+    let ConvPoolShape {
+        conv,
+        pool,
+        relu,
+        input,
+        output,
+    } = block;
     if (pool.in_h, pool.in_w) != (conv.out_h, conv.out_w) {
         candle_core::bail!(
             "conv-pool: the pool takes {}x{}, the convolution gives {}x{}",
@@ -46,6 +53,8 @@ pub fn conv_pool(
         conv,
         pool,
         relu,
+        input,
+        output,
         mask: dropout_mask.map(Arc::new),
         argmax: Mutex::new(None),
         record: differentiable,
@@ -57,19 +66,23 @@ pub fn conv_pool(
     }
 }
 
-/// A Conv2D → MaxPool2D block's geometry, and whether a ReLU sits between them.
+/// A Conv2D → MaxPool2D block's geometry, whether a ReLU sits between them, and how its input
+/// and output images are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvPoolShape {
     pub conv: ConvShape,
     pub pool: PoolShape,
     pub relu: bool,
+    pub input: ImageLayout,
+    pub output: ImageLayout,
 }
 
 /// Max-pools the channels-last convolution output `x (grid, O)` of one image (row `y·pitch + x`
 /// holds position `(y, x)`) into `y (out_h·out_w, O)`, adding the bias to each maximum (`max(v) + b = max(v + b)`) and
 /// applying the ReLU. `idx`, laid out like `y`, gets each maximum's position in `x` (the first
 /// in row-major order on ties), or [`CLIPPED`]. Each comparison runs across the channels at
-/// once, which the compiler vectorises.
+/// once, which the compiler vectorises (inlined into its callers: on its own it did not).
+#[inline(always)]
 fn pool_rows(
     p: &PoolShape,
     pitch: usize,
@@ -160,6 +173,8 @@ struct ConvPool {
     conv: ConvShape,
     pool: PoolShape,
     relu: bool,
+    input: ImageLayout,
+    output: ImageLayout,
     mask: Option<Arc<Vec<f32>>>,
     /// Per output value, channels-last `(N, pooled, O)`, the position of its maximum in the
     /// convolution's output plane, or [`CLIPPED`]; filled by the forward pass, taken by the
@@ -203,7 +218,7 @@ impl CustomOp3 for ConvPool {
             x,
             kernel: k,
             bias: b,
-        } = c.operands(self.name(), (xs, xl), (ks, kl), (bs, bl))?;
+        } = c.operands(self.name(), self.input, (xs, xl), (ks, kl), (bs, bl))?;
         let out_len = self.out_len();
         if let Some(m) = &self.mask {
             if m.len() != n * out_len {
@@ -221,21 +236,30 @@ impl CustomOp3 for ConvPool {
         // Inference keeps no positions. Positions are stored channels-last, as pooled.
         let mut argmax = vec![0u32; if self.record { n * out_len } else { 0 }];
         let image = |(i, y): (usize, &mut [f32]), bufs: &mut Buffers, idx: Option<&mut [u32]>| {
-            bufs.conv_in.load(&x[i * c.in_len()..][..c.in_len()]);
+            bufs.conv_in
+                .load(&x[i * c.in_len()..][..c.in_len()], self.input);
             bufs.conv_in.forward(&kr, &mut bufs.conv);
-            pool_rows(
-                p,
-                grid.pitch,
-                b,
-                self.relu,
-                &bufs.conv,
-                &mut bufs.pooled,
-                idx,
-            );
-            transpose(&bufs.pooled, plane, o, y);
-            if let Some(mask) = &self.mask {
-                let mask = &mask[i * out_len..][..out_len];
-                y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
+            let pitch = grid.pitch;
+            let mask = self.mask.as_ref().map(|m| &m[i * out_len..][..out_len]);
+            match self.output {
+                ImageLayout::Nchw => {
+                    let pooled = &mut bufs.pooled;
+                    pool_rows(p, pitch, b, self.relu, &bufs.conv, pooled, idx);
+                    transpose(pooled, plane, o, y);
+                    if let Some(mask) = mask {
+                        y.iter_mut().zip(mask).for_each(|(v, m)| *v *= m);
+                    }
+                }
+                ImageLayout::Nhwc => {
+                    pool_rows(p, pitch, b, self.relu, &bufs.conv, y, idx);
+                    if let Some(mask) = mask {
+                        for (q, y) in y.chunks_exact_mut(o).enumerate() {
+                            for (ch, v) in y.iter_mut().enumerate() {
+                                *v *= mask[ch * plane + q];
+                            }
+                        }
+                    }
+                }
             }
         };
         let init = || Buffers {
@@ -254,7 +278,10 @@ impl CustomOp3 for ConvPool {
                 .enumerate()
                 .for_each_init(init, |bufs, image_y| image(image_y, bufs, None));
         }
-        let dims = [n, c.out_channels, p.out_h, p.out_w];
+        let dims = match self.output {
+            ImageLayout::Nchw => [n, o, p.out_h, p.out_w],
+            ImageLayout::Nhwc => [n, p.out_h, p.out_w, o],
+        };
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }
 
@@ -274,10 +301,11 @@ impl CustomOp3 for ConvPool {
             conv: self.conv,
             pool: self.pool,
             out_len: self.out_len(),
+            output: self.output,
             argmax,
             mask: self.mask.clone(),
         };
-        conv_grads(x, grad_res, kernel, self.conv, scatter)
+        conv_grads(x, grad_res, kernel, self.conv, scatter, self.input)
     }
 }
 
@@ -287,6 +315,8 @@ struct Scatter {
     conv: ConvShape,
     pool: PoolShape,
     out_len: usize,
+    /// The layout of the op's output, and so of its gradient.
+    output: ImageLayout,
     argmax: Arc<Vec<u32>>,
     mask: Option<Arc<Vec<f32>>>,
 }
@@ -296,21 +326,36 @@ impl ConvGradSource for Scatter {
         self.out_len
     }
 
-    /// The output gradient `(O, pooled)`, times the dropout mask, at each window's maximum
-    /// in the channels-last `(grid, O)`; 0 elsewhere.
+    /// The output gradient (`(O, pooled)` or `(pooled, O)`), times the dropout mask, at each
+    /// window's maximum in the channels-last `(grid, O)`; 0 elsewhere.
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]) {
         let (o, len) = (self.conv.out_channels, self.out_len);
+        let plane = len / o;
         let idx = &self.argmax[i * len..][..len];
-        let mut masked = grad.to_vec();
-        if let Some(mask) = &self.mask {
-            masked
-                .iter_mut()
-                .zip(&mask[i * len..][..len])
-                .for_each(|(g, m)| *g *= m);
-        }
-        // Channels-last, like the recorded positions.
-        let mut g = vec![0f32; len];
-        transpose(&masked, o, len / o, &mut g);
+        let mask = self.mask.as_ref().map(|m| &m[i * len..][..len]);
+        // Channels-last, like the recorded positions; the mask is in NCHW order.
+        let g = match self.output {
+            ImageLayout::Nchw => {
+                let mut masked = grad.to_vec();
+                if let Some(mask) = mask {
+                    masked.iter_mut().zip(mask).for_each(|(g, m)| *g *= m);
+                }
+                let mut g = vec![0f32; len];
+                transpose(&masked, o, plane, &mut g);
+                g
+            }
+            ImageLayout::Nhwc => {
+                let mut g = grad.to_vec();
+                if let Some(mask) = mask {
+                    for (q, g) in g.chunks_exact_mut(o).enumerate() {
+                        for (ch, v) in g.iter_mut().enumerate() {
+                            *v *= mask[ch * plane + q];
+                        }
+                    }
+                }
+                g
+            }
+        };
         let (p, grid) = (&self.pool, Grid::of(&self.conv));
         let tiles = (p.pool_h, p.pool_w, p.stride_h, p.stride_w) == (2, 2, 2, 2)
             && (2 * p.out_h, 2 * p.out_w) == (self.conv.out_h, self.conv.out_w);

@@ -13,6 +13,16 @@ use super::transpose::transpose_into;
 /// additions (and so the result, to the bit) does not depend on how many threads run.
 const PARAM_GRAD_CHUNK: usize = 8;
 
+/// How the images entering or leaving an op lie in memory: NCHW, as every tensor of the model,
+/// or channels-last `(N, H, W, C)`, which the fused blocks pass each other (the ops work
+/// channels-last inside, so two transposes per image each way are saved).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ImageLayout {
+    #[default]
+    Nchw,
+    Nhwc,
+}
+
 /// The geometry of one convolution, batch size aside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvShape {
@@ -94,14 +104,25 @@ impl ConvShape {
         ]
     }
 
-    pub(crate) fn check_input(&self, op: &str, dims: &[usize]) -> Result<usize> {
+    /// The batch size of an input laid out as `layout` says, or an error naming the op.
+    pub(crate) fn check_input(
+        &self,
+        op: &str,
+        dims: &[usize],
+        layout: ImageLayout,
+    ) -> Result<usize> {
+        let (c, h, w) = (self.in_channels, self.in_h, self.in_w);
+        let expected = match layout {
+            ImageLayout::Nchw => [c, h, w],
+            ImageLayout::Nhwc => [h, w, c],
+        };
         match dims {
-            [n, c, h, w] if (*c, *h, *w) == (self.in_channels, self.in_h, self.in_w) => Ok(*n),
+            [n, rest @ ..] if rest == expected => Ok(*n),
             _ => candle_core::bail!(
-                "{op}: input {dims:?} does not match (N, {}, {}, {})",
-                self.in_channels,
-                self.in_h,
-                self.in_w
+                "{op}: input {dims:?} does not match {layout:?} (N, {}, {}, {})",
+                expected[0],
+                expected[1],
+                expected[2]
             ),
         }
     }
@@ -111,11 +132,12 @@ impl ConvShape {
     pub(crate) fn operands<'a>(
         &self,
         op: &str,
+        layout: ImageLayout,
         (xs, xl): (&'a CpuStorage, &Layout),
         (ks, kl): (&'a CpuStorage, &Layout),
         (bs, bl): (&'a CpuStorage, &Layout),
     ) -> Result<ConvOperands<'a>> {
-        let n = self.check_input(op, xl.dims())?;
+        let n = self.check_input(op, xl.dims(), layout)?;
         self.check_kernel(op, kl.dims())?;
         if bl.dims() != [self.out_channels] {
             candle_core::bail!(
@@ -189,7 +211,7 @@ impl CustomOp3 for Conv2dForward {
             x,
             kernel: k,
             bias: b,
-        } = s.operands(self.name(), (xs, xl), (ks, kl), (bs, bl))?;
+        } = s.operands(self.name(), ImageLayout::Nchw, (xs, xl), (ks, kl), (bs, bl))?;
         let (p, o) = (s.positions(), s.out_channels);
         let kr = kernel_rows(s, k);
         let grid = Grid::of(s);
@@ -199,7 +221,7 @@ impl CustomOp3 for Conv2dForward {
             .for_each_init(
                 || (ImageConv::new(s), vec![0f32; grid.len * o]),
                 |(conv, out), (y, x)| {
-                    conv.load(x);
+                    conv.load(x, ImageLayout::Nchw);
                     conv.forward(&kr, out);
                     for row in out.chunks_exact_mut(o) {
                         for (v, &bias) in row.iter_mut().zip(b) {
@@ -234,7 +256,8 @@ impl CustomOp3 for Conv2dForward {
         } else {
             grad
         };
-        conv_grads(x, &grad, kernel, self.shape, Direct { shape: self.shape })
+        let source = Direct { shape: self.shape };
+        conv_grads(x, &grad, kernel, self.shape, source, ImageLayout::Nchw)
     }
 }
 
@@ -317,6 +340,8 @@ pub(crate) struct ConvGrads<S> {
     pub shape: ConvShape,
     pub source: S,
     pub with_input: bool,
+    /// The layout of the input, and of its gradient.
+    pub input_layout: ImageLayout,
 }
 
 impl<S: ConvGradSource> ConvGrads<S> {
@@ -340,14 +365,14 @@ impl<S: ConvGradSource> ConvGrads<S> {
         let len = self.source.grad_len();
         for i in first..(first + PARAM_GRAD_CHUNK).min(n) {
             self.source.conv_grad(i, &grad[i * len..][..len], &mut g);
-            conv.load(&x[i * s.in_len()..][..s.in_len()]);
+            conv.load(&x[i * s.in_len()..][..s.in_len()], self.input_layout);
             conv.kernel_grad(&g, dk);
             for row in g.chunks_exact(o) {
                 db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
             if let Some(dx) = dx.as_deref_mut() {
                 let dx = &mut dx[(i - first) * s.in_len()..][..s.in_len()];
-                conv.input_grad(&g, input_kernel, dx);
+                conv.input_grad(&g, input_kernel, dx, self.input_layout);
             }
         }
         acc
@@ -369,7 +394,7 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         kl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let s = &self.shape;
-        let n = s.check_input(self.name(), xl.dims())?;
+        let n = s.check_input(self.name(), xl.dims(), self.input_layout)?;
         s.check_kernel(self.name(), kl.dims())?;
         if gl.dims().first() != Some(&n) || gl.shape().elem_count() != n * self.source.grad_len() {
             candle_core::bail!(
@@ -416,6 +441,7 @@ pub(crate) fn conv_grads<S: ConvGradSource + 'static>(
     kernel: &Tensor,
     shape: ConvShape,
     source: S,
+    input_layout: ImageLayout,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     // The network's input (the images) needs no gradient: skip the product for it.
     let with_input = x.track_op();
@@ -423,6 +449,7 @@ pub(crate) fn conv_grads<S: ConvGradSource + 'static>(
         shape,
         source,
         with_input,
+        input_layout,
     };
     let packed = x.apply_op3_no_bwd(&grad.contiguous()?, kernel, &op)?;
     let dx_len = if with_input { x.elem_count() } else { 0 };

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::conv::ConvShape;
+use super::conv::{ConvShape, ImageLayout};
 use super::gemm::{matmul, MatRef};
 use super::transpose::{transpose, transpose_into};
 
@@ -274,17 +274,27 @@ impl ImageConv {
         self.grid
     }
 
-    /// Takes image `x (C, H, W)`.
-    pub fn load(&mut self, x: &[f32]) {
+    /// Takes image `x`, `(C, H, W)` or `(H, W, C)` as `layout` says.
+    pub fn load(&mut self, x: &[f32], layout: ImageLayout) {
         let s = &self.s;
-        let (c, hw) = (s.in_channels, s.in_h * s.in_w);
-        let Some(plane) = self.plane else {
-            transpose(x, c, hw, &mut self.image);
-            return im2row(s, &self.image, &mut self.rows);
-        };
-        for iy in 0..s.in_h {
-            let dst = &mut self.image[plane.at(iy, 0)..];
-            transpose_into(&x[iy * s.in_w..], hw, c, s.in_w, dst, c);
+        let (c, hw, row) = (s.in_channels, s.in_h * s.in_w, s.in_w * s.in_channels);
+        match (self.plane, layout) {
+            (None, ImageLayout::Nchw) => {
+                transpose(x, c, hw, &mut self.image);
+                im2row(s, &self.image, &mut self.rows);
+            }
+            (None, ImageLayout::Nhwc) => im2row(s, x, &mut self.rows),
+            (Some(plane), ImageLayout::Nchw) => {
+                for iy in 0..s.in_h {
+                    let dst = &mut self.image[plane.at(iy, 0)..];
+                    transpose_into(&x[iy * s.in_w..], hw, c, s.in_w, dst, c);
+                }
+            }
+            (Some(plane), ImageLayout::Nhwc) => {
+                for (iy, x) in x.chunks_exact(row).enumerate() {
+                    plane.write_row(&mut self.image, iy, x);
+                }
+            }
         }
     }
 
@@ -321,9 +331,9 @@ impl ImageConv {
         }
     }
 
-    /// The input gradient `dx (C, H, W)` (overwritten) of one image from its output gradient
-    /// `g (grid, O)` and [`input_grad_kernel`].
-    pub fn input_grad(&mut self, g: &[f32], kernel: &[f32], dx: &mut [f32]) {
+    /// The input gradient `dx` (overwritten; `(C, H, W)` or `(H, W, C)` as `layout` says) of
+    /// one image from its output gradient `g (grid, O)` and [`input_grad_kernel`].
+    pub fn input_grad(&mut self, g: &[f32], kernel: &[f32], dx: &mut [f32], layout: ImageLayout) {
         let s = self.s;
         let (o, c, hw) = (s.out_channels, s.in_channels, s.in_h * s.in_w);
         if self.plane.is_none() {
@@ -334,6 +344,10 @@ impl ImageConv {
             }
             let (a, b) = (MatRef::rows(g, o), MatRef::rows(kernel, kk));
             matmul(&mut self.grad_buf, a, b, (s.positions(), kk, o), false);
+            if layout == ImageLayout::Nhwc {
+                dx.fill(0.0);
+                return row2im_add(&s, &self.grad_buf, dx);
+            }
             self.dx_buf.fill(0.0);
             row2im_add(&s, &self.grad_buf, &mut self.dx_buf);
             return transpose(&self.dx_buf, hw, c, dx);
@@ -358,7 +372,12 @@ impl ImageConv {
         }
         for iy in 0..s.in_h {
             let src = &self.dx_buf[iy * plane.pitch * c..];
-            transpose_into(src, c, s.in_w, c, &mut dx[iy * s.in_w..], hw);
+            match layout {
+                ImageLayout::Nchw => transpose_into(src, c, s.in_w, c, &mut dx[iy * s.in_w..], hw),
+                ImageLayout::Nhwc => {
+                    dx[iy * s.in_w * c..][..s.in_w * c].copy_from_slice(&src[..s.in_w * c])
+                }
+            }
         }
     }
 }
