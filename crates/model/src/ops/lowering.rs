@@ -66,6 +66,13 @@ fn padded_lowering(s: &ConvShape) -> bool {
             .all(|&p| p < s.kernel_w)
 }
 
+/// Whether the input gradient takes the padded lowering too. With few input channels (an RGB
+/// image) its products would be `C` columns wide, a poor gemm shape (conv2d_1's input
+/// gradient took twice as long); patch rows do better there.
+fn padded_input_grad(s: &ConvShape) -> bool {
+    padded_lowering(s) && s.in_channels >= 8
+}
+
 /// A `height x width` plane of `channels`-value pixels inside a zero border, as the padded
 /// lowering reads it: rows of `pitch` pixels; a leading zero row, `top` zero rows, the plane's
 /// rows (pixel `(y, x)` at row `1 + top + y`, column `x`, zeros in columns `width..pitch`),
@@ -218,7 +225,7 @@ pub(crate) fn rows_to_kernel(s: &ConvShape, rows: &[f32], kernel: &mut [f32]) {
 pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
     let (o, c, kk) = (s.out_channels, s.in_channels, s.patch_len());
     let mut out = vec![0f32; kernel.len()];
-    let padded = padded_lowering(s);
+    let padded = padded_input_grad(s);
     for_each_weight(s, |flat, oc, ic, ki, kj| {
         let at = if padded {
             let (fi, fj) = (s.kernel_h - 1 - ki, s.kernel_w - 1 - kj);
@@ -336,12 +343,24 @@ impl ImageConv {
     pub fn input_grad(&mut self, g: &[f32], kernel: &[f32], dx: &mut [f32], layout: ImageLayout) {
         let s = self.s;
         let (o, c, hw) = (s.out_channels, s.in_channels, s.in_h * s.in_w);
-        if self.plane.is_none() {
+        if !padded_input_grad(&s) {
             let kk = s.patch_len();
             if self.grad_buf.is_empty() {
                 self.grad_buf = vec![0f32; s.positions() * kk];
                 self.dx_buf = vec![0f32; s.in_len()];
             }
+            // The patch rows want one row per output position: drop the grid's gaps.
+            let compact;
+            let g = if self.grid.pitch == s.out_w {
+                g
+            } else {
+                let row = s.out_w * o;
+                compact = (0..s.out_h)
+                    .flat_map(|oy| &g[oy * self.grid.pitch * o..][..row])
+                    .copied()
+                    .collect::<Vec<f32>>();
+                &compact
+            };
             let (a, b) = (MatRef::rows(g, o), MatRef::rows(kernel, kk));
             matmul(&mut self.grad_buf, a, b, (s.positions(), kk, o), false);
             if layout == ImageLayout::Nhwc {
