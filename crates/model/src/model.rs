@@ -75,7 +75,9 @@ pub enum Kernels {
     /// elsewhere.
     #[default]
     Fast,
-    /// candle's own ops everywhere: the reference the fast kernels are tested against.
+    /// candle's own ops everywhere (max pooling as a reshape and max reductions, since candle's
+    /// `max_pool2d` has a wrong gradient): what CUDA runs, and the reference the fast kernels
+    /// are tested against.
     Candle,
 }
 
@@ -391,7 +393,7 @@ fn forward_layer(
             let y = y.broadcast_add(&bias.reshape((1, c.filters, 1, 1))?)?;
             activate(y, c.activation, skip_softmax)?
         }
-        LayerKind::MaxPool2d(p) => x.max_pool2d_with_stride(p.pool_size, p.strides)?,
+        LayerKind::MaxPool2d(p) => max_pool(x, p.pool_size, p.strides)?,
         LayerKind::AvgPool2d(p) => x.avg_pool2d_with_stride(p.pool_size, p.strides)?,
         LayerKind::Dropout { rate } => match mode {
             Mode::Training(rng) if *rate > 0.0 => {
@@ -426,6 +428,25 @@ fn forward_layer(
             activate(y, *activation, skip_softmax)?
         }
     })
+}
+
+/// Max pooling from candle's ops with the right gradient, for CUDA and `Kernels::Candle`.
+/// candle 0.11.1's `max_pool2d` backward divides the gradient by the window size and
+/// misplaces it when the input is not a multiple of the pool (tests/cpu_ops.rs pins both).
+/// Windows that do not overlap are a crop to whole windows (Keras' "valid" pooling drops the
+/// rest), a reshape and two max reductions, whose backward sends the gradient to the maxima;
+/// overlapping windows keep candle's op.
+fn max_pool(x: &Tensor, (ph, pw): (usize, usize), (sh, sw): (usize, usize)) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if (ph, pw) != (sh, sw) {
+        return Ok(x.max_pool2d_with_stride((ph, pw), (sh, sw))?);
+    }
+    let (oh, ow) = (h / ph, w / pw);
+    Ok(x.narrow(2, 0, oh * ph)?
+        .narrow(3, 0, ow * pw)?
+        .reshape((n, c, oh, ph, ow, pw))?
+        .max(5)?
+        .max(3)?)
 }
 
 fn conv(x: &Tensor, kernel: &Tensor, padding: usize, strides: (usize, usize)) -> Result<Tensor> {
