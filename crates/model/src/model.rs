@@ -278,19 +278,27 @@ fn pool_shape(
     })
 }
 
-/// Whether `layers` start with a Conv2D → MaxPool2D block that [`fast_layers`] fuses.
-fn starts_fused_block(layers: &[LayerSpec]) -> bool {
+/// Whether `layers` start with a Conv2D that [`fast_layers`] can feed channels-last images:
+/// one with a linear or ReLU activation, on its own or fused with its pool.
+fn takes_channels_last(layers: &[LayerSpec]) -> bool {
     matches!(
-        (layers.first().map(|l| &l.kind), layers.get(1).map(|l| &l.kind)),
-        (Some(LayerKind::Conv2d(cfg)), Some(LayerKind::MaxPool2d(_)))
-            if cfg.activation != Activation::Softmax
+        layers.first().map(|l| &l.kind),
+        Some(LayerKind::Conv2d(cfg)) if cfg.activation != Activation::Softmax
     )
+}
+
+/// Channels-last when the layers that follow take it, else NCHW.
+fn output_layout(next: &[LayerSpec]) -> ops::ImageLayout {
+    match takes_channels_last(next) {
+        true => ops::ImageLayout::Nhwc,
+        false => ops::ImageLayout::Nchw,
+    }
 }
 
 /// The next layer or layers as [`crate::ops`] computes them on the CPU, how many layers that
 /// took and the output's layout: Conv2D → MaxPool2D (→ Dropout) fused, or one Conv2D,
-/// MaxPool2D or Dropout; `None` where candle's ops do the work. Only a fused block takes or
-/// gives channels-last images, and gives them only to the next fused block.
+/// MaxPool2D or Dropout; `None` where candle's ops do the work. Only a Conv2D (with its pool,
+/// or alone) takes or gives channels-last images, and gives them only to the next Conv2D.
 fn fast_layers(
     layers: &[LayerSpec],
     weights: &[Vec<NamedWeight>],
@@ -299,7 +307,7 @@ fn fast_layers(
     skip_softmax: bool,
 ) -> Result<Option<(Tensor, usize, ops::ImageLayout)>> {
     let nchw = ops::ImageLayout::Nchw;
-    if layout != nchw && !starts_fused_block(layers) {
+    if layout != nchw && !takes_channels_last(layers) {
         return Err(ModelError::Config(format!(
             "layer {}: internal error, channels-last input outside a fused block",
             layers[0].name
@@ -332,10 +340,7 @@ fn fast_layers(
                         Some(LayerKind::Dropout { rate }) => (dropout_mask(*rate, out_len), 3),
                         _ => (None, 2),
                     };
-                    let output = match starts_fused_block(&layers[used..]) {
-                        true => ops::ImageLayout::Nhwc,
-                        false => nchw,
-                    };
+                    let output = output_layout(&layers[used..]);
                     let block = ops::ConvPoolShape {
                         conv,
                         pool,
@@ -347,7 +352,12 @@ fn fast_layers(
                     let y = ops::conv_pool(x, kernel, bias, block, mask, training)?;
                     Some((y, used, output))
                 }
-                _ => Some((ops::conv2d(x, kernel, bias, conv, relu)?, 1, nchw)),
+                _ => {
+                    let output = output_layout(&layers[1..]);
+                    let layouts = (layout, output);
+                    let y = ops::conv2d_with_layouts(x, kernel, bias, conv, relu, layouts)?;
+                    Some((y, 1, output))
+                }
             }
         }
         LayerKind::Conv2d(cfg) => {

@@ -73,9 +73,10 @@ fn reference_conv(
     }
 }
 
-/// Output and the gradients of `sum(y * r)` for x, kernel and bias.
+/// Output and the gradients of `sum(y * r)` for x, kernel and bias. `fast: Some(layouts)` runs
+/// ours with the input and output laid out so (permuted here: results are NCHW either way).
 fn conv_with_grads(
-    fast: bool,
+    fast: Option<(ops::ImageLayout, ops::ImageLayout)>,
     (x, k, b): (&Tensor, &Tensor, &Tensor),
     s: &ConvShape,
     pads: (usize, usize),
@@ -86,8 +87,18 @@ fn conv_with_grads(
         Var::from_tensor(k).unwrap(),
         Var::from_tensor(b).unwrap(),
     );
-    let y = if fast {
-        ops::conv2d(&x, &k, &b, *s, relu).unwrap()
+    let nhwc = ops::ImageLayout::Nhwc;
+    let y = if let Some((input, output)) = fast {
+        let xin = match input {
+            ops::ImageLayout::Nhwc => x.permute((0, 2, 3, 1)).unwrap(),
+            ops::ImageLayout::Nchw => x.as_tensor().clone(),
+        };
+        let y = ops::conv2d_with_layouts(&xin, &k, &b, *s, relu, (input, output)).unwrap();
+        if output == nhwc {
+            y.permute((0, 3, 1, 2)).unwrap()
+        } else {
+            y
+        }
     } else {
         reference_conv(&x, &k, &b, s, pads, relu)
     };
@@ -107,17 +118,19 @@ proptest! {
         kh in 1usize..4, kw in 1usize..4,
         sh in 1usize..3, sw in 1usize..3,
         pads in (0usize..3, 0usize..3, 0usize..3, 0usize..3),
-        relu: bool, seed: u64,
+        relu: bool, seed: u64, nhwc_in: bool, nhwc_out: bool,
     ) {
         let (top, bottom, left, right) = pads;
+        let layout = |nhwc| if nhwc { ops::ImageLayout::Nhwc } else { ops::ImageLayout::Nchw };
         let shape = ConvShape::new((c, h, w), o, (kh, kw), (sh, sw), ((top, bottom), (left, right)));
         prop_assume!(shape.is_some());
         let s = shape.unwrap();
         let x = rand(&[n, c, h, w], seed);
         let k = rand(&[o, c, kh, kw], seed ^ 1);
         let b = rand(&[o], seed ^ 2);
-        let fast = conv_with_grads(true, (&x, &k, &b), &s, (bottom, right), relu);
-        let reference = conv_with_grads(false, (&x, &k, &b), &s, (bottom, right), relu);
+        let layouts = (layout(nhwc_in), layout(nhwc_out));
+        let fast = conv_with_grads(Some(layouts), (&x, &k, &b), &s, (bottom, right), relu);
+        let reference = conv_with_grads(None, (&x, &k, &b), &s, (bottom, right), relu);
         for (i, what) in ["output", "input gradient", "kernel gradient", "bias gradient"].iter().enumerate() {
             assert_close(what, &fast[i], &reference[i], 1e-4);
         }
@@ -287,14 +300,14 @@ fn wrong_shapes_are_errors_not_panics() {
     assert!(PoolShape::new((1, 4), (2, 2), (2, 2)).is_none());
 }
 
-#[test]
-fn simple_cnn_trains_the_same_with_either_kernels() {
-    let x = rand(&[6, 3, 32, 32], 21).affine(0.5, 0.5).unwrap();
+/// A training-mode forward and backward (of the squared logits) of `spec` on `x` with either
+/// set of kernels: the same logits and weight gradients, to `1e-4` and `1e-3`.
+fn assert_same_training_step(spec: &simplecnn_model::Sequential, x: &Tensor) {
     let run = |kernels: Kernels| {
-        let mut model = Model::new(zoo::simple_cnn(), &CPU, 8).unwrap();
+        let mut model = Model::new(spec.clone(), &CPU, 8).unwrap();
         model.set_kernels(kernels);
         let mut rng = DropoutRng::new(4);
-        let logits = model.logits(&x, Mode::Training(&mut rng)).unwrap();
+        let logits = model.logits(x, Mode::Training(&mut rng)).unwrap();
         let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g: Vec<Tensor> = model
             .vars()
@@ -306,11 +319,17 @@ fn simple_cnn_trains_the_same_with_either_kernels() {
     let (fast, fast_grads) = run(Kernels::Fast);
     let (reference, reference_grads) = run(Kernels::Candle);
     assert_close("logits", &fast, &reference, 1e-4);
-    // Weights in order: conv2d_1, conv2d_2, dense_1, dense_2 (kernel, bias); the candle path
-    // pools with a reshape and max reductions, not candle's max_pool2d (see above).
     for (i, (a, b)) in fast_grads.iter().zip(&reference_grads).enumerate() {
         assert_close(&format!("gradient {i}"), a, b, 1e-3);
     }
+}
+
+#[test]
+fn simple_cnn_trains_the_same_with_either_kernels() {
+    // The candle path pools with a reshape and max reductions, not candle's max_pool2d (whose
+    // gradient is off, see above), so every gradient agrees.
+    let x = rand(&[6, 3, 32, 32], 21).affine(0.5, 0.5).unwrap();
+    assert_same_training_step(&zoo::simple_cnn(), &x);
 }
 
 #[test]
@@ -407,4 +426,41 @@ proptest! {
             assert_close(what, &fused[i], &separate[i], 1e-4);
         }
     }
+}
+
+#[test]
+fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
+    // VGG-style: conv → conv → pool, a strided conv, then conv → pool with dropout; the fast
+    // path hands channels-last images from each conv to the next.
+    use simplecnn_model::{
+        Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig, Sequential,
+    };
+    let mut spec = Sequential::new("chain", FeatureShape::image(3, 12, 12));
+    let conv = |f, p, a| LayerKind::Conv2d(Conv2dConfig::new(f, 3, p, a));
+    let pool = LayerKind::MaxPool2d(Pool2dConfig {
+        pool_size: (2, 2),
+        strides: (2, 2),
+    });
+    spec.add(conv(8, Padding::Same, Activation::Relu)).unwrap();
+    spec.add(conv(9, Padding::Same, Activation::Relu)).unwrap();
+    spec.add(pool).unwrap();
+    spec.add(LayerKind::Conv2d(Conv2dConfig {
+        strides: (2, 1),
+        ..Conv2dConfig::new(10, 3, Padding::Same, Activation::Linear)
+    }))
+    .unwrap();
+    spec.add(conv(8, Padding::Valid, Activation::Relu)).unwrap();
+    spec.add(LayerKind::MaxPool2d(Pool2dConfig {
+        pool_size: (1, 2),
+        strides: (1, 2),
+    }))
+    .unwrap();
+    spec.add(LayerKind::Dropout { rate: 0.25 }).unwrap();
+    spec.add(LayerKind::Flatten).unwrap();
+    spec.add(LayerKind::Dense {
+        units: 5,
+        activation: Activation::Softmax,
+    })
+    .unwrap();
+    assert_same_training_step(&spec, &rand(&[4, 3, 12, 12], 31));
 }

@@ -179,16 +179,33 @@ pub fn conv2d(
     shape: ConvShape,
     relu: bool,
 ) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &kernel.contiguous()?,
-        &bias.contiguous()?,
-        Conv2dForward { shape, relu },
-    )
+    conv2d_with_layouts(x, kernel, bias, shape, relu, Default::default())
+}
+
+/// [`conv2d`] with its input and output laid out as `(input, output)` say.
+pub fn conv2d_with_layouts(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    shape: ConvShape,
+    relu: bool,
+    (input, output): (ImageLayout, ImageLayout),
+) -> Result<Tensor> {
+    let op = Conv2dForward {
+        shape,
+        relu,
+        input,
+        output,
+    };
+    x.contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
 }
 
 struct Conv2dForward {
     shape: ConvShape,
     relu: bool,
+    input: ImageLayout,
+    output: ImageLayout,
 }
 
 impl CustomOp3 for Conv2dForward {
@@ -211,7 +228,7 @@ impl CustomOp3 for Conv2dForward {
             x,
             kernel: k,
             bias: b,
-        } = s.operands(self.name(), ImageLayout::Nchw, (xs, xl), (ks, kl), (bs, bl))?;
+        } = s.operands(self.name(), self.input, (xs, xl), (ks, kl), (bs, bl))?;
         let (p, o) = (s.positions(), s.out_channels);
         let kr = kernel_rows(s, k);
         let grid = Grid::of(s);
@@ -221,7 +238,7 @@ impl CustomOp3 for Conv2dForward {
             .for_each_init(
                 || (ImageConv::new(s), vec![0f32; grid.len * o]),
                 |(conv, out), (y, x)| {
-                    conv.load(x, ImageLayout::Nchw);
+                    conv.load(x, self.input);
                     conv.forward(&kr, out);
                     for row in out.chunks_exact_mut(o) {
                         for (v, &bias) in row.iter_mut().zip(b) {
@@ -234,11 +251,20 @@ impl CustomOp3 for Conv2dForward {
                     }
                     for oy in 0..s.out_h {
                         let row = &out[oy * grid.pitch * o..];
-                        transpose_into(row, o, s.out_w, o, &mut y[oy * s.out_w..], p);
+                        match self.output {
+                            ImageLayout::Nchw => {
+                                transpose_into(row, o, s.out_w, o, &mut y[oy * s.out_w..], p)
+                            }
+                            ImageLayout::Nhwc => y[oy * s.out_w * o..][..s.out_w * o]
+                                .copy_from_slice(&row[..s.out_w * o]),
+                        }
                     }
                 },
             );
-        let dims = [n, s.out_channels, s.out_h, s.out_w];
+        let dims = match self.output {
+            ImageLayout::Nchw => [n, o, s.out_h, s.out_w],
+            ImageLayout::Nhwc => [n, s.out_h, s.out_w, o],
+        };
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }
 
@@ -256,8 +282,11 @@ impl CustomOp3 for Conv2dForward {
         } else {
             grad
         };
-        let source = Direct { shape: self.shape };
-        conv_grads(x, &grad, kernel, self.shape, source, ImageLayout::Nchw)
+        let source = Direct {
+            shape: self.shape,
+            layout: self.output,
+        };
+        conv_grads(x, &grad, kernel, self.shape, source, self.input)
     }
 }
 
@@ -310,9 +339,11 @@ pub(crate) trait ConvGradSource: Send + Sync {
     fn conv_grad(&self, i: usize, grad: &[f32], out: &mut [f32]);
 }
 
-/// The convolution's output gradient is the op's output gradient `(O, positions)`.
+/// The convolution's output gradient is the op's output gradient, `(O, positions)` or
+/// `(positions, O)` as `layout` says.
 pub(crate) struct Direct {
     pub shape: ConvShape,
+    pub layout: ImageLayout,
 }
 
 impl ConvGradSource for Direct {
@@ -325,7 +356,14 @@ impl ConvGradSource for Direct {
         let (o, grid) = (s.out_channels, Grid::of(s));
         for oy in 0..s.out_h {
             let dst = &mut out[oy * grid.pitch * o..];
-            transpose_into(&grad[oy * s.out_w..], s.positions(), o, s.out_w, dst, o);
+            match self.layout {
+                ImageLayout::Nchw => {
+                    transpose_into(&grad[oy * s.out_w..], s.positions(), o, s.out_w, dst, o)
+                }
+                ImageLayout::Nhwc => {
+                    dst[..s.out_w * o].copy_from_slice(&grad[oy * s.out_w * o..][..s.out_w * o])
+                }
+            }
         }
         grid.zero_gaps(s, out);
     }

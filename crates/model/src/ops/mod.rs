@@ -26,7 +26,7 @@ mod pool;
 mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
-pub use conv::{conv2d, ConvShape, ImageLayout};
+pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout};
 pub use dropout::dropout;
 pub use pool::{max_pool2d, PoolShape};
 
