@@ -20,14 +20,6 @@ fn main() -> anyhow::Result<()> {
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0)?;
     let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
     let mut rng = DropoutRng::new(0);
-    if let Ok(steps) = std::env::var("TRAIN_FIRST") {
-        for step in 0..steps.parse::<usize>()? {
-            let idx: Vec<usize> = (step * 128..step * 128 + 128).collect();
-            let batch = data.train.batch(&idx, &Device::Cpu)?;
-            let logits = model.logits(&batch.images, Mode::Training(&mut rng))?;
-            adam.step(&categorical_cross_entropy(&logits, &batch.one_hot)?.backward()?)?;
-        }
-    }
     if std::env::var_os("INFERENCE").is_some() {
         // Batches of 1000, as the harness predicts.
         let (mut wall, mut cpu) = (0.0, 0.0);

@@ -77,11 +77,12 @@ pub struct ConvPoolShape {
     pub output: ImageLayout,
 }
 
-/// Max-pools the channels-last convolution output `x (grid, O)` of one image (row `y·pitch + x`
-/// holds position `(y, x)`) into `y (out_h·out_w, O)`, adding the bias to each maximum (`max(v) + b = max(v + b)`) and
-/// applying the ReLU. `idx`, laid out like `y`, gets each maximum's position in `x` (the first
-/// in row-major order on ties), or [`CLIPPED`]. Each comparison runs across the channels at
-/// once, which the compiler vectorises (inlined into its callers: on its own it did not).
+/// Max-pools the channels-last convolution output `x (grid, O)` of one image (row
+/// `y·pitch + x` holds position `(y, x)`) into `y (out_h·out_w, O)`, adding the bias to each
+/// maximum (`max(v) + b = max(v + b)`) and applying the ReLU. `idx`, laid out like `y`, gets
+/// each maximum's position in `x` (the first in row-major order on ties), or [`CLIPPED`]. Each
+/// comparison runs across the channels at once, which the compiler vectorises (inlined into
+/// its callers: on its own it did not).
 #[inline(always)]
 fn pool_rows(
     p: &PoolShape,
@@ -104,20 +105,16 @@ fn pool_rows(
             let first = y0 * pitch + x0;
             let idx = idx.as_deref_mut().map(|idx| &mut idx[q * ch..][..ch]);
             if !two_by_two {
-                // Any other window: one channel at a time, the first maximum in row-major order.
-                let window = || {
-                    (y0..y0 + p.pool_h)
-                        .flat_map(move |wy| (x0..x0 + p.pool_w).map(move |wx| wy * pitch + wx))
-                };
-                let mut at = vec![first; ch];
-                for (c, at) in at.iter_mut().enumerate() {
-                    for pos in window() {
-                        if x[pos * ch + c] > x[*at * ch + c] {
-                            *at = pos;
-                        }
+                // Any other window: one channel at a time.
+                let mut idx = idx;
+                for c in 0..ch {
+                    let at = p.window_argmax((oy, ox), pitch, |pos| x[pos * ch + c]);
+                    let (v, i) = finish(x[at * ch + c], at as u32, bias[c], relu);
+                    y[c] = v;
+                    if let Some(idx) = idx.as_deref_mut() {
+                        idx[c] = i;
                     }
                 }
-                finish(x, ch, &at, bias, relu, y, idx);
                 continue;
             }
             // The tutorial's pools, branch-free across the channels (vectorised): the two rows'
@@ -131,10 +128,7 @@ fn pool_rows(
                         let (m0, i0) = if b[c] > a[c] { (b[c], p1) } else { (a[c], p0) };
                         let (m1, i1) = if e[c] > d[c] { (e[c], p3) } else { (d[c], p2) };
                         let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
-                        let v = m + bias[c];
-                        let clipped = relu && v <= 0.0;
-                        y[c] = if clipped { 0.0 } else { v };
-                        idx[c] = if clipped { CLIPPED } else { i };
+                        (y[c], idx[c]) = finish(m, i, bias[c], relu);
                     }
                 }
                 None => {
@@ -148,25 +142,16 @@ fn pool_rows(
     }
 }
 
-/// The general window's finishing step: value at `at` plus bias, through the ReLU.
-fn finish(
-    x: &[f32],
-    ch: usize,
-    at: &[usize],
-    bias: &[f32],
-    relu: bool,
-    y: &mut [f32],
-    idx: Option<&mut [u32]>,
-) {
-    let mut idx = idx;
-    for c in 0..ch {
-        let v = x[at[c] * ch + c] + bias[c];
-        let clipped = relu && v <= 0.0;
-        y[c] = if clipped { 0.0 } else { v };
-        if let Some(idx) = idx.as_deref_mut() {
-            idx[c] = if clipped { CLIPPED } else { at[c] as u32 };
-        }
-    }
+/// A window's maximum `m`, found at `at`, plus the bias and through the ReLU: the pooled value
+/// and the position to record ([`CLIPPED`] where the ReLU cut it).
+#[inline(always)]
+fn finish(m: f32, at: u32, bias: f32, relu: bool) -> (f32, u32) {
+    let v = m + bias;
+    let clipped = relu && v <= 0.0;
+    (
+        if clipped { 0.0 } else { v },
+        if clipped { CLIPPED } else { at },
+    )
 }
 
 struct ConvPool {
@@ -278,10 +263,7 @@ impl CustomOp3 for ConvPool {
                 .enumerate()
                 .for_each_init(init, |bufs, image_y| image(image_y, bufs, None));
         }
-        let dims = match self.output {
-            ImageLayout::Nchw => [n, o, p.out_h, p.out_w],
-            ImageLayout::Nhwc => [n, p.out_h, p.out_w, o],
-        };
+        let dims = self.output.dims(n, o, p.out_h, p.out_w);
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }
 

@@ -23,6 +23,16 @@ pub enum ImageLayout {
     Nhwc,
 }
 
+impl ImageLayout {
+    /// The dims of `n` images of `c` channels, `h x w`, in this layout.
+    pub fn dims(self, n: usize, c: usize, h: usize, w: usize) -> [usize; 4] {
+        match self {
+            ImageLayout::Nchw => [n, c, h, w],
+            ImageLayout::Nhwc => [n, h, w, c],
+        }
+    }
+}
+
 /// The geometry of one convolution, batch size aside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvShape {
@@ -111,20 +121,17 @@ impl ConvShape {
         dims: &[usize],
         layout: ImageLayout,
     ) -> Result<usize> {
-        let (c, h, w) = (self.in_channels, self.in_h, self.in_w);
-        let expected = match layout {
-            ImageLayout::Nchw => [c, h, w],
-            ImageLayout::Nhwc => [h, w, c],
-        };
-        match dims {
-            [n, rest @ ..] if rest == expected => Ok(*n),
-            _ => candle_core::bail!(
+        let n = dims.first().copied().unwrap_or(0);
+        let expected = layout.dims(n, self.in_channels, self.in_h, self.in_w);
+        if dims != expected {
+            candle_core::bail!(
                 "{op}: input {dims:?} does not match {layout:?} (N, {}, {}, {})",
-                expected[0],
                 expected[1],
-                expected[2]
-            ),
+                expected[2],
+                expected[3]
+            );
         }
+        Ok(n)
     }
 
     /// The batch size and the values of a forward pass's input, kernel and bias, checked
@@ -261,10 +268,7 @@ impl CustomOp3 for Conv2dForward {
                     }
                 },
             );
-        let dims = match self.output {
-            ImageLayout::Nchw => [n, o, s.out_h, s.out_w],
-            ImageLayout::Nhwc => [n, s.out_h, s.out_w, o],
-        };
+        let dims = self.output.dims(n, o, s.out_h, s.out_w);
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }
 

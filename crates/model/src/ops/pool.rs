@@ -44,14 +44,20 @@ impl PoolShape {
         })
     }
 
-    /// The flat index inside one input plane of the first maximum of output window `(oy, ox)`.
-    pub(crate) fn argmax(&self, plane: &[f32], oy: usize, ox: usize) -> usize {
+    /// The first maximum (in row-major order) of output window `(oy, ox)`, as the position
+    /// `y · pitch + x` of an input whose value there is `value(position)`.
+    pub(crate) fn window_argmax(
+        &self,
+        (oy, ox): (usize, usize),
+        pitch: usize,
+        value: impl Fn(usize) -> f32,
+    ) -> usize {
         let (y0, x0) = (oy * self.stride_h, ox * self.stride_w);
-        let mut best = y0 * self.in_w + x0;
+        let mut best = y0 * pitch + x0;
         for y in y0..y0 + self.pool_h {
             for x in x0..x0 + self.pool_w {
-                let i = y * self.in_w + x;
-                if plane[i] > plane[best] {
+                let i = y * pitch + x;
+                if value(i) > value(best) {
                     best = i;
                 }
             }
@@ -83,16 +89,9 @@ struct MaxPool2d {
     argmax: Mutex<Option<Vec<u32>>>,
 }
 
-/// One plane: each window's maximum and its flat position in the plane (the first maximum on
-/// ties), passed through `finish` into `y` and `idx`; the fused conv block adds its bias and
-/// ReLU there, so both ops share this loop.
-pub(crate) fn pool_plane(
-    s: &PoolShape,
-    x: &[f32],
-    y: &mut [f32],
-    idx: &mut [u32],
-    finish: impl Fn(f32, usize) -> (f32, u32),
-) {
+/// One plane: each window's maximum into `y` and its flat position in the plane (the first
+/// maximum on ties) into `idx`.
+fn pool_plane(s: &PoolShape, x: &[f32], y: &mut [f32], idx: &mut [u32]) {
     if (s.pool_h, s.pool_w, s.stride_h, s.stride_w) == (2, 2, 2, 2) {
         // The tutorial's pools, branch-free: the two rows' maxima, then the larger (the
         // earlier one on ties, as the general scan below picks).
@@ -108,15 +107,15 @@ pub(crate) fn pool_plane(
                 let (m0, i0) = if b > a { (b, c + 1) } else { (a, c) };
                 let (m1, i1) = if e > d { (e, w + c + 1) } else { (d, w + c) };
                 let (m, i) = if m1 > m0 { (m1, i1) } else { (m0, i0) };
-                (y[ox], idx[ox]) = finish(m, r0 + i);
+                (y[ox], idx[ox]) = (m, (r0 + i) as u32);
             }
         }
         return;
     }
     for oy in 0..s.out_h {
         for ox in 0..s.out_w {
-            let at = s.argmax(x, oy, ox);
-            (y[oy * s.out_w + ox], idx[oy * s.out_w + ox]) = finish(x[at], at);
+            let at = s.window_argmax((oy, ox), s.in_w, |i| x[i]);
+            (y[oy * s.out_w + ox], idx[oy * s.out_w + ox]) = (x[at], at as u32);
         }
     }
 }
@@ -136,7 +135,7 @@ impl CustomOp1 for MaxPool2d {
         y.par_chunks_mut(plane_out)
             .zip(idx.par_chunks_mut(plane_out))
             .zip(x.par_chunks(plane_in))
-            .for_each(|((y, idx), x)| pool_plane(s, x, y, idx, |v, at| (v, at as u32)));
+            .for_each(|((y, idx), x)| pool_plane(s, x, y, idx));
         *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(idx);
         let dims = [n, c, s.out_h, s.out_w];
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
