@@ -6,8 +6,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use simplecnn_cifar::Batch;
 use simplecnn_model::{zoo, DropoutRng, FeatureShape, Kernels, Mode, Model, Sequential};
-use simplecnn_train::{loss::categorical_cross_entropy, Adam, AdamConfig};
+use simplecnn_train::{train_step, trainable_params, Adam, AdamConfig};
 
 const BATCH: usize = 128;
 
@@ -16,7 +17,7 @@ const KERNELS: [(&str, Kernels); 2] = [("fast", Kernels::Fast), ("candle", Kerne
 
 fn model(spec: Sequential, kernels: Kernels) -> Model {
     let mut model = Model::new(spec, &Device::Cpu, 0).unwrap();
-    model.set_kernels(kernels);
+    model.set_kernels(kernels).unwrap();
     model
 }
 
@@ -70,19 +71,20 @@ fn training_step(c: &mut Criterion) {
     group.sample_size(10);
     for (label, kernels) in KERNELS {
         let model = model(zoo::simple_cnn(), kernels);
-        let mut adam = Adam::new(model.vars(), AdamConfig::default()).unwrap();
+        let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
         let x = Tensor::rand(0f32, 1f32, (BATCH, 3, 32, 32), &Device::Cpu).unwrap();
-        let labels: Vec<f32> = (0..BATCH * 10)
+        let one_hot: Vec<f32> = (0..BATCH * 10)
             .map(|i| if i % 10 == (i / 10) % 10 { 1.0 } else { 0.0 })
             .collect();
-        let y = Tensor::from_vec(labels, (BATCH, 10), &Device::Cpu).unwrap();
+        let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 10).collect();
+        let batch = Batch {
+            images: x,
+            one_hot: Tensor::from_vec(one_hot, (BATCH, 10), &Device::Cpu).unwrap(),
+            labels: Tensor::from_vec(labels, BATCH, &Device::Cpu).unwrap(),
+        };
         let mut rng = DropoutRng::new(0);
         group.bench_function(BenchmarkId::new(label, "simple_cnn_b128"), |b| {
-            b.iter(|| {
-                let logits = model.logits(&x, Mode::Training(&mut rng)).unwrap();
-                let loss = categorical_cross_entropy(&logits, &y).unwrap();
-                adam.step(&loss.backward().unwrap()).unwrap();
-            })
+            b.iter(|| train_step(&model, &mut adam, &batch, &mut rng, 1e-3).unwrap())
         });
     }
     group.finish();

@@ -5,7 +5,9 @@ use std::time::Instant;
 use candle_core::Device;
 use simplecnn_bench::cpu_seconds;
 use simplecnn_model::{zoo, DropoutRng, Mode, Model};
-use simplecnn_train::{loss::categorical_cross_entropy, Adam, AdamConfig};
+use simplecnn_train::{
+    loss::categorical_cross_entropy, trainable_params, Adam, AdamConfig, Optimizer,
+};
 
 fn main() -> anyhow::Result<()> {
     simplecnn_train::tune_cpu_runtime();
@@ -18,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "data".into());
     let data = simplecnn_cifar::load(std::path::Path::new(&dir))?;
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0)?;
-    let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default())?;
     let mut rng = DropoutRng::new(0);
     if std::env::var_os("INFERENCE").is_some() {
         // Batches of 1000, as the harness predicts.
@@ -48,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         let (t1, c1) = (Instant::now(), cpu_seconds());
         let (t2, c2) = (Instant::now(), cpu_seconds());
         if std::env::var_os("FORWARD_ONLY").is_none() {
-            adam.step(&loss.backward()?)?;
+            adam.step(&loss.backward()?, 1e-3)?;
         }
         let (t3, c3) = (Instant::now(), cpu_seconds());
         if step >= 5 {

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
 use simplecnn_model::{zoo, DropoutRng, Kernels, Mode, Model};
-use simplecnn_train::{loss::categorical_cross_entropy, Adam, AdamConfig, TrainError};
+use simplecnn_train::{train_step, trainable_params, Adam, AdamConfig, TrainError};
 
 use crate::process::{cpu_seconds, peak_rss_mib};
 
@@ -129,8 +129,9 @@ pub fn measure(
         )));
     }
     let mut model = Model::new(zoo::simple_cnn(), device, c.seed)?;
-    model.set_kernels(c.kernels);
-    let mut adam = Adam::new(model.vars(), AdamConfig::default())?;
+    model.set_kernels(c.kernels)?;
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default())?;
+    let learning_rate = adam.config.learning_rate;
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(c.seed));
     let mut dropout = DropoutRng::new(c.seed);
@@ -145,10 +146,7 @@ pub fn measure(
             .collect();
         let batch = train.batch(&idx, device)?;
         let start = Instant::now();
-        let logits = model.logits(&batch.images, Mode::Training(&mut dropout))?;
-        let loss = categorical_cross_entropy(&logits, &batch.one_hot)?;
-        adam.step(&loss.backward()?)?;
-        let loss = loss.to_scalar::<f32>()? as f64;
+        let loss = train_step(&model, &mut adam, &batch, &mut dropout, learning_rate)?.loss;
         if step >= c.warmup_steps {
             step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             loss_sum += loss;

@@ -8,16 +8,23 @@ use plotters::style::{RGBColor, BLUE, CYAN, MAGENTA, RED};
 
 use simplecnn_bench::median;
 
-use crate::experiment::{self, BaselineArgs, BaselineOutcome, DeviceName, RecipeArgs};
+use crate::experiment::{self, DeviceArg, RunOutcome, Shorthands};
 use crate::{plots, provenance};
+use simplecnn_experiment::DeviceName;
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
     /// Devices to run on, in order (the first is the one speed-ups are relative to).
     #[arg(required = true, value_enum)]
-    pub devices: Vec<DeviceName>,
+    pub devices: Vec<DeviceArg>,
+    /// The experiment each device runs.
+    #[arg(long, default_value = "baseline")]
+    pub experiment: String,
+    /// Sets any key of the experiment, as `experiment --set` does.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     #[command(flatten)]
-    pub recipe: RecipeArgs,
+    pub recipe: Shorthands,
     #[arg(long, default_value = "results/compare")]
     pub out: PathBuf,
 }
@@ -31,8 +38,13 @@ fn unavailable(device: DeviceName) -> Option<String> {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
+    let mut overrides = args.set.clone();
+    overrides.extend(args.recipe.overrides());
+    // Checked before anything runs.
+    experiment::load(&args.experiment, &overrides)?;
+    let asked: Vec<DeviceName> = args.devices.iter().map(|d| d.name()).collect();
     let mut devices = Vec::new();
-    for &d in &args.devices {
+    for &d in &asked {
         if devices.contains(&d) {
             bail!("{} is named twice", d.as_str());
         }
@@ -46,7 +58,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
-    let names: Vec<&str> = args.devices.iter().map(|d| d.as_str()).collect();
+    let names: Vec<&str> = asked.iter().map(|d| d.as_str()).collect();
     let dir = experiment::unique_dir(
         &args.out,
         &format!("{}-{}", provenance::utc_stamp(), names.join("-")),
@@ -54,21 +66,19 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let mut outcomes = Vec::new();
     for &device in &devices {
         println!("== {} ==", device.as_str());
-        let outcome = experiment::run_baseline(BaselineArgs {
-            recipe: args.recipe.clone(),
-            device,
-            out: args.out.clone(),
-            run_dir: Some(dir.join(device.as_str())),
-        })?;
+        let mut with_device = overrides.clone();
+        with_device.push(format!("fit.device=\"{}\"", device.as_str()));
+        let loaded = experiment::load(&args.experiment, &with_device)?;
+        let outcome =
+            experiment::run_experiment(loaded.experiment, Some(dir.join(device.as_str())))?;
         outcomes.push((device, outcome));
     }
-    let skipped: Vec<String> = args
-        .devices
+    let skipped: Vec<String> = asked
         .iter()
         .filter(|d| !devices.contains(d))
         .filter_map(|&d| unavailable(d))
         .collect();
-    let table = markdown(&args, &outcomes, &skipped);
+    let table = markdown(&outcomes, &skipped);
     crate::files::write_atomic(&dir.join("compare.md"), |tmp| {
         Ok(std::fs::write(tmp, &table)?)
     })?;
@@ -80,7 +90,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
 
 /// Median seconds per epoch, leaving out the first (warm-up, kernel compilation) when there
 /// are more.
-fn seconds_per_epoch(o: &BaselineOutcome) -> f64 {
+fn seconds_per_epoch(o: &RunOutcome) -> f64 {
     let secs: Vec<f64> = o.history.epochs.iter().map(|e| e.seconds).collect();
     match secs.len() {
         0 | 1 => median(secs),
@@ -88,26 +98,27 @@ fn seconds_per_epoch(o: &BaselineOutcome) -> f64 {
     }
 }
 
-fn markdown(
-    args: &CompareArgs,
-    outcomes: &[(DeviceName, BaselineOutcome)],
-    skipped: &[String],
-) -> String {
+fn markdown(outcomes: &[(DeviceName, RunOutcome)], skipped: &[String]) -> String {
     let m = provenance::collect();
+    let Some(e) = outcomes.first().map(|(_, o)| &o.experiment) else {
+        return String::new();
+    };
     let mut s = format!(
-        "# SimpleCNN baseline on {}\n\n\
+        "# Experiment {} on {}\n\n\
          {} epoch(s), batch {}, seed {}{}; machine: {} ({} cores), host `{}`, commit `{}`.\n\n\
          | device | s/epoch (median) | train img/s | loss | acc | val_loss | val_acc | test loss | test acc | speed-up |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
+        e.name,
         outcomes
             .iter()
             .map(|(d, _)| d.as_str())
             .collect::<Vec<_>>()
             .join(" and "),
-        args.recipe.epochs,
-        args.recipe.batch_size,
-        args.recipe.seed,
-        args.recipe.subset
+        e.fit.epochs,
+        e.fit.batch_size,
+        e.fit.seed,
+        e.data
+            .subset
             .map_or(String::new(), |n| format!(", first {n} training images")),
         m.cpu_model,
         m.cpu_cores,
@@ -140,7 +151,7 @@ fn markdown(
     s
 }
 
-fn loss_plot(path: &Path, outcomes: &[(DeviceName, BaselineOutcome)]) -> Result<()> {
+fn loss_plot(path: &Path, outcomes: &[(DeviceName, RunOutcome)]) -> Result<()> {
     const COLOURS: [(RGBColor, RGBColor); 2] = [(BLUE, CYAN), (RED, MAGENTA)];
     let series: Vec<plots::Series> = outcomes
         .iter()

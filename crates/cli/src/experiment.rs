@@ -1,70 +1,113 @@
-//! `experiment baseline`: the tutorial's recipe, recorded under results/baseline/.
+//! `experiment NAME|FILE`: runs an experiment file (`experiments/<name>.toml`, any `.toml`, or
+//! a run's `config.json` to replay it) and records everything under its results folder.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
-use simplecnn_model::{zoo, Model};
-use simplecnn_train::{evaluate, fit, Adam, AdamConfig, FitConfig};
+use simplecnn_experiment::{
+    CallbackSpec, DeviceName, Experiment, KernelsName, Loaded, OptimizerSpec,
+};
+use simplecnn_model::{Kernels, Model};
+use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
+use simplecnn_train::{evaluate, fit, Callback, Control, EpochMetrics, History, StopReason};
 
 use simplecnn_bench::{cpu_seconds, peak_rss_mib};
 
 use crate::{data::data_dir, plots, provenance};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceName {
-    Cpu,
-    Cuda,
-}
-
-/// The tutorial's recipe, as far as a command line changes it.
-#[derive(clap::Args, Clone, Debug)]
-pub struct RecipeArgs {
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    pub epochs: u32,
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_size: u32,
-    /// CIFAR-10 folder, binary layout or image folders (default: CIFAR10_DIR, else data/).
+/// Today's flags, as shorthands for the experiment's common keys.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Shorthands {
+    /// fit.epochs
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub epochs: Option<u32>,
+    /// fit.batch_size
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: Option<u32>,
+    /// data.dir: CIFAR-10 folder, binary layout or image folders (default: CIFAR10_DIR, else data/).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Train on the first N training images only (the test split stays whole).
+    /// fit.seed
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// data.subset: train on the first N training images only (the test split stays whole).
     #[arg(long)]
     pub subset: Option<usize>,
 }
 
+impl Shorthands {
+    /// As `--set` overrides, applied after the file's and the explicit ones.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(v) = self.epochs {
+            o.push(format!("fit.epochs={v}"));
+        }
+        if let Some(v) = self.batch_size {
+            o.push(format!("fit.batch_size={v}"));
+        }
+        if let Some(v) = &self.data {
+            o.push(format!(
+                "data.dir={}",
+                toml_string(&v.display().to_string())
+            ));
+        }
+        if let Some(v) = self.seed {
+            o.push(format!("fit.seed={v}"));
+        }
+        if let Some(v) = self.subset {
+            o.push(format!("data.subset={v}"));
+        }
+        o
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
 #[derive(clap::Args, Debug)]
-pub struct BaselineArgs {
+pub struct ExperimentArgs {
+    /// An experiment name (experiments/<name>.toml), a .toml file, or a run's config.json
+    /// (replays that run).
+    pub experiment: String,
+    /// Sets any key of the experiment: `--set fit.epochs=2 --set optimizer.learning_rate=5e-4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     #[command(flatten)]
-    pub recipe: RecipeArgs,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceName,
-    /// Where runs go: a folder per run, and `latest` pointing at the newest.
-    #[arg(long, default_value = "results/baseline")]
-    pub out: PathBuf,
-    /// Write into exactly this folder (made here), with no `latest` link: for `compare`.
-    #[arg(skip)]
-    pub run_dir: Option<PathBuf>,
+    pub shorthands: Shorthands,
+    /// fit.device
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceArg>,
+    /// outputs.dir: where runs go (a folder per run, and `latest` pointing at the newest).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
-/// What a finished baseline run hands back to a caller that compares runs.
-pub struct BaselineOutcome {
-    pub history: simplecnn_train::History,
-    pub test: simplecnn_train::Evaluation,
-    pub train_images: usize,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
 }
 
-impl DeviceName {
-    pub fn as_str(self) -> &'static str {
+impl DeviceArg {
+    pub fn name(self) -> DeviceName {
         match self {
-            DeviceName::Cpu => "cpu",
-            DeviceName::Cuda => "cuda",
+            DeviceArg::Cpu => DeviceName::Cpu,
+            DeviceArg::Cuda => DeviceName::Cuda,
         }
     }
+}
+
+/// What a finished run hands back to a caller that compares runs.
+pub struct RunOutcome {
+    pub experiment: Experiment,
+    pub history: History,
+    pub test: simplecnn_train::Evaluation,
+    pub train_images: usize,
 }
 
 pub fn device(name: DeviceName) -> Result<Device> {
@@ -77,23 +120,65 @@ pub fn device(name: DeviceName) -> Result<Device> {
     }
 }
 
+/// Finds and reads the experiment: a file, `experiments/<name>.toml`, or one that comes with
+/// the program; `overrides` applied in order.
+pub fn load(name: &str, overrides: &[String]) -> Result<Loaded> {
+    match simplecnn_experiment::find(name, Path::new("experiments")) {
+        Ok(file) => Ok(simplecnn_experiment::load(&file, overrides)?),
+        Err(why) => match simplecnn_experiment::BUILT_IN
+            .iter()
+            .find(|(n, _)| *n == name)
+        {
+            Some((n, text)) => {
+                let origin = PathBuf::from(format!("<built-in experiments/{n}.toml>"));
+                Ok(simplecnn_experiment::load_text(text, &origin, overrides)?)
+            }
+            None => {
+                let built_in: Vec<&str> = simplecnn_experiment::BUILT_IN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                bail!("{why}; built in: {}", built_in.join(", "))
+            }
+        },
+    }
+}
+
+pub fn run(args: ExperimentArgs) -> Result<()> {
+    let mut overrides = args.set.clone();
+    overrides.extend(args.shorthands.overrides());
+    if let Some(d) = args.device {
+        overrides.push(format!("fit.device={}", toml_string(d.name().as_str())));
+    }
+    if let Some(out) = &args.out {
+        overrides.push(format!(
+            "outputs.dir={}",
+            toml_string(&out.display().to_string())
+        ));
+    }
+    let loaded = load(&args.experiment, &overrides)?;
+    if let Some(recorded) = &loaded.recorded_commit {
+        let now = provenance::collect().git_commit;
+        if *recorded != now {
+            eprintln!(
+                "warning: {} was recorded at commit {recorded}; this is commit {now}: results may differ",
+                loaded.file.display()
+            );
+        }
+    }
+    run_experiment(loaded.experiment, None).map(|_| ())
+}
+
 /// Everything that decides the run's result, and where it ran.
 #[derive(Serialize)]
 struct RunConfig<'a> {
-    experiment: &'static str,
-    model: &'static str,
+    /// The fully resolved experiment: `experiment` on this file replays the run.
+    experiment: &'a Experiment,
     params: usize,
-    data_dir: String,
+    trainable_params: usize,
     data_layout: String,
     train_images: usize,
     test_images: usize,
-    subset: Option<usize>,
-    device: DeviceName,
-    fit: &'a FitConfig,
-    optimizer: &'static str,
-    adam: AdamConfig,
-    loss: &'static str,
-    init_seed: u64,
     provenance: provenance::Provenance,
 }
 
@@ -158,14 +243,86 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn run_baseline(args: BaselineArgs) -> Result<BaselineOutcome> {
-    // Every argument is checked before the data is read or a folder is made.
-    let device = device(args.device)?;
-    let explicit_data = args.recipe.data.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
-    let data_dir = data_dir(args.recipe.data.clone());
-    if args.recipe.subset == Some(0) {
-        bail!("--subset must be at least 1");
+/// Keras' `verbose=2` line after each epoch.
+struct KerasLog {
+    epochs: usize,
+}
+
+impl Callback for KerasLog {
+    fn on_train_begin(&mut self, info: &TrainBegin) -> simplecnn_train::Result<()> {
+        self.epochs = info.epochs;
+        Ok(())
     }
+
+    fn on_epoch_end(
+        &mut self,
+        logs: &EpochMetrics,
+        _: &TrainState<'_>,
+    ) -> simplecnn_train::Result<Control> {
+        println!("{}", logs.keras_line(self.epochs));
+        Ok(Control::Continue)
+    }
+}
+
+/// A bar inside each epoch on a terminal (stderr), with the running loss and accuracy.
+struct ProgressBar {
+    bar: indicatif::ProgressBar,
+}
+
+impl ProgressBar {
+    fn new() -> Self {
+        Self {
+            bar: indicatif::ProgressBar::hidden(),
+        }
+    }
+}
+
+impl Callback for ProgressBar {
+    fn on_train_begin(&mut self, info: &TrainBegin) -> simplecnn_train::Result<()> {
+        if std::io::stderr().is_terminal() {
+            self.bar = indicatif::ProgressBar::new(info.steps_per_epoch as u64).with_style(
+                indicatif::ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed} - {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+        }
+        Ok(())
+    }
+
+    fn on_epoch_begin(&mut self, _: usize) -> simplecnn_train::Result<()> {
+        self.bar.reset();
+        Ok(())
+    }
+
+    fn on_batch_end(&mut self, b: &BatchEnd) -> simplecnn_train::Result<Control> {
+        self.bar.set_position(b.batch as u64);
+        self.bar
+            .set_message(format!("loss: {:.4} - acc: {:.4}", b.mean_loss, b.mean_acc));
+        Ok(Control::Continue)
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        _: &EpochMetrics,
+        _: &TrainState<'_>,
+    ) -> simplecnn_train::Result<Control> {
+        self.bar.finish_and_clear();
+        Ok(Control::Continue)
+    }
+
+    fn on_train_end(&mut self, _: &History) -> simplecnn_train::Result<()> {
+        self.bar.finish_and_clear();
+        Ok(())
+    }
+}
+
+/// Runs `experiment` into a new folder under its output folder, or into exactly `run_dir`
+/// (made here, no `latest` link: for `compare`).
+pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> Result<RunOutcome> {
+    // Every setting is checked (in `load`) before the data is read or a folder is made.
+    let dev = device(experiment.fit.device)?;
+    let explicit_data = experiment.data.dir.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
+    let data_dir = data_dir(experiment.data.dir.clone());
     let started = Instant::now();
     let cpu_start = cpu_seconds();
     if !explicit_data && simplecnn_cifar::detect(&data_dir).is_err() {
@@ -178,61 +335,57 @@ pub fn run_baseline(args: BaselineArgs) -> Result<BaselineOutcome> {
     }
     let mut data = simplecnn_cifar::load(&data_dir)?;
     let data_load_seconds = started.elapsed().as_secs_f64();
-    if let Some(n) = args.recipe.subset {
+    if let Some(n) = experiment.data.subset {
         if n > data.train.len() {
             bail!(
-                "--subset {n} is larger than the {} training images in {}",
+                "data.subset {n} is larger than the {} training images in {}",
                 data.train.len(),
                 data_dir.display()
             );
         }
         data.train = data.train.take(n);
     }
-    let fit_config = FitConfig {
-        epochs: args.recipe.epochs as usize,
-        batch_size: args.recipe.batch_size as usize,
-        validation_split: 0.1,
-        shuffle: true,
-        seed: args.recipe.seed,
-        early_stopping: None,
-        checkpoint_dir: None,
-        verbose: true,
-    };
+    let fit_config = experiment.fit_config();
     fit_config.validate(data.train.len())?;
-    let run_dir = match &args.run_dir {
+    let spec = experiment
+        .build_spec()
+        .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    let classes = spec.output_shape().elem_count();
+    if classes != data.train.num_classes() {
+        bail!(
+            "the model predicts {classes} classes, the data in {} has {}",
+            data_dir.display(),
+            data.train.num_classes()
+        );
+    }
+    let out = experiment.output_dir();
+    let make_latest = run_dir.is_none();
+    let run_dir = match &run_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create output folder {}", dir.display()))?;
             dir.clone()
         }
-        None => make_run_dir(&args.out, args.device)?,
-    };
-    let fit_config = FitConfig {
-        checkpoint_dir: Some(run_dir.join("checkpoints")),
-        ..fit_config
+        None => make_run_dir(&out, experiment.fit.device)?,
     };
 
-    let spec = zoo::simple_cnn();
-    let model = Model::new(spec, &device, args.recipe.seed)?;
+    let mut model = Model::new(spec, &dev, experiment.init_seed())?;
+    model.set_kernels(match experiment.fit.kernels {
+        KernelsName::Fast => Kernels::Fast,
+        KernelsName::Candle => Kernels::Candle,
+    })?;
     let summary = model.summary();
     print!("{summary}");
     std::fs::write(run_dir.join("summary.txt"), &summary)?;
-    let adam_config = AdamConfig::default();
+    // The resolved experiment names the data it read.
+    experiment.data.dir = Some(data_dir.clone());
     let config = RunConfig {
-        experiment: "baseline",
-        model: "simple_cnn",
+        experiment: &experiment,
         params: model.spec().param_count(),
-        data_dir: data_dir.display().to_string(),
+        trainable_params: model.spec().trainable_param_count(),
         data_layout: format!("{:?}", simplecnn_cifar::detect(&data_dir)?),
         train_images: data.train.len(),
         test_images: data.test.len(),
-        subset: args.recipe.subset,
-        device: args.device,
-        fit: &fit_config,
-        optimizer: "Adam",
-        adam: adam_config,
-        loss: "categorical_crossentropy",
-        init_seed: args.recipe.seed,
         provenance: provenance::collect(),
     };
     write_json(&run_dir.join("config.json"), &config)?;
@@ -243,28 +396,55 @@ pub fn run_baseline(args: BaselineArgs) -> Result<BaselineOutcome> {
         run_dir.display()
     );
 
-    let mut adam = Adam::new(model.vars(), adam_config)?;
-    let history = fit(&model, &mut adam, &data.train, &fit_config)?;
-    history.write_csv(&run_dir.join("epochs.csv"))?;
+    let mut optimizer = experiment.build_optimizer(&model)?;
+    let schedule = experiment.build_schedule();
+    let mut callbacks: Vec<Box<dyn Callback>> = experiment
+        .callbacks
+        .iter()
+        .map(|c| match c {
+            CallbackSpec::KerasLog {} => Box::new(KerasLog { epochs: 0 }) as Box<dyn Callback>,
+            CallbackSpec::ProgressBar {} => Box::new(ProgressBar::new()),
+            other => experiment
+                .build_callback(other, &run_dir)
+                .expect("non-printing callbacks are built by the experiment"),
+        })
+        .collect();
+    let history = fit(
+        &model,
+        optimizer.as_mut(),
+        schedule.as_ref(),
+        &data.train,
+        &fit_config,
+        &mut callbacks,
+    )?;
+    drop(callbacks);
     if let Some(reason) = &history.stopped {
         println!("{reason}");
     }
-    if !history.epochs.is_empty() {
+    if experiment.outputs.plots && !history.epochs.is_empty() {
         plots::loss_and_accuracy(&history, &run_dir)?;
     }
 
     // model.save('model.h5'), with Adam's state so training can resume from the file.
-    let (m, v) = adam.moments();
-    let adam_state = simplecnn_store::AdamState {
-        learning_rate: adam.config.learning_rate,
-        beta_1: adam.config.beta_1,
-        beta_2: adam.config.beta_2,
-        epsilon: adam.config.epsilon,
-        iterations: adam.iterations(),
-        m: m.to_vec(),
-        v: v.to_vec(),
+    let state = optimizer.state()?;
+    let adam_state = match experiment.optimizer {
+        OptimizerSpec::Adam {
+            learning_rate,
+            beta_1,
+            beta_2,
+            epsilon,
+        } => simplecnn_store::AdamState {
+            learning_rate,
+            beta_1,
+            beta_2,
+            epsilon,
+            iterations: state.iterations,
+            slots: state.slots,
+        },
     };
-    simplecnn_store::save_model(&model, &run_dir.join("model.h5"), Some(&adam_state))?;
+    for name in &experiment.outputs.save {
+        simplecnn_store::save_model(&model, &run_dir.join(name), Some(&adam_state))?;
+    }
 
     let test = evaluate(&model, &data.test, fit_config.batch_size)?;
     println!(
@@ -294,18 +474,15 @@ pub fn run_baseline(args: BaselineArgs) -> Result<BaselineOutcome> {
         stopped: history.stopped.as_ref().map(|s| s.to_string()),
     };
     write_json(&run_dir.join("run.json"), &totals)?;
-    if args.run_dir.is_none() {
-        update_latest(&args.out, &run_dir)?;
+    if make_latest {
+        update_latest(&out, &run_dir)?;
     }
     println!("results in {}", run_dir.display());
-    if history
-        .stopped
-        .as_ref()
-        .is_some_and(|s| matches!(s, simplecnn_train::StopReason::NonFiniteLoss { .. }))
-    {
+    if matches!(history.stopped, Some(StopReason::NonFiniteLoss { .. })) {
         bail!("training diverged");
     }
-    Ok(BaselineOutcome {
+    Ok(RunOutcome {
+        experiment,
         history,
         test,
         train_images: split_at,

@@ -37,11 +37,9 @@ enum Command {
     },
     /// Write images of the data set as upscaled PNGs with their class names.
     Show(show::ShowArgs),
-    /// Run an experiment and record everything under results/.
-    Experiment {
-        #[command(subcommand)]
-        which: ExperimentName,
-    },
+    /// Run an experiment file (experiments/<name>.toml, any .toml, or a run's config.json to
+    /// replay it) and record everything under results/<name>/.
+    Experiment(experiment::ExperimentArgs),
     /// Keras' `model.evaluate` on the test split for a saved model (ours or one Keras wrote).
     Evaluate {
         /// A Keras-layout .h5 model file.
@@ -76,12 +74,6 @@ enum ModelName {
     Vgg16,
 }
 
-#[derive(Subcommand)]
-enum ExperimentName {
-    /// The tutorial's recipe: SimpleCNN, Adam, batch 128, 10 epochs, validation split 0.1.
-    Baseline(experiment::BaselineArgs),
-}
-
 fn main() -> Result<()> {
     // Training speed depends on it (see simplecnn_train::tune_cpu_runtime).
     simplecnn_train::tune_cpu_runtime();
@@ -111,9 +103,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Show(args) => show::run(args),
-        Command::Experiment {
-            which: ExperimentName::Baseline(args),
-        } => experiment::run_baseline(args).map(|_| ()),
+        Command::Experiment(args) => experiment::run(args),
         Command::Evaluate {
             model,
             data,

@@ -34,6 +34,40 @@ fn tiny_folders(root: &Path, per_class: usize) {
     }
 }
 
+/// The epochs.csv rows without the timing columns (`seconds`, `images_per_second`).
+/// epoch, loss, acc, val_loss, val_acc, learning_rate.
+type EpochResult = (usize, f64, f64, Option<f64>, Option<f64>, f64);
+
+fn results_without_timing(run: &Path) -> Vec<EpochResult> {
+    History::read_csv(&run.join("epochs.csv"))
+        .unwrap()
+        .epochs
+        .iter()
+        .map(|e| {
+            (
+                e.epoch,
+                e.loss,
+                e.acc,
+                e.val_loss,
+                e.val_acc,
+                e.learning_rate,
+            )
+        })
+        .collect()
+}
+
+/// Every weight of a saved model, by name.
+fn saved_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let model = simplecnn_store::load_model(path, &candle_core::Device::Cpu).unwrap();
+    model
+        .weights()
+        .map(|w| {
+            let v = w.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (w.path(), v)
+        })
+        .collect()
+}
+
 /// Checks every file of a finished run; returns the run folder.
 fn check_run(out: &Path, epochs: usize, test_count: usize) -> PathBuf {
     let run = out.join("latest");
@@ -43,9 +77,16 @@ fn check_run(out: &Path, epochs: usize, test_count: usize) -> PathBuf {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["params"], 545_098);
-    assert_eq!(config["fit"]["epochs"], epochs);
-    assert_eq!(config["fit"]["validation_split"], 0.1);
-    assert_eq!(config["adam"]["epsilon"], 1e-7);
+    let experiment = &config["experiment"];
+    assert_eq!(experiment["name"], "baseline");
+    assert_eq!(experiment["fit"]["epochs"], epochs);
+    assert_eq!(experiment["data"]["validation_split"], 0.1);
+    assert_eq!(experiment["optimizer"]["kind"], "adam");
+    assert_eq!(experiment["optimizer"]["epsilon"], 1e-7);
+    assert!(
+        experiment["data"]["dir"].is_string(),
+        "the data folder is resolved"
+    );
     for key in ["git_commit", "cpu_model", "rustc", "timestamp_utc"] {
         assert!(
             config["provenance"][key]
@@ -447,4 +488,176 @@ fn bench_reference_needs_the_binary_layout_and_its_pythons() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("binary layout"), "{}", stderr(&o));
+}
+
+/// A run's config.json replays it: the same epochs.csv (timing aside) and the same weights.
+/// Overrides on the command line change the replayed experiment too.
+#[test]
+fn config_json_replays_the_run_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 6);
+    let out = tmp.path().join("out");
+    let first = xtask(&[
+        "experiment",
+        "baseline",
+        "--data",
+        data.to_str().unwrap(),
+        "--set",
+        "fit.epochs=2",
+        "--set",
+        "fit.batch_size=16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let run1 = out.join("latest").canonicalize().unwrap();
+    let replay = xtask(&["experiment", run1.join("config.json").to_str().unwrap()]);
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let run2 = out.join("latest").canonicalize().unwrap();
+    assert_ne!(run1, run2, "the replay is a run of its own");
+    assert_eq!(results_without_timing(&run1).len(), 2);
+    assert_eq!(results_without_timing(&run1), results_without_timing(&run2));
+    assert_eq!(
+        saved_weights(&run1.join("model.h5")),
+        saved_weights(&run2.join("model.h5"))
+    );
+    // Same commit: no warning about another one.
+    assert!(
+        !stderr(&replay).contains("recorded at commit"),
+        "{}",
+        stderr(&replay)
+    );
+
+    // A config from another commit replays with a warning naming both.
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run1.join("config.json")).unwrap()).unwrap();
+    config["provenance"]["git_commit"] = "0123456789abcdef".into();
+    let old = tmp.path().join("old-config.json");
+    std::fs::write(&old, config.to_string()).unwrap();
+    let o = xtask(&["experiment", old.to_str().unwrap(), "--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("0123456789abcdef"), "{}", stderr(&o));
+    let run3 = out.join("latest").canonicalize().unwrap();
+    assert_eq!(
+        results_without_timing(&run3),
+        results_without_timing(&run1)[..1]
+    );
+}
+
+/// A model written out layer by layer in an experiment file trains without any Rust, and its
+/// .h5 scores in `evaluate` what the run reported.
+#[test]
+fn a_model_of_your_own_from_a_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 6);
+    let out = tmp.path().join("out");
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/simple_cnn_3conv.toml");
+    let o = xtask(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.join("latest").canonicalize().unwrap();
+    let summary = std::fs::read_to_string(run.join("summary.txt")).unwrap();
+    assert!(summary.contains("conv2d_3 (Conv2D)"), "{summary}");
+    assert!(summary.contains("global_average_pooling2d_1"), "{summary}");
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    let o = xtask(&[
+        "evaluate",
+        "--model",
+        run.join("model.h5").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = format!(
+        "test loss: {:.4} - test accuracy: {:.4}",
+        test["loss"].as_f64().unwrap(),
+        test["accuracy"].as_f64().unwrap()
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), expected);
+}
+
+/// Mistakes in an experiment file or an override name the file and the key, before any data
+/// is read (the data folder here does not exist) or a folder is made.
+#[test]
+fn experiment_file_mistakes_name_the_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/baseline.toml"),
+    )
+    .unwrap();
+    let cases: Vec<(std::path::PathBuf, Vec<&str>, &str)> = vec![
+        (write("typo.toml", &base.replace("batch_size = 128", "bach_size = 128")), vec![], "unknown field `bach_size`"),
+        (write("type.toml", &base.replace("epochs = 10", "epochs = \"ten\"")), vec![], "fit.epochs"),
+        (write("lr.toml", &base.replace("learning_rate = 0.001", "learning_rate = -1.0")), vec![], "optimizer.learning_rate"),
+        (write("ok.toml", &base), vec!["--set", "fit.batch_size=0"], "fit.batch_size"),
+        (write("ok2.toml", &base), vec!["--set", "data.validation_split=1.5"], "data.validation_split"),
+        (write("ok3.toml", &base), vec!["--set", "nonsense"], "key=value"),
+        (write("cb.toml", &base.replace("kind = \"terminate_on_nan\"", "kind = \"terminate_on_nan\"\npatience = 3")), vec![], "callbacks[2]"),
+        (
+            write(
+                "layer.toml",
+                "name = \"x\"\n[model]\nlayers = [ { class_name = \"Conv2D\", filters = 4, kernel_size = 3, paddin = \"same\" } ]\n[optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 8\n",
+            ),
+            vec![],
+            "model.layers.0.paddin",
+        ),
+        (
+            write(
+                "shape.toml",
+                "name = \"x\"\n[model]\nlayers = [ { class_name = \"Dense\", units = 4 } ]\n[optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 8\n",
+            ),
+            vec![],
+            "model.layers",
+        ),
+    ];
+    for (file, extra, expected) in cases {
+        let mut args = vec![
+            "experiment",
+            file.to_str().unwrap(),
+            "--data",
+            "/nonexistent-data",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra.iter().copied());
+        let o = xtask(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{file:?} {extra:?} should fail");
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            err.contains(name) && err.contains(expected),
+            "{file:?} {extra:?}: {err}"
+        );
+        assert!(!err.contains("cargo xtask data"), "no data was read: {err}");
+        assert!(!out.exists(), "no folder made");
+    }
+    let o = xtask(&["experiment", "no_such_experiment"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("baseline"),
+        "lists what exists: {}",
+        stderr(&o)
+    );
 }

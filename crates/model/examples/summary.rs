@@ -7,10 +7,7 @@ use simplecnn_model::{zoo, Activation, LayerKind};
 fn main() -> Result<(), simplecnn_model::ModelError> {
     print!("{}", zoo::simple_cnn().summary());
     let mut vgg = zoo::vgg16();
-    vgg.add(LayerKind::Dense {
-        units: 16,
-        activation: Activation::Softmax,
-    })?;
+    vgg.add(LayerKind::dense(16, Activation::Softmax))?;
     print!("{}", vgg.summary());
     Ok(())
 }

@@ -29,10 +29,15 @@ mod error;
 mod layers;
 mod model;
 pub mod ops;
+mod plan;
 mod sequential;
 pub mod zoo;
 
 pub use error::{ModelError, Result};
-pub use layers::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig};
+pub use layers::{
+    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, DropoutConfig,
+    FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
+    InputLayer, Layer, LayerKind, MaxPooling2D, Padding, Pool2dConfig, WeightRole, WeightSpec,
+};
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use sequential::{thousands, LayerSpec, Sequential};

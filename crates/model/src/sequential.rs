@@ -86,14 +86,6 @@ impl Sequential {
                 "layer name {name} is used twice"
             )));
         }
-        if let LayerKind::Dropout { rate } = kind {
-            if !(0.0..1.0).contains(&rate) {
-                return Err(ModelError::Shape {
-                    layer: name,
-                    message: format!("dropout rate {rate} is not in [0, 1)"),
-                });
-            }
-        }
         let input = self.output_shape();
         let output = kind.output_shape(&name, &input)?;
         self.layers.push(LayerSpec {
@@ -216,17 +208,14 @@ mod tests {
         let mut s = Sequential::new("m", FeatureShape::Flat(4));
         s.add_named("a", LayerKind::Flatten).unwrap();
         assert!(s.add_named("a", LayerKind::Flatten).is_err());
-        assert!(s.add(LayerKind::Dropout { rate: 1.0 }).is_err());
+        assert!(s.add(LayerKind::dropout(1.0)).is_err());
     }
 
     #[test]
     fn dense_on_an_image_is_a_shape_error() {
         let mut s = Sequential::new("m", FeatureShape::image(3, 8, 8));
         let err = s
-            .add(LayerKind::Dense {
-                units: 4,
-                activation: crate::Activation::Relu,
-            })
+            .add(LayerKind::dense(4, crate::Activation::Relu))
             .unwrap_err();
         assert!(err.to_string().contains("dense_1"), "{err}");
     }

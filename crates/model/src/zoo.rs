@@ -1,7 +1,7 @@
 //! Ready-made networks: the tutorial's SimpleCNN and VGG-16.
 
 use crate::error::Result;
-use crate::layers::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig};
+use crate::layers::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding};
 use crate::sequential::Sequential;
 
 /// The tutorial's network for 32x32 RGB images and 10 classes (545 098 parameters):
@@ -21,23 +21,17 @@ pub fn simple_cnn_for(input: FeatureShape, classes: usize) -> Result<Sequential>
             Activation::Relu,
         ))
     };
-    let pool = LayerKind::MaxPool2d(Pool2dConfig::new(2));
-    let dropout = LayerKind::Dropout { rate: 0.25 };
+    let pool = LayerKind::max_pool(2);
+    let dropout = LayerKind::dropout(0.25);
     let mut s = Sequential::new("sequential_1", input);
     s.add(conv(32))?.add(pool)?.add(dropout)?;
     s.add(conv(64))?
         .add(pool)?
         .add(LayerKind::Flatten)?
         .add(dropout)?;
-    s.add(LayerKind::Dense {
-        units: 128,
-        activation: Activation::Relu,
-    })?
-    .add(dropout)?;
-    s.add(LayerKind::Dense {
-        units: classes,
-        activation: Activation::Softmax,
-    })?;
+    s.add(LayerKind::dense(128, Activation::Relu))?
+        .add(dropout)?;
+    s.add(LayerKind::dense(classes, Activation::Softmax))?;
     Ok(s)
 }
 
@@ -58,25 +52,16 @@ pub fn vgg16() -> Sequential {
             )
             .expect("fits");
         }
-        let pool = LayerKind::MaxPool2d(Pool2dConfig::new(2));
+        let pool = LayerKind::max_pool(2);
         s.add_named(format!("block{}_pool", block + 1), pool)
             .expect("fits");
     }
     s.add_named("flatten", LayerKind::Flatten).expect("flatten");
     for (name, units) in [("fc1", 4096), ("fc2", 4096)] {
-        s.add_named(
-            name,
-            LayerKind::Dense {
-                units,
-                activation: Activation::Relu,
-            },
-        )
-        .expect("dense");
+        s.add_named(name, LayerKind::dense(units, Activation::Relu))
+            .expect("dense");
     }
-    let predictions = LayerKind::Dense {
-        units: 1000,
-        activation: Activation::Softmax,
-    };
+    let predictions = LayerKind::dense(1000, Activation::Softmax);
     s.add_named("predictions", predictions).expect("dense");
     s
 }

@@ -305,7 +305,7 @@ fn wrong_shapes_are_errors_not_panics() {
 fn assert_same_training_step(spec: &simplecnn_model::Sequential, x: &Tensor) {
     let run = |kernels: Kernels| {
         let mut model = Model::new(spec.clone(), &CPU, 8).unwrap();
-        model.set_kernels(kernels);
+        model.set_kernels(kernels).unwrap();
         let mut rng = DropoutRng::new(4);
         let logits = model.logits(x, Mode::Training(&mut rng)).unwrap();
         let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
@@ -339,16 +339,18 @@ fn the_candle_path_pools_with_the_right_gradient() {
         simplecnn_model::Sequential::new("pool", simplecnn_model::FeatureShape::image(2, 5, 7));
     spec.add_named(
         "pool",
-        simplecnn_model::LayerKind::MaxPool2d(simplecnn_model::Pool2dConfig {
-            pool_size: (2, 2),
-            strides: (2, 2),
-        }),
+        simplecnn_model::LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(
+            simplecnn_model::Pool2dConfig {
+                pool_size: (2, 2),
+                strides: (2, 2),
+            },
+        )),
     )
     .unwrap();
     let x = rand(&[3, 2, 5, 7], 5);
     let grads = |kernels: Kernels| {
         let mut model = Model::new(spec.clone(), &CPU, 0).unwrap();
-        model.set_kernels(kernels);
+        model.set_kernels(kernels).unwrap();
         let xv = Var::from_tensor(&x).unwrap();
         let y = model.forward(xv.as_tensor(), Mode::Inference).unwrap();
         let r = rand(y.dims(), 6);
@@ -437,10 +439,10 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
     };
     let mut spec = Sequential::new("chain", FeatureShape::image(3, 12, 12));
     let conv = |f, p, a| LayerKind::Conv2d(Conv2dConfig::new(f, 3, p, a));
-    let pool = LayerKind::MaxPool2d(Pool2dConfig {
+    let pool = LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(Pool2dConfig {
         pool_size: (2, 2),
         strides: (2, 2),
-    });
+    }));
     spec.add(conv(8, Padding::Same, Activation::Relu)).unwrap();
     spec.add(conv(9, Padding::Same, Activation::Relu)).unwrap();
     spec.add(pool).unwrap();
@@ -450,17 +452,15 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
     }))
     .unwrap();
     spec.add(conv(8, Padding::Valid, Activation::Relu)).unwrap();
-    spec.add(LayerKind::MaxPool2d(Pool2dConfig {
-        pool_size: (1, 2),
-        strides: (1, 2),
-    }))
+    spec.add(LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(
+        Pool2dConfig {
+            pool_size: (1, 2),
+            strides: (1, 2),
+        },
+    )))
     .unwrap();
-    spec.add(LayerKind::Dropout { rate: 0.25 }).unwrap();
+    spec.add(LayerKind::dropout(0.25)).unwrap();
     spec.add(LayerKind::Flatten).unwrap();
-    spec.add(LayerKind::Dense {
-        units: 5,
-        activation: Activation::Softmax,
-    })
-    .unwrap();
+    spec.add(LayerKind::dense(5, Activation::Softmax)).unwrap();
     assert_same_training_step(&spec, &rand(&[4, 3, 12, 12], 31));
 }

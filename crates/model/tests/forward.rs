@@ -124,11 +124,7 @@ fn wrong_input_shape_is_an_error() {
 fn batch_normalization_normalises_per_channel_in_inference_only() {
     use simplecnn_model::{FeatureShape, LayerKind, Sequential};
     let mut s = Sequential::new("m", FeatureShape::image(2, 2, 2));
-    s.add(LayerKind::BatchNorm {
-        epsilon: 1e-3,
-        momentum: 0.99,
-    })
-    .unwrap();
+    s.add(LayerKind::BatchNorm(Default::default())).unwrap();
     assert_eq!(s.layers()[0].name, "batch_normalization_1");
     assert_eq!((s.param_count(), s.trainable_param_count()), (8, 4));
     let table = s.summary();
@@ -181,4 +177,84 @@ fn batch_normalization_normalises_per_channel_in_inference_only() {
         .forward(&x, Mode::Training(&mut DropoutRng::new(0)))
         .unwrap_err();
     assert!(err.to_string().contains("batch_normalization_1"), "{err}");
+}
+
+/// GlobalAveragePooling2D / GlobalMaxPooling2D: Keras' shapes and names, values against a
+/// direct computation, gradients against finite differences.
+#[test]
+fn global_pooling_values_shapes_and_gradients() {
+    use candle_core::{Device, Tensor, Var};
+    use simplecnn_model::{FeatureShape, LayerKind, Sequential};
+    let (n, c, h, w) = (2usize, 3usize, 4usize, 5usize);
+    let values: Vec<f32> = (0..n * c * h * w)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+        .collect();
+    for (kind, name) in [
+        (LayerKind::GlobalAvgPool2d, "global_average_pooling2d_1"),
+        (LayerKind::GlobalMaxPool2d, "global_max_pooling2d_1"),
+    ] {
+        let mut s = Sequential::new("m", FeatureShape::image(c, h, w));
+        s.add(kind).unwrap();
+        assert_eq!(s.layers()[0].name, name);
+        assert_eq!(s.output_shape(), FeatureShape::Flat(c));
+        assert_eq!(s.layers()[0].output.to_string(), "(None, 3)");
+        let model = Model::new(s, &Device::Cpu, 0).unwrap();
+        let x = Var::from_vec(values.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        let y = model.forward(x.as_tensor(), Mode::Inference).unwrap();
+        let got: Vec<Vec<f32>> = y.to_vec2().unwrap();
+        for (i, row) in got.iter().enumerate() {
+            for (ch, v) in row.iter().enumerate() {
+                let plane = &values[(i * c + ch) * h * w..(i * c + ch + 1) * h * w];
+                let expected = match kind {
+                    LayerKind::GlobalAvgPool2d => plane.iter().sum::<f32>() / plane.len() as f32,
+                    _ => plane.iter().cloned().fold(f32::MIN, f32::max),
+                };
+                assert!(
+                    (v - expected).abs() < 1e-5,
+                    "{name} [{i}][{ch}]: {v} vs {expected}"
+                );
+            }
+        }
+        // loss = sum(y * weights): d loss / dx by autograd and by central differences.
+        let weights = Tensor::new(&[[1.0f32, -2.0, 0.5], [0.25, 3.0, -1.0]], &Device::Cpu).unwrap();
+        let loss = |x: &Tensor| -> f64 {
+            let y = model.forward(x, Mode::Inference).unwrap();
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let y = model
+            .logits_with(x.as_tensor(), Mode::Inference, true)
+            .unwrap();
+        let grads = (y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g: Vec<f32> = grads
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let eps = 1e-2f32;
+        for i in (0..values.len()).step_by(7) {
+            let at = |d: f32| {
+                let mut v = values.clone();
+                v[i] += d;
+                loss(&Tensor::from_vec(v, (n, c, h, w), &Device::Cpu).unwrap())
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            assert!(
+                (numeric - g[i] as f64).abs() < 1e-3,
+                "{name} x[{i}]: {numeric} vs {}",
+                g[i]
+            );
+        }
+    }
 }

@@ -47,7 +47,7 @@ proptest! {
                    sh in 1usize..4, sw in 1usize..4, max in any::<bool>()) {
         prop_assume!(h >= ph && w >= pw);
         let cfg = Pool2dConfig { pool_size: (ph, pw), strides: (sh, sw) };
-        let kind = if max { LayerKind::MaxPool2d(cfg) } else { LayerKind::AvgPool2d(cfg) };
+        let kind = if max { LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(cfg)) } else { LayerKind::AvgPool2d(simplecnn_model::AveragePooling2D(cfg)) };
         let input = FeatureShape::image(c, h, w);
         let (reported, actual) = run_one(input, kind).unwrap();
         let expected = FeatureShape::image(c, formula(h, ph, sh, false), formula(w, pw, sw, false));

@@ -93,11 +93,7 @@ fn vgg16_layers_match_keras() {
 #[test]
 fn a_head_goes_on_any_model() {
     let mut vgg = zoo::vgg16();
-    vgg.add(LayerKind::Dense {
-        units: 16,
-        activation: Activation::Softmax,
-    })
-    .unwrap();
+    vgg.add(LayerKind::dense(16, Activation::Softmax)).unwrap();
     assert_eq!(vgg.layers().last().unwrap().name, "dense_1");
     assert_eq!(vgg.param_count(), 138_373_560);
     assert!(vgg.summary().contains("Total params: 138,373,560\n"));

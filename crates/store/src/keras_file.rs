@@ -1,5 +1,6 @@
 //! `save_model`, `load_model`, `load_weights` in Keras' `.h5` layout.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -13,8 +14,8 @@ use crate::layout::{
     KERAS_FORMAT_VERSION,
 };
 
-/// Adam's state in our layouts and in the order of `Model::trainable_weights()`, so training
-/// resumes from a file.
+/// Adam's state in our layouts, so training resumes from a file: `slots` are keyed by weight
+/// and slot, `conv2d_1/kernel/m` and `conv2d_1/kernel/v` (the train crate's naming).
 #[derive(Clone, Debug)]
 pub struct AdamState {
     pub learning_rate: f64,
@@ -22,8 +23,7 @@ pub struct AdamState {
     pub beta_2: f64,
     pub epsilon: f64,
     pub iterations: u64,
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    pub slots: BTreeMap<String, Tensor>,
 }
 
 /// How `load_weights` pairs the file's layers with the model's.
@@ -149,16 +149,6 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamSta
 fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Path) -> Result<()> {
     let spec = model.spec();
     let ws: Vec<_> = model.trainable_weights().collect();
-    if adam.m.len() != ws.len() || adam.v.len() != ws.len() {
-        return fail(
-            path,
-            format!(
-                "optimizer state has {} moments for {} weights",
-                adam.m.len(),
-                ws.len()
-            ),
-        );
-    }
     let g = file
         .create_group("optimizer_weights")
         .at(path, || "cannot create /optimizer_weights".into())?;
@@ -171,10 +161,14 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
         .create("iter:0")
         .and_then(|d| d.write_scalar(&(adam.iterations as i64)))
         .at(path, || "Adam/iter:0".into())?;
-    for (slot, moments) in [("m", &adam.m), ("v", &adam.v)] {
-        for (w, t) in ws.iter().zip(moments.iter()) {
+    for slot in ["m", "v"] {
+        for w in &ws {
+            let key = format!("{}/{slot}", w.path());
+            let Some(t) = adam.slots.get(&key) else {
+                return fail(path, format!("optimizer state has no {key}"));
+            };
             let layout = weight_layout(spec, w);
-            let group = format!("{}/{}", w.layer, w.name);
+            let group = w.path();
             let sub = a
                 .group(&group)
                 .or_else(|_| a.create_group(&group))
@@ -332,10 +326,10 @@ pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
         .and_then(|d| d.read_scalar())
         .at(path, || "Adam/iter:0".into())?;
     let spec = model.spec();
-    let (mut m, mut v) = (Vec::new(), Vec::new());
+    let mut slots = BTreeMap::new();
     for w in model.trainable_weights() {
         let layout = weight_layout(spec, w);
-        for (slot, out) in [("m", &mut m), ("v", &mut v)] {
+        for slot in ["m", "v"] {
             let name = format!("{}/{}/{slot}:0", w.layer, w.name);
             let ds = adam
                 .dataset(&name)
@@ -351,7 +345,8 @@ pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
                     ),
                 );
             }
-            out.push(
+            slots.insert(
+                format!("{}/{slot}", w.path()),
                 from_keras(&t, layout)
                     .and_then(|t| t.to_device(model.device()))
                     .at(path, || name.clone())?,
@@ -370,7 +365,6 @@ pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
         beta_2: get("beta_2", 0.999),
         epsilon: get("epsilon", 1e-7),
         iterations: iterations as u64,
-        m,
-        v,
+        slots,
     }))
 }

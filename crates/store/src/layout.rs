@@ -3,7 +3,8 @@
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use simplecnn_model::{
-    Activation, Conv2dConfig, FeatureShape, LayerKind, LayerSpec, Padding, Pool2dConfig, Sequential,
+    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, FeatureShape,
+    LayerKind, LayerSpec, MaxPooling2D, Padding, Pool2dConfig, Sequential, WeightRole,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -45,19 +46,23 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             ),
             initializers(),
         ),
-        LayerKind::MaxPool2d(p) | LayerKind::AvgPool2d(p) => merge(
+        LayerKind::MaxPool2d(MaxPooling2D(p)) | LayerKind::AvgPool2d(AveragePooling2D(p)) => merge(
             base,
             json!({
                 "pool_size": [p.pool_size.0, p.pool_size.1], "padding": "valid",
                 "strides": [p.strides.0, p.strides.1], "data_format": "channels_last"
             }),
         ),
-        LayerKind::Dropout { rate } => merge(
+        LayerKind::Dropout(d) => merge(
             base,
-            json!({"rate": *rate as f64, "noise_shape": null, "seed": null}),
+            json!({"rate": d.rate as f64, "noise_shape": null, "seed": null}),
         ),
         LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
-        LayerKind::BatchNorm { epsilon, momentum } => merge(
+        LayerKind::GlobalAvgPool2d | LayerKind::GlobalMaxPool2d => merge(
+            base,
+            json!({"data_format": "channels_last", "keepdims": false}),
+        ),
+        LayerKind::BatchNorm(BatchNormConfig { epsilon, momentum }) => merge(
             base,
             json!({
                 "axis": -1, "momentum": *momentum as f64, "epsilon": *epsilon as f64,
@@ -70,7 +75,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 "beta_constraint": null, "gamma_constraint": null
             }),
         ),
-        LayerKind::Dense { units, activation } => merge(
+        LayerKind::Dense(DenseConfig { units, activation }) => merge(
             merge(
                 base,
                 json!({"units": units, "activation": activation.keras_name(), "use_bias": true}),
@@ -130,18 +135,12 @@ fn pair(v: &Value, key: &str) -> Option<(usize, usize)> {
 }
 
 fn activation(v: &Value) -> Result<Activation, String> {
-    match v
+    let name = v
         .get("activation")
         .and_then(Value::as_str)
-        .unwrap_or("linear")
-    {
-        "linear" => Ok(Activation::Linear),
-        "relu" => Ok(Activation::Relu),
-        "softmax" => Ok(Activation::Softmax),
-        other => Err(format!(
-            "activation {other:?} is not supported (relu, softmax, linear are)"
-        )),
-    }
+        .unwrap_or("linear");
+    Activation::from_keras_name(name)
+        .ok_or_else(|| format!("activation {name:?} is not supported (relu, softmax, linear are)"))
 }
 
 fn input_shape(config: &Value) -> Option<FeatureShape> {
@@ -199,11 +198,11 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
             .and_then(Value::as_str)
             .unwrap_or("?");
         let cfg = &layer["config"];
-        let lname = cfg
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string();
+        // A layer without a name gets Keras' default (`conv2d_1`, …) when it is added.
+        let given_name = cfg.get("name").and_then(Value::as_str).map(str::to_string);
+        let lname = given_name
+            .clone()
+            .unwrap_or_else(|| format!("{class} layer"));
         let err = |m: String| ConfigError {
             layer: Some(lname.clone()),
             message: m,
@@ -265,15 +264,24 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                     strides: pair(cfg, "strides").unwrap_or(pool_size),
                 };
                 if class == "MaxPooling2D" {
-                    LayerKind::MaxPool2d(p)
+                    LayerKind::MaxPool2d(MaxPooling2D(p))
                 } else {
-                    LayerKind::AvgPool2d(p)
+                    LayerKind::AvgPool2d(AveragePooling2D(p))
                 }
             }
-            "Dropout" => LayerKind::Dropout {
-                rate: cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32,
-            },
+            "Dropout" => {
+                LayerKind::dropout(cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32)
+            }
             "Flatten" => LayerKind::Flatten,
+            "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+                if cfg.get("keepdims").and_then(Value::as_bool) == Some(true) {
+                    return Err(err(format!("{class} with keepdims=true is not supported")));
+                }
+                match class {
+                    "GlobalAveragePooling2D" => LayerKind::GlobalAvgPool2d,
+                    _ => LayerKind::GlobalMaxPool2d,
+                }
+            }
             "BatchNormalization" => {
                 for flag in ["center", "scale"] {
                     if cfg.get(flag).and_then(Value::as_bool) == Some(false) {
@@ -296,22 +304,21 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
                     return Err(err(format!("BatchNormalization over axis {axis:?} is not supported (only the channels)")));
                 }
-                LayerKind::BatchNorm {
+                LayerKind::BatchNorm(BatchNormConfig {
                     epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
                     momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99) as f32,
-                }
+                })
             }
             "Dense" => {
                 if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
                     return Err(err("Dense without bias is not supported".into()));
                 }
-                LayerKind::Dense {
-                    units: cfg
-                        .get("units")
+                LayerKind::dense(
+                    cfg.get("units")
                         .and_then(Value::as_u64)
                         .ok_or_else(|| err("no units".into()))? as usize,
-                    activation: activation(cfg).map_err(err)?,
-                }
+                    activation(cfg).map_err(err)?,
+                )
             }
             other => return Err(err(format!("layer class {other} is not supported"))),
         };
@@ -324,7 +331,15 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 seq.insert(Sequential::new(name, shape))
             }
         };
-        s.add_named(&lname, kind).map_err(|e| err(e.to_string()))?;
+        match given_name {
+            Some(name) => s.add_named(name, kind),
+            None => s.add(kind),
+        }
+        // The model's error names the layer itself.
+        .map_err(|e| ConfigError {
+            layer: None,
+            message: e.to_string(),
+        })?;
     }
     seq.ok_or_else(|| top("model_config has no layers"))
 }
@@ -348,11 +363,11 @@ pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
     let layers = spec.layers();
     match layers[index].kind {
         LayerKind::Conv2d(_) => KerasLayout::ConvKernel,
-        LayerKind::Dense { .. } => {
+        LayerKind::Dense(_) => {
             // Walk back over layers that keep the flat order (Dropout) to a Flatten.
             for l in layers[..index].iter().rev() {
                 match l.kind {
-                    LayerKind::Dropout { .. } | LayerKind::Input => continue,
+                    LayerKind::Dropout(_) | LayerKind::Input => continue,
                     LayerKind::Flatten => {
                         if let FeatureShape::Image {
                             channels,
@@ -380,7 +395,7 @@ pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
 /// The layout of one of the model's weights: its layer's kernel layout, or `Same` for biases.
 pub fn weight_layout(spec: &Sequential, weight: &simplecnn_model::NamedWeight) -> KerasLayout {
     match spec.layers().iter().position(|l| l.name == weight.layer) {
-        Some(index) if weight.name == "kernel" => kernel_layout(spec, index),
+        Some(index) if weight.role == WeightRole::Kernel => kernel_layout(spec, index),
         _ => KerasLayout::Same,
     }
 }

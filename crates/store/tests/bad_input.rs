@@ -102,10 +102,7 @@ fn a_failed_save_leaves_the_old_file_alone() {
     let mut spec = simplecnn_model::Sequential::new("s", simplecnn_model::FeatureShape::Flat(4));
     spec.add_named(
         "dénse",
-        simplecnn_model::LayerKind::Dense {
-            units: 2,
-            activation: simplecnn_model::Activation::Linear,
-        },
+        simplecnn_model::LayerKind::dense(2, simplecnn_model::Activation::Linear),
     )
     .unwrap();
     let bad = Model::new(spec, &Device::Cpu, 0).unwrap();

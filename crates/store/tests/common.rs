@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use simplecnn_model::{
-    Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig, Sequential,
-};
+use simplecnn_model::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Sequential};
 
 /// The network of tests/python/keras_h5.py, with Keras 2's default names.
 pub fn small_cnn() -> Sequential {
@@ -18,8 +16,8 @@ pub fn small_cnn() -> Sequential {
         Activation::Relu,
     )))
     .unwrap();
-    s.add(LayerKind::MaxPool2d(Pool2dConfig::new(2))).unwrap();
-    s.add(LayerKind::Dropout { rate: 0.25 }).unwrap();
+    s.add(LayerKind::max_pool(2)).unwrap();
+    s.add(LayerKind::dropout(0.25)).unwrap();
     s.add(LayerKind::Conv2d(Conv2dConfig::new(
         6,
         2,
@@ -28,17 +26,9 @@ pub fn small_cnn() -> Sequential {
     )))
     .unwrap();
     s.add(LayerKind::Flatten).unwrap();
-    s.add(LayerKind::Dropout { rate: 0.5 }).unwrap();
-    s.add(LayerKind::Dense {
-        units: 7,
-        activation: Activation::Relu,
-    })
-    .unwrap();
-    s.add(LayerKind::Dense {
-        units: 5,
-        activation: Activation::Softmax,
-    })
-    .unwrap();
+    s.add(LayerKind::dropout(0.5)).unwrap();
+    s.add(LayerKind::dense(7, Activation::Relu)).unwrap();
+    s.add(LayerKind::dense(5, Activation::Softmax)).unwrap();
     s
 }
 

@@ -15,25 +15,23 @@ fn simple_cnn_round_trips_with_optimizer_state() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cnn1.h5");
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 3).unwrap();
-    let moments = |scale: f64| -> Vec<Tensor> {
-        model
-            .weights()
-            .map(|w| {
-                Tensor::rand(0f32, 1f32, w.var.dims(), &Device::Cpu)
-                    .unwrap()
-                    .affine(scale, 0.0)
-                    .unwrap()
-            })
-            .collect()
-    };
+    let mut slots = std::collections::BTreeMap::new();
+    for w in model.trainable_weights() {
+        for (slot, scale) in [("m", 1.0), ("v", 0.01)] {
+            let t = Tensor::rand(0f32, 1f32, w.var.dims(), &Device::Cpu)
+                .unwrap()
+                .affine(scale, 0.0)
+                .unwrap();
+            slots.insert(format!("{}/{slot}", w.path()), t);
+        }
+    }
     let adam = AdamState {
         learning_rate: 5e-4,
         beta_1: 0.9,
         beta_2: 0.999,
         epsilon: 1e-7,
         iterations: 352,
-        m: moments(1.0),
-        v: moments(0.01),
+        slots,
     };
     save_model(&model, &path, Some(&adam)).unwrap();
     // Nothing but the finished file is left in the folder.
@@ -73,14 +71,18 @@ fn simple_cnn_round_trips_with_optimizer_state() {
         .expect("optimizer saved");
     assert_eq!(restored.iterations, 352);
     assert_eq!(restored.learning_rate, 5e-4);
-    for (a, b) in adam
-        .m
-        .iter()
-        .zip(&restored.m)
-        .chain(adam.v.iter().zip(&restored.v))
-    {
-        assert_eq!(values(a), values(b));
+    assert_eq!(
+        adam.slots.keys().collect::<Vec<_>>(),
+        restored.slots.keys().collect::<Vec<_>>()
+    );
+    for (key, a) in &adam.slots {
+        assert_eq!(values(a), values(&restored.slots[key]), "{key}");
     }
+    // A state that lacks a weight's slot is refused, naming it, and leaves no file.
+    let mut partial = adam.clone();
+    partial.slots.remove("dense_2/bias/v");
+    let err = save_model(&model, &dir.path().join("p.h5"), Some(&partial)).unwrap_err();
+    assert!(err.to_string().contains("dense_2/bias/v"), "{err}");
 }
 
 #[test]
@@ -104,5 +106,39 @@ fn a_file_without_optimizer_state_says_so() {
             tree.contains(expected),
             "inspect lacks {expected:?}:\n{tree}"
         );
+    }
+}
+
+/// GlobalAveragePooling2D and GlobalMaxPooling2D go through .h5 under Keras' class names and
+/// config keys, and come back predicting the same.
+#[test]
+fn global_pooling_layers_round_trip() {
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Padding, Sequential};
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, class) in [
+        (LayerKind::GlobalAvgPool2d, "GlobalAveragePooling2D"),
+        (LayerKind::GlobalMaxPool2d, "GlobalMaxPooling2D"),
+    ] {
+        let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
+        s.add(LayerKind::conv2d(6, 3, Padding::Same, Activation::Relu))
+            .unwrap();
+        s.add(kind).unwrap();
+        s.add(LayerKind::dense(4, Activation::Softmax)).unwrap();
+        let model = Model::new(s, &Device::Cpu, 5).unwrap();
+        let path = dir.path().join(format!("{class}.h5"));
+        save_model(&model, &path, None).unwrap();
+        let tree = simplecnn_store::inspect(&path).unwrap();
+        assert!(tree.contains(class), "{tree}");
+        let back = load_model(&path, &Device::Cpu).unwrap();
+        assert_eq!(back.summary(), model.summary());
+        assert_eq!(back.spec().layers()[1].kind, kind);
+        let x = Tensor::rand(0f32, 1f32, (3, 3, 8, 8), &Device::Cpu).unwrap();
+        let p = |m: &Model| {
+            m.forward(&x, Mode::Inference)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        assert_eq!(p(&model), p(&back));
     }
 }

@@ -1,31 +1,24 @@
 //! `fit`: Keras' training loop semantics over CIFAR batches.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
-use simplecnn_model::{DropoutRng, Mode, Model};
+use simplecnn_model::{DropoutRng, Model};
 
-use crate::adam::Adam;
-use crate::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::callbacks::{any_stop, BatchEnd, Callback, Control, TrainBegin, TrainState};
+use crate::checkpoint::load_checkpoint;
 use crate::error::{Result, TrainError};
 use crate::evaluate::evaluate_indices;
-use crate::history::{EpochMetrics, History, StopReason};
-use crate::loss::{categorical_cross_entropy, correct_count};
+use crate::history::{EpochMetrics, History};
+use crate::optim::Optimizer;
+use crate::schedule::Schedule;
+use crate::step::train_step;
 
-/// Stop when the validation loss (the training loss without validation data) has not improved
-/// by more than `min_delta` for `patience` epochs, as Keras' `EarlyStopping`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EarlyStopping {
-    pub patience: usize,
-    pub min_delta: f64,
-}
-
-/// Keras' `fit` arguments, plus the callbacks people expect.
+/// Keras' `fit` arguments.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FitConfig {
     pub epochs: usize,
@@ -36,13 +29,9 @@ pub struct FitConfig {
     pub shuffle: bool,
     /// Seeds the shuffles and dropout masks: same seed, same machine → same losses on CPU.
     pub seed: u64,
-    /// Off by default.
-    pub early_stopping: Option<EarlyStopping>,
-    /// Writes `last.*` after every epoch and `best.*` whenever the validation loss improves.
-    pub checkpoint_dir: Option<PathBuf>,
-    /// Print Keras' `verbose=2` line after each epoch (stdout) and a progress bar inside the
-    /// epoch when stderr is a terminal.
-    pub verbose: bool,
+    /// Leave out each epoch's last batch when it is smaller than `batch_size`.
+    #[serde(default)]
+    pub drop_remainder: bool,
 }
 
 impl Default for FitConfig {
@@ -54,9 +43,7 @@ impl Default for FitConfig {
             validation_split: 0.1,
             shuffle: true,
             seed: 0,
-            early_stopping: None,
-            checkpoint_dir: None,
-            verbose: false,
+            drop_remainder: false,
         }
     }
 }
@@ -66,6 +53,14 @@ impl FitConfig {
     /// Keras: `split_at = int(n * (1 - validation_split))`.
     pub fn split_at(&self, data_len: usize) -> usize {
         (data_len as f64 * (1.0 - self.validation_split)) as usize
+    }
+
+    /// Optimizer steps per epoch for `train_images`.
+    pub fn steps_per_epoch(&self, train_images: usize) -> usize {
+        match self.drop_remainder {
+            true => train_images / self.batch_size.max(1),
+            false => train_images.div_ceil(self.batch_size.max(1)),
+        }
     }
 
     pub fn validate(&self, data_len: usize) -> Result<()> {
@@ -82,8 +77,15 @@ impl FitConfig {
                 self.validation_split
             ));
         }
-        if self.split_at(data_len) == 0 {
+        let train = self.split_at(data_len);
+        if train == 0 {
             return bad(format!("{data_len} images leave nothing to train on"));
+        }
+        if self.steps_per_epoch(train) == 0 {
+            return bad(format!(
+                "{train} training images make no full batch of {} (drop_remainder is on)",
+                self.batch_size
+            ));
         }
         Ok(())
     }
@@ -98,65 +100,86 @@ fn epoch_seed(seed: u64, epoch: usize, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Trains `model` on `data` with `adam`, as Keras' `model.fit(x, y, …)`.
+/// Trains `model` on `data` with `optimizer` at the rates `schedule` gives, as Keras'
+/// `model.fit(x, y, callbacks=…)`.
 pub fn fit(
     model: &Model,
-    adam: &mut Adam,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn Schedule,
     data: &LabeledImages,
     config: &FitConfig,
+    callbacks: &mut [Box<dyn Callback>],
 ) -> Result<History> {
-    fit_from(model, adam, data, config, History::default())
+    fit_from(
+        model,
+        optimizer,
+        schedule,
+        data,
+        config,
+        callbacks,
+        History::default(),
+    )
 }
 
-/// Continues the run checkpointed in `config.checkpoint_dir` (`last.*`): restores weights,
+/// Continues the run checkpointed in `checkpoint_dir` (`last.*`): restores weights,
 /// optimizer and history, then trains the remaining epochs.
 pub fn resume(
     model: &Model,
-    adam: &mut Adam,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn Schedule,
     data: &LabeledImages,
     config: &FitConfig,
+    callbacks: &mut [Box<dyn Callback>],
+    checkpoint_dir: &Path,
 ) -> Result<History> {
-    let dir = config
-        .checkpoint_dir
-        .as_ref()
-        .ok_or_else(|| TrainError::Config("resume needs a checkpoint directory".into()))?;
-    let meta = load_checkpoint(dir, "last", model, adam)?;
-    tracing::info!(epoch = meta.epoch, "resuming from {}", dir.display());
-    fit_from(model, adam, data, config, meta.history)
+    let meta = load_checkpoint(checkpoint_dir, "last", model, optimizer)?;
+    tracing::info!(
+        epoch = meta.epoch,
+        "resuming from {}",
+        checkpoint_dir.display()
+    );
+    fit_from(
+        model,
+        optimizer,
+        schedule,
+        data,
+        config,
+        callbacks,
+        meta.history,
+    )
 }
 
 fn fit_from(
     model: &Model,
-    adam: &mut Adam,
+    optimizer: &mut dyn Optimizer,
+    schedule: &dyn Schedule,
     data: &LabeledImages,
     config: &FitConfig,
+    callbacks: &mut [Box<dyn Callback>],
     mut history: History,
 ) -> Result<History> {
     config.validate(data.len())?;
     // Validation is the tail, taken before any shuffling.
     let split_at = config.split_at(data.len());
     let val_indices: Vec<usize> = (split_at..data.len()).collect();
-    let mut best = history
-        .epochs
-        .iter()
-        .map(|e| e.val_loss.unwrap_or(e.loss))
-        .enumerate()
-        .fold(None, |best: Option<(usize, f64)>, (i, l)| match best {
-            Some((_, b)) if b <= l => best,
-            _ => Some((i + 1, l)),
-        });
-    let steps = split_at.div_ceil(config.batch_size);
-    let bar = if config.verbose && std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(steps as u64).with_style(
-            indicatif::ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed} - {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
+    let steps = config.steps_per_epoch(split_at);
+    let trained = steps * config.batch_size.min(split_at);
+    let trained = trained.min(split_at);
+    let begin = TrainBegin {
+        first_epoch: history.epochs.len() + 1,
+        epochs: config.epochs,
+        steps_per_epoch: steps,
+        train_images: split_at,
+        validation_images: val_indices.len(),
     };
+    for c in callbacks.iter_mut() {
+        c.on_train_begin(&begin)?;
+    }
 
-    for epoch in history.epochs.len() + 1..=config.epochs {
+    'epochs: for epoch in begin.first_epoch..=config.epochs {
+        for c in callbacks.iter_mut() {
+            c.on_epoch_begin(epoch)?;
+        }
         let start = Instant::now();
         let mut order: Vec<usize> = (0..split_at).collect();
         if config.shuffle {
@@ -167,34 +190,29 @@ fn fit_from(
             )));
         }
         let mut dropout = DropoutRng::new(epoch_seed(config.seed, epoch, 2));
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        bar.reset();
-        for (step, idx) in order.chunks(config.batch_size).enumerate() {
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut learning_rate = schedule.learning_rate(optimizer.iterations());
+        for (step, idx) in order.chunks(config.batch_size).take(steps).enumerate() {
             let batch = data.batch(idx, model.device())?;
-            let logits = model.logits(&batch.images, Mode::Training(&mut dropout))?;
-            let loss = categorical_cross_entropy(&logits, &batch.one_hot)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                let reason = StopReason::NonFiniteLoss {
-                    epoch,
-                    batch: step + 1,
-                };
-                tracing::error!("{reason}");
-                bar.finish_and_clear();
+            learning_rate = schedule.learning_rate(optimizer.iterations());
+            let out = train_step(model, optimizer, &batch, &mut dropout, learning_rate)?;
+            loss_sum += out.loss * idx.len() as f64;
+            correct += out.correct;
+            seen += idx.len();
+            let logs = BatchEnd {
+                epoch,
+                batch: step + 1,
+                loss: out.loss,
+                mean_loss: loss_sum / seen as f64,
+                mean_acc: correct as f64 / seen as f64,
+                learning_rate,
+            };
+            tracing::trace!(epoch, step, loss = out.loss);
+            if let Control::Stop(reason) = any_stop(callbacks, |c| c.on_batch_end(&logs))? {
+                tracing::warn!("{reason}");
                 history.stopped = Some(reason);
-                return Ok(history);
+                break 'epochs;
             }
-            adam.step(&loss.backward()?)?;
-            loss_sum += loss_value * idx.len() as f64;
-            correct += correct_count(&logits, &batch.labels)?;
-            let seen = (step * config.batch_size + idx.len()).min(split_at);
-            bar.set_position(step as u64 + 1);
-            bar.set_message(format!(
-                "loss: {:.4} - acc: {:.4}",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64
-            ));
-            tracing::trace!(epoch, step, loss = loss_value);
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let val = if val_indices.is_empty() {
@@ -210,45 +228,27 @@ fn fit_from(
         let metrics = EpochMetrics {
             epoch,
             seconds: start.elapsed().as_secs_f64(),
-            loss: loss_sum / split_at as f64,
-            acc: correct as f64 / split_at as f64,
+            loss: loss_sum / trained as f64,
+            acc: correct as f64 / trained as f64,
             val_loss: val.as_ref().map(|v| v.loss),
             val_acc: val.as_ref().map(|v| v.accuracy),
-            learning_rate: adam.config.learning_rate,
-            images_per_second: split_at as f64 / train_seconds,
+            learning_rate,
+            images_per_second: trained as f64 / train_seconds,
         };
-        bar.finish_and_clear();
-        if config.verbose {
-            println!("{}", metrics.keras_line(config.epochs));
-        }
         tracing::info!(?metrics, "epoch done");
-        let monitored = metrics.val_loss.unwrap_or(metrics.loss);
-        history.epochs.push(metrics);
-
-        let min_delta = config.early_stopping.map_or(0.0, |e| e.min_delta);
-        let improved = best.is_none_or(|(_, b)| monitored < b - min_delta);
-        if improved {
-            best = Some((epoch, monitored));
+        history.epochs.push(metrics.clone());
+        let state = TrainState {
+            model,
+            optimizer: &*optimizer,
+            history: &history,
+        };
+        if let Control::Stop(reason) = any_stop(callbacks, |c| c.on_epoch_end(&metrics, &state))? {
+            history.stopped = Some(reason);
+            break;
         }
-        if let Some(dir) = &config.checkpoint_dir {
-            save_checkpoint(dir, "last", model, adam, &history)?;
-            if improved {
-                save_checkpoint(dir, "best", model, adam, &history)?;
-            }
-        }
-        if let (Some(es), Some((best_epoch, best_loss))) = (config.early_stopping, best) {
-            if epoch - best_epoch >= es.patience && epoch < config.epochs {
-                let reason = StopReason::EarlyStopping {
-                    best_epoch,
-                    best: best_loss,
-                };
-                if config.verbose {
-                    println!("{reason}");
-                }
-                history.stopped = Some(reason);
-                break;
-            }
-        }
+    }
+    for c in callbacks.iter_mut() {
+        c.on_train_end(&history)?;
     }
     Ok(history)
 }
@@ -289,5 +289,13 @@ mod tests {
         .validate(100)
         .is_err());
         assert!(ok.validate(0).is_err());
+        // 100 images, 90 trained: no full batch of 128 when the remainder is dropped.
+        let drop = FitConfig {
+            drop_remainder: true,
+            ..ok.clone()
+        };
+        assert!(drop.validate(100).is_err());
+        assert_eq!(drop.steps_per_epoch(300), 2);
+        assert_eq!(ok.steps_per_epoch(300), 3);
     }
 }

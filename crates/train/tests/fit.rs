@@ -5,9 +5,24 @@ use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use simplecnn_cifar::{LabeledImages, IMAGE_BYTES};
 use simplecnn_model::{zoo, Model};
+use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
 use simplecnn_train::{
-    evaluate, fit, predict, resume, Adam, AdamConfig, EarlyStopping, FitConfig, StopReason,
+    evaluate, fit, predict, resume, trainable_params, Adam, AdamConfig, Callback, Constant,
+    Control, EarlyStopping, EpochMetrics, FitConfig, ModelCheckpoint, Monitor, MonitorMode,
+    Optimizer, StopReason, TerminateOnNaN,
 };
+
+const LR: Constant = Constant {
+    learning_rate: 1e-3,
+};
+
+fn checkpoints(dir: std::path::PathBuf) -> Box<dyn Callback> {
+    Box::new(ModelCheckpoint {
+        dir,
+        monitor: Monitor::ValLoss,
+        mode: MonitorMode::Min,
+    })
+}
 
 /// Images whose colour says the class (with noise): easy to learn, hard to get exactly right by luck.
 fn colour_classes(n: usize, seed: u64) -> LabeledImages {
@@ -37,11 +52,19 @@ fn quick(seed: u64) -> FitConfig {
     }
 }
 
-fn train(data: &LabeledImages, cfg: &FitConfig) -> (Model, simplecnn_train::History) {
+fn train_with(
+    data: &LabeledImages,
+    cfg: &FitConfig,
+    callbacks: &mut [Box<dyn Callback>],
+) -> (Model, simplecnn_train::History) {
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, cfg.seed).unwrap();
-    let mut adam = Adam::new(model.vars(), AdamConfig::default()).unwrap();
-    let h = fit(&model, &mut adam, data, cfg).unwrap();
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
+    let h = fit(&model, &mut adam, &LR, data, cfg, callbacks).unwrap();
     (model, h)
+}
+
+fn train(data: &LabeledImages, cfg: &FitConfig) -> (Model, simplecnn_train::History) {
+    train_with(data, cfg, &mut [])
 }
 
 #[test]
@@ -111,29 +134,38 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let full_cfg = FitConfig {
         epochs: 3,
-        checkpoint_dir: Some(dir.path().join("full")),
         ..quick(3)
     };
-    let (full_model, full) = train(&data, &full_cfg);
+    let (full_model, full) = train_with(
+        &data,
+        &full_cfg,
+        &mut [checkpoints(dir.path().join("full"))],
+    );
     assert!(dir.path().join("full/best.safetensors").is_file());
 
     // Two epochs, then a fresh process-like start that resumes for the third.
     let part_cfg = FitConfig {
         epochs: 2,
-        checkpoint_dir: Some(dir.path().join("part")),
         ..quick(3)
     };
-    train(&data, &part_cfg);
+    train_with(
+        &data,
+        &part_cfg,
+        &mut [checkpoints(dir.path().join("part"))],
+    );
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 999).unwrap();
-    let mut adam = Adam::new(model.vars(), AdamConfig::default()).unwrap();
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
     let resumed = resume(
         &model,
         &mut adam,
+        &LR,
         &data,
         &FitConfig {
             epochs: 3,
             ..part_cfg
         },
+        &mut [],
+        &dir.path().join("part"),
     )
     .unwrap();
     assert_eq!(adam.iterations(), 3 * 4);
@@ -156,20 +188,24 @@ fn early_stopping_stops_when_val_loss_stalls() {
     let data = colour_classes(100, 6);
     // A tiny learning rate: val_loss barely moves, so any real min_delta stalls it at once.
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 1).unwrap();
-    let cfg = AdamConfig {
-        learning_rate: 1e-9,
-        ..Default::default()
-    };
-    let mut adam = Adam::new(model.vars(), cfg).unwrap();
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
     let fit_cfg = FitConfig {
         epochs: 10,
-        early_stopping: Some(EarlyStopping {
-            patience: 2,
-            min_delta: 0.01,
-        }),
         ..quick(1)
     };
-    let h = fit(&model, &mut adam, &data, &fit_cfg).unwrap();
+    let stopper = EarlyStopping::new(2).watching(Monitor::ValLoss, MonitorMode::Min, 0.01);
+    let tiny = Constant {
+        learning_rate: 1e-9,
+    };
+    let h = fit(
+        &model,
+        &mut adam,
+        &tiny,
+        &data,
+        &fit_cfg,
+        &mut [Box::new(stopper)],
+    )
+    .unwrap();
     assert_eq!(h.epochs.len(), 3);
     assert!(
         matches!(
@@ -185,15 +221,19 @@ fn early_stopping_stops_when_val_loss_stalls() {
 fn a_nan_loss_stops_training_with_a_reason() {
     let data = colour_classes(100, 7);
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 1).unwrap();
-    let mut adam = Adam::new(
-        model.vars(),
-        AdamConfig {
-            learning_rate: f64::NAN,
-            ..Default::default()
-        },
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
+    let nan = Constant {
+        learning_rate: f64::NAN,
+    };
+    let h = fit(
+        &model,
+        &mut adam,
+        &nan,
+        &data,
+        &quick(1),
+        &mut [Box::new(TerminateOnNaN)],
     )
     .unwrap();
-    let h = fit(&model, &mut adam, &data, &quick(1)).unwrap();
     assert_eq!(
         h.stopped,
         Some(StopReason::NonFiniteLoss { epoch: 1, batch: 2 })
@@ -206,17 +246,147 @@ fn a_nan_loss_stops_training_with_a_reason() {
 fn bad_config_fails_before_training() {
     let data = colour_classes(10, 8);
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 1).unwrap();
-    let mut adam = Adam::new(model.vars(), AdamConfig::default()).unwrap();
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
     let err = fit(
         &model,
         &mut adam,
+        &LR,
         &data,
         &FitConfig {
             batch_size: 0,
             ..quick(1)
         },
+        &mut [],
     )
     .unwrap_err();
     assert!(err.to_string().contains("batch size"));
     assert_eq!(adam.iterations(), 0);
+}
+
+/// Records the hooks it sees; stops after `stop_after` batches.
+struct Recorder {
+    events: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+    stop_after: usize,
+    batches: usize,
+}
+
+impl Callback for Recorder {
+    fn on_train_begin(&mut self, info: &TrainBegin) -> simplecnn_train::Result<()> {
+        self.events.borrow_mut().push(format!(
+            "train_begin {} steps {} train {} val {}",
+            info.first_epoch, info.steps_per_epoch, info.train_images, info.validation_images
+        ));
+        Ok(())
+    }
+    fn on_epoch_begin(&mut self, epoch: usize) -> simplecnn_train::Result<()> {
+        self.events
+            .borrow_mut()
+            .push(format!("epoch_begin {epoch}"));
+        Ok(())
+    }
+    fn on_batch_end(&mut self, b: &BatchEnd) -> simplecnn_train::Result<Control> {
+        self.batches += 1;
+        self.events.borrow_mut().push(format!(
+            "batch {}/{} lr {}",
+            b.epoch, b.batch, b.learning_rate
+        ));
+        Ok(match self.batches == self.stop_after {
+            true => Control::Stop(StopReason::NonFiniteLoss {
+                epoch: b.epoch,
+                batch: b.batch,
+            }),
+            false => Control::Continue,
+        })
+    }
+    fn on_epoch_end(
+        &mut self,
+        logs: &EpochMetrics,
+        state: &TrainState<'_>,
+    ) -> simplecnn_train::Result<Control> {
+        self.events.borrow_mut().push(format!(
+            "epoch_end {} history {} iterations {}",
+            logs.epoch,
+            state.history.epochs.len(),
+            state.optimizer.iterations()
+        ));
+        Ok(Control::Continue)
+    }
+    fn on_train_end(&mut self, h: &simplecnn_train::History) -> simplecnn_train::Result<()> {
+        self.events
+            .borrow_mut()
+            .push(format!("train_end {}", h.epochs.len()));
+        Ok(())
+    }
+}
+
+#[test]
+fn callbacks_see_keras_hooks_in_order_and_can_stop() {
+    let data = colour_classes(100, 9);
+    let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let recorder = Recorder {
+        events: events.clone(),
+        stop_after: 5,
+        batches: 0,
+    };
+    // 80 trained images in batches of 32 with the remainder dropped: 2 steps per epoch.
+    let cfg = FitConfig {
+        epochs: 3,
+        drop_remainder: true,
+        ..quick(1)
+    };
+    let (_, h) = train_with(&data, &cfg, &mut [Box::new(recorder)]);
+    let lr = "lr 0.001";
+    assert_eq!(
+        *events.borrow(),
+        [
+            "train_begin 1 steps 2 train 80 val 20".to_string(),
+            "epoch_begin 1".into(),
+            format!("batch 1/1 {lr}"),
+            format!("batch 1/2 {lr}"),
+            "epoch_end 1 history 1 iterations 2".into(),
+            "epoch_begin 2".into(),
+            format!("batch 2/1 {lr}"),
+            format!("batch 2/2 {lr}"),
+            "epoch_end 2 history 2 iterations 4".into(),
+            "epoch_begin 3".into(),
+            format!("batch 3/1 {lr}"),
+            "train_end 2".into(),
+        ]
+    );
+    assert_eq!(h.epochs.len(), 2);
+    assert_eq!(
+        h.stopped,
+        Some(StopReason::NonFiniteLoss { epoch: 3, batch: 1 })
+    );
+    // 64 images trained per epoch: images/s and the means count those, not 80.
+    assert!(h.epochs[0].images_per_second > 0.0);
+}
+
+#[test]
+fn best_checkpoint_follows_the_monitor_and_mode() {
+    let data = colour_classes(100, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let by_max_loss = ModelCheckpoint {
+        dir: dir.path().to_path_buf(),
+        monitor: Monitor::Loss,
+        mode: MonitorMode::Max,
+    };
+    let (_, h) = train_with(
+        &data,
+        &FitConfig {
+            epochs: 3,
+            ..quick(2)
+        },
+        &mut [Box::new(by_max_loss)],
+    );
+    // The training loss falls, so the largest is epoch 1's: "best" stays at epoch 1.
+    assert!(h.epochs[2].loss < h.epochs[0].loss);
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("best.json")).unwrap())
+            .unwrap();
+    assert_eq!(best["epoch"], 1);
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("last.json")).unwrap())
+            .unwrap();
+    assert_eq!(last["epoch"], 3);
 }

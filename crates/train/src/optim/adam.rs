@@ -1,9 +1,12 @@
 //! Adam with Keras' defaults and Keras' update rule (epsilon added to `sqrt(v)`, the bias
 //! correction folded into the step size), which differs slightly from candle-nn's `AdamW`.
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use std::collections::BTreeMap;
+
+use candle_core::{backprop::GradStore, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::{slot, Optimizer, OptimizerState, Param};
 use crate::error::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,94 +29,113 @@ impl Default for AdamConfig {
     }
 }
 
-/// The optimizer and its state: first and second moments per variable, and the step count.
+/// The optimizer and its state: first and second moments per weight, and the step count.
 #[derive(Debug)]
 pub struct Adam {
     pub config: AdamConfig,
-    vars: Vec<Var>,
+    params: Vec<Param>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     iterations: u64,
 }
 
 impl Adam {
-    pub fn new(vars: Vec<Var>, config: AdamConfig) -> Result<Self> {
-        let m = vars
+    /// Adam over `params` (see [`super::trainable_params`]); `config.learning_rate` is what a
+    /// constant schedule gives.
+    pub fn new(params: Vec<Param>, config: AdamConfig) -> Result<Self> {
+        let zeros = |p: &Param| p.var.zeros_like();
+        let m = params
             .iter()
-            .map(|v| v.zeros_like())
+            .map(zeros)
             .collect::<candle_core::Result<Vec<_>>>()?;
         // Separate storage: the CPU path updates the moments in place.
-        let v = vars
+        let v = params
             .iter()
-            .map(|v| v.zeros_like())
+            .map(zeros)
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             config,
-            vars,
+            params,
             m,
             v,
             iterations: 0,
         })
     }
 
-    pub fn iterations(&self) -> u64 {
-        self.iterations
-    }
-
-    /// The moments `(m, v)` in the order of the variables. On the CPU they are updated in
-    /// place by [`Adam::step`]: copy them to keep a snapshot.
+    /// The moments `(m, v)` in the order of the weights. On the CPU they are updated in
+    /// place by each step: copy them to keep a snapshot.
     pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
         (&self.m, &self.v)
     }
 
-    /// Restores the state saved from an optimizer over the same variables.
-    pub fn set_state(&mut self, m: Vec<Tensor>, v: Vec<Tensor>, iterations: u64) -> Result<()> {
-        if m.len() != self.vars.len() || v.len() != self.vars.len() {
-            return Err(crate::TrainError::Config(format!(
-                "optimizer state for {} variables, the model has {}",
-                m.len(),
-                self.vars.len()
-            )));
+    /// The weights' names, in the order of [`Adam::moments`].
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|p| p.name.as_str())
+    }
+}
+
+impl Optimizer for Adam {
+    fn name(&self) -> &'static str {
+        "Adam"
+    }
+
+    fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    fn slot_names(&self) -> &'static [&'static str] {
+        &["m", "v"]
+    }
+
+    fn state(&self) -> Result<OptimizerState> {
+        let mut slots = BTreeMap::new();
+        for ((p, m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
+            slots.insert(format!("{}/m", p.name), m.copy()?);
+            slots.insert(format!("{}/v", p.name), v.copy()?);
         }
-        for ((var, m), v) in self.vars.iter().zip(&m).zip(&v) {
-            if m.dims() != var.dims() || v.dims() != var.dims() {
-                return Err(crate::TrainError::Config(format!(
-                    "optimizer state shape {:?} does not match variable {:?}",
-                    m.dims(),
-                    var.dims()
-                )));
-            }
-        }
-        // Own copies: the CPU path updates the moments in place.
-        self.m = m
+        Ok(OptimizerState {
+            iterations: self.iterations,
+            slots,
+        })
+    }
+
+    fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        let m = self
+            .params
             .iter()
-            .map(Tensor::copy)
-            .collect::<candle_core::Result<_>>()?;
-        self.v = v
+            .map(|p| slot(state, p, "m"))
+            .collect::<Result<Vec<_>>>()?;
+        let v = self
+            .params
             .iter()
-            .map(Tensor::copy)
-            .collect::<candle_core::Result<_>>()?;
-        self.iterations = iterations;
+            .map(|p| slot(state, p, "v"))
+            .collect::<Result<Vec<_>>>()?;
+        (self.m, self.v, self.iterations) = (m, v, state.iterations);
         Ok(())
     }
 
-    /// One update from the gradients of a backward pass.
-    pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(self.config).expect("plain numbers")
+    }
+
+    /// Keras' rule at `lr`: the bias correction folded into the step size.
+    fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.iterations += 1;
         let AdamConfig {
-            learning_rate: lr,
             beta_1: b1,
             beta_2: b2,
             epsilon: eps,
+            ..
         } = self.config;
         let t = self.iterations as i32;
         let lr_t = lr * (1.0 - b2.powi(t)).sqrt() / (1.0 - b1.powi(t));
-        for ((var, m), v) in self
-            .vars
+        for ((p, m), v) in self
+            .params
             .iter()
             .zip(self.m.iter_mut())
             .zip(self.v.iter_mut())
         {
+            let var = &p.var;
             let Some(g) = grads.get(var) else { continue };
             if in_place::applies(var, m, v, g) {
                 in_place::step(var, m, v, g, (b1, b2, eps), lr_t)?;
@@ -136,7 +158,7 @@ impl Adam {
 mod in_place {
     use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
-    /// `m` and `v` never share storage: `Adam::new` and `Adam::set_state` give each its own.
+    /// `m` and `v` never share storage: `Adam::new` and `load_state` give each its own.
     pub fn applies(var: &Var, m: &Tensor, v: &Tensor, g: &Tensor) -> bool {
         [var.as_tensor(), m, v, g].iter().all(|t| {
             t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
@@ -266,7 +288,59 @@ mod in_place {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
+
+    fn param(x: &Var) -> Vec<Param> {
+        vec![Param {
+            name: "x/kernel".into(),
+            var: x.clone(),
+        }]
+    }
+
+    /// State goes out and comes back by name: a second optimizer restored from it takes the
+    /// same next step; a state missing a slot or with another shape is refused.
+    #[test]
+    fn state_round_trips_by_name() {
+        let x = Var::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap();
+        let mut a = Adam::new(param(&x), AdamConfig::default()).unwrap();
+        let grads = |x: &Var| {
+            x.as_tensor()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        a.step(&grads(&x), 1e-3).unwrap();
+        let state = a.state().unwrap();
+        assert_eq!(
+            state.slots.keys().collect::<Vec<_>>(),
+            ["x/kernel/m", "x/kernel/v"]
+        );
+        let y = Var::from_tensor(&x.as_tensor().copy().unwrap()).unwrap();
+        let mut b = Adam::new(param(&y), AdamConfig::default()).unwrap();
+        b.load_state(&state).unwrap();
+        a.step(&grads(&x), 1e-3).unwrap();
+        b.step(&grads(&y), 1e-3).unwrap();
+        assert_eq!(
+            x.as_tensor().to_vec1::<f32>().unwrap(),
+            y.as_tensor().to_vec1::<f32>().unwrap()
+        );
+        let mut missing = state.clone();
+        missing.slots.remove("x/kernel/v");
+        assert!(b
+            .load_state(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("x/kernel/v"));
+        let mut wrong = state.clone();
+        wrong.slots.insert(
+            "x/kernel/m".into(),
+            Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+        assert!(b.load_state(&wrong).is_err());
+    }
 
     /// The in-place CPU path (f32) against the tensor-op path (taken for f64).
     #[test]
@@ -280,11 +354,11 @@ mod tests {
                     .unwrap(),
             )
             .unwrap();
-            let mut adam = Adam::new(vec![x.clone()], AdamConfig::default()).unwrap();
+            let mut adam = Adam::new(param(&x), AdamConfig::default()).unwrap();
             for _ in 0..5 {
                 // loss = sum(x^3): gradient 3x², a different size for each element.
                 let loss = x.as_tensor().powf(3.0).unwrap().sum_all().unwrap();
-                adam.step(&loss.backward().unwrap()).unwrap();
+                adam.step(&loss.backward().unwrap(), 1e-3).unwrap();
             }
             x.as_tensor()
                 .to_dtype(candle_core::DType::F64)
@@ -305,12 +379,12 @@ mod tests {
     #[test]
     fn first_steps_follow_keras_formula() {
         let x = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let mut adam = Adam::new(vec![x.clone()], AdamConfig::default()).unwrap();
+        let mut adam = Adam::new(param(&x), AdamConfig::default()).unwrap();
         // loss = sum(x^2): gradient 2x.
         let (mut m, mut v, mut p) = ([0f64; 2], [0f64; 2], [1.0f64, -2.0]);
         for t in 1..=3 {
             let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
-            adam.step(&loss.backward().unwrap()).unwrap();
+            adam.step(&loss.backward().unwrap(), 1e-3).unwrap();
             let lr_t = 1e-3 * (1.0 - 0.999f64.powi(t)).sqrt() / (1.0 - 0.9f64.powi(t));
             for i in 0..2 {
                 let g = 2.0 * p[i];

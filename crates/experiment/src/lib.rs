@@ -1,0 +1,570 @@
+//! Experiments as files.
+//!
+//! # Brief overview
+//! * [`Experiment`] is the file's format (TOML; see `experiments/baseline.toml`): model (a zoo
+//!   name, or layers written out as Keras configs), data, optimizer, schedule, fit, callbacks
+//!   and outputs. Unknown keys, wrong types and impossible values are errors naming the file
+//!   and the key, found before any data is read ([`load`] and [`Experiment::check`]).
+//! * [`load`] also takes `key.path=value` overrides (`fit.epochs=2`) and a run's
+//!   `config.json`, whose `experiment` key is the fully resolved experiment: that replays it.
+//! * The `build_*` methods make what `simplecnn_train::fit` takes: the model's architecture
+//!   (through `store`'s Keras mapping, so a layer's keys are exactly Keras'), the optimizer,
+//!   the schedule and the callbacks that print nothing.
+//!
+//! This crate reads no data and writes no files; the CLI runs the experiment.
+
+mod spec;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use simplecnn_model::{zoo, FeatureShape, Model, Sequential};
+use simplecnn_train::{
+    trainable_params, Adam, AdamConfig, Callback, Constant, CsvLogger, EarlyStopping, FitConfig,
+    ModelCheckpoint, Optimizer, Schedule, TerminateOnNaN,
+};
+
+pub use spec::{
+    CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, KernelsName, ModelSpec, OptimizerSpec,
+    OutputSpec, ScheduleSpec,
+};
+
+/// What is wrong with an experiment: the file, the key (`fit.epochs`) when one is to blame,
+/// and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{message}", file.display(), key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+pub struct ExperimentError {
+    pub file: PathBuf,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, ExperimentError>;
+
+/// An experiment read from a file, with what the file said about an earlier run.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub experiment: Experiment,
+    pub file: PathBuf,
+    /// For a run's `config.json`: the commit that run was made at.
+    pub recorded_commit: Option<String>,
+}
+
+/// Reads an experiment from a `.toml` file or a run's `config.json`, applies `overrides`
+/// (`fit.epochs=2`, values in TOML syntax, bare words as strings) and checks it.
+pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded> {
+    let text = std::fs::read_to_string(file).map_err(|e| ExperimentError {
+        file: file.to_path_buf(),
+        key: None,
+        message: e.to_string(),
+    })?;
+    load_text(&text, file, overrides)
+}
+
+/// The experiments that come with the program (`experiments/*.toml` when it was built), for
+/// runs outside a checkout.
+pub const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "baseline",
+        include_str!("../../../experiments/baseline.toml"),
+    ),
+    (
+        "simple_cnn_3conv",
+        include_str!("../../../experiments/simple_cnn_3conv.toml"),
+    ),
+];
+
+/// [`load`] for text that `file` names (its extension says TOML or JSON).
+pub fn load_text(text: &str, file: &Path, overrides: &[String]) -> Result<Loaded> {
+    let err = |key: Option<String>, message: String| ExperimentError {
+        file: file.to_path_buf(),
+        key,
+        message,
+    };
+    let is_json = file.extension().is_some_and(|e| e == "json");
+    let (mut value, recorded_commit) = if is_json {
+        let v: Value = serde_json::from_str(text).map_err(|e| err(None, e.to_string()))?;
+        let commit = v["provenance"]["git_commit"].as_str().map(str::to_string);
+        let exp = v.get("experiment").cloned().ok_or_else(|| {
+            err(
+                None,
+                "no `experiment` key: not a run's config.json from this version".into(),
+            )
+        })?;
+        (exp, commit)
+    } else {
+        let t: toml::Value = toml::from_str(text).map_err(|e| err(None, e.to_string()))?;
+        (
+            serde_json::to_value(t).map_err(|e| err(None, e.to_string()))?,
+            None,
+        )
+    };
+    for o in overrides {
+        apply_override(&mut value, o).map_err(|(k, m)| err(k, m))?;
+    }
+    let experiment: Experiment = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        err((path != ".").then_some(path), e.into_inner().to_string())
+    })?;
+    experiment.check().map_err(|(k, m)| err(Some(k), m))?;
+    Ok(Loaded {
+        experiment,
+        file: file.to_path_buf(),
+        recorded_commit,
+    })
+}
+
+/// Sets `a.b.c` (array items by index: `callbacks.0.patience`) to the value after `=`.
+fn apply_override(
+    root: &mut Value,
+    text: &str,
+) -> std::result::Result<(), (Option<String>, String)> {
+    let (key, raw) = text.split_once('=').ok_or_else(|| {
+        (
+            None,
+            format!("override {text:?} is not key=value (e.g. fit.epochs=2)"),
+        )
+    })?;
+    let key = key.trim();
+    let value = parse_value(raw.trim());
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err((Some(key.into()), "empty part in the key".into()));
+    }
+    let mut at = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        at = match at {
+            Value::Object(map) => {
+                if last {
+                    map.insert(part.to_string(), value);
+                    return Ok(());
+                }
+                map.entry(part.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()))
+            }
+            Value::Array(items) => {
+                let index: usize = part
+                    .parse()
+                    .map_err(|_| (Some(key.into()), format!("{part:?} is not an array index")))?;
+                let len = items.len();
+                let item = items.get_mut(index).ok_or_else(|| {
+                    (
+                        Some(key.into()),
+                        format!("index {index} is past the {len} items"),
+                    )
+                })?;
+                if last {
+                    *item = value;
+                    return Ok(());
+                }
+                item
+            }
+            _ => {
+                let parent = parts[..i].join(".");
+                return Err((Some(key.into()), format!("{parent} is not a table")));
+            }
+        };
+    }
+    Ok(())
+}
+
+/// A value in TOML syntax (`2`, `0.5`, `true`, `"x"`, `[1, 2]`); anything else is a string.
+fn parse_value(raw: &str) -> Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or_else(|| Value::String(raw.to_string()))
+}
+
+type Check = std::result::Result<(), (String, String)>;
+
+/// A name without folders: what the run folder can hold.
+fn is_file_name(name: &str) -> bool {
+    Path::new(name).file_name().is_some_and(|n| n == name)
+}
+
+fn ensure(ok: bool, key: &str, message: impl FnOnce() -> String) -> Check {
+    match ok {
+        true => Ok(()),
+        false => Err((key.to_string(), message())),
+    }
+}
+
+impl Experiment {
+    /// Values no run could use, as `(key, why)`: checked before any data is read.
+    pub fn check(&self) -> Check {
+        ensure(!self.name.trim().is_empty(), "name", || "is empty".into())?;
+        ensure(self.fit.epochs >= 1, "fit.epochs", || {
+            "must be at least 1".into()
+        })?;
+        ensure(self.fit.batch_size >= 1, "fit.batch_size", || {
+            "must be at least 1".into()
+        })?;
+        let split = self.data.validation_split;
+        ensure((0.0..1.0).contains(&split), "data.validation_split", || {
+            format!("{split} is not in [0, 1)")
+        })?;
+        ensure(self.data.subset != Some(0), "data.subset", || {
+            "must be at least 1".into()
+        })?;
+        match &self.optimizer {
+            OptimizerSpec::Adam {
+                learning_rate,
+                beta_1,
+                beta_2,
+                epsilon,
+            } => {
+                let positive = |v: f64| v.is_finite() && v > 0.0;
+                ensure(positive(*learning_rate), "optimizer.learning_rate", || {
+                    format!("{learning_rate} is not a positive number")
+                })?;
+                for (key, b) in [("optimizer.beta_1", beta_1), ("optimizer.beta_2", beta_2)] {
+                    ensure((0.0..1.0).contains(b), key, || {
+                        format!("{b} is not in [0, 1)")
+                    })?;
+                }
+                ensure(positive(*epsilon), "optimizer.epsilon", || {
+                    format!("{epsilon} is not a positive number")
+                })?;
+            }
+        }
+        for (i, c) in self.callbacks.iter().enumerate() {
+            if let CallbackSpec::CsvLogger { filename } = c {
+                ensure(
+                    is_file_name(filename),
+                    &format!("callbacks.{i}.filename"),
+                    || {
+                        format!(
+                            "{filename:?} must be a plain file name (it goes in the run folder)"
+                        )
+                    },
+                )?;
+            }
+        }
+        for (i, name) in self.outputs.save.iter().enumerate() {
+            let key = format!("outputs.save.{i}");
+            ensure(is_file_name(name), &key, || {
+                format!("{name:?} must be a plain file name (it goes in the run folder)")
+            })?;
+            ensure(name.ends_with(".h5"), &key, || {
+                format!("{name:?}: only .h5 model files can be written (Keras' HDF5 layout)")
+            })?;
+        }
+        self.build_spec().map(|_| ())
+    }
+
+    /// The architecture, checked layer by layer (errors as `(key, why)`).
+    pub fn build_spec(&self) -> std::result::Result<Sequential, (String, String)> {
+        let m = &self.model;
+        let [h, w, c] = m.input;
+        let input = FeatureShape::image(c, h, w);
+        match (&m.zoo, m.layers.is_empty()) {
+            (Some(_), false) => Err((
+                "model".into(),
+                "give either `zoo` or `layers`, not both".into(),
+            )),
+            (None, true) => Err((
+                "model".into(),
+                "no model: give `zoo = \"simple_cnn\"` or a list of `layers`".into(),
+            )),
+            (Some(name), true) => match name.as_str() {
+                "simple_cnn" => zoo::simple_cnn_for(input, m.classes)
+                    .map_err(|e| ("model".to_string(), e.to_string())),
+                "vgg16" => {
+                    let defaults = m.input == [224, 224, 3] && m.classes == 1000;
+                    ensure(defaults, "model", || {
+                        "vgg16 takes input [224, 224, 3] and 1000 classes".into()
+                    })?;
+                    Ok(zoo::vgg16())
+                }
+                other => Err((
+                    "model.zoo".into(),
+                    format!("{other:?} is not in the zoo (simple_cnn, vgg16)"),
+                )),
+            },
+            (None, false) => self.layers_spec(),
+        }
+    }
+
+    /// Layers written out: each becomes Keras' `{class_name, config}` and goes through
+    /// `store`'s mapping; keys that mapping does not write for the layer are unknown.
+    fn layers_spec(&self) -> std::result::Result<Sequential, (String, String)> {
+        let m = &self.model;
+        let mut layers = vec![json!({
+            "class_name": "InputLayer",
+            "config": {"batch_input_shape": [null, m.input[0], m.input[1], m.input[2]], "name": "input"}
+        })];
+        for (i, l) in m.layers.iter().enumerate() {
+            let key = format!("model.layers.{i}");
+            let mut config = l.clone();
+            let class = match config.remove("class_name") {
+                Some(Value::String(s)) => s,
+                _ => return Err((key, "needs a `class_name` (Conv2D, Dense, …)".into())),
+            };
+            if class == "InputLayer" {
+                return Err((key, "give the input as `model.input`".into()));
+            }
+            if config.get("trainable") == Some(&Value::Bool(false)) {
+                return Err((
+                    format!("{key}.trainable"),
+                    "frozen layers are not supported yet".into(),
+                ));
+            }
+            layers.push(json!({"class_name": class, "config": config}));
+        }
+        let name = m.name.clone().unwrap_or_else(|| "sequential_1".into());
+        let config =
+            json!({"class_name": "Sequential", "config": {"name": name, "layers": layers}});
+        let spec = simplecnn_store::layout::sequential_from_config(&config).map_err(|e| {
+            let index = e.layer.as_ref().and_then(|name| {
+                m.layers
+                    .iter()
+                    .position(|l| l.get("name").and_then(Value::as_str) == Some(name))
+            });
+            let key = index.map_or("model.layers".to_string(), |i| format!("model.layers.{i}"));
+            (key, e.to_string())
+        })?;
+        for (i, (written, built)) in m.layers.iter().zip(spec.layers()).enumerate() {
+            let known = simplecnn_store::layout::layer_config(built);
+            let known = known["config"].as_object().cloned().unwrap_or_default();
+            for k in written.keys() {
+                if k != "class_name" && !known.contains_key(k) {
+                    let mut keys: Vec<&String> = known.keys().collect();
+                    keys.sort();
+                    return Err((
+                        format!("model.layers.{i}.{k}"),
+                        format!(
+                            "unknown key for {} (Keras' keys: {})",
+                            built.kind.class_name(),
+                            keys.iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The weights' seed: `model.init_seed`, else `fit.seed`.
+    pub fn init_seed(&self) -> u64 {
+        self.model.init_seed.unwrap_or(self.fit.seed)
+    }
+
+    pub fn fit_config(&self) -> FitConfig {
+        FitConfig {
+            epochs: self.fit.epochs,
+            batch_size: self.fit.batch_size,
+            validation_split: self.data.validation_split,
+            shuffle: self.fit.shuffle,
+            seed: self.fit.seed,
+            drop_remainder: self.fit.drop_remainder,
+        }
+    }
+
+    /// The optimizer over `model`'s trainable weights.
+    pub fn build_optimizer(&self, model: &Model) -> simplecnn_train::Result<Box<dyn Optimizer>> {
+        Ok(match self.optimizer {
+            OptimizerSpec::Adam {
+                learning_rate,
+                beta_1,
+                beta_2,
+                epsilon,
+            } => {
+                let config = AdamConfig {
+                    learning_rate,
+                    beta_1,
+                    beta_2,
+                    epsilon,
+                };
+                Box::new(Adam::new(trainable_params(model), config)?)
+            }
+        })
+    }
+
+    pub fn build_schedule(&self) -> Box<dyn Schedule> {
+        match self.schedule {
+            ScheduleSpec::Constant {} => Box::new(Constant {
+                learning_rate: self.optimizer.learning_rate(),
+            }),
+        }
+    }
+
+    /// The callbacks that print nothing, in the file's order, for a run in `run_dir`; the
+    /// printing ones (`keras_log`, `progress_bar`) are the program's to make (`None` here).
+    pub fn build_callback(&self, spec: &CallbackSpec, run_dir: &Path) -> Option<Box<dyn Callback>> {
+        Some(match *spec {
+            CallbackSpec::KerasLog {} | CallbackSpec::ProgressBar {} => return None,
+            CallbackSpec::TerminateOnNan {} => Box::new(TerminateOnNaN),
+            CallbackSpec::CsvLogger { ref filename } => Box::new(CsvLogger {
+                path: run_dir.join(filename),
+            }),
+            CallbackSpec::ModelCheckpoint { monitor, mode } => Box::new(ModelCheckpoint {
+                dir: run_dir.join("checkpoints"),
+                monitor,
+                mode,
+            }),
+            CallbackSpec::EarlyStopping {
+                monitor,
+                mode,
+                patience,
+                min_delta,
+            } => Box::new(EarlyStopping::new(patience).watching(monitor, mode, min_delta)),
+        })
+    }
+
+    /// Where runs go: `outputs.dir`, else `results/<name>`.
+    pub fn output_dir(&self) -> PathBuf {
+        self.outputs
+            .dir
+            .clone()
+            .unwrap_or_else(|| Path::new("results").join(&self.name))
+    }
+}
+
+/// `name` as a file (`path/to/x.toml`, a run's `config.json`) or as `<dir>/<name>.toml`.
+pub fn find(name: &str, dir: &Path) -> std::result::Result<PathBuf, String> {
+    let as_path = Path::new(name);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let named = dir.join(format!("{name}.toml"));
+    if named.is_file() {
+        return Ok(named);
+    }
+    let mut known: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let stem = p.file_stem()?.to_string_lossy().into_owned();
+            (p.extension()? == "toml").then_some(stem)
+        })
+        .collect();
+    known.sort();
+    Err(format!(
+        "no experiment {name:?}: not a file, and no {} (experiments there: {})",
+        named.display(),
+        if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(overrides: &[&str]) -> Result<Loaded> {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        load_text(BUILT_IN[0].1, Path::new("baseline.toml"), &overrides)
+    }
+
+    #[test]
+    fn built_in_experiments_load_and_build() {
+        for (name, text) in BUILT_IN {
+            let l = load_text(text, Path::new(name), &[]).unwrap();
+            assert_eq!(l.experiment.name, *name);
+            let spec = l.experiment.build_spec().unwrap();
+            assert_eq!(spec.output_shape(), FeatureShape::Flat(10));
+        }
+        let b = baseline(&[]).unwrap().experiment;
+        assert_eq!(b.build_spec().unwrap().param_count(), 545_098);
+        assert_eq!(b.fit_config(), FitConfig::default());
+        assert_eq!(b.output_dir(), Path::new("results/baseline"));
+    }
+
+    #[test]
+    fn overrides_set_any_key_in_toml_syntax() {
+        let e = baseline(&[
+            "fit.epochs=2",
+            "optimizer.learning_rate=5e-4",
+            "data.dir=some/where",
+            "fit.shuffle=false",
+            "callbacks.4.mode=\"max\"",
+        ])
+        .unwrap()
+        .experiment;
+        assert_eq!(e.fit.epochs, 2);
+        assert_eq!(e.optimizer.learning_rate(), 5e-4);
+        assert_eq!(e.data.dir, Some(PathBuf::from("some/where")));
+        assert!(!e.fit.shuffle);
+        assert!(matches!(
+            e.callbacks[4],
+            CallbackSpec::ModelCheckpoint {
+                mode: simplecnn_train::MonitorMode::Max,
+                ..
+            }
+        ));
+        // The schedule follows the optimizer's rate.
+        assert_eq!(e.build_schedule().learning_rate(123), 5e-4);
+    }
+
+    #[test]
+    fn mistakes_name_the_file_and_the_key() {
+        let msg = |o: &[&str]| baseline(o).unwrap_err().to_string();
+        assert!(msg(&["fit.epochs=0"]).starts_with("baseline.toml: fit.epochs: must be"));
+        assert!(msg(&["fit.epochs=\"two\""]).contains("fit.epochs"));
+        assert!(msg(&["fit.epoch=2"]).contains("unknown field `epoch`"));
+        assert!(msg(&["optimizer.kind=\"sgd\""]).contains("unknown variant `sgd`"));
+        assert!(msg(&["callbacks.9.kind=\"x\""]).contains("index 9 is past the 5 items"));
+        assert!(msg(&["name.x=1"]).contains("name is not a table"));
+        assert!(msg(&["outputs.save=[\"model.keras\"]"]).contains("outputs.save.0"));
+        assert!(msg(&["model.zoo=\"resnet\""]).contains("model.zoo"));
+        assert!(msg(&["model.classes=0"]).contains("units must be at least 1"));
+    }
+
+    #[test]
+    fn layers_use_keras_keys_and_default_names() {
+        let text = r#"
+            name = "t"
+            [model]
+            input = [8, 8, 3]
+            layers = [
+              { class_name = "Conv2D", filters = 4, kernel_size = [3, 3], strides = 2, padding = "valid", activation = "relu" },
+              { class_name = "GlobalMaxPooling2D" },
+              { class_name = "Dense", units = 2, activation = "softmax", name = "head" },
+            ]
+            [optimizer]
+            kind = "adam"
+            [fit]
+            epochs = 1
+            batch_size = 4
+        "#;
+        let e = load_text(text, Path::new("t.toml"), &[])
+            .unwrap()
+            .experiment;
+        let spec = e.build_spec().unwrap();
+        let names: Vec<&str> = spec.layers().iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["conv2d_1", "global_max_pooling2d_1", "head"]);
+        assert_eq!(spec.layers()[0].output, FeatureShape::image(4, 3, 3));
+        let frozen = text.replace("name = \"head\"", "name = \"head\", trainable = false");
+        let err = load_text(&frozen, Path::new("t.toml"), &[]).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("model.layers.2.trainable"));
+    }
+
+    #[test]
+    fn a_run_config_replays_its_experiment() {
+        let e = baseline(&["fit.epochs=3"]).unwrap().experiment;
+        let config = json!({"experiment": e, "provenance": {"git_commit": "abc"}});
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let l = load(&path, &["fit.seed=4".into()]).unwrap();
+        assert_eq!(l.recorded_commit.as_deref(), Some("abc"));
+        assert_eq!(l.experiment.fit.epochs, 3);
+        assert_eq!(l.experiment.fit.seed, 4);
+        std::fs::write(&path, "{}").unwrap();
+        assert!(load(&path, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("no `experiment` key"));
+    }
+}

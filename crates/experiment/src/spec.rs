@@ -1,0 +1,257 @@
+//! The experiment file's format: every key that decides a run, with Keras' defaults where
+//! Keras has one. Unknown keys are errors (`deny_unknown_fields` everywhere).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use simplecnn_train::{Monitor, MonitorMode};
+
+/// One experiment: what to train, on what, how, and what to keep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Names the results folder (`results/<name>/` unless `outputs.dir` says otherwise).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub data: DataSpec,
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    pub fit: FitSpec,
+    /// Keras' `callbacks=[…]`, in the order they run.
+    #[serde(default)]
+    pub callbacks: Vec<CallbackSpec>,
+    #[serde(default)]
+    pub outputs: OutputSpec,
+}
+
+/// The network: a ready-made one from the zoo, or layers written out as Keras configs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// `simple_cnn` (the tutorial's, for `input` and `classes`) or `vgg16` (224x224x3, 1000
+    /// classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoo: Option<String>,
+    /// Keras' model name (default `sequential_1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The input as Keras writes it: `[height, width, channels]`.
+    #[serde(default = "cifar_input")]
+    pub input: [usize; 3],
+    /// The classes a zoo model predicts.
+    #[serde(default = "ten")]
+    pub classes: usize,
+    /// Layers as Keras configs with the class name beside them, e.g.
+    /// `{ class_name = "Conv2D", filters = 32, kernel_size = 3, padding = "same" }`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Seeds the initial weights (default: `fit.seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_seed: Option<u64>,
+}
+
+fn cifar_input() -> [usize; 3] {
+    [32, 32, 3]
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// The images.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// CIFAR-10 folder, binary layout or image folders (default: `CIFAR10_DIR`, else `data/`,
+    /// downloaded there on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Train on the first N training images only (the test split stays whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<usize>,
+    /// The last fraction of the training images held out for validation (Keras'
+    /// `validation_split`, taken before shuffling).
+    #[serde(default)]
+    pub validation_split: f64,
+}
+
+/// The optimizer and its settings (Keras' defaults for any left out).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    Adam {
+        #[serde(default = "adam_lr")]
+        learning_rate: f64,
+        #[serde(default = "adam_beta_1")]
+        beta_1: f64,
+        #[serde(default = "adam_beta_2")]
+        beta_2: f64,
+        #[serde(default = "adam_epsilon")]
+        epsilon: f64,
+    },
+}
+
+fn adam_lr() -> f64 {
+    1e-3
+}
+fn adam_beta_1() -> f64 {
+    0.9
+}
+fn adam_beta_2() -> f64 {
+    0.999
+}
+fn adam_epsilon() -> f64 {
+    1e-7
+}
+
+impl OptimizerSpec {
+    /// The base learning rate a schedule starts from.
+    pub fn learning_rate(&self) -> f64 {
+        match self {
+            OptimizerSpec::Adam { learning_rate, .. } => *learning_rate,
+        }
+    }
+}
+
+/// How the learning rate moves with the steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleSpec {
+    /// The optimizer's learning rate at every step.
+    Constant {},
+}
+
+/// Keras' `fit` arguments, and where it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitSpec {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Seeds the shuffles and dropout masks (and the initial weights, unless
+    /// `model.init_seed` is set).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Leave out each epoch's last batch when it is smaller than `batch_size`.
+    #[serde(default)]
+    pub drop_remainder: bool,
+    #[serde(default)]
+    pub device: DeviceName,
+    /// `fast` (this project's CPU kernels) or `candle` (candle's own ops, the reference).
+    #[serde(default)]
+    pub kernels: KernelsName,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceName {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl DeviceName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceName::Cpu => "cpu",
+            DeviceName::Cuda => "cuda",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelsName {
+    #[default]
+    Fast,
+    Candle,
+}
+
+/// One of Keras' callbacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CallbackSpec {
+    /// Keras' `verbose=2` line after each epoch.
+    KerasLog {},
+    /// A progress bar inside each epoch, when stderr is a terminal.
+    ProgressBar {},
+    /// Stop when a batch's loss is NaN or infinite.
+    TerminateOnNan {},
+    /// The history as CSV in the run folder, rewritten after each epoch.
+    CsvLogger {
+        #[serde(default = "epochs_csv")]
+        filename: String,
+    },
+    /// `checkpoints/last.*` after each epoch, `best.*` when the monitored value improves.
+    ModelCheckpoint {
+        #[serde(default = "val_loss")]
+        monitor: Monitor,
+        #[serde(default = "min")]
+        mode: MonitorMode,
+    },
+    EarlyStopping {
+        #[serde(default = "val_loss")]
+        monitor: Monitor,
+        #[serde(default = "min")]
+        mode: MonitorMode,
+        patience: usize,
+        #[serde(default)]
+        min_delta: f64,
+    },
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        ScheduleSpec::Constant {}
+    }
+}
+
+fn epochs_csv() -> String {
+    "epochs.csv".into()
+}
+fn val_loss() -> Monitor {
+    Monitor::ValLoss
+}
+fn min() -> MonitorMode {
+    MonitorMode::Min
+}
+
+/// What the run keeps beside its records (config.json, summary.txt, test.json, run.json).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Where runs go: a folder per run and `latest` pointing at the newest (default
+    /// `results/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Model files to write after training; the extension picks the format (`.h5`: Keras'
+    /// HDF5 layout with the optimizer's state).
+    #[serde(default = "model_h5")]
+    pub save: Vec<String>,
+    /// `loss.png` and `accuracy.png`.
+    #[serde(default = "yes")]
+    pub plots: bool,
+}
+
+fn model_h5() -> Vec<String> {
+    vec!["model.h5".into()]
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            save: model_h5(),
+            plots: true,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Keras' `Dense(units, activation)` on flat inputs; the kernel is `(in, units)` as in Keras.
+
+use candle_core::Tensor;
+
+use super::{
+    cannot_take, Activation, FeatureShape, ForwardCtx, Init, Layer, WeightRole, WeightSpec,
+};
+use crate::error::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DenseConfig {
+    pub units: usize,
+    pub activation: Activation,
+}
+
+impl Layer for DenseConfig {
+    fn class_name(&self) -> &'static str {
+        "Dense"
+    }
+
+    fn name_stem(&self) -> &'static str {
+        "dense"
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        match self.units {
+            0 => Err("units must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String> {
+        match input {
+            FeatureShape::Flat(_) => Ok(FeatureShape::Flat(self.units)),
+            _ => Err(cannot_take(self.class_name(), input)),
+        }
+    }
+
+    fn weights(&self, input: &FeatureShape) -> Vec<WeightSpec> {
+        let n = input.elem_count();
+        vec![
+            WeightSpec::new(WeightRole::Kernel, vec![n, self.units], Init::GlorotUniform),
+            WeightSpec::new(WeightRole::Bias, vec![self.units], Init::Zeros),
+        ]
+    }
+
+    fn forward(&self, x: &Tensor, w: &[Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
+        let y = x.matmul(&w[0])?.broadcast_add(&w[1])?;
+        self.activation.apply(y, ctx.skip_softmax)
+    }
+}

@@ -1,0 +1,31 @@
+//! Keras' `GlobalMaxPooling2D`: each channel's maximum over the image, `(N, C, H, W) → (N, C)`.
+
+use candle_core::Tensor;
+
+use super::{cannot_take, FeatureShape, ForwardCtx, Layer};
+use crate::error::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalMaxPooling2D;
+
+impl Layer for GlobalMaxPooling2D {
+    fn class_name(&self) -> &'static str {
+        "GlobalMaxPooling2D"
+    }
+
+    fn name_stem(&self) -> &'static str {
+        "global_max_pooling2d"
+    }
+
+    fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String> {
+        match input {
+            FeatureShape::Image { channels, .. } => Ok(FeatureShape::Flat(*channels)),
+            _ => Err(cannot_take(self.class_name(), input)),
+        }
+    }
+
+    /// candle's `max` sends the gradient to the maximum (to each, on ties).
+    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+        Ok(x.flatten_from(2)?.max(2)?)
+    }
+}

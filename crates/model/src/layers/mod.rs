@@ -1,0 +1,392 @@
+//! Layer kinds as Keras names them, each in its own file: its configuration, output shape,
+//! weights (role, shape, initialiser) and forward pass on candle's ops. [`LayerKind`] lists
+//! them; [`LayerKind::layer`] is the one place that maps a kind to its [`Layer`].
+//!
+//! Adding a layer: a new file here with a config type that implements [`Layer`], a variant in
+//! [`LayerKind`] and its arm in [`LayerKind::layer`], then its Keras mapping in `store`.
+
+mod average_pooling2d;
+mod batch_normalization;
+mod conv2d;
+mod dense;
+mod dropout;
+mod flatten;
+mod global_average_pooling2d;
+mod global_max_pooling2d;
+mod input;
+mod max_pooling2d;
+
+use std::fmt;
+
+use candle_core::Tensor;
+
+pub use average_pooling2d::AveragePooling2D;
+pub use batch_normalization::BatchNormConfig;
+pub use conv2d::Conv2dConfig;
+pub use dense::DenseConfig;
+pub use dropout::DropoutConfig;
+pub use flatten::Flatten;
+pub use global_average_pooling2d::GlobalAveragePooling2D;
+pub use global_max_pooling2d::GlobalMaxPooling2D;
+pub use input::InputLayer;
+pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
+
+use crate::error::{ModelError, Result};
+use crate::model::DropoutRng;
+
+/// The shape of one example as it flows between layers (the batch dimension is left out).
+/// Images are held channels-first, as candle computes them; Keras shows them channels-last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureShape {
+    Image {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+    Flat(usize),
+}
+
+impl FeatureShape {
+    pub fn image(channels: usize, height: usize, width: usize) -> Self {
+        FeatureShape::Image {
+            channels,
+            height,
+            width,
+        }
+    }
+
+    /// Number of values per example.
+    pub fn elem_count(&self) -> usize {
+        match *self {
+            FeatureShape::Image {
+                channels,
+                height,
+                width,
+            } => channels * height * width,
+            FeatureShape::Flat(n) => n,
+        }
+    }
+
+    /// The channels of an image, the features of a flat example.
+    pub fn channels(&self) -> usize {
+        match *self {
+            FeatureShape::Image { channels, .. } => channels,
+            FeatureShape::Flat(n) => n,
+        }
+    }
+
+    /// The candle tensor dims for a batch of `n` (NCHW or NF).
+    pub fn batch_dims(&self, n: usize) -> Vec<usize> {
+        match *self {
+            FeatureShape::Image {
+                channels,
+                height,
+                width,
+            } => vec![n, channels, height, width],
+            FeatureShape::Flat(f) => vec![n, f],
+        }
+    }
+
+    /// Keras' channels-last shape without the batch: `[h, w, c]` or `[f]`.
+    pub fn keras_dims(&self) -> Vec<usize> {
+        match *self {
+            FeatureShape::Image {
+                channels,
+                height,
+                width,
+            } => vec![height, width, channels],
+            FeatureShape::Flat(f) => vec![f],
+        }
+    }
+}
+
+/// Keras' notation: `(None, 32, 32, 3)` for a batch of 32x32 RGB images.
+impl fmt::Display for FeatureShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.keras_dims().iter().map(|d| d.to_string()).collect();
+        write!(f, "(None, {})", dims.join(", "))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Linear,
+    Relu,
+    Softmax,
+}
+
+impl Activation {
+    pub fn keras_name(&self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// The activation Keras calls `name`.
+    pub fn from_keras_name(name: &str) -> Option<Self> {
+        [Activation::Linear, Activation::Relu, Activation::Softmax]
+            .into_iter()
+            .find(|a| a.keras_name() == name)
+    }
+
+    /// Applies the activation; the final softmax is left out when the caller wants logits.
+    pub(crate) fn apply(self, x: Tensor, skip_softmax: bool) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Linear => x,
+            Activation::Relu => x.relu()?,
+            Activation::Softmax if skip_softmax => x,
+            Activation::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    Valid,
+    /// Output size `ceil(in / stride)`; when the total padding is odd the extra row/column goes
+    /// at the bottom/right, as in TensorFlow.
+    Same,
+}
+
+impl Padding {
+    pub fn keras_name(&self) -> &'static str {
+        match self {
+            Padding::Valid => "valid",
+            Padding::Same => "same",
+        }
+    }
+
+    /// Output length and `(before, after)` padding of one spatial dimension.
+    pub fn output_len(
+        &self,
+        input: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> Option<(usize, usize, usize)> {
+        if kernel == 0 || stride == 0 {
+            return None;
+        }
+        match self {
+            Padding::Valid => (input >= kernel).then(|| ((input - kernel) / stride + 1, 0, 0)),
+            Padding::Same => {
+                let out = input.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(input);
+                Some((out, total / 2, total - total / 2))
+            }
+        }
+    }
+}
+
+/// What a weight is to its layer: decides its Keras name, whether an optimizer trains it, and
+/// how files lay it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightRole {
+    Kernel,
+    Bias,
+    Gamma,
+    Beta,
+    MovingMean,
+    MovingVariance,
+}
+
+impl WeightRole {
+    /// Keras' variable name (`kernel`, `moving_mean`, …).
+    pub fn keras_name(self) -> &'static str {
+        match self {
+            WeightRole::Kernel => "kernel",
+            WeightRole::Bias => "bias",
+            WeightRole::Gamma => "gamma",
+            WeightRole::Beta => "beta",
+            WeightRole::MovingMean => "moving_mean",
+            WeightRole::MovingVariance => "moving_variance",
+        }
+    }
+
+    /// The role Keras calls `name`.
+    pub fn from_keras_name(name: &str) -> Option<Self> {
+        use WeightRole::*;
+        [Kernel, Bias, Gamma, Beta, MovingMean, MovingVariance]
+            .into_iter()
+            .find(|r| r.keras_name() == name)
+    }
+
+    /// Whether gradients train it: BatchNormalization's moving statistics are updated by the
+    /// layer itself, never by an optimizer (Keras' non-trainable weights).
+    pub fn trainable(self) -> bool {
+        !matches!(self, WeightRole::MovingMean | WeightRole::MovingVariance)
+    }
+}
+
+/// How a weight starts (Keras' default initialisers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// Uniform in `±sqrt(6 / (fan_in + fan_out))`.
+    GlorotUniform,
+    Zeros,
+    Ones,
+}
+
+/// One weight a layer asks for, in candle's layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightSpec {
+    pub role: WeightRole,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+impl WeightSpec {
+    pub fn new(role: WeightRole, shape: Vec<usize>, init: Init) -> Self {
+        Self { role, shape, init }
+    }
+
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// What a forward pass needs besides the input and the weights.
+pub struct ForwardCtx<'a> {
+    /// Training behaviour (dropout drawing masks from this generator); `None` in inference.
+    pub training: Option<&'a mut DropoutRng>,
+    /// The model's last layer when the caller wants logits: its softmax is left out.
+    pub skip_softmax: bool,
+}
+
+impl ForwardCtx<'_> {
+    pub fn is_training(&self) -> bool {
+        self.training.is_some()
+    }
+}
+
+/// One kind of layer: what Keras' layer class knows about itself.
+pub trait Layer {
+    /// The Keras class name (`Conv2D`, `MaxPooling2D`, …).
+    fn class_name(&self) -> &'static str;
+
+    /// The stem of Keras' default layer names (`conv2d` → `conv2d_1`).
+    fn name_stem(&self) -> &'static str;
+
+    /// Rejects settings no input could make right (a dropout rate of 2, 0 filters).
+    fn validate(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// The output shape for `input`, or why the layer cannot take it.
+    fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String>;
+
+    /// The weights for `input`, in Keras' order (kernel before bias).
+    fn weights(&self, _input: &FeatureShape) -> Vec<WeightSpec> {
+        Vec::new()
+    }
+
+    /// The forward pass on candle's ops for an NCHW (or NF) batch; `weights` come in the order
+    /// of [`Layer::weights`].
+    fn forward(&self, x: &Tensor, weights: &[Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor>;
+}
+
+/// Every layer kind the workbench has, with its configuration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LayerKind {
+    /// Keras' `InputLayer`: shown by functional models such as VGG-16; computes nothing.
+    Input,
+    Conv2d(Conv2dConfig),
+    MaxPool2d(MaxPooling2D),
+    AvgPool2d(AveragePooling2D),
+    Dropout(DropoutConfig),
+    Flatten,
+    Dense(DenseConfig),
+    BatchNorm(BatchNormConfig),
+    GlobalAvgPool2d,
+    GlobalMaxPool2d,
+}
+
+impl LayerKind {
+    /// The kind's behaviour: the one place every kind is listed.
+    pub fn layer(&self) -> &dyn Layer {
+        match self {
+            LayerKind::Input => &InputLayer,
+            LayerKind::Conv2d(c) => c,
+            LayerKind::MaxPool2d(p) => p,
+            LayerKind::AvgPool2d(p) => p,
+            LayerKind::Dropout(d) => d,
+            LayerKind::Flatten => &Flatten,
+            LayerKind::Dense(d) => d,
+            LayerKind::BatchNorm(b) => b,
+            LayerKind::GlobalAvgPool2d => &GlobalAveragePooling2D,
+            LayerKind::GlobalMaxPool2d => &GlobalMaxPooling2D,
+        }
+    }
+
+    /// `Conv2D(filters, (k, k), padding, activation)`, stride 1.
+    pub fn conv2d(filters: usize, kernel: usize, padding: Padding, activation: Activation) -> Self {
+        LayerKind::Conv2d(Conv2dConfig::new(filters, kernel, padding, activation))
+    }
+
+    /// `MaxPooling2D(pool)`, strides equal to the pool.
+    pub fn max_pool(pool: usize) -> Self {
+        LayerKind::MaxPool2d(MaxPooling2D(Pool2dConfig::new(pool)))
+    }
+
+    /// `Dropout(rate)`.
+    pub fn dropout(rate: f32) -> Self {
+        LayerKind::Dropout(DropoutConfig { rate })
+    }
+
+    /// `Dense(units, activation)`.
+    pub fn dense(units: usize, activation: Activation) -> Self {
+        LayerKind::Dense(DenseConfig { units, activation })
+    }
+
+    pub fn class_name(&self) -> &'static str {
+        self.layer().class_name()
+    }
+
+    pub fn default_name_stem(&self) -> &'static str {
+        self.layer().name_stem()
+    }
+
+    /// The weights this layer has on `input`, in Keras' order.
+    pub fn weights(&self, input: &FeatureShape) -> Vec<WeightSpec> {
+        self.layer().weights(input)
+    }
+
+    /// Number of parameters, trainable or not, given the input shape.
+    pub fn param_count(&self, input: &FeatureShape) -> usize {
+        self.weights(input).iter().map(WeightSpec::elem_count).sum()
+    }
+
+    /// Parameters an optimizer trains by default (Keras' "Trainable params").
+    pub fn trainable_param_count(&self, input: &FeatureShape) -> usize {
+        self.weights(input)
+            .iter()
+            .filter(|w| w.role.trainable())
+            .map(WeightSpec::elem_count)
+            .sum()
+    }
+
+    /// The output shape for `input`, or an error naming the layer and saying why.
+    pub fn output_shape(&self, name: &str, input: &FeatureShape) -> Result<FeatureShape> {
+        let layer = self.layer();
+        layer
+            .validate()
+            .and_then(|()| layer.output_shape(input))
+            .map_err(|message| ModelError::Shape {
+                layer: name.to_string(),
+                message,
+            })
+    }
+}
+
+/// Per-channel statistics' shape for broadcasting over `(N, C, H, W)` or `(N, C)`.
+pub(crate) fn channel_dims(x: &Tensor) -> Result<Vec<usize>> {
+    let mut shape = vec![1; x.rank()];
+    shape[1] = x.dim(1)?;
+    Ok(shape)
+}
+
+/// The error a layer gives for an input it cannot take.
+pub(crate) fn cannot_take(class: &str, input: &FeatureShape) -> String {
+    format!("{class} cannot take input {input}")
+}

@@ -1,0 +1,97 @@
+//! Callbacks with Keras' hooks: `fit` calls them at the start and end of training, of each
+//! epoch and after each batch; any of them can stop training. `fit` itself prints nothing:
+//! logs and progress are callbacks too (the CLI's).
+
+mod checkpoint;
+mod csv_logger;
+mod early_stopping;
+mod terminate_on_nan;
+
+use simplecnn_model::Model;
+
+use crate::error::Result;
+use crate::history::{EpochMetrics, History, StopReason};
+use crate::optim::Optimizer;
+
+pub use checkpoint::{Mode as MonitorMode, ModelCheckpoint, Monitor};
+pub use csv_logger::CsvLogger;
+pub use early_stopping::EarlyStopping;
+pub use terminate_on_nan::TerminateOnNaN;
+
+/// Whether training goes on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    Continue,
+    Stop(StopReason),
+}
+
+/// What is known when training starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainBegin {
+    /// The epoch `fit` starts with (1-based; above 1 when resuming).
+    pub first_epoch: usize,
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    pub train_images: usize,
+    pub validation_images: usize,
+}
+
+/// One finished batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchEnd {
+    pub epoch: usize,
+    /// 1-based within the epoch.
+    pub batch: usize,
+    pub loss: f64,
+    /// The epoch's running means so far.
+    pub mean_loss: f64,
+    pub mean_acc: f64,
+    pub learning_rate: f64,
+}
+
+/// The training state a callback may read at the end of an epoch (to save it, say).
+pub struct TrainState<'a> {
+    pub model: &'a Model,
+    pub optimizer: &'a dyn Optimizer,
+    /// Every finished epoch, this one included.
+    pub history: &'a History,
+}
+
+/// Keras' `Callback`: each hook does nothing unless overridden.
+pub trait Callback {
+    fn on_train_begin(&mut self, _info: &TrainBegin) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_epoch_begin(&mut self, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_batch_end(&mut self, _batch: &BatchEnd) -> Result<Control> {
+        Ok(Control::Continue)
+    }
+
+    /// `logs` is the epoch's row of the history.
+    fn on_epoch_end(&mut self, _logs: &EpochMetrics, _state: &TrainState<'_>) -> Result<Control> {
+        Ok(Control::Continue)
+    }
+
+    fn on_train_end(&mut self, _history: &History) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Calls every callback's hook in order; the first `Stop` wins, the rest still see the event.
+pub(crate) fn any_stop(
+    callbacks: &mut [Box<dyn Callback>],
+    mut hook: impl FnMut(&mut dyn Callback) -> Result<Control>,
+) -> Result<Control> {
+    let mut control = Control::Continue;
+    for c in callbacks.iter_mut() {
+        let this = hook(c.as_mut())?;
+        if control == Control::Continue {
+            control = this;
+        }
+    }
+    Ok(control)
+}
