@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use simplecnn_cifar::Batch;
 use simplecnn_model::{zoo, DropoutRng, FeatureShape, Kernels, Mode, Model, Sequential};
-use simplecnn_train::{train_step, trainable_params, Adam, AdamConfig};
+use simplecnn_train::{loss::Loss, train_step, trainable_params, Adam, AdamConfig};
 
 const BATCH: usize = 128;
 
@@ -84,7 +84,9 @@ fn training_step(c: &mut Criterion) {
         };
         let mut rng = DropoutRng::new(0);
         group.bench_function(BenchmarkId::new(label, "simple_cnn_b128"), |b| {
-            b.iter(|| train_step(&model, &mut adam, &batch, &mut rng, 1e-3).unwrap())
+            b.iter(|| {
+                train_step(&model, &mut adam, &Loss::default(), &batch, &mut rng, 1e-3).unwrap()
+            })
         });
     }
     group.finish();

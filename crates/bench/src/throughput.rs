@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
 use simplecnn_model::{zoo, DropoutRng, Kernels, Mode, Model};
-use simplecnn_train::{train_step, trainable_params, Adam, AdamConfig, TrainError};
+use simplecnn_train::{loss::Loss, train_step, trainable_params, Adam, AdamConfig, TrainError};
 
 use crate::process::{cpu_seconds, peak_rss_mib};
 
@@ -146,7 +146,15 @@ pub fn measure(
             .collect();
         let batch = train.batch(&idx, device)?;
         let start = Instant::now();
-        let loss = train_step(&model, &mut adam, &batch, &mut dropout, learning_rate)?.loss;
+        let loss = train_step(
+            &model,
+            &mut adam,
+            &Loss::default(),
+            &batch,
+            &mut dropout,
+            learning_rate,
+        )?
+        .loss;
         if step >= c.warmup_steps {
             step_ms.push(start.elapsed().as_secs_f64() * 1e3);
             loss_sum += loss;

@@ -397,7 +397,8 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
     );
 
     let mut optimizer = experiment.build_optimizer(&model)?;
-    let schedule = experiment.build_schedule();
+    let total_steps = fit_config.epochs * fit_config.steps_per_epoch(split_at);
+    let schedule = experiment.build_schedule(total_steps as u64);
     let mut callbacks: Vec<Box<dyn Callback>> = experiment
         .callbacks
         .iter()
@@ -425,7 +426,8 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
         plots::loss_and_accuracy(&history, &run_dir)?;
     }
 
-    // model.save('model.h5'), with Adam's state so training can resume from the file.
+    // model.save('model.h5'), with Adam's state so training can resume from the file (the
+    // .h5 layout we write holds Adam's slots only; other optimizers save the model alone).
     let state = optimizer.state()?;
     let adam_state = match experiment.optimizer {
         OptimizerSpec::Adam {
@@ -433,17 +435,18 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
             beta_1,
             beta_2,
             epsilon,
-        } => simplecnn_store::AdamState {
+        } => Some(simplecnn_store::AdamState {
             learning_rate,
             beta_1,
             beta_2,
             epsilon,
             iterations: state.iterations,
             slots: state.slots,
-        },
+        }),
+        OptimizerSpec::Sgd { .. } => None,
     };
     for name in &experiment.outputs.save {
-        simplecnn_store::save_model(&model, &run_dir.join(name), Some(&adam_state))?;
+        simplecnn_store::save_model(&model, &run_dir.join(name), adam_state.as_ref())?;
     }
 
     let test = evaluate(&model, &data.test, fit_config.batch_size)?;

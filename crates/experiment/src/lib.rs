@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 use simplecnn_model::{zoo, FeatureShape, Model, Sequential};
 use simplecnn_train::{
-    trainable_params, Adam, AdamConfig, Callback, Constant, CsvLogger, EarlyStopping, FitConfig,
-    ModelCheckpoint, Optimizer, Schedule, TerminateOnNaN,
+    loss::Loss, trainable_params, Adam, AdamConfig, Callback, Constant, CsvLogger, EarlyStopping,
+    FitConfig, ModelCheckpoint, Optimizer, ParamGroup, PiecewiseLinear, Schedule, Sgd, SgdConfig,
+    TerminateOnNaN,
 };
 
 pub use spec::{
@@ -209,17 +210,18 @@ impl Experiment {
         ensure(self.data.subset != Some(0), "data.subset", || {
             "must be at least 1".into()
         })?;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let lr = self.optimizer.learning_rate();
+        ensure(positive(lr), "optimizer.learning_rate", || {
+            format!("{lr} is not a positive number")
+        })?;
         match &self.optimizer {
             OptimizerSpec::Adam {
-                learning_rate,
                 beta_1,
                 beta_2,
                 epsilon,
+                ..
             } => {
-                let positive = |v: f64| v.is_finite() && v > 0.0;
-                ensure(positive(*learning_rate), "optimizer.learning_rate", || {
-                    format!("{learning_rate} is not a positive number")
-                })?;
                 for (key, b) in [("optimizer.beta_1", beta_1), ("optimizer.beta_2", beta_2)] {
                     ensure((0.0..1.0).contains(b), key, || {
                         format!("{b} is not in [0, 1)")
@@ -229,7 +231,51 @@ impl Experiment {
                     format!("{epsilon} is not a positive number")
                 })?;
             }
+            OptimizerSpec::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+                groups,
+                ..
+            } => {
+                ensure((0.0..1.0).contains(momentum), "optimizer.momentum", || {
+                    format!("{momentum} is not in [0, 1)")
+                })?;
+                ensure(!*nesterov || *momentum > 0.0, "optimizer.nesterov", || {
+                    "Nesterov needs a momentum".into()
+                })?;
+                let decays = std::iter::once(("optimizer.weight_decay".to_string(), *weight_decay))
+                    .chain(groups.iter().enumerate().map(|(i, g)| {
+                        (format!("optimizer.groups.{i}.weight_decay"), g.weight_decay)
+                    }));
+                for (key, d) in decays {
+                    ensure(d.is_finite() && d >= 0.0, &key, || {
+                        format!("{d} is negative")
+                    })?;
+                }
+                for (i, g) in groups.iter().enumerate() {
+                    ensure(
+                        positive(g.lr_scale),
+                        &format!("optimizer.groups.{i}.lr_scale"),
+                        || format!("{} is not a positive number", g.lr_scale),
+                    )?;
+                    for r in &g.roles {
+                        let known = simplecnn_model::WeightRole::from_keras_name(r).is_some();
+                        ensure(known, &format!("optimizer.groups.{i}.roles"), || {
+                            format!("{r:?} is not a weight role (kernel, bias, gamma, beta)")
+                        })?;
+                    }
+                }
+            }
         }
+        if let ScheduleSpec::PiecewiseLinear { points } = &self.schedule {
+            let points = points.iter().map(|p| (p[0], p[1])).collect();
+            PiecewiseLinear::new(lr, 1, points)
+                .map_err(|why| ("schedule.points".to_string(), why))?;
+        }
+        let loss = self.loss_config();
+        loss.validate()
+            .map_err(|e| ("loss.label_smoothing".to_string(), e.to_string()))?;
         for (i, c) in self.callbacks.iter().enumerate() {
             if let CallbackSpec::CsvLogger { filename } = c {
                 ensure(
@@ -363,6 +409,14 @@ impl Experiment {
             shuffle: self.fit.shuffle,
             seed: self.fit.seed,
             drop_remainder: self.fit.drop_remainder,
+            loss: self.loss_config(),
+        }
+    }
+
+    pub fn loss_config(&self) -> Loss {
+        Loss {
+            label_smoothing: self.loss.label_smoothing,
+            reduction: self.loss.reduction,
         }
     }
 
@@ -383,14 +437,44 @@ impl Experiment {
                 };
                 Box::new(Adam::new(trainable_params(model), config)?)
             }
+            OptimizerSpec::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+                ref groups,
+                ..
+            } => {
+                let groups = groups
+                    .iter()
+                    .map(|g| ParamGroup {
+                        roles: g.roles.clone(),
+                        lr_scale: g.lr_scale,
+                        weight_decay: g.weight_decay,
+                    })
+                    .collect();
+                let config = SgdConfig {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    groups,
+                };
+                Box::new(Sgd::new(trainable_params(model), config)?)
+            }
         })
     }
 
-    pub fn build_schedule(&self) -> Box<dyn Schedule> {
-        match self.schedule {
-            ScheduleSpec::Constant {} => Box::new(Constant {
-                learning_rate: self.optimizer.learning_rate(),
-            }),
+    /// The schedule for a run of `total_steps` optimizer steps.
+    pub fn build_schedule(&self, total_steps: u64) -> Box<dyn Schedule> {
+        let learning_rate = self.optimizer.learning_rate();
+        match &self.schedule {
+            ScheduleSpec::Constant {} => Box::new(Constant { learning_rate }),
+            ScheduleSpec::PiecewiseLinear { points } => {
+                let points = points.iter().map(|p| (p[0], p[1])).collect();
+                Box::new(
+                    PiecewiseLinear::new(learning_rate, total_steps, points)
+                        .expect("checked by Experiment::check"),
+                )
+            }
         }
     }
 
@@ -504,7 +588,7 @@ mod tests {
             }
         ));
         // The schedule follows the optimizer's rate.
-        assert_eq!(e.build_schedule().learning_rate(123), 5e-4);
+        assert_eq!(e.build_schedule(1000).learning_rate(123), 5e-4);
     }
 
     #[test]
@@ -513,7 +597,8 @@ mod tests {
         assert!(msg(&["fit.epochs=0"]).starts_with("baseline.toml: fit.epochs: must be"));
         assert!(msg(&["fit.epochs=\"two\""]).contains("fit.epochs"));
         assert!(msg(&["fit.epoch=2"]).contains("unknown field `epoch`"));
-        assert!(msg(&["optimizer.kind=\"sgd\""]).contains("unknown variant `sgd`"));
+        assert!(msg(&["optimizer.kind=\"rmsprop\""]).contains("unknown variant `rmsprop`"));
+        assert!(msg(&["optimizer.kind=\"sgd\""]).contains("unknown field `beta_1`"));
         assert!(msg(&["callbacks.9.kind=\"x\""]).contains("index 9 is past the 5 items"));
         assert!(msg(&["name.x=1"]).contains("name is not a table"));
         assert!(msg(&["outputs.save=[\"model.keras\"]"]).contains("outputs.save.0"));
@@ -566,5 +651,63 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no `experiment` key"));
+    }
+}
+
+#[cfg(test)]
+mod recipe_tests {
+    use super::*;
+
+    /// airbench's recipe pieces in a file: SGD with Nesterov and a BatchNorm-bias group, the
+    /// piecewise-linear schedule, label smoothing with a summed loss.
+    #[test]
+    fn sgd_schedule_and_loss_entries_build() {
+        let text = r#"
+            name = "sgd"
+            [model]
+            zoo = "simple_cnn"
+            [optimizer]
+            kind = "sgd"
+            learning_rate = 0.0015
+            momentum = 0.85
+            nesterov = true
+            weight_decay = 1.36
+            groups = [ { roles = ["bias"], lr_scale = 64.0, weight_decay = 0.02 } ]
+            [schedule]
+            kind = "piecewise_linear"
+            points = [[0.0, 0.2], [0.23, 1.0], [1.0, 0.07]]
+            [loss]
+            label_smoothing = 0.2
+            reduction = "sum"
+            [fit]
+            epochs = 2
+            batch_size = 64
+            drop_remainder = true
+        "#;
+        let e = load_text(text, Path::new("sgd.toml"), &[])
+            .unwrap()
+            .experiment;
+        let model = Model::new(e.build_spec().unwrap(), &candle_core::Device::Cpu, 0).unwrap();
+        let opt = e.build_optimizer(&model).unwrap();
+        assert_eq!(opt.name(), "SGD");
+        let cfg = opt.config();
+        assert_eq!(cfg["groups"][0]["lr_scale"], 64.0);
+        let s = e.build_schedule(100);
+        assert!((s.learning_rate(0) - 0.0015 * 0.2).abs() < 1e-15);
+        assert!((s.learning_rate(23) - 0.0015).abs() < 1e-15);
+        let fit = e.fit_config();
+        assert_eq!(fit.loss.label_smoothing, 0.2);
+        assert!(fit.drop_remainder);
+        let bad = |from: &str, to: &str| {
+            load_text(&text.replace(from, to), Path::new("sgd.toml"), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("momentum = 0.85", "momentum = 1.5").contains("optimizer.momentum"));
+        assert!(bad("[\"bias\"]", "[\"weights\"]").contains("optimizer.groups.0.roles"));
+        assert!(bad("[1.0, 0.07]", "[0.9, 0.07]").contains("schedule.points"));
+        assert!(
+            bad("label_smoothing = 0.2", "label_smoothing = 1.2").contains("loss.label_smoothing")
+        );
     }
 }

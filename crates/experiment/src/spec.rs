@@ -20,6 +20,9 @@ pub struct Experiment {
     pub optimizer: OptimizerSpec,
     #[serde(default)]
     pub schedule: ScheduleSpec,
+    /// Keras' `compile(loss=…)`: categorical cross-entropy on logits.
+    #[serde(default)]
+    pub loss: LossSpec,
     pub fit: FitSpec,
     /// Keras' `callbacks=[…]`, in the order they run.
     #[serde(default)]
@@ -93,6 +96,51 @@ pub enum OptimizerSpec {
         #[serde(default = "adam_epsilon")]
         epsilon: f64,
     },
+    /// PyTorch's `torch.optim.SGD` (Keras' `SGD` without decay is the same rule).
+    Sgd {
+        #[serde(default = "sgd_lr")]
+        learning_rate: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<ParamGroupSpec>,
+    },
+}
+
+fn sgd_lr() -> f64 {
+    0.01
+}
+
+/// What is minimised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossSpec {
+    /// Keras' `label_smoothing`: targets `(1 - s)·one_hot + s / classes`.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// `mean` over the batch (Keras) or `sum` (PyTorch's `reduction="sum"`).
+    #[serde(default)]
+    pub reduction: simplecnn_train::loss::Reduction,
+}
+
+/// A parameter group of SGD: weights with one of `roles` get their own rate scale and decay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroupSpec {
+    /// Weight roles: `kernel`, `bias`, `gamma`, `beta`.
+    pub roles: Vec<String>,
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn adam_lr() -> f64 {
@@ -112,7 +160,8 @@ impl OptimizerSpec {
     /// The base learning rate a schedule starts from.
     pub fn learning_rate(&self) -> f64 {
         match self {
-            OptimizerSpec::Adam { learning_rate, .. } => *learning_rate,
+            OptimizerSpec::Adam { learning_rate, .. }
+            | OptimizerSpec::Sgd { learning_rate, .. } => *learning_rate,
         }
     }
 }
@@ -123,6 +172,10 @@ impl OptimizerSpec {
 pub enum ScheduleSpec {
     /// The optimizer's learning rate at every step.
     Constant {},
+    /// The optimizer's rate times a factor that runs in straight lines between
+    /// `[fraction of the run's steps, factor]` points, from fraction 0 to 1 (airbench:
+    /// `[[0, 0.2], [0.23, 1], [1, 0.07]]`).
+    PiecewiseLinear { points: Vec<[f64; 2]> },
 }
 
 /// Keras' `fit` arguments, and where it runs.

@@ -26,7 +26,7 @@ pub(crate) enum Step {
         relu: bool,
         layouts: (ImageLayout, ImageLayout),
     },
-    /// A Conv2D whose activation (softmax) runs on candle's ops after the kernel.
+    /// A Conv2D whose activation (softmax, GELU) runs on candle's ops after the kernel.
     ConvThen {
         layer: usize,
         shape: ops::ConvShape,
@@ -47,10 +47,15 @@ pub(crate) fn candle_plan(spec: &Sequential) -> Vec<Step> {
     (0..spec.layers().len()).map(Step::Layer).collect()
 }
 
+/// Activations the CPU kernels apply inside a convolution; others run after it on candle's ops.
+fn fuses(a: Activation) -> bool {
+    matches!(a, Activation::Linear | Activation::Relu)
+}
+
 /// Whether a Conv2D can take channels-last images: one with a linear or ReLU activation, on
 /// its own or fused with its pool.
 fn takes_channels_last(layer: Option<&LayerSpec>) -> bool {
-    matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if c.activation != Activation::Softmax)
+    matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if fuses(c.activation))
 }
 
 fn layout_for(next: Option<&LayerSpec>) -> ImageLayout {
@@ -87,7 +92,7 @@ pub(crate) fn fast_plan(spec: &Sequential) -> Result<Vec<Step>> {
                 1,
                 ImageLayout::Nchw,
             ),
-            (LayerKind::Conv2d(cfg), Some(chw)) if cfg.activation != Activation::Softmax => {
+            (LayerKind::Conv2d(cfg), Some(chw)) if fuses(cfg.activation) => {
                 let conv = conv_shape(l, cfg, chw)?;
                 let relu = cfg.activation == Activation::Relu;
                 match layers.get(i + 1).map(|p| (&p.kind, p)) {

@@ -258,3 +258,42 @@ fn global_pooling_values_shapes_and_gradients() {
         }
     }
 }
+
+/// GELU (exact, erf): values against x·Φ(x), and a Conv2D with GELU gives the same logits and
+/// input gradient on the CPU kernels (convolution, then GELU on candle's ops) as on candle's.
+#[test]
+fn gelu_values_and_both_kernel_sets_agree() {
+    use candle_core::{Device, Var};
+    use simplecnn_model::{Activation, FeatureShape, Kernels, LayerKind, Padding, Sequential};
+    let mut s = Sequential::new("m", FeatureShape::image(3, 6, 6));
+    s.add(LayerKind::conv2d(5, 3, Padding::Same, Activation::Gelu))
+        .unwrap();
+    s.add(LayerKind::GlobalAvgPool2d).unwrap();
+    s.add(LayerKind::dense(4, Activation::Gelu)).unwrap();
+    let x =
+        Var::from_tensor(&Tensor::rand(-1f32, 1f32, (2, 3, 6, 6), &Device::Cpu).unwrap()).unwrap();
+    let run = |kernels| {
+        let mut m = Model::new(s.clone(), &Device::Cpu, 9).unwrap();
+        m.set_kernels(kernels).unwrap();
+        let y = m.logits_with(x.as_tensor(), Mode::Inference, true).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), gx)
+    };
+    let ((y1, g1), (y2, g2)) = (run(Kernels::Fast), run(Kernels::Candle));
+    for (a, b) in y1.iter().zip(&y2).chain(g1.iter().zip(&g2)) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    // GELU itself: x·Φ(x) with Φ from erf, at a few points (Φ(1) = 0.841344746).
+    let t = Tensor::new(&[-1.0f32, 0.0, 1.0, 3.0], &Device::Cpu).unwrap();
+    let g: Vec<f32> = t.gelu_erf().unwrap().to_vec1().unwrap();
+    let expected = [
+        -(1.0 - 0.841_344_7),
+        0.0,
+        0.841_344_7,
+        3.0 * 0.998_650_1,
+    ];
+    for (a, b) in g.iter().zip(expected) {
+        assert!((a - b).abs() < 1e-5, "{g:?}");
+    }
+}

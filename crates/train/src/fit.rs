@@ -14,6 +14,7 @@ use crate::checkpoint::load_checkpoint;
 use crate::error::{Result, TrainError};
 use crate::evaluate::evaluate_indices;
 use crate::history::{EpochMetrics, History};
+use crate::loss::Loss;
 use crate::optim::Optimizer;
 use crate::schedule::Schedule;
 use crate::step::train_step;
@@ -32,6 +33,9 @@ pub struct FitConfig {
     /// Leave out each epoch's last batch when it is smaller than `batch_size`.
     #[serde(default)]
     pub drop_remainder: bool,
+    /// What is minimised (Keras' `compile(loss=…)`).
+    #[serde(default)]
+    pub loss: Loss,
 }
 
 impl Default for FitConfig {
@@ -44,6 +48,7 @@ impl Default for FitConfig {
             shuffle: true,
             seed: 0,
             drop_remainder: false,
+            loss: Loss::default(),
         }
     }
 }
@@ -64,6 +69,7 @@ impl FitConfig {
     }
 
     pub fn validate(&self, data_len: usize) -> Result<()> {
+        self.loss.validate()?;
         let bad = |m: String| Err(TrainError::Config(m));
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
@@ -195,7 +201,14 @@ fn fit_from(
         for (step, idx) in order.chunks(config.batch_size).take(steps).enumerate() {
             let batch = data.batch(idx, model.device())?;
             learning_rate = schedule.learning_rate(optimizer.iterations());
-            let out = train_step(model, optimizer, &batch, &mut dropout, learning_rate)?;
+            let out = train_step(
+                model,
+                optimizer,
+                &config.loss,
+                &batch,
+                &mut dropout,
+                learning_rate,
+            )?;
             loss_sum += out.loss * idx.len() as f64;
             correct += out.correct;
             seen += idx.len();

@@ -52,6 +52,9 @@ pub use error::{Result, TrainError};
 pub use evaluate::{evaluate, evaluate_indices, predict, Evaluation};
 pub use fit::{fit, resume, FitConfig};
 pub use history::{EpochMetrics, History, StopReason};
-pub use optim::{trainable_params, Adam, AdamConfig, Optimizer, OptimizerState, Param};
-pub use schedule::{Constant, Schedule};
+pub use optim::{
+    trainable_params, Adam, AdamConfig, Optimizer, OptimizerState, Param, ParamGroup, Sgd,
+    SgdConfig,
+};
+pub use schedule::{Constant, PiecewiseLinear, Schedule};
 pub use step::{train_step, StepOutput};

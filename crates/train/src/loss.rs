@@ -1,8 +1,71 @@
-//! Categorical cross-entropy on logits, computed through log-softmax so it stays finite.
+//! Categorical cross-entropy on logits, computed through log-softmax so it stays finite, with
+//! Keras' label smoothing and a choice of mean or sum over the batch.
 
 use candle_core::{Tensor, D};
+use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
+
+/// How a batch's per-image losses become the value gradients are taken of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reduction {
+    /// Keras' default: the mean over the batch.
+    #[default]
+    Mean,
+    /// The sum over the batch (PyTorch's `reduction="sum"`), as airbench trains.
+    Sum,
+}
+
+/// Keras' `CategoricalCrossentropy(from_logits=True, label_smoothing)`: targets
+/// `(1 - s)·one_hot + s / classes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Loss {
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default)]
+    pub reduction: Reduction,
+}
+
+impl Loss {
+    pub fn validate(&self) -> Result<()> {
+        match (0.0..1.0).contains(&self.label_smoothing) {
+            true => Ok(()),
+            false => Err(TrainError::Config(format!(
+                "label_smoothing {} is not in [0, 1)",
+                self.label_smoothing
+            ))),
+        }
+    }
+
+    /// The value to differentiate (mean or sum over the batch) of `logits (N, K)` against
+    /// `one_hot (N, K)`.
+    pub fn objective(&self, logits: &Tensor, one_hot: &Tensor) -> Result<Tensor> {
+        let s = self.label_smoothing;
+        let per_image = if s == 0.0 {
+            // The tutorial's loss, kept op for op so its runs repeat to the last digit.
+            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            (one_hot * log_p)?.sum(D::Minus1)?.neg()?
+        } else {
+            let k = one_hot.dim(D::Minus1)? as f64;
+            let target = one_hot.affine(1.0 - s, s / k)?;
+            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            (target * log_p)?.sum(D::Minus1)?.neg()?
+        };
+        Ok(match self.reduction {
+            Reduction::Mean => per_image.mean_all()?,
+            Reduction::Sum => per_image.sum_all()?,
+        })
+    }
+
+    /// The mean loss per image for the logs, from the objective of a batch of `n`.
+    pub fn mean_per_image(&self, objective: f64, n: usize) -> f64 {
+        match self.reduction {
+            Reduction::Mean => objective,
+            Reduction::Sum => objective / n.max(1) as f64,
+        }
+    }
+}
 
 /// Mean over the batch of `-sum(one_hot * log_softmax(logits))`: a scalar tensor.
 pub fn categorical_cross_entropy(logits: &Tensor, one_hot: &Tensor) -> Result<Tensor> {
@@ -24,6 +87,59 @@ pub fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<usize> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// Label smoothing and sum reduction against the formula written out.
+    #[test]
+    fn label_smoothing_and_sum_follow_keras_formula() {
+        let dev = Device::Cpu;
+        let logits = [[1.0f64, 2.0, 3.0], [0.5, -1.0, 0.0]];
+        let labels = [2usize, 0];
+        let one_hot = Tensor::new(&[[0.0f32, 0.0, 1.0], [1.0, 0.0, 0.0]], &dev).unwrap();
+        let t = Tensor::new(&[[1.0f32, 2.0, 3.0], [0.5, -1.0, 0.0]], &dev).unwrap();
+        let s = 0.2;
+        let mut expected = 0.0;
+        for (row, &label) in logits.iter().zip(&labels) {
+            let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+            for (k, v) in row.iter().enumerate() {
+                let target = if k == label { 1.0 - s } else { 0.0 } + s / 3.0;
+                expected -= target * (v - lse);
+            }
+        }
+        let loss = Loss {
+            label_smoothing: s,
+            reduction: Reduction::Sum,
+        };
+        let got = loss
+            .objective(&t, &one_hot)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+        assert!((loss.mean_per_image(got, 2) - expected / 2.0).abs() < 1e-5);
+        let mean = Loss {
+            label_smoothing: s,
+            reduction: Reduction::Mean,
+        };
+        let got = mean
+            .objective(&t, &one_hot)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!((got - expected / 2.0).abs() < 1e-5);
+        // No smoothing, mean: the tutorial's loss.
+        let plain = Loss::default().objective(&t, &one_hot).unwrap();
+        let reference = categorical_cross_entropy(&t, &one_hot).unwrap();
+        assert_eq!(
+            plain.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap()
+        );
+        assert!(Loss {
+            label_smoothing: 1.0,
+            ..Loss::default()
+        }
+        .validate()
+        .is_err());
+    }
 
     #[test]
     fn matches_the_definition_and_stays_finite() {

@@ -113,6 +113,8 @@ pub enum Activation {
     Linear,
     Relu,
     Softmax,
+    /// The exact GELU, `x·Φ(x)` (Keras' `gelu` with `approximate=False`, PyTorch's `nn.GELU()`).
+    Gelu,
 }
 
 impl Activation {
@@ -121,14 +123,20 @@ impl Activation {
             Activation::Linear => "linear",
             Activation::Relu => "relu",
             Activation::Softmax => "softmax",
+            Activation::Gelu => "gelu",
         }
     }
 
     /// The activation Keras calls `name`.
     pub fn from_keras_name(name: &str) -> Option<Self> {
-        [Activation::Linear, Activation::Relu, Activation::Softmax]
-            .into_iter()
-            .find(|a| a.keras_name() == name)
+        [
+            Activation::Linear,
+            Activation::Relu,
+            Activation::Softmax,
+            Activation::Gelu,
+        ]
+        .into_iter()
+        .find(|a| a.keras_name() == name)
     }
 
     /// Applies the activation; the final softmax is left out when the caller wants logits.
@@ -136,6 +144,7 @@ impl Activation {
         Ok(match self {
             Activation::Linear => x,
             Activation::Relu => x.relu()?,
+            Activation::Gelu => x.gelu_erf()?,
             Activation::Softmax if skip_softmax => x,
             Activation::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
         })

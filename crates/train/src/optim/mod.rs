@@ -3,6 +3,7 @@
 //! model whose trainable set changes (frozen layers) keeps each slot with its weight.
 
 mod adam;
+mod sgd;
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use simplecnn_model::Model;
 use crate::error::{Result, TrainError};
 
 pub use adam::{Adam, AdamConfig};
+pub use sgd::{ParamGroup, Sgd, SgdConfig};
 
 /// One weight an optimizer updates: its path (`layer/name`) and variable.
 #[derive(Clone, Debug)]
