@@ -275,11 +275,8 @@ impl Model {
         Ok(x)
     }
 
-    fn tensors(&self, layer: usize) -> Vec<Tensor> {
-        self.weights[layer]
-            .iter()
-            .map(|w| w.var.as_tensor().clone())
-            .collect()
+    fn layer_vars(&self, layer: usize) -> Vec<Var> {
+        self.weights[layer].iter().map(|w| w.var.clone()).collect()
     }
 
     fn run_step(
@@ -308,7 +305,7 @@ impl Model {
                 ctx.skip_softmax = skip_final_softmax && i == last;
                 l.kind
                     .layer()
-                    .forward(x, &self.tensors(i), ctx)
+                    .forward(x, &self.layer_vars(i), ctx)
                     .map_err(|e| e.in_layer(&l.name))?
             }
             Step::ConvPool {

@@ -121,7 +121,7 @@ fn wrong_input_shape_is_an_error() {
 }
 
 #[test]
-fn batch_normalization_normalises_per_channel_in_inference_only() {
+fn batch_normalization_normalises_per_channel_with_moving_statistics_in_inference() {
     use simplecnn_model::{FeatureShape, LayerKind, Sequential};
     let mut s = Sequential::new("m", FeatureShape::image(2, 2, 2));
     s.add(LayerKind::BatchNorm(Default::default())).unwrap();
@@ -173,10 +173,127 @@ fn batch_normalization_normalises_per_channel_in_inference_only() {
     }
     // Only trainable weights reach the optimizer.
     assert_eq!(model.vars().len(), 2);
-    let err = model
-        .forward(&x, Mode::Training(&mut DropoutRng::new(0)))
-        .unwrap_err();
-    assert!(err.to_string().contains("batch_normalization_1"), "{err}");
+}
+
+/// Training mode: the batch's statistics normalise, the moving ones follow Keras' rule
+/// (`moving = momentum·moving + (1 - momentum)·batch`, biased variance), and the gradients of
+/// the input and of beta match finite differences. `scale = false` has no gamma (airbench).
+#[test]
+fn batch_normalization_trains_with_batch_statistics() {
+    use candle_core::Var;
+    use simplecnn_model::{BatchNormConfig, FeatureShape, LayerKind, Sequential};
+    let bn = BatchNormConfig {
+        epsilon: 1e-5,
+        momentum: 0.6,
+        center: true,
+        scale: false,
+    };
+    let mut s = Sequential::new("m", FeatureShape::image(2, 2, 3));
+    s.add(LayerKind::BatchNorm(bn)).unwrap();
+    assert_eq!((s.param_count(), s.trainable_param_count()), (6, 2));
+    let model = Model::new(s, &Device::Cpu, 0).unwrap();
+    let names: Vec<&str> = model.weights().map(|w| w.name).collect();
+    assert_eq!(names, ["beta", "moving_mean", "moving_variance"]);
+    model
+        .set_weight(
+            "batch_normalization_1",
+            "beta",
+            &Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let (n, c, hw) = (3usize, 2usize, 6usize);
+    let values: Vec<f32> = (0..n * c * hw)
+        .map(|i| ((i * 7 % 13) as f32) * 0.3 - 1.0)
+        .collect();
+    let x = Var::from_vec(values.clone(), (n, c, 2, 3), &Device::Cpu).unwrap();
+    let y = model
+        .logits(x.as_tensor(), Mode::Training(&mut DropoutRng::new(0)))
+        .unwrap();
+    // Expected, channel by channel, in f64.
+    let beta = [0.5f64, -1.0];
+    let y_values: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+    let mut batch_stats = Vec::new();
+    for ch in 0..c {
+        let xs: Vec<f64> = (0..n)
+            .flat_map(|i| {
+                values[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                    .iter()
+                    .map(|&v| v as f64)
+            })
+            .collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        batch_stats.push((mean, var));
+        for i in 0..n {
+            for k in 0..hw {
+                let at = (i * c + ch) * hw + k;
+                let e = (values[at] as f64 - mean) / (var + 1e-5).sqrt() + beta[ch];
+                assert!((y_values[at] as f64 - e).abs() < 1e-4, "y[{at}]");
+            }
+        }
+    }
+    let get = |name| -> Vec<f32> {
+        model
+            .weight("batch_normalization_1", name)
+            .unwrap()
+            .var
+            .as_tensor()
+            .to_vec1()
+            .unwrap()
+    };
+    for ch in 0..c {
+        let (mean, var) = batch_stats[ch];
+        assert!((get("moving_mean")[ch] as f64 - 0.4 * mean).abs() < 1e-5);
+        assert!((get("moving_variance")[ch] as f64 - (0.6 + 0.4 * var)).abs() < 1e-5);
+    }
+    // Gradients: loss = sum(y · w) for fixed w.
+    let w = Tensor::rand(-1f32, 1f32, (n, c, 2, 3), &Device::Cpu).unwrap();
+    let loss = |x: &Tensor| -> f64 {
+        let y = model
+            .logits(x, Mode::Training(&mut DropoutRng::new(0)))
+            .unwrap();
+        (y * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let y = model
+        .logits(x.as_tensor(), Mode::Training(&mut DropoutRng::new(0)))
+        .unwrap();
+    let grads = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx: Vec<f32> = grads
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let beta_var = &model.weight("batch_normalization_1", "beta").unwrap().var;
+    let gb: Vec<f32> = grads.get(beta_var).unwrap().to_vec1().unwrap();
+    let eps = 1e-2f32;
+    for i in (0..values.len()).step_by(5) {
+        let at = |d: f32| {
+            let mut v = values.clone();
+            v[i] += d;
+            loss(&Tensor::from_vec(v, (n, c, 2, 3), &Device::Cpu).unwrap())
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        assert!(
+            (numeric - gx[i] as f64).abs() < 2e-3,
+            "x[{i}]: {numeric} vs {}",
+            gx[i]
+        );
+    }
+    // d loss / d beta[c] is the sum of w over the channel.
+    let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    for ch in 0..c {
+        let sum: f32 = (0..n)
+            .flat_map(|i| wv[(i * c + ch) * hw..(i * c + ch + 1) * hw].to_vec())
+            .sum();
+        assert!((gb[ch] - sum).abs() < 1e-4);
+    }
 }
 
 /// GlobalAveragePooling2D / GlobalMaxPooling2D: Keras' shapes and names, values against a
@@ -287,12 +404,7 @@ fn gelu_values_and_both_kernel_sets_agree() {
     // GELU itself: x·Φ(x) with Φ from erf, at a few points (Φ(1) = 0.841344746).
     let t = Tensor::new(&[-1.0f32, 0.0, 1.0, 3.0], &Device::Cpu).unwrap();
     let g: Vec<f32> = t.gelu_erf().unwrap().to_vec1().unwrap();
-    let expected = [
-        -(1.0 - 0.841_344_7),
-        0.0,
-        0.841_344_7,
-        3.0 * 0.998_650_1,
-    ];
+    let expected = [-(1.0 - 0.841_344_7), 0.0, 0.841_344_7, 3.0 * 0.998_650_1];
     for (a, b) in g.iter().zip(expected) {
         assert!((a - b).abs() < 1e-5, "{g:?}");
     }

@@ -62,11 +62,16 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             base,
             json!({"data_format": "channels_last", "keepdims": false}),
         ),
-        LayerKind::BatchNorm(BatchNormConfig { epsilon, momentum }) => merge(
+        LayerKind::BatchNorm(BatchNormConfig {
+            epsilon,
+            momentum,
+            center,
+            scale,
+        }) => merge(
             base,
             json!({
                 "axis": -1, "momentum": *momentum as f64, "epsilon": *epsilon as f64,
-                "center": true, "scale": true,
+                "center": center, "scale": scale,
                 "beta_initializer": {"class_name": "Zeros", "config": {}},
                 "gamma_initializer": {"class_name": "Ones", "config": {}},
                 "moving_mean_initializer": {"class_name": "Zeros", "config": {}},
@@ -283,13 +288,6 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 }
             }
             "BatchNormalization" => {
-                for flag in ["center", "scale"] {
-                    if cfg.get(flag).and_then(Value::as_bool) == Some(false) {
-                        return Err(err(format!(
-                            "BatchNormalization with {flag}=false is not supported"
-                        )));
-                    }
-                }
                 // Keras 2 writes the axis as 3 or [3] for NHWC images, Keras 3 as -1: all mean
                 // the channels, the only axis we normalise over.
                 let rank = match input_so_far(&seq, input) {
@@ -304,9 +302,12 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
                     return Err(err(format!("BatchNormalization over axis {axis:?} is not supported (only the channels)")));
                 }
+                let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
                 LayerKind::BatchNorm(BatchNormConfig {
                     epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
                     momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99) as f32,
+                    center: flag("center"),
+                    scale: flag("scale"),
                 })
             }
             "Dense" => {

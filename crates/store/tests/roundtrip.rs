@@ -142,3 +142,55 @@ fn global_pooling_layers_round_trip() {
         assert_eq!(p(&model), p(&back));
     }
 }
+
+/// A trained BatchNormalization without gamma (`scale=false`, as airbench's) saves its flags
+/// in the config and its three weights, and comes back predicting the same.
+#[test]
+fn batch_normalization_without_scale_round_trips() {
+    use simplecnn_model::{
+        Activation, BatchNormConfig, DropoutRng, FeatureShape, LayerKind, Padding, Sequential,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
+    s.add(LayerKind::conv2d(4, 3, Padding::Same, Activation::Linear))
+        .unwrap();
+    let bn = BatchNormConfig {
+        epsilon: 1e-12,
+        momentum: 0.6,
+        center: true,
+        scale: false,
+    };
+    s.add(LayerKind::BatchNorm(bn)).unwrap();
+    s.add(LayerKind::Flatten).unwrap();
+    s.add(LayerKind::dense(3, Activation::Softmax)).unwrap();
+    let model = Model::new(s, &Device::Cpu, 2).unwrap();
+    // One training-mode pass moves the moving statistics away from 0 and 1.
+    let x = Tensor::rand(0f32, 1f32, (4, 3, 8, 8), &Device::Cpu).unwrap();
+    model
+        .forward(&x, Mode::Training(&mut DropoutRng::new(0)))
+        .unwrap();
+    let path = dir.path().join("bn.h5");
+    save_model(&model, &path, None).unwrap();
+    let back = load_model(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.spec().layers()[1].kind, LayerKind::BatchNorm(bn));
+    let names: Vec<String> = back.weights().map(|w| w.path()).collect();
+    assert!(names.contains(&"batch_normalization_1/moving_mean".to_string()));
+    assert!(!names.iter().any(|n| n.ends_with("gamma")), "{names:?}");
+    let p = |m: &Model| {
+        m.forward(&x, Mode::Inference)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    assert_eq!(p(&model), p(&back));
+    let mean = |m: &Model| {
+        values(
+            m.weight("batch_normalization_1", "moving_mean")
+                .unwrap()
+                .var
+                .as_tensor(),
+        )
+    };
+    assert_eq!(mean(&model), mean(&back));
+    assert!(mean(&model).iter().any(|v| *v != 0.0));
+}

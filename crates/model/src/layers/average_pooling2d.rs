@@ -2,7 +2,7 @@
 
 use std::ops::Deref;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{FeatureShape, ForwardCtx, Layer, Pool2dConfig};
 use crate::error::Result;
@@ -34,7 +34,7 @@ impl Layer for AveragePooling2D {
         self.0.output_shape(self.class_name(), input)
     }
 
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
         Ok(x.avg_pool2d_with_stride(self.pool_size, self.strides)?)
     }
 }

@@ -1,7 +1,7 @@
 //! Keras' `Conv2D(filters, kernel_size, strides, padding, activation)`; the kernel is
 //! `(out, in, kh, kw)` as candle computes it (`store` maps it to Keras' `(kh, kw, in, out)`).
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{
     cannot_take, Activation, FeatureShape, ForwardCtx, Init, Layer, Padding, WeightRole, WeightSpec,
@@ -94,8 +94,8 @@ impl Layer for Conv2dConfig {
         ]
     }
 
-    fn forward(&self, x: &Tensor, w: &[Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let (kernel, bias) = (&w[0], &w[1]);
+    fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
+        let (kernel, bias) = (w[0].as_tensor(), w[1].as_tensor());
         let (_, _, h, wd) = x.dims4()?;
         let ((_, top, bottom), (_, left, right)) = self
             .geometry(h, wd)

@@ -1,6 +1,6 @@
 //! Keras' `Dense(units, activation)` on flat inputs; the kernel is `(in, units)` as in Keras.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{
     cannot_take, Activation, FeatureShape, ForwardCtx, Init, Layer, WeightRole, WeightSpec,
@@ -44,8 +44,10 @@ impl Layer for DenseConfig {
         ]
     }
 
-    fn forward(&self, x: &Tensor, w: &[Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let y = x.matmul(&w[0])?.broadcast_add(&w[1])?;
+    fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
+        let y = x
+            .matmul(w[0].as_tensor())?
+            .broadcast_add(w[1].as_tensor())?;
         self.activation.apply(y, ctx.skip_softmax)
     }
 }

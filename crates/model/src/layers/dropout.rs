@@ -1,7 +1,7 @@
 //! Keras' `Dropout`: in training, each value is zeroed with probability `rate` and the rest
 //! scaled by `1 / (1 - rate)`; in inference, nothing.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{FeatureShape, ForwardCtx, Layer};
 use crate::error::Result;
@@ -31,7 +31,7 @@ impl Layer for DropoutConfig {
         Ok(*input)
     }
 
-    fn forward(&self, x: &Tensor, _: &[Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
         match ctx.training.as_deref_mut() {
             Some(rng) if self.rate > 0.0 => {
                 let mask = rng.mask(x.elem_count(), self.rate);

@@ -1,7 +1,7 @@
 //! Keras' `Flatten`: an image becomes a flat vector (here in NCHW order; `store` permutes the
 //! next Dense kernel's rows to and from Keras' NHWC order).
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{FeatureShape, ForwardCtx, Layer};
 use crate::error::Result;
@@ -22,7 +22,7 @@ impl Layer for Flatten {
         Ok(FeatureShape::Flat(input.elem_count()))
     }
 
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
         Ok(x.flatten_from(1)?)
     }
 }

@@ -1,6 +1,6 @@
 //! Keras' `GlobalAveragePooling2D`: each channel's mean over the image, `(N, C, H, W) → (N, C)`.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{cannot_take, FeatureShape, ForwardCtx, Layer};
 use crate::error::Result;
@@ -24,7 +24,7 @@ impl Layer for GlobalAveragePooling2D {
         }
     }
 
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
         Ok(x.flatten_from(2)?.mean(2)?)
     }
 }

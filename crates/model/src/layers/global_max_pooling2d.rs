@@ -1,6 +1,6 @@
 //! Keras' `GlobalMaxPooling2D`: each channel's maximum over the image, `(N, C, H, W) → (N, C)`.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{cannot_take, FeatureShape, ForwardCtx, Layer};
 use crate::error::Result;
@@ -25,7 +25,7 @@ impl Layer for GlobalMaxPooling2D {
     }
 
     /// candle's `max` sends the gradient to the maximum (to each, on ties).
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
         Ok(x.flatten_from(2)?.max(2)?)
     }
 }

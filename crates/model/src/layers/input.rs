@@ -1,6 +1,6 @@
 //! Keras' `InputLayer`: names the input; computes nothing.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{FeatureShape, ForwardCtx, Layer};
 use crate::error::Result;
@@ -21,7 +21,7 @@ impl Layer for InputLayer {
         Ok(*input)
     }
 
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
         Ok(x.clone())
     }
 }

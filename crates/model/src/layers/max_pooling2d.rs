@@ -2,7 +2,7 @@
 
 use std::ops::Deref;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 use super::{cannot_take, FeatureShape, ForwardCtx, Layer, Padding};
 use crate::error::Result;
@@ -89,7 +89,7 @@ impl Layer for MaxPooling2D {
     /// Windows that do not overlap are a crop to whole windows (Keras' "valid" pooling drops
     /// the rest), a reshape and two max reductions, whose backward sends the gradient to the
     /// maxima; overlapping windows keep candle's op.
-    fn forward(&self, x: &Tensor, _: &[Tensor], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
         let ((ph, pw), (sh, sw)) = (self.pool_size, self.strides);
         let (n, c, h, w) = x.dims4()?;
         if (ph, pw) != (sh, sw) {

@@ -18,7 +18,7 @@ mod max_pooling2d;
 
 use std::fmt;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 pub use average_pooling2d::AveragePooling2D;
 pub use batch_normalization::BatchNormConfig;
@@ -292,7 +292,7 @@ pub trait Layer {
 
     /// The forward pass on candle's ops for an NCHW (or NF) batch; `weights` come in the order
     /// of [`Layer::weights`].
-    fn forward(&self, x: &Tensor, weights: &[Tensor], ctx: &mut ForwardCtx<'_>) -> Result<Tensor>;
+    fn forward(&self, x: &Tensor, weights: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor>;
 }
 
 /// Every layer kind the workbench has, with its configuration.
