@@ -54,7 +54,7 @@ impl Layer for BatchNormConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if !(self.epsilon > 0.0) {
+        if self.epsilon.is_nan() || self.epsilon <= 0.0 {
             return Err(format!("epsilon {} must be positive", self.epsilon));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
