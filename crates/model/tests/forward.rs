@@ -241,8 +241,7 @@ fn batch_normalization_trains_with_batch_statistics() {
             .to_vec1()
             .unwrap()
     };
-    for ch in 0..c {
-        let (mean, var) = batch_stats[ch];
+    for (ch, &(mean, var)) in batch_stats.iter().enumerate() {
         assert!((get("moving_mean")[ch] as f64 - 0.4 * mean).abs() < 1e-5);
         assert!((get("moving_variance")[ch] as f64 - (0.6 + 0.4 * var)).abs() < 1e-5);
     }
