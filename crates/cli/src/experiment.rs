@@ -13,7 +13,9 @@ use simplecnn_experiment::{
 };
 use simplecnn_model::{Kernels, Model};
 use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
-use simplecnn_train::{evaluate, fit, Callback, Control, EpochMetrics, History, StopReason};
+use simplecnn_train::{
+    evaluate, fit, resume, Callback, Control, EpochMetrics, History, StopReason,
+};
 
 use simplecnn_bench::{cpu_seconds, peak_rss_mib};
 
@@ -73,7 +75,12 @@ fn toml_string(s: &str) -> String {
 pub struct ExperimentArgs {
     /// An experiment name (experiments/<name>.toml), a .toml file, or a run's config.json
     /// (replays that run).
-    pub experiment: String,
+    #[arg(required_unless_present = "resume")]
+    pub experiment: Option<String>,
+    /// Continue a run that was killed, in its own folder, from its last checkpoint (the
+    /// experiment comes from the folder's config.json).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["experiment", "set", "epochs", "batch_size", "data", "seed", "subset", "device", "out"])]
+    pub resume: Option<PathBuf>,
     /// Sets any key of the experiment: `--set fit.epochs=2 --set optimizer.learning_rate=5e-4`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -145,6 +152,13 @@ pub fn load(name: &str, overrides: &[String]) -> Result<Loaded> {
 }
 
 pub fn run(args: ExperimentArgs) -> Result<()> {
+    if let Some(dir) = &args.resume {
+        return resume_run(dir);
+    }
+    let name = args
+        .experiment
+        .as_deref()
+        .expect("clap requires it without --resume");
     let mut overrides = args.set.clone();
     overrides.extend(args.shorthands.overrides());
     if let Some(d) = args.device {
@@ -156,7 +170,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             toml_string(&out.display().to_string())
         ));
     }
-    let loaded = load(&args.experiment, &overrides)?;
+    let loaded = load(name, &overrides)?;
     if let Some(recorded) = &loaded.recorded_commit {
         let now = provenance::collect().git_commit;
         if *recorded != now {
@@ -167,6 +181,35 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         }
     }
     run_experiment(loaded.experiment, None).map(|_| ())
+}
+
+/// The file a run keeps while it is unfinished: a killed run still has it.
+const INCOMPLETE: &str = "INCOMPLETE";
+
+/// `experiment --resume RUN_DIR`: the run's own experiment, continued from
+/// `checkpoints/last.*` in the same folder.
+fn resume_run(dir: &Path) -> Result<()> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        bail!("{}: no config.json: not a run folder", dir.display());
+    }
+    if !dir.join(INCOMPLETE).is_file() {
+        bail!(
+            "{}: the run finished (no {INCOMPLETE} marker); replay it with `experiment {}`",
+            dir.display(),
+            config.display()
+        );
+    }
+    let last = simplecnn_train::checkpoint_paths(&dir.join("checkpoints"), "last").1;
+    if !last.is_file() {
+        bail!(
+            "{}: no checkpoint to resume from (killed before its first epoch ended, or the \
+             experiment has no model_checkpoint callback): start it again",
+            last.display()
+        );
+    }
+    let loaded = simplecnn_experiment::load(&config, &[])?;
+    run_in(loaded.experiment, RunFolder::Resume(dir.to_path_buf())).map(|_| ())
 }
 
 /// Everything that decides the run's result, and where it ran.
@@ -243,6 +286,19 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Marks `run_dir` unfinished until the run ends: a killed run keeps the marker, which says
+/// how to go on.
+fn write_marker(run_dir: &Path) -> Result<()> {
+    let text = format!(
+        "This run has not finished (or was killed). Continue it from its last checkpoint with\n  \
+         cargo xtask experiment --resume {}\n",
+        run_dir.display()
+    );
+    crate::files::write_atomic(&run_dir.join(INCOMPLETE), |tmp| {
+        Ok(std::fs::write(tmp, text)?)
+    })
+}
+
 /// Keras' `verbose=2` line after each epoch.
 struct KerasLog {
     epochs: usize,
@@ -316,9 +372,23 @@ impl Callback for ProgressBar {
     }
 }
 
+/// Where a run writes.
+enum RunFolder {
+    /// A new folder under the experiment's output folder, `latest` pointing at it at the end.
+    New,
+    /// Exactly this folder (made here, no `latest` link: for `compare`).
+    At(PathBuf),
+    /// A killed run's folder, continued from its last checkpoint.
+    Resume(PathBuf),
+}
+
 /// Runs `experiment` into a new folder under its output folder, or into exactly `run_dir`
 /// (made here, no `latest` link: for `compare`).
-pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> Result<RunOutcome> {
+pub fn run_experiment(experiment: Experiment, run_dir: Option<PathBuf>) -> Result<RunOutcome> {
+    run_in(experiment, run_dir.map_or(RunFolder::New, RunFolder::At))
+}
+
+fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     // Every setting is checked (in `load`) before the data is read or a folder is made.
     let dev = device(experiment.fit.device)?;
     let explicit_data = experiment.data.dir.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
@@ -359,15 +429,21 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
         );
     }
     let out = experiment.output_dir();
-    let make_latest = run_dir.is_none();
-    let run_dir = match &run_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
+    let (run_dir, make_latest, resuming) = match folder {
+        RunFolder::At(dir) => {
+            std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-            dir.clone()
+            (dir, false, false)
         }
-        None => make_run_dir(&out, experiment.fit.device)?,
+        RunFolder::New => (make_run_dir(&out, experiment.fit.device)?, true, false),
+        RunFolder::Resume(dir) => (dir, true, true),
     };
+    let out = match resuming {
+        // `latest` goes beside the run, wherever it was moved.
+        true => run_dir.parent().map_or(out, Path::to_path_buf),
+        false => out,
+    };
+    write_marker(&run_dir)?;
 
     let mut model = Model::new(spec, &dev, experiment.init_seed())?;
     model.set_kernels(match experiment.fit.kernels {
@@ -376,7 +452,9 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
     })?;
     let summary = model.summary();
     print!("{summary}");
-    std::fs::write(run_dir.join("summary.txt"), &summary)?;
+    if !resuming {
+        std::fs::write(run_dir.join("summary.txt"), &summary)?;
+    }
     // The resolved experiment names the data it read.
     experiment.data.dir = Some(data_dir.clone());
     let config = RunConfig {
@@ -388,7 +466,9 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
         test_images: data.test.len(),
         provenance: provenance::collect(),
     };
-    write_json(&run_dir.join("config.json"), &config)?;
+    if !resuming {
+        write_json(&run_dir.join("config.json"), &config)?;
+    }
     let split_at = fit_config.split_at(data.train.len());
     println!(
         "Train on {split_at} samples, validate on {} samples; results in {}",
@@ -410,14 +490,29 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
                 .expect("non-printing callbacks are built by the experiment"),
         })
         .collect();
-    let history = fit(
-        &model,
-        optimizer.as_mut(),
-        schedule.as_ref(),
-        &data.train,
-        &fit_config,
-        &mut callbacks,
-    )?;
+    let history = match resuming {
+        false => fit(
+            &model,
+            optimizer.as_mut(),
+            schedule.as_ref(),
+            &data.train,
+            &fit_config,
+            &mut callbacks,
+        )?,
+        true => {
+            let checkpoints = run_dir.join("checkpoints");
+            println!("Resuming from {}", checkpoints.display());
+            resume(
+                &model,
+                optimizer.as_mut(),
+                schedule.as_ref(),
+                &data.train,
+                &fit_config,
+                &mut callbacks,
+                &checkpoints,
+            )?
+        }
+    };
     drop(callbacks);
     if let Some(reason) = &history.stopped {
         println!("{reason}");
@@ -477,6 +572,8 @@ pub fn run_experiment(mut experiment: Experiment, run_dir: Option<PathBuf>) -> R
         stopped: history.stopped.as_ref().map(|s| s.to_string()),
     };
     write_json(&run_dir.join("run.json"), &totals)?;
+    std::fs::remove_file(run_dir.join(INCOMPLETE))
+        .with_context(|| format!("cannot remove {}", run_dir.join(INCOMPLETE).display()))?;
     if make_latest {
         update_latest(&out, &run_dir)?;
     }

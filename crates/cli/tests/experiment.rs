@@ -661,3 +661,81 @@ fn experiment_file_mistakes_name_the_file_and_key() {
         stderr(&o)
     );
 }
+
+/// A run killed after its first epoch keeps an INCOMPLETE marker and its checkpoint; `--resume`
+/// finishes it in the same folder with the epochs.csv and weights of an uninterrupted run.
+#[test]
+fn a_killed_run_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 40);
+    let data_s = data.to_str().unwrap();
+    let common = ["--data", data_s, "--epochs", "4", "--batch-size", "4"];
+    // The uninterrupted run.
+    let whole = tmp.path().join("whole");
+    let mut args = vec!["experiment", "baseline", "--out", whole.to_str().unwrap()];
+    args.extend(common);
+    let o = xtask(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let whole = whole.join("latest").canonicalize().unwrap();
+    assert!(!whole.join("INCOMPLETE").exists());
+
+    // The same run, killed once its first checkpoint is written.
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simplecnn"))
+        .args(["experiment", "baseline", "--out", killed.to_str().unwrap()])
+        .args(common)
+        .env_remove("CIFAR10_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let run = loop {
+        let found = std::fs::read_dir(&killed).ok().and_then(|mut d| {
+            d.find_map(|e| {
+                let p = e.ok()?.path();
+                p.join("checkpoints/last.json").is_file().then_some(p)
+            })
+        });
+        if let Some(run) = found {
+            break run;
+        }
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap())
+            .unwrap();
+    let done = last["epoch"].as_u64().unwrap();
+    if done == 4 {
+        eprintln!("the run finished before it was killed; nothing to resume");
+        return;
+    }
+    assert!(run.join("INCOMPLETE").is_file(), "a killed run is marked");
+    assert!(!run.join("run.json").exists());
+
+    // Overrides make no sense for a resumed run.
+    let o = xtask(&[
+        "experiment",
+        "--resume",
+        run.to_str().unwrap(),
+        "--epochs",
+        "9",
+    ]);
+    assert!(!o.status.success());
+    let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!run.join("INCOMPLETE").exists());
+    assert_eq!(results_without_timing(&run), results_without_timing(&whole));
+    assert_eq!(
+        saved_weights(&run.join("model.h5")),
+        saved_weights(&whole.join("model.h5"))
+    );
+    // A finished run is not resumed again.
+    let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("finished"), "{}", stderr(&o));
+}
