@@ -143,12 +143,38 @@ impl LabeledImages {
 
     /// Builds the batch of the images at `indices` on `device`.
     pub fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch> {
+        let mut images = Vec::with_capacity(indices.len() * IMAGE_BYTES);
+        for &i in indices {
+            images.extend(self.image(i).iter().map(|&p| p as f32 / 255.0));
+        }
+        self.assemble(indices, images, device)
+    }
+
+    /// [`LabeledImages::batch`] with each image flipped and shifted as `augment` chooses for
+    /// `epoch` (see [`crate::Augmentation`]).
+    pub fn augmented_batch(
+        &self,
+        indices: &[usize],
+        device: &Device,
+        augment: &crate::Augmentation,
+        seed: u64,
+        epoch: usize,
+    ) -> Result<Batch> {
         let n = indices.len();
         let mut images = Vec::with_capacity(n * IMAGE_BYTES);
+        for &i in indices {
+            let choice = augment.choice(seed, epoch, i);
+            augment.apply(self.image(i), choice, &mut images);
+        }
+        self.assemble(indices, images, device)
+    }
+
+    /// The batch of `images` (f32, CHW per image) with the labels of `indices`.
+    fn assemble(&self, indices: &[usize], images: Vec<f32>, device: &Device) -> Result<Batch> {
+        let n = indices.len();
         let mut one_hot = vec![0f32; n * self.num_classes];
         let mut labels = Vec::with_capacity(n);
         for (row, &i) in indices.iter().enumerate() {
-            images.extend(self.image(i).iter().map(|&p| p as f32 / 255.0));
             let l = self.labels[i];
             one_hot[row * self.num_classes + l as usize] = 1.0;
             labels.push(l as u32);

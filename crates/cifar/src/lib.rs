@@ -21,6 +21,7 @@
 //! # Ok::<(), simplecnn_cifar::CifarError>(())
 //! ```
 
+mod augment;
 pub mod binary;
 #[cfg(feature = "download")]
 pub mod download;
@@ -30,6 +31,7 @@ mod images;
 
 use std::path::{Path, PathBuf};
 
+pub use augment::{Augmentation, Flip};
 pub use error::{CifarError, Result};
 pub use folder::ImageFolderOptions;
 pub use images::{Batch, LabeledImages, CHANNELS, IMAGE_BYTES, IMAGE_SIDE};

@@ -14,7 +14,7 @@ use simplecnn_experiment::{
 use simplecnn_model::{Kernels, Model};
 use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
 use simplecnn_train::{
-    evaluate, fit, resume, Callback, Control, EpochMetrics, History, StopReason,
+    evaluate, evaluate_with, fit, resume, Callback, Control, EpochMetrics, History, StopReason, Tta,
 };
 
 use simplecnn_bench::{cpu_seconds, peak_rss_mib};
@@ -244,6 +244,11 @@ struct TestReport<'a> {
     class_names: &'a [String],
     /// `confusion[true][predicted]`.
     confusion: &'a [Vec<usize>],
+    /// The test-time augmentation the numbers above used.
+    tta: Tta,
+    /// `(loss, accuracy)` of the plain images, when `tta` is not `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    without_tta: Option<(f64, f64)>,
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -544,7 +549,19 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         simplecnn_store::save_model(&model, &run_dir.join(name), adam_state.as_ref())?;
     }
 
-    let test = evaluate(&model, &data.test, fit_config.batch_size)?;
+    let all: Vec<usize> = (0..data.test.len()).collect();
+    let tta = experiment.test.tta;
+    let test = evaluate_with(&model, &data.test, &all, fit_config.batch_size, tta)?;
+    let without_tta = match tta {
+        Tta::None => None,
+        _ => Some(evaluate(&model, &data.test, fit_config.batch_size)?),
+    };
+    if let Some(plain) = &without_tta {
+        println!(
+            "without test-time augmentation: test loss: {:.4} - test accuracy: {:.4}",
+            plain.loss, plain.accuracy
+        );
+    }
     println!(
         "test loss: {:.4} - test accuracy: {:.4}",
         test.loss, test.accuracy
@@ -561,6 +578,8 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
             .collect(),
         class_names: &data.class_names,
         confusion: &test.confusion,
+        tta,
+        without_tta: without_tta.as_ref().map(|e| (e.loss, e.accuracy)),
     };
     write_json(&run_dir.join("test.json"), &report)?;
     let totals = RunTotals {

@@ -273,6 +273,9 @@ impl Experiment {
             PiecewiseLinear::new(lr, 1, points)
                 .map_err(|why| ("schedule.points".to_string(), why))?;
         }
+        self.augment
+            .validate()
+            .map_err(|why| ("augment.translate".to_string(), why))?;
         let loss = self.loss_config();
         loss.validate()
             .map_err(|e| ("loss.label_smoothing".to_string(), e.to_string()))?;
@@ -410,6 +413,7 @@ impl Experiment {
             seed: self.fit.seed,
             drop_remainder: self.fit.drop_remainder,
             loss: self.loss_config(),
+            augment: self.augment,
         }
     }
 
@@ -679,6 +683,11 @@ mod recipe_tests {
             [loss]
             label_smoothing = 0.2
             reduction = "sum"
+            [augment]
+            flip = "alternating"
+            translate = 2
+            [test]
+            tta = "mirror_translate"
             [fit]
             epochs = 2
             batch_size = 64
@@ -698,6 +707,9 @@ mod recipe_tests {
         let fit = e.fit_config();
         assert_eq!(fit.loss.label_smoothing, 0.2);
         assert!(fit.drop_remainder);
+        assert_eq!(fit.augment.translate, 2);
+        assert_eq!(fit.augment.flip, simplecnn_cifar::Flip::Alternating);
+        assert_eq!(e.test.tta, simplecnn_train::Tta::MirrorTranslate);
         let bad = |from: &str, to: &str| {
             load_text(&text.replace(from, to), Path::new("sgd.toml"), &[])
                 .unwrap_err()

@@ -23,6 +23,13 @@ pub struct Experiment {
     /// Keras' `compile(loss=…)`: categorical cross-entropy on logits.
     #[serde(default)]
     pub loss: LossSpec,
+    /// Flips and translations of the training images (`flip = "none" | "random" |
+    /// "alternating"`, `translate = pixels`).
+    #[serde(default)]
+    pub augment: simplecnn_cifar::Augmentation,
+    /// How the test split is scored after training.
+    #[serde(default)]
+    pub test: TestSpec,
     pub fit: FitSpec,
     /// Keras' `callbacks=[…]`, in the order they run.
     #[serde(default)]
@@ -113,6 +120,16 @@ pub enum OptimizerSpec {
 
 fn sgd_lr() -> f64 {
     0.01
+}
+
+/// The test after training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestSpec {
+    /// Test-time augmentation: `none`, `mirror`, `mirror_translate` (airbench's level 2). With
+    /// one, test.json has the plain scores too.
+    #[serde(default)]
+    pub tta: simplecnn_train::Tta,
 }
 
 /// What is minimised.

@@ -18,6 +18,20 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// Test-time augmentation: logits averaged over views of each image (airbench's levels).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    /// The image alone.
+    #[default]
+    None,
+    /// ½ the image + ½ its mirror.
+    Mirror,
+    /// ½ of `Mirror` on the image + ¼ of it on the image shifted one pixel down-right and ¼
+    /// shifted up-left (reflect padding).
+    MirrorTranslate,
+}
+
 /// Keras' `model.evaluate(x, y)` over all of `data`.
 pub fn evaluate(model: &Model, data: &LabeledImages, batch_size: usize) -> Result<Evaluation> {
     let all: Vec<usize> = (0..data.len()).collect();
@@ -31,12 +45,66 @@ pub fn evaluate_indices(
     indices: &[usize],
     batch_size: usize,
 ) -> Result<Evaluation> {
+    evaluate_with(model, data, indices, batch_size, Tta::None)
+}
+
+/// Index maps along one image axis of `len`: reversed, and shifted by `d` with reflection.
+fn axis_map(
+    len: usize,
+    map: impl Fn(isize) -> isize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let n = len as isize;
+    let idx: Vec<u32> = (0..n)
+        .map(|i| {
+            let j = map(i);
+            let j = if j < 0 { -j } else { j };
+            (if j >= n { 2 * (n - 1) - j } else { j }) as u32
+        })
+        .collect();
+    Ok(Tensor::new(idx.as_slice(), device)?)
+}
+
+/// The logits of `x (N, C, H, W)` under `tta`.
+pub fn tta_logits(model: &Model, x: &Tensor, tta: Tta) -> Result<Tensor> {
+    let plain = |x: &Tensor| -> Result<Tensor> { Ok(model.logits(x, Mode::Inference)?) };
+    if tta == Tta::None {
+        return plain(x);
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let dev = x.device();
+    let mirror = |x: &Tensor| -> Result<Tensor> {
+        let flipped = x.index_select(&axis_map(w, |i| w as isize - 1 - i, dev)?, 3)?;
+        Ok(((plain(x)? + plain(&flipped)?)? * 0.5)?)
+    };
+    let m = mirror(x)?;
+    if tta == Tta::Mirror {
+        return Ok(m);
+    }
+    let shifted = |d: isize| -> Result<Tensor> {
+        Ok(x.index_select(&axis_map(h, |i| i + d, dev)?, 2)?
+            .index_select(&axis_map(w, |i| i + d, dev)?, 3)?)
+    };
+    // Output (y, x) from input (y - 1, x - 1): airbench's padded[0:32]; then padded[2:34].
+    let down_right = mirror(&shifted(-1)?)?;
+    let up_left = mirror(&shifted(1)?)?;
+    Ok(((m * 0.5)? + ((down_right + up_left)? * 0.25)?)?)
+}
+
+/// [`evaluate_indices`] with test-time augmentation: loss and accuracy of the averaged logits.
+pub fn evaluate_with(
+    model: &Model,
+    data: &LabeledImages,
+    indices: &[usize],
+    batch_size: usize,
+    tta: Tta,
+) -> Result<Evaluation> {
     let classes = data.num_classes();
     let mut confusion = vec![vec![0usize; classes]; classes];
     let mut loss_sum = 0.0;
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = data.batch(chunk, model.device())?;
-        let logits = model.logits(&batch.images, Mode::Inference)?;
+        let logits = tta_logits(model, &batch.images, tta)?;
         let loss = categorical_cross_entropy(&logits, &batch.one_hot)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * chunk.len() as f64;
         let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
@@ -87,4 +155,79 @@ pub fn predict(model: &Model, data: &LabeledImages, batch_size: usize) -> Result
         );
     }
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Sequential};
+
+    /// A model that is linear in its input (Flatten → Dense, no activation) turns the average
+    /// of views into the view of the average: the TTA logits equal the logits of the images
+    /// averaged by hand with airbench's weights and reflect padding.
+    #[test]
+    fn tta_averages_the_views_with_airbench_weights() {
+        let mut s = Sequential::new("m", FeatureShape::image(1, 4, 5));
+        s.add(LayerKind::Flatten).unwrap();
+        s.add(LayerKind::dense(3, Activation::Linear)).unwrap();
+        let model = Model::new(s, &Device::Cpu, 1).unwrap();
+        let (h, w) = (4usize, 5usize);
+        let img: Vec<f32> = (0..h * w).map(|i| (i * i % 7) as f32).collect();
+        let at = |y: isize, x: isize| {
+            let r = |i: isize, n: usize| {
+                let i = i.abs();
+                (if i >= n as isize {
+                    2 * (n as isize - 1) - i
+                } else {
+                    i
+                }) as usize
+            };
+            img[r(y, h) * w + r(x, w)]
+        };
+        let view = |d: isize, flip: bool| -> Vec<f32> {
+            (0..h as isize)
+                .flat_map(|y| {
+                    (0..w as isize).map(move |x| {
+                        let x = if flip { w as isize - 1 - x } else { x };
+                        (y, x)
+                    })
+                })
+                .map(|(y, x)| at(y + d, x + d))
+                .collect()
+        };
+        let mut expected = vec![0f32; h * w];
+        for (d, weight) in [(0, 0.25f32), (-1, 0.125), (1, 0.125)] {
+            for flip in [false, true] {
+                for (e, v) in expected.iter_mut().zip(view(d, flip)) {
+                    *e += weight * v;
+                }
+            }
+        }
+        let x = Tensor::from_vec(img.clone(), (1, 1, h, w), &Device::Cpu).unwrap();
+        let avg = Tensor::from_vec(expected, (1, 1, h, w), &Device::Cpu).unwrap();
+        let got: Vec<f32> = tta_logits(&model, &x, Tta::MirrorTranslate)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = model
+            .logits(&avg, Mode::Inference)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{got:?} vs {want:?}");
+        }
+        let plain: Vec<f32> = tta_logits(&model, &x, Tta::None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(plain, got);
+    }
 }

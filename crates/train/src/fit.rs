@@ -6,7 +6,7 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use simplecnn_cifar::LabeledImages;
+use simplecnn_cifar::{Augmentation, LabeledImages};
 use simplecnn_model::{DropoutRng, Model};
 
 use crate::callbacks::{any_stop, BatchEnd, Callback, Control, TrainBegin, TrainState};
@@ -36,6 +36,9 @@ pub struct FitConfig {
     /// What is minimised (Keras' `compile(loss=…)`).
     #[serde(default)]
     pub loss: Loss,
+    /// Flips and translations of the training images, per batch.
+    #[serde(default)]
+    pub augment: Augmentation,
 }
 
 impl Default for FitConfig {
@@ -49,6 +52,7 @@ impl Default for FitConfig {
             seed: 0,
             drop_remainder: false,
             loss: Loss::default(),
+            augment: Augmentation::default(),
         }
     }
 }
@@ -71,6 +75,9 @@ impl FitConfig {
     pub fn validate(&self, data_len: usize) -> Result<()> {
         self.loss.validate()?;
         let bad = |m: String| Err(TrainError::Config(m));
+        if let Err(why) = self.augment.validate() {
+            return bad(why);
+        }
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
         }
@@ -199,7 +206,17 @@ fn fit_from(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut learning_rate = schedule.learning_rate(optimizer.iterations());
         for (step, idx) in order.chunks(config.batch_size).take(steps).enumerate() {
-            let batch = data.batch(idx, model.device())?;
+            let batch = match config.augment.is_none() {
+                true => data.batch(idx, model.device())?,
+                // One seed for the run: alternating flips keep each image's own coin.
+                false => data.augmented_batch(
+                    idx,
+                    model.device(),
+                    &config.augment,
+                    epoch_seed(config.seed, 0, 3),
+                    epoch - 1,
+                )?,
+            };
             learning_rate = schedule.learning_rate(optimizer.iterations());
             let out = train_step(
                 model,

@@ -49,7 +49,9 @@ pub use callbacks::{
 };
 pub use checkpoint::{checkpoint_paths, load_checkpoint, save_checkpoint, CheckpointMeta};
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, evaluate_indices, predict, Evaluation};
+pub use evaluate::{
+    evaluate, evaluate_indices, evaluate_with, predict, tta_logits, Evaluation, Tta,
+};
 pub use fit::{fit, resume, FitConfig};
 pub use history::{EpochMetrics, History, StopReason};
 pub use optim::{

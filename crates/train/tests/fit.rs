@@ -390,3 +390,22 @@ fn best_checkpoint_follows_the_monitor_and_mode() {
             .unwrap();
     assert_eq!(last["epoch"], 3);
 }
+
+/// Augmentation is part of the seeded run: the same twice, and not the same as without it.
+#[test]
+fn augmentation_repeats_for_a_seed_and_changes_training() {
+    let data = colour_classes(120, 11);
+    let aug = FitConfig {
+        augment: simplecnn_cifar::Augmentation {
+            flip: simplecnn_cifar::Flip::Alternating,
+            translate: 2,
+        },
+        ..quick(5)
+    };
+    let losses = |h: &simplecnn_train::History| h.epochs.iter().map(|e| e.loss).collect::<Vec<_>>();
+    let (_, a) = train(&data, &aug);
+    let (_, b) = train(&data, &aug);
+    let (_, plain) = train(&data, &quick(5));
+    assert_eq!(losses(&a), losses(&b));
+    assert_ne!(losses(&a), losses(&plain));
+}
