@@ -289,11 +289,15 @@ impl Model {
         last: usize,
     ) -> Result<Tensor> {
         let layers = self.spec.layers();
-        let kernel_bias = |i: usize| {
-            (
-                self.weights[i][0].var.as_tensor(),
-                self.weights[i][1].var.as_tensor(),
-            )
+        // A convolution without bias runs the CPU kernels with zeros for it.
+        let kernel_bias = |i: usize| -> Result<(Tensor, Tensor)> {
+            let ws = &self.weights[i];
+            let kernel = ws[0].var.as_tensor().clone();
+            let bias = match ws.get(1) {
+                Some(b) => b.var.as_tensor().clone(),
+                None => Tensor::zeros(kernel.dim(0)?, kernel.dtype(), kernel.device())?,
+            };
+            Ok((kernel, bias))
         };
         let mut mask = |rate: f32, len: usize| match ctx.training.as_deref_mut() {
             Some(rng) if rate > 0.0 => Some(rng.mask(len, rate)),
@@ -317,9 +321,9 @@ impl Model {
                 let n = x.dim(0)?;
                 let out_len = n * block.conv.out_channels * block.pool.out_h * block.pool.out_w;
                 let mask = dropout.and_then(|rate| mask(rate, out_len));
-                let (kernel, bias) = kernel_bias(layer);
+                let (kernel, bias) = kernel_bias(layer)?;
                 debug_assert!(used >= 2);
-                ops::conv_pool(x, kernel, bias, block, mask, track_gradients)?
+                ops::conv_pool(x, &kernel, &bias, block, mask, track_gradients)?
             }
             Step::Conv {
                 layer,
@@ -327,16 +331,16 @@ impl Model {
                 relu,
                 layouts,
             } => {
-                let (kernel, bias) = kernel_bias(layer);
-                ops::conv2d_with_layouts(x, kernel, bias, shape, relu, layouts)?
+                let (kernel, bias) = kernel_bias(layer)?;
+                ops::conv2d_with_layouts(x, &kernel, &bias, shape, relu, layouts)?
             }
             Step::ConvThen {
                 layer,
                 shape,
                 activation,
             } => {
-                let (kernel, bias) = kernel_bias(layer);
-                let y = ops::conv2d(x, kernel, bias, shape, false)?;
+                let (kernel, bias) = kernel_bias(layer)?;
+                let y = ops::conv2d(x, &kernel, &bias, shape, false)?;
                 activation.apply(y, skip_final_softmax && layer == last)?
             }
             Step::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,

@@ -1,7 +1,7 @@
 //! The forward pass: probabilities, dropout only in training, seeded initialisation.
 
 use candle_core::{Device, Tensor};
-use simplecnn_model::{zoo, DropoutRng, Mode, Model};
+use simplecnn_model::{zoo, Conv2dConfig, DropoutRng, Mode, Model};
 
 fn input() -> Tensor {
     Tensor::rand(0f32, 1f32, (4, 3, 32, 32), &Device::Cpu).unwrap()
@@ -406,5 +406,45 @@ fn gelu_values_and_both_kernel_sets_agree() {
     let expected = [-(1.0 - 0.841_344_7), 0.0, 0.841_344_7, 3.0 * 0.998_650_1];
     for (a, b) in g.iter().zip(expected) {
         assert!((a - b).abs() < 1e-5, "{g:?}");
+    }
+}
+
+/// Conv2D and Dense without bias (Keras' `use_bias=False`): no bias weight, and the CPU
+/// kernels (fused conv → pool, and a conv chain) agree with candle's ops on logits and on
+/// every gradient.
+#[test]
+fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
+    use candle_core::Var;
+    use simplecnn_model::{Activation, DenseConfig, FeatureShape, Kernels, LayerKind, Padding, Sequential};
+    let conv = |f| LayerKind::Conv2d(Conv2dConfig::new(f, 3, Padding::Same, Activation::Linear).without_bias());
+    let mut s = Sequential::new("m", FeatureShape::image(3, 8, 8));
+    s.add(conv(4)).unwrap().add(LayerKind::max_pool(2)).unwrap();
+    s.add(conv(5)).unwrap().add(conv(6)).unwrap();
+    s.add(LayerKind::Flatten).unwrap();
+    s.add(LayerKind::Dense(DenseConfig {
+        units: 3,
+        activation: Activation::Linear,
+        use_bias: false,
+    }))
+    .unwrap();
+    assert_eq!(s.param_count(), 4 * 3 * 9 + 5 * 4 * 9 + 6 * 5 * 9 + 6 * 16 * 3);
+    let x = Var::from_tensor(&Tensor::rand(-1f32, 1f32, (2, 3, 8, 8), &Device::Cpu).unwrap()).unwrap();
+    let run = |kernels| {
+        let mut m = Model::new(s.clone(), &Device::Cpu, 4).unwrap();
+        m.set_kernels(kernels).unwrap();
+        assert!(m.weights().all(|w| w.name == "kernel"));
+        let y = m.logits_with(x.as_tensor(), Mode::Inference, true).unwrap();
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let mut all: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        for w in m.weights() {
+            all.extend(g.get(&w.var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        all.extend(g.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        all
+    };
+    let (fast, candle) = (run(Kernels::Fast), run(Kernels::Candle));
+    assert_eq!(fast.len(), candle.len());
+    for (a, b) in fast.iter().zip(&candle) {
+        assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }

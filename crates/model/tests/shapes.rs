@@ -33,7 +33,7 @@ proptest! {
                      kh in 1usize..4, kw in 1usize..4, sh in 1usize..4, sw in 1usize..4, same in any::<bool>()) {
         let cfg = Conv2dConfig {
             filters: f, kernel_size: (kh, kw), strides: (sh, sw),
-            padding: if same { Padding::Same } else { Padding::Valid }, activation: Activation::Linear,
+            padding: if same { Padding::Same } else { Padding::Valid }, activation: Activation::Linear, use_bias: true,
         };
         let input = FeatureShape::image(c, h, w);
         let (reported, actual) = run_one(input, LayerKind::Conv2d(cfg)).unwrap();

@@ -41,7 +41,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                     "filters": c.filters, "kernel_size": [c.kernel_size.0, c.kernel_size.1],
                     "strides": [c.strides.0, c.strides.1], "padding": c.padding.keras_name(),
                     "data_format": "channels_last", "dilation_rate": [1, 1], "groups": 1,
-                    "activation": c.activation.keras_name(), "use_bias": true
+                    "activation": c.activation.keras_name(), "use_bias": c.use_bias
                 }),
             ),
             initializers(),
@@ -80,10 +80,14 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 "beta_constraint": null, "gamma_constraint": null
             }),
         ),
-        LayerKind::Dense(DenseConfig { units, activation }) => merge(
+        LayerKind::Dense(DenseConfig {
+            units,
+            activation,
+            use_bias,
+        }) => merge(
             merge(
                 base,
-                json!({"units": units, "activation": activation.keras_name(), "use_bias": true}),
+                json!({"units": units, "activation": activation.keras_name(), "use_bias": use_bias}),
             ),
             initializers(),
         ),
@@ -146,6 +150,11 @@ fn activation(v: &Value) -> Result<Activation, String> {
         .unwrap_or("linear");
     Activation::from_keras_name(name)
         .ok_or_else(|| format!("activation {name:?} is not supported (relu, softmax, linear are)"))
+}
+
+/// Keras' `use_bias`, true unless the config says otherwise.
+fn use_bias(cfg: &Value) -> bool {
+    cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true)
 }
 
 fn input_shape(config: &Value) -> Option<FeatureShape> {
@@ -225,9 +234,6 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         }
         let kind = match class {
             "Conv2D" => {
-                if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
-                    return Err(err("Conv2D without bias is not supported".into()));
-                }
                 if pair(cfg, "dilation_rate").is_some_and(|d| d != (1, 1)) {
                     return Err(err("dilated convolutions are not supported".into()));
                 }
@@ -251,6 +257,7 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                     strides: pair(cfg, "strides").unwrap_or((1, 1)),
                     padding,
                     activation: activation(cfg).map_err(err)?,
+                    use_bias: use_bias(cfg),
                 })
             }
             "MaxPooling2D" | "AveragePooling2D" => {
@@ -310,17 +317,14 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                     scale: flag("scale"),
                 })
             }
-            "Dense" => {
-                if cfg.get("use_bias").and_then(Value::as_bool) == Some(false) {
-                    return Err(err("Dense without bias is not supported".into()));
-                }
-                LayerKind::dense(
-                    cfg.get("units")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| err("no units".into()))? as usize,
-                    activation(cfg).map_err(err)?,
-                )
-            }
+            "Dense" => LayerKind::Dense(DenseConfig {
+                units: cfg
+                    .get("units")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| err("no units".into()))? as usize,
+                activation: activation(cfg).map_err(err)?,
+                use_bias: use_bias(cfg),
+            }),
             other => return Err(err(format!("layer class {other} is not supported"))),
         };
         let s = match seq.as_mut() {

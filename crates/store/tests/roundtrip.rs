@@ -152,8 +152,9 @@ fn batch_normalization_without_scale_round_trips() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
-    s.add(LayerKind::conv2d(4, 3, Padding::Same, Activation::Linear))
-        .unwrap();
+    // airbench's convolutions have no bias.
+    let conv = simplecnn_model::Conv2dConfig::new(4, 3, Padding::Same, Activation::Linear);
+    s.add(LayerKind::Conv2d(conv.without_bias())).unwrap();
     let bn = BatchNormConfig {
         epsilon: 1e-12,
         momentum: 0.6,
@@ -176,6 +177,7 @@ fn batch_normalization_without_scale_round_trips() {
     let names: Vec<String> = back.weights().map(|w| w.path()).collect();
     assert!(names.contains(&"batch_normalization_1/moving_mean".to_string()));
     assert!(!names.iter().any(|n| n.ends_with("gamma")), "{names:?}");
+    assert!(!names.contains(&"conv2d_1/bias".to_string()), "{names:?}");
     let p = |m: &Model| {
         m.forward(&x, Mode::Inference)
             .unwrap()

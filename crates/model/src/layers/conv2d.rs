@@ -18,6 +18,8 @@ pub struct Conv2dConfig {
     pub strides: (usize, usize),
     pub padding: Padding,
     pub activation: Activation,
+    /// Keras' `use_bias` (true by default).
+    pub use_bias: bool,
 }
 
 impl Conv2dConfig {
@@ -29,6 +31,15 @@ impl Conv2dConfig {
             strides: (1, 1),
             padding,
             activation,
+            use_bias: true,
+        }
+    }
+
+    /// The same convolution without a bias.
+    pub fn without_bias(self) -> Self {
+        Self {
+            use_bias: false,
+            ..self
         }
     }
 
@@ -84,18 +95,19 @@ impl Layer for Conv2dConfig {
 
     fn weights(&self, input: &FeatureShape) -> Vec<WeightSpec> {
         let (kh, kw) = self.kernel_size;
-        vec![
-            WeightSpec::new(
-                WeightRole::Kernel,
-                vec![self.filters, input.channels(), kh, kw],
-                Init::GlorotUniform,
-            ),
-            WeightSpec::new(WeightRole::Bias, vec![self.filters], Init::Zeros),
-        ]
+        let mut w = vec![WeightSpec::new(
+            WeightRole::Kernel,
+            vec![self.filters, input.channels(), kh, kw],
+            Init::GlorotUniform,
+        )];
+        if self.use_bias {
+            w.push(WeightSpec::new(WeightRole::Bias, vec![self.filters], Init::Zeros));
+        }
+        w
     }
 
     fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let (kernel, bias) = (w[0].as_tensor(), w[1].as_tensor());
+        let kernel = w[0].as_tensor();
         let (_, _, h, wd) = x.dims4()?;
         let ((_, top, bottom), (_, left, right)) = self
             .geometry(h, wd)
@@ -109,7 +121,10 @@ impl Layer for Conv2dConfig {
                 .pad_with_zeros(3, left, right)?;
             conv(&xp, kernel, 0, self.strides)?
         };
-        let y = y.broadcast_add(&bias.reshape((1, self.filters, 1, 1))?)?;
+        let y = match w.get(1) {
+            Some(bias) => y.broadcast_add(&bias.as_tensor().reshape((1, self.filters, 1, 1))?)?,
+            None => y,
+        };
         self.activation.apply(y, ctx.skip_softmax)
     }
 }

@@ -11,6 +11,8 @@ use crate::error::Result;
 pub struct DenseConfig {
     pub units: usize,
     pub activation: Activation,
+    /// Keras' `use_bias` (true by default).
+    pub use_bias: bool,
 }
 
 impl Layer for DenseConfig {
@@ -38,16 +40,23 @@ impl Layer for DenseConfig {
 
     fn weights(&self, input: &FeatureShape) -> Vec<WeightSpec> {
         let n = input.elem_count();
-        vec![
-            WeightSpec::new(WeightRole::Kernel, vec![n, self.units], Init::GlorotUniform),
-            WeightSpec::new(WeightRole::Bias, vec![self.units], Init::Zeros),
-        ]
+        let mut w = vec![WeightSpec::new(
+            WeightRole::Kernel,
+            vec![n, self.units],
+            Init::GlorotUniform,
+        )];
+        if self.use_bias {
+            w.push(WeightSpec::new(WeightRole::Bias, vec![self.units], Init::Zeros));
+        }
+        w
     }
 
     fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let y = x
-            .matmul(w[0].as_tensor())?
-            .broadcast_add(w[1].as_tensor())?;
+        let y = x.matmul(w[0].as_tensor())?;
+        let y = match w.get(1) {
+            Some(bias) => y.broadcast_add(bias.as_tensor())?,
+            None => y,
+        };
         self.activation.apply(y, ctx.skip_softmax)
     }
 }

@@ -345,7 +345,11 @@ impl LayerKind {
 
     /// `Dense(units, activation)`.
     pub fn dense(units: usize, activation: Activation) -> Self {
-        LayerKind::Dense(DenseConfig { units, activation })
+        LayerKind::Dense(DenseConfig {
+            units,
+            activation,
+            use_bias: true,
+        })
     }
 
     pub fn class_name(&self) -> &'static str {
