@@ -29,7 +29,7 @@ fn single_layer(name: &str, kernels: Kernels) -> (Model, FeatureShape) {
         .find(|l| l.name == name)
         .expect("layer of the tutorial");
     let mut s = Sequential::new(name, layer.input);
-    s.add_named(name, layer.kind).unwrap();
+    s.add_named(name, layer.kind.clone()).unwrap();
     (model(s, kernels), layer.input)
 }
 

@@ -37,7 +37,8 @@ pub use error::{ModelError, Result};
 pub use layers::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, DropoutConfig,
     FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
-    InputLayer, Layer, LayerKind, MaxPooling2D, Padding, Pool2dConfig, WeightRole, WeightSpec,
+    InputLayer, Layer, LayerKind, MaxPooling2D, Padding, Pool2dConfig, RescalingConfig, WeightRole,
+    WeightSpec,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use sequential::{thousands, LayerSpec, Sequential};

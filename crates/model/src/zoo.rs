@@ -21,16 +21,16 @@ pub fn simple_cnn_for(input: FeatureShape, classes: usize) -> Result<Sequential>
             Activation::Relu,
         ))
     };
-    let pool = LayerKind::max_pool(2);
-    let dropout = LayerKind::dropout(0.25);
+    let pool = || LayerKind::max_pool(2);
+    let dropout = || LayerKind::dropout(0.25);
     let mut s = Sequential::new("sequential_1", input);
-    s.add(conv(32))?.add(pool)?.add(dropout)?;
+    s.add(conv(32))?.add(pool())?.add(dropout())?;
     s.add(conv(64))?
-        .add(pool)?
+        .add(pool())?
         .add(LayerKind::Flatten)?
-        .add(dropout)?;
+        .add(dropout())?;
     s.add(LayerKind::dense(128, Activation::Relu))?
-        .add(dropout)?;
+        .add(dropout())?;
     s.add(LayerKind::dense(classes, Activation::Softmax))?;
     Ok(s)
 }

@@ -310,7 +310,7 @@ fn global_pooling_values_shapes_and_gradients() {
         (LayerKind::GlobalMaxPool2d, "global_max_pooling2d_1"),
     ] {
         let mut s = Sequential::new("m", FeatureShape::image(c, h, w));
-        s.add(kind).unwrap();
+        s.add(kind.clone()).unwrap();
         assert_eq!(s.layers()[0].name, name);
         assert_eq!(s.output_shape(), FeatureShape::Flat(c));
         assert_eq!(s.layers()[0].output.to_string(), "(None, 3)");
@@ -321,7 +321,7 @@ fn global_pooling_values_shapes_and_gradients() {
         for (i, row) in got.iter().enumerate() {
             for (ch, v) in row.iter().enumerate() {
                 let plane = &values[(i * c + ch) * h * w..(i * c + ch + 1) * h * w];
-                let expected = match kind {
+                let expected = match &kind {
                     LayerKind::GlobalAvgPool2d => plane.iter().sum::<f32>() / plane.len() as f32,
                     _ => plane.iter().cloned().fold(f32::MIN, f32::max),
                 };
@@ -415,8 +415,12 @@ fn gelu_values_and_both_kernel_sets_agree() {
 #[test]
 fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
     use candle_core::Var;
-    use simplecnn_model::{Activation, DenseConfig, FeatureShape, Kernels, LayerKind, Padding, Sequential};
-    let conv = |f| LayerKind::Conv2d(Conv2dConfig::new(f, 3, Padding::Same, Activation::Linear).without_bias());
+    use simplecnn_model::{
+        Activation, DenseConfig, FeatureShape, Kernels, LayerKind, Padding, Sequential,
+    };
+    let conv = |f| {
+        LayerKind::Conv2d(Conv2dConfig::new(f, 3, Padding::Same, Activation::Linear).without_bias())
+    };
     let mut s = Sequential::new("m", FeatureShape::image(3, 8, 8));
     s.add(conv(4)).unwrap().add(LayerKind::max_pool(2)).unwrap();
     s.add(conv(5)).unwrap().add(conv(6)).unwrap();
@@ -427,8 +431,12 @@ fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
         use_bias: false,
     }))
     .unwrap();
-    assert_eq!(s.param_count(), 4 * 3 * 9 + 5 * 4 * 9 + 6 * 5 * 9 + 6 * 16 * 3);
-    let x = Var::from_tensor(&Tensor::rand(-1f32, 1f32, (2, 3, 8, 8), &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(
+        s.param_count(),
+        4 * 3 * 9 + 5 * 4 * 9 + 6 * 5 * 9 + 6 * 16 * 3
+    );
+    let x =
+        Var::from_tensor(&Tensor::rand(-1f32, 1f32, (2, 3, 8, 8), &Device::Cpu).unwrap()).unwrap();
     let run = |kernels| {
         let mut m = Model::new(s.clone(), &Device::Cpu, 4).unwrap();
         m.set_kernels(kernels).unwrap();
@@ -437,9 +445,23 @@ fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
         let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let mut all: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         for w in m.weights() {
-            all.extend(g.get(&w.var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            all.extend(
+                g.get(&w.var)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
         }
-        all.extend(g.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        all.extend(
+            g.get(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
         all
     };
     let (fast, candle) = (run(Kernels::Fast), run(Kernels::Candle));

@@ -4,7 +4,8 @@ use candle_core::Tensor;
 use serde_json::{json, Value};
 use simplecnn_model::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, FeatureShape,
-    LayerKind, LayerSpec, MaxPooling2D, Padding, Pool2dConfig, Sequential, WeightRole,
+    LayerKind, LayerSpec, MaxPooling2D, Padding, Pool2dConfig, RescalingConfig, Sequential,
+    WeightRole,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -58,6 +59,16 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             json!({"rate": d.rate as f64, "noise_shape": null, "seed": null}),
         ),
         LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
+        LayerKind::Rescaling(r) => {
+            let one_or_list = |v: &[f32]| match v {
+                [x] => json!(*x as f64),
+                _ => json!(v.iter().map(|x| *x as f64).collect::<Vec<_>>()),
+            };
+            merge(
+                base,
+                json!({"scale": one_or_list(&r.scale), "offset": one_or_list(&r.offset)}),
+            )
+        }
         LayerKind::GlobalAvgPool2d | LayerKind::GlobalMaxPool2d => merge(
             base,
             json!({"data_format": "channels_last", "keepdims": false}),
@@ -285,6 +296,24 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 LayerKind::dropout(cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32)
             }
             "Flatten" => LayerKind::Flatten,
+            "Rescaling" => {
+                let numbers = |key: &str, default: f64| -> Result<Vec<f32>, ConfigError> {
+                    match cfg.get(key) {
+                        None => Ok(vec![default as f32]),
+                        Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(f64::NAN) as f32]),
+                        Some(Value::Array(a)) => a
+                            .iter()
+                            .map(|v| v.as_f64().map(|x| x as f32))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| err(format!("{key} must be numbers"))),
+                        Some(_) => Err(err(format!("{key} must be a number or a list of numbers"))),
+                    }
+                };
+                LayerKind::Rescaling(RescalingConfig {
+                    scale: numbers("scale", 1.0)?,
+                    offset: numbers("offset", 0.0)?,
+                })
+            }
             "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
                 if cfg.get("keepdims").and_then(Value::as_bool) == Some(true) {
                     return Err(err(format!("{class} with keepdims=true is not supported")));

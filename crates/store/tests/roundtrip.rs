@@ -122,7 +122,7 @@ fn global_pooling_layers_round_trip() {
         let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
         s.add(LayerKind::conv2d(6, 3, Padding::Same, Activation::Relu))
             .unwrap();
-        s.add(kind).unwrap();
+        s.add(kind.clone()).unwrap();
         s.add(LayerKind::dense(4, Activation::Softmax)).unwrap();
         let model = Model::new(s, &Device::Cpu, 5).unwrap();
         let path = dir.path().join(format!("{class}.h5"));
@@ -195,4 +195,52 @@ fn batch_normalization_without_scale_round_trips() {
     };
     assert_eq!(mean(&model), mean(&back));
     assert!(mean(&model).iter().any(|v| *v != 0.0));
+}
+
+/// Rescaling, per channel (the input's normalisation) and as one number (airbench's final
+/// 1/9), computes `x·scale + offset`, and goes through .h5 as Keras' `Rescaling` config.
+#[test]
+fn rescaling_normalises_and_round_trips() {
+    use simplecnn_model::{
+        Activation, FeatureShape, LayerKind, Padding, RescalingConfig, Sequential,
+    };
+    let (mean, std) = ([0.4914f32, 0.4822, 0.4465], [0.2470f32, 0.2435, 0.2616]);
+    let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 4, 4));
+    s.add(LayerKind::Rescaling(RescalingConfig::normalize(
+        &mean, &std,
+    )))
+    .unwrap();
+    let normalised = Model::new(s.clone(), &Device::Cpu, 0).unwrap();
+    let x = Tensor::rand(0f32, 1f32, (2, 3, 4, 4), &Device::Cpu).unwrap();
+    let y = values(&normalised.forward(&x, Mode::Inference).unwrap());
+    let xv = values(&x);
+    for (i, (a, b)) in xv.iter().zip(&y).enumerate() {
+        let c = (i / 16) % 3;
+        assert!((b - (a - mean[c]) / std[c]).abs() < 1e-5);
+    }
+    s.add(LayerKind::conv2d(5, 3, Padding::Same, Activation::Relu))
+        .unwrap();
+    s.add(LayerKind::GlobalMaxPool2d).unwrap();
+    s.add(LayerKind::dense(4, Activation::Linear)).unwrap();
+    s.add(LayerKind::Rescaling(RescalingConfig::uniform(
+        1.0 / 9.0,
+        0.0,
+    )))
+    .unwrap();
+    let model = Model::new(s, &Device::Cpu, 3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.h5");
+    save_model(&model, &path, None).unwrap();
+    let back = load_model(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.spec().layers(), model.spec().layers());
+    let p = |m: &Model| values(&m.forward(&x, Mode::Inference).unwrap());
+    assert_eq!(p(&model), p(&back));
+    // Three scales for a one-channel input is a shape error naming the layer.
+    let mut bad = Sequential::new("s", FeatureShape::image(1, 4, 4));
+    let err = bad
+        .add(LayerKind::Rescaling(RescalingConfig::normalize(
+            &mean, &std,
+        )))
+        .unwrap_err();
+    assert!(err.to_string().contains("rescaling_1"), "{err}");
 }

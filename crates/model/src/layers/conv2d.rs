@@ -101,7 +101,11 @@ impl Layer for Conv2dConfig {
             Init::GlorotUniform,
         )];
         if self.use_bias {
-            w.push(WeightSpec::new(WeightRole::Bias, vec![self.filters], Init::Zeros));
+            w.push(WeightSpec::new(
+                WeightRole::Bias,
+                vec![self.filters],
+                Init::Zeros,
+            ));
         }
         w
     }

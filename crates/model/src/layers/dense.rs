@@ -46,7 +46,11 @@ impl Layer for DenseConfig {
             Init::GlorotUniform,
         )];
         if self.use_bias {
-            w.push(WeightSpec::new(WeightRole::Bias, vec![self.units], Init::Zeros));
+            w.push(WeightSpec::new(
+                WeightRole::Bias,
+                vec![self.units],
+                Init::Zeros,
+            ));
         }
         w
     }

@@ -15,6 +15,7 @@ mod global_average_pooling2d;
 mod global_max_pooling2d;
 mod input;
 mod max_pooling2d;
+mod rescaling;
 
 use std::fmt;
 
@@ -30,6 +31,7 @@ pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use input::InputLayer;
 pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
+pub use rescaling::RescalingConfig;
 
 use crate::error::{ModelError, Result};
 use crate::model::DropoutRng;
@@ -296,7 +298,7 @@ pub trait Layer {
 }
 
 /// Every layer kind the workbench has, with its configuration.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum LayerKind {
     /// Keras' `InputLayer`: shown by functional models such as VGG-16; computes nothing.
     Input,
@@ -309,6 +311,7 @@ pub enum LayerKind {
     BatchNorm(BatchNormConfig),
     GlobalAvgPool2d,
     GlobalMaxPool2d,
+    Rescaling(RescalingConfig),
 }
 
 impl LayerKind {
@@ -325,6 +328,7 @@ impl LayerKind {
             LayerKind::BatchNorm(b) => b,
             LayerKind::GlobalAvgPool2d => &GlobalAveragePooling2D,
             LayerKind::GlobalMaxPool2d => &GlobalMaxPooling2D,
+            LayerKind::Rescaling(r) => r,
         }
     }
 
