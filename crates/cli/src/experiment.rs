@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 use simplecnn_experiment::{
-    CallbackSpec, DeviceName, Experiment, KernelsName, Loaded, OptimizerSpec,
+    CallbackSpec, DeviceName, Experiment, InitSpec, KernelsName, Loaded, OptimizerSpec,
 };
 use simplecnn_model::{Kernels, Model};
 use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
@@ -291,6 +291,34 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The experiment's initialisation steps (dirac, whitening from the first training images).
+fn apply_init(
+    experiment: &Experiment,
+    model: &Model,
+    train: &simplecnn_cifar::LabeledImages,
+) -> Result<()> {
+    for step in &experiment.model.init {
+        match step {
+            InitSpec::Dirac { layers } => {
+                for layer in layers {
+                    simplecnn_model::init::dirac(model, layer)?;
+                }
+            }
+            InitSpec::Whitening {
+                layer,
+                images,
+                epsilon,
+            } => {
+                let n = (*images).min(train.len());
+                let idx: Vec<usize> = (0..n).collect();
+                let x = train.batch(&idx, model.device())?.images;
+                simplecnn_model::init::init_whitening(model, layer, &x, *epsilon)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Marks `run_dir` unfinished until the run ends: a killed run keeps the marker, which says
 /// how to go on.
 fn write_marker(run_dir: &Path) -> Result<()> {
@@ -310,7 +338,7 @@ struct KerasLog {
 }
 
 impl Callback for KerasLog {
-    fn on_train_begin(&mut self, info: &TrainBegin) -> simplecnn_train::Result<()> {
+    fn on_train_begin(&mut self, info: &TrainBegin<'_>) -> simplecnn_train::Result<()> {
         self.epochs = info.epochs;
         Ok(())
     }
@@ -339,7 +367,7 @@ impl ProgressBar {
 }
 
 impl Callback for ProgressBar {
-    fn on_train_begin(&mut self, info: &TrainBegin) -> simplecnn_train::Result<()> {
+    fn on_train_begin(&mut self, info: &TrainBegin<'_>) -> simplecnn_train::Result<()> {
         if std::io::stderr().is_terminal() {
             self.bar = indicatif::ProgressBar::new(info.steps_per_epoch as u64).with_style(
                 indicatif::ProgressStyle::with_template("{pos}/{len} [{bar:30}] {elapsed} - {msg}")
@@ -355,7 +383,7 @@ impl Callback for ProgressBar {
         Ok(())
     }
 
-    fn on_batch_end(&mut self, b: &BatchEnd) -> simplecnn_train::Result<Control> {
+    fn on_batch_end(&mut self, b: &BatchEnd<'_>) -> simplecnn_train::Result<Control> {
         self.bar.set_position(b.batch as u64);
         self.bar
             .set_message(format!("loss: {:.4} - acc: {:.4}", b.mean_loss, b.mean_acc));
@@ -420,8 +448,10 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         }
         data.train = data.train.take(n);
     }
-    let fit_config = experiment.fit_config();
+    let mut fit_config = experiment.fit_config();
     fit_config.validate(data.train.len())?;
+    let train_images = fit_config.split_at(data.train.len());
+    fit_config.max_steps = experiment.max_steps(fit_config.steps_per_epoch(train_images));
     let spec = experiment
         .build_spec()
         .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
@@ -455,6 +485,9 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         KernelsName::Fast => Kernels::Fast,
         KernelsName::Candle => Kernels::Candle,
     })?;
+    if !resuming {
+        apply_init(&experiment, &model, &data.train)?;
+    }
     let summary = model.summary();
     print!("{summary}");
     if !resuming {
@@ -482,8 +515,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     );
 
     let mut optimizer = experiment.build_optimizer(&model)?;
-    let total_steps = fit_config.epochs * fit_config.steps_per_epoch(split_at);
-    let schedule = experiment.build_schedule(total_steps as u64);
+    let schedule = experiment.build_schedule(fit_config.total_steps(split_at));
     let mut callbacks: Vec<Box<dyn Callback>> = experiment
         .callbacks
         .iter()

@@ -56,6 +56,22 @@ fn results_without_timing(run: &Path) -> Vec<EpochResult> {
         .collect()
 }
 
+/// `evaluate --model` on `model` prints exactly `loss` and `accuracy` as the run reported them.
+fn assert_evaluate_prints(model: &Path, data: &Path, batch: &str, loss: f64, accuracy: f64) {
+    let o = xtask(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        batch,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = format!("test loss: {loss:.4} - test accuracy: {accuracy:.4}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), expected);
+}
+
 /// Every weight of a saved model, by name.
 fn saved_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let model = simplecnn_store::load_model(path, &candle_core::Device::Cpu).unwrap();
@@ -574,22 +590,11 @@ fn a_model_of_your_own_from_a_file() {
     assert!(summary.contains("global_average_pooling2d_1"), "{summary}");
     let test: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
-    let o = xtask(&[
-        "evaluate",
-        "--model",
-        run.join("model.h5").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "8",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let expected = format!(
-        "test loss: {:.4} - test accuracy: {:.4}",
+    let (loss, acc) = (
         test["loss"].as_f64().unwrap(),
-        test["accuracy"].as_f64().unwrap()
+        test["accuracy"].as_f64().unwrap(),
     );
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), expected);
+    assert_evaluate_prints(&run.join("model.h5"), &data, "8", loss, acc);
 }
 
 /// Mistakes in an experiment file or an override name the file and the key, before any data
@@ -738,4 +743,51 @@ fn a_killed_run_resumes_to_the_same_result() {
     let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("finished"), "{}", stderr(&o));
+}
+
+/// airbench94's experiment file runs end to end on tiny data (a smaller batch than its 1024,
+/// which would train nothing here): whitening and dirac initialisation, BatchNorm training,
+/// SGD-Nesterov, lookahead, augmentation, TTA; its .h5 reloads and scores the plain (no TTA)
+/// numbers the run reported.
+#[test]
+fn airbench94_runs_on_tiny_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 8);
+    let out = tmp.path().join("out");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/airbench94.toml");
+    let o = xtask(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "16",
+        "--set",
+        "fit.epochs=1.5",
+        "--set",
+        "model.init.0.images=40",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.join("latest").canonicalize().unwrap();
+    let history = History::read_csv(&run.join("epochs.csv")).unwrap();
+    // 80 images in batches of 16: 5 steps an epoch, 1.5 epochs: 8 steps in 2 epochs.
+    assert_eq!(history.epochs.len(), 2);
+    // The last step (7 of 0..8) on the schedule: 1 at step floor(0.23·8) = 1, 0.07 at 8.
+    let schedule_end = history.epochs[1].learning_rate;
+    let factor = 1.0 + (0.07 - 1.0) * 6.0 / 7.0;
+    assert!(
+        (schedule_end - 0.0014648437500000002 * factor).abs() < 1e-12,
+        "{schedule_end}"
+    );
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    assert_eq!(test["tta"], "mirror_translate");
+    let plain = &test["without_tta"];
+    let (loss, acc) = (plain[0].as_f64().unwrap(), plain[1].as_f64().unwrap());
+    assert_evaluate_prints(&run.join("model.h5"), &data, "16", loss, acc);
+    let summary = std::fs::read_to_string(run.join("summary.txt")).unwrap();
+    assert!(summary.contains("Total params: 1,973,944"), "{summary}");
 }

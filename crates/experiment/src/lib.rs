@@ -26,8 +26,8 @@ use simplecnn_train::{
 };
 
 pub use spec::{
-    CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, KernelsName, ModelSpec, OptimizerSpec,
-    OutputSpec, ScheduleSpec,
+    CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec, KernelsName, LossSpec,
+    ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec, TestSpec,
 };
 
 /// What is wrong with an experiment: the file, the key (`fit.epochs`) when one is to blame,
@@ -72,6 +72,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     (
         "simple_cnn_3conv",
         include_str!("../../../experiments/simple_cnn_3conv.toml"),
+    ),
+    (
+        "airbench94",
+        include_str!("../../../experiments/airbench94.toml"),
     ),
 ];
 
@@ -197,8 +201,9 @@ impl Experiment {
     /// Values no run could use, as `(key, why)`: checked before any data is read.
     pub fn check(&self) -> Check {
         ensure(!self.name.trim().is_empty(), "name", || "is empty".into())?;
-        ensure(self.fit.epochs >= 1, "fit.epochs", || {
-            "must be at least 1".into()
+        let epochs = self.fit.epochs;
+        ensure(epochs.is_finite() && epochs > 0.0, "fit.epochs", || {
+            format!("{epochs} must be a positive number")
         })?;
         ensure(self.fit.batch_size >= 1, "fit.batch_size", || {
             "must be at least 1".into()
@@ -280,6 +285,21 @@ impl Experiment {
         loss.validate()
             .map_err(|e| ("loss.label_smoothing".to_string(), e.to_string()))?;
         for (i, c) in self.callbacks.iter().enumerate() {
+            if let CallbackSpec::Lookahead {
+                every,
+                decay,
+                power,
+            } = c
+            {
+                let key = format!("callbacks.{i}");
+                ensure(*every >= 1, &key, || "every must be at least 1".into())?;
+                ensure((0.0..=1.0).contains(decay), &key, || {
+                    format!("decay {decay} is not in [0, 1]")
+                })?;
+                ensure(power.is_finite() && *power >= 0.0, &key, || {
+                    format!("power {power} is negative")
+                })?;
+            }
             if let CallbackSpec::CsvLogger { filename } = c {
                 ensure(
                     is_file_name(filename),
@@ -301,7 +321,54 @@ impl Experiment {
                 format!("{name:?}: only .h5 model files can be written (Keras' HDF5 layout)")
             })?;
         }
-        self.build_spec().map(|_| ())
+        let spec = self.build_spec()?;
+        let weights: Vec<String> = spec
+            .layers()
+            .iter()
+            .flat_map(|l| {
+                l.kind
+                    .weights(&l.input)
+                    .into_iter()
+                    .map(move |w| format!("{}/{}", l.name, w.role.keras_name()))
+            })
+            .collect();
+        for (i, f) in self.fit.freeze.iter().enumerate() {
+            for w in &f.weights {
+                ensure(
+                    weights.contains(w),
+                    &format!("fit.freeze.{i}.weights"),
+                    || format!("the model has no weight {w:?} (e.g. {:?})", weights.first()),
+                )?;
+            }
+            ensure(
+                f.from_epoch >= 1,
+                &format!("fit.freeze.{i}.from_epoch"),
+                || "epochs count from 1".into(),
+            )?;
+        }
+        for (i, step) in self.model.init.iter().enumerate() {
+            let key = format!("model.init.{i}");
+            let names: Vec<&String> = match step {
+                InitSpec::Dirac { layers } => layers.iter().collect(),
+                InitSpec::Whitening { layer, images, .. } => {
+                    ensure(*images >= 1, &format!("{key}.images"), || {
+                        "must be at least 1".into()
+                    })?;
+                    vec![layer]
+                }
+            };
+            for name in names {
+                let conv = spec
+                    .layers()
+                    .iter()
+                    .find(|l| &l.name == name)
+                    .is_some_and(|l| matches!(l.kind, simplecnn_model::LayerKind::Conv2d(_)));
+                ensure(conv, &key, || {
+                    format!("{name:?} is not a Conv2D layer of the model")
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The architecture, checked layer by layer (errors as `(key, why)`).
@@ -406,7 +473,7 @@ impl Experiment {
 
     pub fn fit_config(&self) -> FitConfig {
         FitConfig {
-            epochs: self.fit.epochs,
+            epochs: self.fit.epochs.ceil() as usize,
             batch_size: self.fit.batch_size,
             validation_split: self.data.validation_split,
             shuffle: self.fit.shuffle,
@@ -414,7 +481,24 @@ impl Experiment {
             drop_remainder: self.fit.drop_remainder,
             loss: self.loss_config(),
             augment: self.augment,
+            max_steps: None,
+            freeze: self
+                .fit
+                .freeze
+                .iter()
+                .map(|f| simplecnn_train::Freeze {
+                    weights: f.weights.clone(),
+                    from_epoch: f.from_epoch,
+                })
+                .collect(),
         }
+    }
+
+    /// The optimizer steps of the whole run when `fit.epochs` is fractional, for
+    /// `steps_per_epoch`; `None` when whole (every epoch runs all its steps).
+    pub fn max_steps(&self, steps_per_epoch: usize) -> Option<u64> {
+        let e = self.fit.epochs;
+        (e.fract() != 0.0).then(|| (steps_per_epoch as f64 * e).ceil() as u64)
     }
 
     pub fn loss_config(&self) -> Loss {
@@ -502,6 +586,11 @@ impl Experiment {
                 patience,
                 min_delta,
             } => Box::new(EarlyStopping::new(patience).watching(monitor, mode, min_delta)),
+            CallbackSpec::Lookahead {
+                every,
+                decay,
+                power,
+            } => Box::new(simplecnn_train::Lookahead::new(every, decay, power)),
         })
     }
 
@@ -580,7 +669,7 @@ mod tests {
         ])
         .unwrap()
         .experiment;
-        assert_eq!(e.fit.epochs, 2);
+        assert_eq!(e.fit.epochs, 2.0);
         assert_eq!(e.optimizer.learning_rate(), 5e-4);
         assert_eq!(e.data.dir, Some(PathBuf::from("some/where")));
         assert!(!e.fit.shuffle);
@@ -648,7 +737,7 @@ mod tests {
         std::fs::write(&path, config.to_string()).unwrap();
         let l = load(&path, &["fit.seed=4".into()]).unwrap();
         assert_eq!(l.recorded_commit.as_deref(), Some("abc"));
-        assert_eq!(l.experiment.fit.epochs, 3);
+        assert_eq!(l.experiment.fit.epochs, 3.0);
         assert_eq!(l.experiment.fit.seed, 4);
         std::fs::write(&path, "{}").unwrap();
         assert!(load(&path, &[])

@@ -62,6 +62,35 @@ pub struct ModelSpec {
     /// Seeds the initial weights (default: `fit.seed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_seed: Option<u64>,
+    /// Initialisations after the layers' own, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init: Vec<InitSpec>,
+}
+
+/// An initialisation step that needs more than a weight's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InitSpec {
+    /// The first `min(filters, in_channels)` filters of each layer's kernel become identities
+    /// (PyTorch's `dirac_`).
+    Dirac { layers: Vec<String> },
+    /// airbench's whitening: the layer's kernel from the eigenvectors of the second moments of
+    /// its input's patches over the first `images` training images.
+    Whitening {
+        layer: String,
+        #[serde(default = "five_thousand")]
+        images: usize,
+        #[serde(default = "whitening_eps")]
+        epsilon: f64,
+    },
+}
+
+fn five_thousand() -> usize {
+    5000
+}
+
+fn whitening_eps() -> f64 {
+    5e-4
 }
 
 fn cifar_input() -> [usize; 3] {
@@ -199,7 +228,9 @@ pub enum ScheduleSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FitSpec {
-    pub epochs: usize,
+    /// May be fractional (airbench: 9.9): the last epoch stops after its share of the steps.
+    #[serde(serialize_with = "whole_as_integer")]
+    pub epochs: f64,
     pub batch_size: usize,
     /// Seeds the shuffles and dropout masks (and the initial weights, unless
     /// `model.init_seed` is set).
@@ -215,6 +246,30 @@ pub struct FitSpec {
     /// `fast` (this project's CPU kernels) or `candle` (candle's own ops, the reference).
     #[serde(default)]
     pub kernels: KernelsName,
+    /// Weights the optimizer leaves alone from an epoch on: `[[fit.freeze]] weights =
+    /// ["conv2d_1/kernel"]` (from epoch 1: never trained), `from_epoch = 4`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<FreezeSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeSpec {
+    pub weights: Vec<String>,
+    #[serde(default = "epoch_one")]
+    pub from_epoch: usize,
+}
+
+fn epoch_one() -> usize {
+    1
+}
+
+/// `10` rather than `10.0` in config.json when the number is whole.
+fn whole_as_integer<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    match v.fract() == 0.0 && v.abs() < 1e15 {
+        true => s.serialize_u64(*v as u64),
+        false => s.serialize_f64(*v),
+    }
 }
 
 fn yes() -> bool {
@@ -268,6 +323,16 @@ pub enum CallbackSpec {
         #[serde(default = "min")]
         mode: MonitorMode,
     },
+    /// airbench's lookahead: every `every` steps the model is reset to a running average of
+    /// its weights (decay `decay^every · (step/total)^power`); it ends on the average.
+    Lookahead {
+        #[serde(default = "five")]
+        every: u64,
+        #[serde(default = "lookahead_decay")]
+        decay: f64,
+        #[serde(default = "three")]
+        power: f64,
+    },
     EarlyStopping {
         #[serde(default = "val_loss")]
         monitor: Monitor,
@@ -283,6 +348,16 @@ impl Default for ScheduleSpec {
     fn default() -> Self {
         ScheduleSpec::Constant {}
     }
+}
+
+fn five() -> u64 {
+    5
+}
+fn lookahead_decay() -> f64 {
+    0.95
+}
+fn three() -> f64 {
+    3.0
 }
 
 fn epochs_csv() -> String {

@@ -26,6 +26,7 @@
 //! ```
 
 mod error;
+pub mod init;
 mod layers;
 mod model;
 pub mod ops;
@@ -35,10 +36,10 @@ pub mod zoo;
 
 pub use error::{ModelError, Result};
 pub use layers::{
-    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, DropoutConfig,
-    FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
-    InputLayer, Layer, LayerKind, MaxPooling2D, Padding, Pool2dConfig, RescalingConfig, WeightRole,
-    WeightSpec,
+    Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig,
+    DropoutConfig, FanInScale, FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, Init, InputLayer, Layer, LayerKind, MaxPooling2D, Padding, Pool2dConfig,
+    RescalingConfig, WeightRole, WeightSpec,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use sequential::{thousands, LayerSpec, Sequential};

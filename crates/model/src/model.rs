@@ -69,9 +69,20 @@ pub enum Mode<'a> {
     Training(&'a mut DropoutRng),
 }
 
-impl Mode<'_> {
+impl<'a> Mode<'a> {
     pub fn is_training(&self) -> bool {
         matches!(self, Mode::Training(_))
+    }
+
+    /// The layers' view of the mode.
+    fn context(self) -> ForwardCtx<'a> {
+        ForwardCtx {
+            training: match self {
+                Mode::Training(rng) => Some(rng),
+                Mode::Inference => None,
+            },
+            skip_softmax: false,
+        }
     }
 }
 
@@ -117,6 +128,11 @@ impl Model {
                     Init::GlorotUniform => {
                         let (fan_in, fan_out) = fans(&w.shape);
                         let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                        (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+                    }
+                    Init::FanInUniform(scale) => {
+                        let (fan_in, _) = fans(&w.shape);
+                        let limit = (3.0 * scale.value() / fan_in as f64).sqrt() as f32;
                         (0..n).map(|_| rng.random_range(-limit..limit)).collect()
                     }
                     Init::Ones => vec![1.0; n],
@@ -212,6 +228,23 @@ impl Model {
         Ok(())
     }
 
+    /// What reaches layer `layer` (its input) when the model runs on `x`: the layers before
+    /// it on candle's ops.
+    pub fn features_before(&self, x: &Tensor, layer: &str, mode: Mode<'_>) -> Result<Tensor> {
+        let index = self
+            .spec
+            .layers()
+            .iter()
+            .position(|l| l.name == layer)
+            .ok_or_else(|| ModelError::Config(format!("no layer {layer}")))?;
+        let mut ctx = mode.context();
+        let mut x = x.clone();
+        for i in 0..index {
+            x = self.run_step(&Step::Layer(i), &x, &mut ctx, false, false, usize::MAX)?;
+        }
+        Ok(x)
+    }
+
     /// Class probabilities (the last layer's activation applied).
     pub fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
         let track = mode.is_training();
@@ -254,13 +287,7 @@ impl Model {
             (true, Some(plan)) => plan.as_slice(),
             _ => self.candle_plan.as_slice(),
         };
-        let mut ctx = ForwardCtx {
-            training: match mode {
-                Mode::Training(rng) => Some(rng),
-                Mode::Inference => None,
-            },
-            skip_softmax: false,
-        };
+        let mut ctx = mode.context();
         let mut x = x.clone();
         for step in plan {
             x = self.run_step(

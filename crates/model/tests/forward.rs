@@ -426,9 +426,8 @@ fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
     s.add(conv(5)).unwrap().add(conv(6)).unwrap();
     s.add(LayerKind::Flatten).unwrap();
     s.add(LayerKind::Dense(DenseConfig {
-        units: 3,
-        activation: Activation::Linear,
         use_bias: false,
+        ..DenseConfig::default_for(3, Activation::Linear)
     }))
     .unwrap();
     assert_eq!(

@@ -3,17 +3,67 @@
 use candle_core::Tensor;
 use serde_json::{json, Value};
 use simplecnn_model::{
-    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, FeatureShape,
-    LayerKind, LayerSpec, MaxPooling2D, Padding, Pool2dConfig, RescalingConfig, Sequential,
-    WeightRole,
+    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, FanInScale,
+    FeatureShape, Init, LayerKind, LayerSpec, MaxPooling2D, Padding, Pool2dConfig, RescalingConfig,
+    Sequential, WeightRole,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
 pub const KERAS_FORMAT_VERSION: &str = "2.9.0";
 
-fn initializers() -> Value {
+/// Keras' config of a kernel initialiser.
+fn initializer_config(init: Init) -> Value {
+    match init {
+        Init::FanInUniform(scale) => json!({"class_name": "VarianceScaling", "config": {
+            "scale": scale.value(), "mode": "fan_in", "distribution": "uniform", "seed": null}}),
+        Init::Zeros => json!({"class_name": "Zeros", "config": {}}),
+        Init::Ones => json!({"class_name": "Ones", "config": {}}),
+        Init::GlorotUniform => json!({"class_name": "GlorotUniform", "config": {"seed": null}}),
+    }
+}
+
+/// Reads `kernel_initializer`: a name (`"glorot_uniform"`) or `{class_name, config}`.
+fn kernel_initializer(cfg: &Value) -> Result<Init, String> {
+    let Some(v) = cfg.get("kernel_initializer") else {
+        return Ok(Init::GlorotUniform);
+    };
+    let (class, config) = match v {
+        Value::String(s) => (s.as_str(), Value::Null),
+        Value::Object(o) => (
+            o.get("class_name").and_then(Value::as_str).unwrap_or(""),
+            o.get("config").cloned().unwrap_or(Value::Null),
+        ),
+        _ => return Err("kernel_initializer must be a name or {class_name, config}".into()),
+    };
+    let fan_in = |scale: f64| {
+        [FanInScale::Torch, FanInScale::Lecun, FanInScale::He]
+            .into_iter()
+            .find(|s| (s.value() - scale).abs() < 1e-6)
+            .map(Init::FanInUniform)
+    };
+    let found = match class {
+        "GlorotUniform" | "glorot_uniform" => Some(Init::GlorotUniform),
+        "HeUniform" | "he_uniform" => fan_in(2.0),
+        "LecunUniform" | "lecun_uniform" => fan_in(1.0),
+        "VarianceScaling" | "variance_scaling" => {
+            let get = |k: &str| config.get(k).and_then(Value::as_str);
+            let uniform = get("distribution") == Some("uniform") && get("mode") == Some("fan_in");
+            let scale = config.get("scale").and_then(Value::as_f64).unwrap_or(1.0);
+            uniform.then(|| fan_in(scale)).flatten()
+        }
+        _ => None,
+    };
+    found.ok_or_else(|| {
+        format!(
+            "kernel_initializer {v} is not supported (glorot_uniform, he_uniform, \
+             lecun_uniform, or VarianceScaling fan_in uniform with scale 1/3, 1 or 2)"
+        )
+    })
+}
+
+fn initializers(kernel: Init) -> Value {
     json!({
-        "kernel_initializer": {"class_name": "GlorotUniform", "config": {"seed": null}},
+        "kernel_initializer": initializer_config(kernel),
         "bias_initializer": {"class_name": "Zeros", "config": {}},
         "kernel_regularizer": null, "bias_regularizer": null, "activity_regularizer": null,
         "kernel_constraint": null, "bias_constraint": null
@@ -45,7 +95,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                     "activation": c.activation.keras_name(), "use_bias": c.use_bias
                 }),
             ),
-            initializers(),
+            initializers(c.kernel_initializer),
         ),
         LayerKind::MaxPool2d(MaxPooling2D(p)) | LayerKind::AvgPool2d(AveragePooling2D(p)) => merge(
             base,
@@ -59,6 +109,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             json!({"rate": d.rate as f64, "noise_shape": null, "seed": null}),
         ),
         LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
+        LayerKind::Activation(a) => merge(base, json!({"activation": a.activation.keras_name()})),
         LayerKind::Rescaling(r) => {
             let one_or_list = |v: &[f32]| match v {
                 [x] => json!(*x as f64),
@@ -95,12 +146,13 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             units,
             activation,
             use_bias,
+            kernel_initializer,
         }) => merge(
             merge(
                 base,
                 json!({"units": units, "activation": activation.keras_name(), "use_bias": use_bias}),
             ),
-            initializers(),
+            initializers(*kernel_initializer),
         ),
     };
     json!({"class_name": layer.kind.class_name(), "config": config})
@@ -269,6 +321,7 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                     padding,
                     activation: activation(cfg).map_err(err)?,
                     use_bias: use_bias(cfg),
+                    kernel_initializer: kernel_initializer(cfg).map_err(err)?,
                 })
             }
             "MaxPooling2D" | "AveragePooling2D" => {
@@ -296,6 +349,9 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 LayerKind::dropout(cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32)
             }
             "Flatten" => LayerKind::Flatten,
+            "Activation" => LayerKind::Activation(simplecnn_model::ActivationConfig {
+                activation: activation(cfg).map_err(err)?,
+            }),
             "Rescaling" => {
                 let numbers = |key: &str, default: f64| -> Result<Vec<f32>, ConfigError> {
                     match cfg.get(key) {
@@ -353,6 +409,7 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                     .ok_or_else(|| err("no units".into()))? as usize,
                 activation: activation(cfg).map_err(err)?,
                 use_bias: use_bias(cfg),
+                kernel_initializer: kernel_initializer(cfg).map_err(err)?,
             }),
             other => return Err(err(format!("layer class {other} is not supported"))),
         };

@@ -1,5 +1,6 @@
 //! `fit`: Keras' training loop semantics over CIFAR batches.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
@@ -39,6 +40,42 @@ pub struct FitConfig {
     /// Flips and translations of the training images, per batch.
     #[serde(default)]
     pub augment: Augmentation,
+    /// Stop after this many optimizer steps over the whole run (a fractional last epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    /// Weights the optimizer leaves alone, from an epoch on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<Freeze>,
+}
+
+/// Weights (`layer/name`) that stop training from epoch `from_epoch` (1-based; 1: never
+/// trained), as airbench's whitening bias after three epochs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    pub weights: Vec<String>,
+    #[serde(default = "first_epoch")]
+    pub from_epoch: usize,
+}
+
+fn first_epoch() -> usize {
+    1
+}
+
+impl FitConfig {
+    /// Optimizer steps over the whole run for `train_images`.
+    pub fn total_steps(&self, train_images: usize) -> u64 {
+        let all = (self.steps_per_epoch(train_images) * self.epochs) as u64;
+        self.max_steps.map_or(all, |m| m.min(all))
+    }
+
+    /// The weights frozen during `epoch`.
+    pub fn frozen_in(&self, epoch: usize) -> BTreeSet<String> {
+        self.freeze
+            .iter()
+            .filter(|f| f.from_epoch <= epoch)
+            .flat_map(|f| f.weights.iter().cloned())
+            .collect()
+    }
 }
 
 impl Default for FitConfig {
@@ -53,6 +90,8 @@ impl Default for FitConfig {
             drop_remainder: false,
             loss: Loss::default(),
             augment: Augmentation::default(),
+            freeze: Vec::new(),
+            max_steps: None,
         }
     }
 }
@@ -172,13 +211,21 @@ fn fit_from(
     mut history: History,
 ) -> Result<History> {
     config.validate(data.len())?;
+    for name in config.freeze.iter().flat_map(|f| &f.weights) {
+        let known = model.weights().any(|w| &w.path() == name);
+        if !known {
+            return Err(TrainError::Config(format!(
+                "freeze: the model has no weight {name} (weights are named layer/kernel, layer/bias, …)"
+            )));
+        }
+    }
     // Validation is the tail, taken before any shuffling.
     let split_at = config.split_at(data.len());
     let val_indices: Vec<usize> = (split_at..data.len()).collect();
     let steps = config.steps_per_epoch(split_at);
-    let trained = steps * config.batch_size.min(split_at);
-    let trained = trained.min(split_at);
     let begin = TrainBegin {
+        model,
+        total_steps: config.total_steps(split_at),
         first_epoch: history.epochs.len() + 1,
         epochs: config.epochs,
         steps_per_epoch: steps,
@@ -193,6 +240,7 @@ fn fit_from(
         for c in callbacks.iter_mut() {
             c.on_epoch_begin(epoch)?;
         }
+        optimizer.set_frozen(&config.frozen_in(epoch));
         let start = Instant::now();
         let mut order: Vec<usize> = (0..split_at).collect();
         if config.shuffle {
@@ -205,7 +253,11 @@ fn fit_from(
         let mut dropout = DropoutRng::new(epoch_seed(config.seed, epoch, 2));
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut learning_rate = schedule.learning_rate(optimizer.iterations());
+        let total_steps = begin.total_steps;
         for (step, idx) in order.chunks(config.batch_size).take(steps).enumerate() {
+            if optimizer.iterations() >= total_steps {
+                break;
+            }
             let batch = match config.augment.is_none() {
                 true => data.batch(idx, model.device())?,
                 // One seed for the run: alternating flips keep each image's own coin.
@@ -230,6 +282,8 @@ fn fit_from(
             correct += out.correct;
             seen += idx.len();
             let logs = BatchEnd {
+                model,
+                step: optimizer.iterations(),
                 epoch,
                 batch: step + 1,
                 loss: out.loss,
@@ -258,12 +312,12 @@ fn fit_from(
         let metrics = EpochMetrics {
             epoch,
             seconds: start.elapsed().as_secs_f64(),
-            loss: loss_sum / trained as f64,
-            acc: correct as f64 / trained as f64,
+            loss: loss_sum / seen as f64,
+            acc: correct as f64 / seen as f64,
             val_loss: val.as_ref().map(|v| v.loss),
             val_acc: val.as_ref().map(|v| v.accuracy),
             learning_rate,
-            images_per_second: trained as f64 / train_seconds,
+            images_per_second: seen as f64 / train_seconds,
         };
         tracing::info!(?metrics, "epoch done");
         history.epochs.push(metrics.clone());

@@ -44,7 +44,7 @@ mod step;
 
 pub use alloc::{keep_freed_memory, tune_cpu_runtime};
 pub use callbacks::{
-    Callback, Control, CsvLogger, EarlyStopping, ModelCheckpoint, Monitor, MonitorMode,
+    Callback, Control, CsvLogger, EarlyStopping, Lookahead, ModelCheckpoint, Monitor, MonitorMode,
     TerminateOnNaN,
 };
 pub use checkpoint::{checkpoint_paths, load_checkpoint, save_checkpoint, CheckpointMeta};
@@ -52,7 +52,7 @@ pub use error::{Result, TrainError};
 pub use evaluate::{
     evaluate, evaluate_indices, evaluate_with, predict, tta_logits, Evaluation, Tta,
 };
-pub use fit::{fit, resume, FitConfig};
+pub use fit::{fit, resume, FitConfig, Freeze};
 pub use history::{EpochMetrics, History, StopReason};
 pub use optim::{
     trainable_params, Adam, AdamConfig, Optimizer, OptimizerState, Param, ParamGroup, Sgd,

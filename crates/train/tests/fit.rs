@@ -271,7 +271,7 @@ struct Recorder {
 }
 
 impl Callback for Recorder {
-    fn on_train_begin(&mut self, info: &TrainBegin) -> simplecnn_train::Result<()> {
+    fn on_train_begin(&mut self, info: &TrainBegin<'_>) -> simplecnn_train::Result<()> {
         self.events.borrow_mut().push(format!(
             "train_begin {} steps {} train {} val {}",
             info.first_epoch, info.steps_per_epoch, info.train_images, info.validation_images
@@ -284,7 +284,7 @@ impl Callback for Recorder {
             .push(format!("epoch_begin {epoch}"));
         Ok(())
     }
-    fn on_batch_end(&mut self, b: &BatchEnd) -> simplecnn_train::Result<Control> {
+    fn on_batch_end(&mut self, b: &BatchEnd<'_>) -> simplecnn_train::Result<Control> {
         self.batches += 1;
         self.events.borrow_mut().push(format!(
             "batch {}/{} lr {}",
@@ -408,4 +408,115 @@ fn augmentation_repeats_for_a_seed_and_changes_training() {
     let (_, plain) = train(&data, &quick(5));
     assert_eq!(losses(&a), losses(&b));
     assert_ne!(losses(&a), losses(&plain));
+}
+
+/// Keeps a copy of one weight at the end of every epoch.
+struct Snapshot {
+    weight: &'static str,
+    seen: std::rc::Rc<std::cell::RefCell<Vec<Vec<f32>>>>,
+}
+
+impl Callback for Snapshot {
+    fn on_epoch_end(
+        &mut self,
+        _: &EpochMetrics,
+        state: &TrainState<'_>,
+    ) -> simplecnn_train::Result<Control> {
+        let (layer, name) = self.weight.split_once('/').unwrap();
+        let w = state.model.weight(layer, name).unwrap();
+        let v = w.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        self.seen.borrow_mut().push(v);
+        Ok(Control::Continue)
+    }
+}
+
+/// Frozen weights do not move from their epoch on (bit for bit); the rest trains; a name the
+/// model lacks is an error before training.
+#[test]
+fn frozen_weights_stay_from_their_epoch_on() {
+    let data = colour_classes(100, 12);
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 3).unwrap();
+    let initial_bias: Vec<f32> = model
+        .weight("dense_2", "bias")
+        .unwrap()
+        .var
+        .as_tensor()
+        .to_vec1()
+        .unwrap();
+    let cfg = FitConfig {
+        epochs: 3,
+        freeze: vec![
+            simplecnn_train::Freeze {
+                weights: vec!["dense_2/bias".into()],
+                from_epoch: 1,
+            },
+            simplecnn_train::Freeze {
+                weights: vec!["conv2d_1/kernel".into()],
+                from_epoch: 3,
+            },
+        ],
+        ..quick(3)
+    };
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let snap = Snapshot {
+        weight: "conv2d_1/kernel",
+        seen: seen.clone(),
+    };
+    let mut sgd = simplecnn_train::Sgd::new(
+        trainable_params(&model),
+        simplecnn_train::SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.01,
+            groups: vec![],
+        },
+    )
+    .unwrap();
+    fit(&model, &mut sgd, &LR, &data, &cfg, &mut [Box::new(snap)]).unwrap();
+    let bias: Vec<f32> = model
+        .weight("dense_2", "bias")
+        .unwrap()
+        .var
+        .as_tensor()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(bias, initial_bias, "frozen from the start");
+    let seen = seen.borrow();
+    assert_ne!(seen[0], seen[1], "trains in epochs 1 and 2");
+    assert_eq!(
+        seen[1], seen[2],
+        "frozen in epoch 3, momentum and decay included"
+    );
+    let bad = FitConfig {
+        freeze: vec![simplecnn_train::Freeze {
+            weights: vec!["dense_9/bias".into()],
+            from_epoch: 1,
+        }],
+        ..quick(3)
+    };
+    let err = fit(&model, &mut sgd, &LR, &data, &bad, &mut []).unwrap_err();
+    assert!(err.to_string().contains("dense_9/bias"), "{err}");
+}
+
+/// A fractional last epoch: `max_steps` ends training mid-epoch; that epoch is recorded with
+/// the images it trained on.
+#[test]
+fn max_steps_ends_the_last_epoch_early() {
+    let data = colour_classes(100, 13);
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 3).unwrap();
+    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
+    // 80 training images, batches of 32 with the remainder dropped: 2 steps per epoch.
+    let cfg = FitConfig {
+        epochs: 3,
+        drop_remainder: true,
+        max_steps: Some(5),
+        ..quick(1)
+    };
+    assert_eq!(cfg.total_steps(80), 5);
+    let h = fit(&model, &mut adam, &LR, &data, &cfg, &mut []).unwrap();
+    assert_eq!(adam.iterations(), 5);
+    assert_eq!(h.epochs.len(), 3);
+    assert!(h.stopped.is_none());
+    let full = h.epochs[0].images_per_second * h.epochs[0].seconds;
+    assert!(full > 0.0);
 }

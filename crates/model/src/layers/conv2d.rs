@@ -20,6 +20,8 @@ pub struct Conv2dConfig {
     pub activation: Activation,
     /// Keras' `use_bias` (true by default).
     pub use_bias: bool,
+    /// Keras' `kernel_initializer` (Glorot-uniform by default).
+    pub kernel_initializer: Init,
 }
 
 impl Conv2dConfig {
@@ -32,6 +34,7 @@ impl Conv2dConfig {
             padding,
             activation,
             use_bias: true,
+            kernel_initializer: Init::GlorotUniform,
         }
     }
 
@@ -98,7 +101,7 @@ impl Layer for Conv2dConfig {
         let mut w = vec![WeightSpec::new(
             WeightRole::Kernel,
             vec![self.filters, input.channels(), kh, kw],
-            Init::GlorotUniform,
+            self.kernel_initializer,
         )];
         if self.use_bias {
             w.push(WeightSpec::new(

@@ -13,6 +13,20 @@ pub struct DenseConfig {
     pub activation: Activation,
     /// Keras' `use_bias` (true by default).
     pub use_bias: bool,
+    /// Keras' `kernel_initializer` (Glorot-uniform by default).
+    pub kernel_initializer: Init,
+}
+
+impl DenseConfig {
+    /// `Dense(units, activation)` with Keras' defaults for the rest.
+    pub fn default_for(units: usize, activation: Activation) -> Self {
+        Self {
+            units,
+            activation,
+            use_bias: true,
+            kernel_initializer: Init::GlorotUniform,
+        }
+    }
 }
 
 impl Layer for DenseConfig {
@@ -43,7 +57,7 @@ impl Layer for DenseConfig {
         let mut w = vec![WeightSpec::new(
             WeightRole::Kernel,
             vec![n, self.units],
-            Init::GlorotUniform,
+            self.kernel_initializer,
         )];
         if self.use_bias {
             w.push(WeightSpec::new(

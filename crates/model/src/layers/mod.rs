@@ -5,6 +5,7 @@
 //! Adding a layer: a new file here with a config type that implements [`Layer`], a variant in
 //! [`LayerKind`] and its arm in [`LayerKind::layer`], then its Keras mapping in `store`.
 
+mod activation;
 mod average_pooling2d;
 mod batch_normalization;
 mod conv2d;
@@ -21,6 +22,7 @@ use std::fmt;
 
 use candle_core::{Tensor, Var};
 
+pub use activation::ActivationConfig;
 pub use average_pooling2d::AveragePooling2D;
 pub use batch_normalization::BatchNormConfig;
 pub use conv2d::Conv2dConfig;
@@ -233,10 +235,35 @@ impl WeightRole {
 /// How a weight starts (Keras' default initialisers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Init {
-    /// Uniform in `±sqrt(6 / (fan_in + fan_out))`.
+    /// Uniform in `±sqrt(6 / (fan_in + fan_out))` (Keras' default).
     GlorotUniform,
+    /// Keras' `VarianceScaling(scale, mode="fan_in", distribution="uniform")`: uniform in
+    /// `±sqrt(3 · scale / fan_in)`.
+    FanInUniform(FanInScale),
     Zeros,
     Ones,
+}
+
+/// The scales of `FanInUniform` that have names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanInScale {
+    /// 1/3: PyTorch's default for `Conv2d` and `Linear` (`kaiming_uniform_(a=sqrt(5))`,
+    /// bound `1 / sqrt(fan_in)`).
+    Torch,
+    /// 1: Keras' `lecun_uniform`.
+    Lecun,
+    /// 2: Keras' `he_uniform`.
+    He,
+}
+
+impl FanInScale {
+    pub fn value(self) -> f64 {
+        match self {
+            FanInScale::Torch => 1.0 / 3.0,
+            FanInScale::Lecun => 1.0,
+            FanInScale::He => 2.0,
+        }
+    }
 }
 
 /// One weight a layer asks for, in candle's layout.
@@ -312,6 +339,7 @@ pub enum LayerKind {
     GlobalAvgPool2d,
     GlobalMaxPool2d,
     Rescaling(RescalingConfig),
+    Activation(ActivationConfig),
 }
 
 impl LayerKind {
@@ -329,6 +357,7 @@ impl LayerKind {
             LayerKind::GlobalAvgPool2d => &GlobalAveragePooling2D,
             LayerKind::GlobalMaxPool2d => &GlobalMaxPooling2D,
             LayerKind::Rescaling(r) => r,
+            LayerKind::Activation(a) => a,
         }
     }
 
@@ -349,11 +378,7 @@ impl LayerKind {
 
     /// `Dense(units, activation)`.
     pub fn dense(units: usize, activation: Activation) -> Self {
-        LayerKind::Dense(DenseConfig {
-            units,
-            activation,
-            use_bias: true,
-        })
+        LayerKind::Dense(DenseConfig::default_for(units, activation))
     }
 
     pub fn class_name(&self) -> &'static str {

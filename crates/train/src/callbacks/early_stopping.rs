@@ -43,7 +43,7 @@ impl EarlyStopping {
 }
 
 impl Callback for EarlyStopping {
-    fn on_train_begin(&mut self, info: &TrainBegin) -> Result<()> {
+    fn on_train_begin(&mut self, info: &TrainBegin<'_>) -> Result<()> {
         self.last_epoch = info.epochs;
         Ok(())
     }

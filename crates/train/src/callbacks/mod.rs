@@ -5,6 +5,7 @@
 mod checkpoint;
 mod csv_logger;
 mod early_stopping;
+mod lookahead;
 mod terminate_on_nan;
 
 use simplecnn_model::Model;
@@ -16,6 +17,7 @@ use crate::optim::Optimizer;
 pub use checkpoint::{Mode as MonitorMode, ModelCheckpoint, Monitor};
 pub use csv_logger::CsvLogger;
 pub use early_stopping::EarlyStopping;
+pub use lookahead::Lookahead;
 pub use terminate_on_nan::TerminateOnNaN;
 
 /// Whether training goes on.
@@ -26,8 +28,12 @@ pub enum Control {
 }
 
 /// What is known when training starts.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TrainBegin {
+#[derive(Clone, Copy)]
+pub struct TrainBegin<'a> {
+    /// The model about to train (its weights as they start).
+    pub model: &'a Model,
+    /// Optimizer steps over the whole run (a resumed run included).
+    pub total_steps: u64,
     /// The epoch `fit` starts with (1-based; above 1 when resuming).
     pub first_epoch: usize,
     pub epochs: usize,
@@ -37,8 +43,11 @@ pub struct TrainBegin {
 }
 
 /// One finished batch.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct BatchEnd {
+#[derive(Clone, Copy)]
+pub struct BatchEnd<'a> {
+    pub model: &'a Model,
+    /// Optimizer steps done over the whole run, this one included.
+    pub step: u64,
     pub epoch: usize,
     /// 1-based within the epoch.
     pub batch: usize,
@@ -59,7 +68,7 @@ pub struct TrainState<'a> {
 
 /// Keras' `Callback`: each hook does nothing unless overridden.
 pub trait Callback {
-    fn on_train_begin(&mut self, _info: &TrainBegin) -> Result<()> {
+    fn on_train_begin(&mut self, _info: &TrainBegin<'_>) -> Result<()> {
         Ok(())
     }
 
@@ -67,7 +76,7 @@ pub trait Callback {
         Ok(())
     }
 
-    fn on_batch_end(&mut self, _batch: &BatchEnd) -> Result<Control> {
+    fn on_batch_end(&mut self, _batch: &BatchEnd<'_>) -> Result<Control> {
         Ok(Control::Continue)
     }
 

@@ -8,7 +8,7 @@ use crate::history::StopReason;
 pub struct TerminateOnNaN;
 
 impl Callback for TerminateOnNaN {
-    fn on_batch_end(&mut self, b: &BatchEnd) -> Result<Control> {
+    fn on_batch_end(&mut self, b: &BatchEnd<'_>) -> Result<Control> {
         Ok(match b.loss.is_finite() {
             true => Control::Continue,
             false => Control::Stop(StopReason::NonFiniteLoss {

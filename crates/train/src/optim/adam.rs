@@ -1,7 +1,7 @@
 //! Adam with Keras' defaults and Keras' update rule (epsilon added to `sqrt(v)`, the bias
 //! correction folded into the step size), which differs slightly from candle-nn's `AdamW`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{backprop::GradStore, Tensor};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,7 @@ pub struct Adam {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     iterations: u64,
+    frozen: BTreeSet<String>,
 }
 
 impl Adam {
@@ -59,6 +60,7 @@ impl Adam {
             m,
             v,
             iterations: 0,
+            frozen: BTreeSet::new(),
         })
     }
 
@@ -118,6 +120,10 @@ impl Optimizer for Adam {
         serde_json::to_value(self.config).expect("plain numbers")
     }
 
+    fn set_frozen(&mut self, frozen: &BTreeSet<String>) {
+        self.frozen = frozen.clone();
+    }
+
     /// Keras' rule at `lr`: the bias correction folded into the step size.
     fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.iterations += 1;
@@ -136,6 +142,9 @@ impl Optimizer for Adam {
             .zip(self.v.iter_mut())
         {
             let var = &p.var;
+            if self.frozen.contains(&p.name) {
+                continue;
+            }
             let Some(g) = grads.get(var) else { continue };
             if in_place::applies(var, m, v, g) {
                 in_place::step(var, m, v, g, (b1, b2, eps), lr_t)?;

@@ -5,7 +5,7 @@
 mod adam;
 mod sgd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{backprop::GradStore, Tensor, Var};
 use simplecnn_model::Model;
@@ -66,6 +66,10 @@ pub trait Optimizer {
 
     /// The settings as JSON, for run records.
     fn config(&self) -> serde_json::Value;
+
+    /// From now on leaves the weights named in `frozen` alone (no update, decay or momentum),
+    /// and trains the others again.
+    fn set_frozen(&mut self, frozen: &BTreeSet<String>);
 }
 
 /// Takes `<param>/<slot>` from `state`, checked against the parameter's shape.

@@ -3,7 +3,7 @@
 //! with Nesterov, else `b`; `w ← w − η·step`. The decay goes through the momentum (it is not
 //! decoupled). Parameter groups give weights their own learning-rate scale and decay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{backprop::GradStore, Tensor};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ pub struct Sgd {
     pub config: SgdConfig,
     slots: Vec<Slot>,
     iterations: u64,
+    frozen: BTreeSet<String>,
 }
 
 impl Sgd {
@@ -77,6 +78,7 @@ impl Sgd {
             config,
             slots,
             iterations: 0,
+            frozen: BTreeSet::new(),
         })
     }
 
@@ -106,7 +108,10 @@ impl Optimizer for Sgd {
         let mu = self.config.momentum;
         for s in &mut self.slots {
             let var = &s.param.var;
-            // A weight without a gradient (frozen) gets no update, decay or momentum.
+            // A frozen weight, or one without a gradient, gets no update, decay or momentum.
+            if self.frozen.contains(&s.param.name) {
+                continue;
+            }
             let Some(g) = grads.get(var) else { continue };
             let mut g = g.detach();
             if s.weight_decay != 0.0 {
@@ -163,6 +168,10 @@ impl Optimizer for Sgd {
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("plain values")
+    }
+
+    fn set_frozen(&mut self, frozen: &BTreeSet<String>) {
+        self.frozen = frozen.clone();
     }
 }
 
