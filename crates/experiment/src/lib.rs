@@ -687,7 +687,8 @@ mod tests {
     #[test]
     fn mistakes_name_the_file_and_the_key() {
         let msg = |o: &[&str]| baseline(o).unwrap_err().to_string();
-        assert!(msg(&["fit.epochs=0"]).starts_with("baseline.toml: fit.epochs: 0 must be a positive number"));
+        assert!(msg(&["fit.epochs=0"])
+            .starts_with("baseline.toml: fit.epochs: 0 must be a positive number"));
         assert!(msg(&["fit.epochs=\"two\""]).contains("fit.epochs"));
         assert!(msg(&["fit.epoch=2"]).contains("unknown field `epoch`"));
         assert!(msg(&["optimizer.kind=\"rmsprop\""]).contains("unknown variant `rmsprop`"));
