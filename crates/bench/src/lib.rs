@@ -11,6 +11,6 @@ mod throughput;
 
 pub use process::{cpu_seconds, peak_rss_mib};
 pub use throughput::{
-    measure, median, BenchConfig, BenchError, EpochShape, RawMeasurement, ThroughputReport, EPOCH,
-    FORWARD_MACS_PER_IMAGE,
+    measure, measure_workload, median, BenchConfig, BenchError, EpochShape, RawMeasurement,
+    ThroughputReport, Workload, EPOCH, FORWARD_MACS_PER_IMAGE,
 };

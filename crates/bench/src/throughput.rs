@@ -8,7 +8,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
 use simplecnn_model::{zoo, DropoutRng, Kernels, Mode, Model};
-use simplecnn_train::{loss::Loss, train_step, trainable_params, Adam, AdamConfig, TrainError};
+use simplecnn_train::{
+    loss::Loss, train_step, trainable_params, Adam, AdamConfig, Optimizer, TrainError,
+};
 
 use crate::process::{cpu_seconds, peak_rss_mib};
 
@@ -105,9 +107,46 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// What a timed run trains: a model with its optimizer, loss and learning rate (the
+/// tutorial's SimpleCNN with Adam by default; any experiment's through the CLI).
+pub struct Workload {
+    pub model: Model,
+    pub optimizer: Box<dyn Optimizer>,
+    pub loss: Loss,
+    pub learning_rate: f64,
+}
+
+impl Workload {
+    /// A fresh SimpleCNN with Keras' Adam, seeded.
+    pub fn simple_cnn(device: &Device, seed: u64, kernels: Kernels) -> Result<Self, BenchError> {
+        let mut model = Model::new(zoo::simple_cnn(), device, seed)?;
+        model.set_kernels(kernels)?;
+        let adam = Adam::new(trainable_params(&model), AdamConfig::default())?;
+        Ok(Self {
+            learning_rate: adam.config.learning_rate,
+            optimizer: Box::new(adam),
+            model,
+            loss: Loss::default(),
+        })
+    }
+}
+
 /// Trains a fresh SimpleCNN for `warmup_steps + train_steps` batches of `train` (seeded order,
 /// wrapping around), then predicts `inference_images` images of `test` (wrapping around).
 pub fn measure(
+    train: &LabeledImages,
+    test: &LabeledImages,
+    device: &Device,
+    config: &BenchConfig,
+) -> Result<RawMeasurement, BenchError> {
+    let mut workload = Workload::simple_cnn(device, config.seed, config.kernels)?;
+    measure_workload(&mut workload, train, test, device, config)
+}
+
+/// [`measure`] for any model and optimizer: `warmup_steps + train_steps` training steps of
+/// `config.batch_size` images, then `inference_images` predicted.
+pub fn measure_workload(
+    workload: &mut Workload,
     train: &LabeledImages,
     test: &LabeledImages,
     device: &Device,
@@ -128,10 +167,7 @@ pub fn measure(
             test.len()
         )));
     }
-    let mut model = Model::new(zoo::simple_cnn(), device, c.seed)?;
-    model.set_kernels(c.kernels)?;
-    let mut adam = Adam::new(trainable_params(&model), AdamConfig::default())?;
-    let learning_rate = adam.config.learning_rate;
+    let (model, learning_rate) = (&workload.model, workload.learning_rate);
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(c.seed));
     let mut dropout = DropoutRng::new(c.seed);
@@ -147,9 +183,9 @@ pub fn measure(
         let batch = train.batch(&idx, device)?;
         let start = Instant::now();
         let loss = train_step(
-            &model,
-            &mut adam,
-            &Loss::default(),
+            model,
+            workload.optimizer.as_mut(),
+            &workload.loss,
             &batch,
             &mut dropout,
             learning_rate,
@@ -181,6 +217,7 @@ pub fn measure(
     }
     Ok(RawMeasurement {
         batch_size: c.batch_size,
+        forward_macs_per_image: model.spec().forward_macs(),
         step_ms,
         train_cpu_seconds,
         mean_train_loss: loss_sum / c.train_steps as f64,
@@ -197,6 +234,9 @@ pub fn measure(
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RawMeasurement {
     pub batch_size: usize,
+    /// Multiply-adds of one image's forward pass (SimpleCNN's when a harness leaves it out).
+    #[serde(default = "simple_cnn_macs")]
+    pub forward_macs_per_image: u64,
     /// Wall time of each timed training step (forward, backward, optimizer update).
     pub step_ms: Vec<f64>,
     /// CPU time of the process, all threads, over the timed steps.
@@ -208,6 +248,10 @@ pub struct RawMeasurement {
     pub inference_images: usize,
     pub inference_cpu_seconds: f64,
     pub peak_rss_mib: f64,
+}
+
+fn simple_cnn_macs() -> u64 {
+    FORWARD_MACS_PER_IMAGE
 }
 
 impl RawMeasurement {
@@ -243,7 +287,7 @@ impl RawMeasurement {
         let train_cpu_per_image = self.train_cpu_seconds / (train_steps * self.batch_size) as f64;
         let inference_cpu_per_image =
             self.inference_cpu_seconds / self.inference_images.max(1) as f64;
-        let flop = 2.0 * FORWARD_MACS_PER_IMAGE as f64;
+        let flop = 2.0 * self.forward_macs_per_image as f64;
         ThroughputReport {
             train_steps,
             batch_size: self.batch_size,
@@ -314,6 +358,7 @@ mod tests {
     fn per_epoch_figures_follow_the_raw_numbers() {
         let raw = RawMeasurement {
             batch_size: 100,
+            forward_macs_per_image: FORWARD_MACS_PER_IMAGE,
             step_ms: vec![200.0, 100.0, 300.0],
             train_cpu_seconds: 0.6,
             mean_train_loss: 2.0,

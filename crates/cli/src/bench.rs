@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use simplecnn_bench::{BenchConfig, RawMeasurement, ThroughputReport};
+use simplecnn_bench::{BenchConfig, RawMeasurement, ThroughputReport, Workload};
 use simplecnn_model::Kernels;
 
 use crate::{data::data_dir, provenance};
@@ -73,6 +73,13 @@ pub struct BenchArgs {
     pub candle_kernels: bool,
     #[arg(long, default_value = "results/bench")]
     pub out: PathBuf,
+    /// Time this experiment's model, optimizer, loss and batch size instead of the tutorial's
+    /// (a name from experiments/ or a .toml file), e.g. `--experiment airbench94 --steps 5`.
+    #[arg(long)]
+    pub experiment: Option<String>,
+    /// Sets a key of that experiment, as `experiment --set` does.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "experiment")]
+    pub set: Vec<String>,
     /// Internal: measure in this process with these kernels and print one JSON line.
     #[arg(long, hide = true, value_enum)]
     pub worker: Option<KernelsArg>,
@@ -101,6 +108,12 @@ impl BenchArgs {
         if self.candle_kernels {
             words.push("--candle-kernels".to_string());
         }
+        if let Some(e) = &self.experiment {
+            words.push(format!("--experiment {e}"));
+        }
+        for s in &self.set {
+            words.push(format!("--set {s}"));
+        }
         words.push(format!(
             "--steps {} --warmup {} --inference-images {} --rounds {}",
             self.steps, self.warmup, self.inference_images, self.rounds
@@ -120,7 +133,7 @@ impl BenchArgs {
     /// The arguments every harness takes, ours and the scripts alike.
     fn common_args(&self, data: &Path) -> Vec<String> {
         let c = self.config();
-        vec![
+        let mut args = vec![
             "--data".into(),
             data.display().to_string(),
             "--steps".into(),
@@ -129,7 +142,14 @@ impl BenchArgs {
             c.warmup_steps.to_string(),
             "--inference-images".into(),
             c.inference_images.to_string(),
-        ]
+        ];
+        if let Some(e) = &self.experiment {
+            args.extend(["--experiment".into(), e.clone()]);
+        }
+        for s in &self.set {
+            args.extend(["--set".into(), s.clone()]);
+        }
+        args
     }
 }
 
@@ -198,10 +218,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let date = &machine.timestamp_utc[..machine.timestamp_utc.len().min(10)];
-    let stem = match args.reference {
+    let mut stem = match args.reference {
         true => format!("{date}-{}", machine.host),
         false => format!("{date}-{}-simplecnn", machine.host),
     };
+    if let Some(e) = &args.experiment {
+        let name = Path::new(e)
+            .file_stem()
+            .map_or(e.clone(), |s| s.to_string_lossy().into());
+        stem = format!("{stem}-{name}");
+    }
     let csv_path = args.out.join(format!("{stem}.csv"));
     let md_path = args.out.join(format!("{stem}.md"));
     crate::files::write_atomic(&csv_path, |tmp| write_csv(tmp, &runs, &machine))?;
@@ -254,12 +280,37 @@ fn run_worker(e: &mut Entrant) -> Result<WorkerOutput> {
 fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
     let dir = data_dir(args.data.clone());
     let data = simplecnn_cifar::load(&dir)?;
-    let config = BenchConfig {
+    let mut config = BenchConfig {
         kernels: kernels.kernels(),
         ..args.config()
     };
-    let raw =
-        simplecnn_bench::measure(&data.train, &data.test, &candle_core::Device::Cpu, &config)?;
+    let device = candle_core::Device::Cpu;
+    let raw = match &args.experiment {
+        None => simplecnn_bench::measure(&data.train, &data.test, &device, &config)?,
+        Some(name) => {
+            let experiment = crate::experiment::load(name, &args.set)?.experiment;
+            config.batch_size = experiment.fit.batch_size;
+            let mut model = crate::experiment::build_model(&experiment, &device, &data.train)?;
+            model.set_kernels(kernels.kernels())?;
+            let total_steps = (config.warmup_steps + config.train_steps) as u64;
+            let mut workload = Workload {
+                optimizer: experiment.build_optimizer(&model)?,
+                // The schedule's largest rate: timing does not depend on it.
+                learning_rate: experiment
+                    .build_schedule(total_steps)
+                    .learning_rate(total_steps / 4),
+                loss: experiment.loss_config(),
+                model,
+            };
+            simplecnn_bench::measure_workload(
+                &mut workload,
+                &data.train,
+                &data.test,
+                &device,
+                &config,
+            )?
+        }
+    };
     let versions = provenance::crate_versions();
     let out = WorkerOutput {
         framework: kernels.framework().into(),
@@ -433,8 +484,12 @@ impl Summary {
     }
 
     fn markdown(&self, m: &provenance::Provenance, args: &BenchArgs) -> String {
+        let model = match &args.experiment {
+            Some(e) => format!("experiment {e} (its batch size)"),
+            None => "SimpleCNN, batch 128".into(),
+        };
         let mut s = format!(
-            "# Throughput: SimpleCNN on CIFAR-10, batch 128\n\n\
+            "# Throughput: {model} on CIFAR-10\n\n\
              Machine: {} ({} cores), host `{}`; {}; commit `{}`{}; {}.\n\n\
              Each framework ran {} times in its own process, alternating: {} warm-up + {} timed \
              training steps on real images, then {} images predicted in batches of 1000. \

@@ -151,6 +151,25 @@ pub fn load(name: &str, overrides: &[String]) -> Result<Loaded> {
     }
 }
 
+/// A fresh model for `experiment` on `dev`, initialised (dirac, whitening) from `train`: what a
+/// run trains, and what `bench --experiment` times.
+pub fn build_model(
+    experiment: &Experiment,
+    dev: &Device,
+    train: &simplecnn_cifar::LabeledImages,
+) -> Result<Model> {
+    let spec = experiment
+        .build_spec()
+        .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    let mut model = Model::new(spec, dev, experiment.init_seed())?;
+    model.set_kernels(match experiment.fit.kernels {
+        KernelsName::Fast => Kernels::Fast,
+        KernelsName::Candle => Kernels::Candle,
+    })?;
+    apply_init(experiment, &model, train)?;
+    Ok(model)
+}
+
 pub fn run(args: ExperimentArgs) -> Result<()> {
     if let Some(dir) = &args.resume {
         return resume_run(dir);
@@ -292,7 +311,7 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
 }
 
 /// The experiment's initialisation steps (dirac, whitening from the first training images).
-fn apply_init(
+pub fn apply_init(
     experiment: &Experiment,
     model: &Model,
     train: &simplecnn_cifar::LabeledImages,

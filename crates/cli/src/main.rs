@@ -12,6 +12,12 @@ mod show;
 use std::path::PathBuf;
 
 use anyhow::Result;
+
+/// jemalloc keeps freed multi-megabyte blocks for reuse; glibc hands blocks over 32 MiB back to
+/// the kernel at every free (a batch of 1024 through airbench94's network makes many), and the
+/// kernel's zeroing of fresh pages then cost a fifth of a training step (measured with perf).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]

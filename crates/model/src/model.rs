@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{ModelError, Result};
-use crate::layers::{ForwardCtx, Init, WeightRole};
+use crate::layers::{Activation, ForwardCtx, Init, LayerKind, WeightRole};
 use crate::ops;
 use crate::plan::{self, Step};
 use crate::sequential::Sequential;
@@ -368,14 +368,95 @@ impl Model {
             } => {
                 let (kernel, bias) = kernel_bias(layer)?;
                 let y = ops::conv2d(x, &kernel, &bias, shape, false)?;
-                activation.apply(y, skip_final_softmax && layer == last)?
+                match activation {
+                    Activation::Gelu => ops::gelu(&y, track_gradients)?,
+                    _ => activation.apply(y, skip_final_softmax && layer == last)?,
+                }
             }
+            Step::BatchNorm {
+                layer, activation, ..
+            } => self.batch_norm_step(layer, x, activation, ctx.is_training(), track_gradients)?,
             Step::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
             Step::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,
                 None => x.clone(),
             },
         })
+    }
+}
+
+impl Model {
+    /// A BatchNormalization layer (and its activation) on [`ops::batch_norm`]: batch
+    /// statistics and the moving averages' update (Keras' rule) in training, the moving
+    /// statistics otherwise.
+    fn batch_norm_step(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        activation: ops::NormActivation,
+        training: bool,
+        track_gradients: bool,
+    ) -> Result<Tensor> {
+        let l = &self.spec.layers()[layer];
+        let LayerKind::BatchNorm(cfg) = &l.kind else {
+            return Err(ModelError::Config(format!(
+                "layer {}: internal error, not a BatchNormalization",
+                l.name
+            )));
+        };
+        let ws = &self.weights[layer];
+        let role = |r: WeightRole| ws.iter().find(|w| w.role == r);
+        let c = l.input.channels();
+        let param = |r: WeightRole, fill: f32| -> Result<Tensor> {
+            Ok(match role(r) {
+                Some(w) if track_gradients => w.var.as_tensor().clone(),
+                Some(w) => w.var.as_tensor().detach(),
+                None => Tensor::full(fill, c, &self.device)?,
+            })
+        };
+        let (gamma, beta) = (
+            param(WeightRole::Gamma, 1.0)?,
+            param(WeightRole::Beta, 0.0)?,
+        );
+        let (Some(moving_mean), Some(moving_var)) = (
+            role(WeightRole::MovingMean),
+            role(WeightRole::MovingVariance),
+        ) else {
+            return Err(ModelError::Config(format!(
+                "layer {}: no moving statistics",
+                l.name
+            )));
+        };
+        let statistics = match training {
+            true => ops::NormStatistics::Batch,
+            false => ops::NormStatistics::Fixed {
+                mean: moving_mean.var.as_tensor().to_vec1::<f32>()?,
+                variance: moving_var.var.as_tensor().to_vec1::<f32>()?,
+            },
+        };
+        let (y, moments) = ops::batch_norm(
+            x,
+            &gamma,
+            &beta,
+            statistics,
+            cfg.epsilon,
+            activation,
+            track_gradients,
+        )
+        .map_err(|e| ModelError::from(e).in_layer(&l.name))?;
+        if let Some(m) = moments {
+            let momentum = cfg.momentum;
+            for (moving, batch) in [(moving_mean, m.mean), (moving_var, m.variance)] {
+                let old = moving.var.as_tensor().to_vec1::<f32>()?;
+                let new: Vec<f32> = old
+                    .iter()
+                    .zip(&batch)
+                    .map(|(o, b)| momentum * o + (1.0 - momentum) * b)
+                    .collect();
+                moving.var.set(&Tensor::from_vec(new, c, &self.device)?)?;
+            }
+        }
+        Ok(y)
     }
 }
 

@@ -36,6 +36,12 @@ pub(crate) enum Step {
         layer: usize,
         shape: ops::PoolShape,
     },
+    /// BatchNormalization, and the Activation layer after it when there is one (`layers` 2).
+    BatchNorm {
+        layer: usize,
+        layers: usize,
+        activation: ops::NormActivation,
+    },
     Dropout {
         layer: usize,
         rate: f32,
@@ -50,6 +56,16 @@ pub(crate) fn candle_plan(spec: &Sequential) -> Vec<Step> {
 /// Activations the CPU kernels apply inside a convolution; others run after it on candle's ops.
 fn fuses(a: Activation) -> bool {
     matches!(a, Activation::Linear | Activation::Relu)
+}
+
+/// The activations the BatchNormalization op applies itself.
+fn norm_activation(a: Activation) -> Option<ops::NormActivation> {
+    match a {
+        Activation::Linear => Some(ops::NormActivation::Linear),
+        Activation::Relu => Some(ops::NormActivation::Relu),
+        Activation::Gelu => Some(ops::NormActivation::Gelu),
+        Activation::Softmax => None,
+    }
 }
 
 /// Whether a Conv2D can take channels-last images: one with a linear or ReLU activation, on
@@ -137,6 +153,18 @@ pub(crate) fn fast_plan(spec: &Sequential) -> Result<Vec<Step>> {
                     activation: cfg.activation,
                 };
                 (step, 1, ImageLayout::Nchw)
+            }
+            (LayerKind::BatchNorm(_), _) => {
+                let next = layers.get(i + 1).and_then(|n| match &n.kind {
+                    LayerKind::Activation(a) => norm_activation(a.activation),
+                    _ => None,
+                });
+                let step = Step::BatchNorm {
+                    layer: i,
+                    layers: 1 + next.is_some() as usize,
+                    activation: next.unwrap_or(ops::NormActivation::Linear),
+                };
+                (step, 1 + next.is_some() as usize, ImageLayout::Nchw)
             }
             (LayerKind::MaxPool2d(p), Some((_, h, w))) => {
                 let step = Step::MaxPool {

@@ -101,6 +101,14 @@ impl Sequential {
         self.layers.iter().map(LayerSpec::param_count).sum()
     }
 
+    /// Multiply-adds of one example's forward pass through the convolutions and dense layers.
+    pub fn forward_macs(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.kind.layer().forward_macs(&l.input, &l.output))
+            .sum()
+    }
+
     pub fn trainable_param_count(&self) -> usize {
         self.layers
             .iter()

@@ -314,14 +314,25 @@ fn assert_same_training_step(spec: &simplecnn_model::Sequential, x: &Tensor) {
             .iter()
             .map(|v| grads.get(v).unwrap().clone())
             .collect();
-        (logits, g)
+        // Every weight after the step (BatchNormalization's moving statistics moved), and
+        // inference on them.
+        let after: Vec<Tensor> = model
+            .weights()
+            .map(|w| w.var.as_tensor().copy().unwrap())
+            .collect();
+        let inference = model.logits(x, Mode::Inference).unwrap();
+        (logits, g, after, inference)
     };
-    let (fast, fast_grads) = run(Kernels::Fast);
-    let (reference, reference_grads) = run(Kernels::Candle);
+    let (fast, fast_grads, fast_after, fast_inf) = run(Kernels::Fast);
+    let (reference, reference_grads, reference_after, reference_inf) = run(Kernels::Candle);
     assert_close("logits", &fast, &reference, 1e-4);
     for (i, (a, b)) in fast_grads.iter().zip(&reference_grads).enumerate() {
         assert_close(&format!("gradient {i}"), a, b, 1e-3);
     }
+    for (i, (a, b)) in fast_after.iter().zip(&reference_after).enumerate() {
+        assert_close(&format!("weight {i} after the step"), a, b, 1e-5);
+    }
+    assert_close("inference logits", &fast_inf, &reference_inf, 1e-4);
 }
 
 #[test]
@@ -463,4 +474,138 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
     spec.add(LayerKind::Flatten).unwrap();
     spec.add(LayerKind::dense(5, Activation::Softmax)).unwrap();
     assert_same_training_step(&spec, &rand(&[4, 3, 12, 12], 31));
+}
+
+/// airbench's pattern: Conv2D → MaxPool2D → BatchNormalization (no gamma) → GELU, a Conv2D
+/// without bias → BatchNormalization → ReLU, a BatchNormalization on flat features, in
+/// training and inference, on the fast path's BatchNormalization op and on candle's ops.
+#[test]
+fn batch_norm_and_gelu_train_the_same_with_either_kernels() {
+    use simplecnn_model::{
+        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Padding, Sequential,
+    };
+    let mut spec = Sequential::new("bn", FeatureShape::image(3, 10, 10));
+    let bn = |scale, momentum| {
+        LayerKind::BatchNorm(BatchNormConfig {
+            epsilon: 1e-5,
+            momentum,
+            center: true,
+            scale,
+        })
+    };
+    let act = |activation| LayerKind::Activation(ActivationConfig { activation });
+    spec.add(LayerKind::conv2d(6, 3, Padding::Same, Activation::Linear))
+        .unwrap()
+        .add(LayerKind::max_pool(2))
+        .unwrap()
+        .add(bn(false, 0.6))
+        .unwrap()
+        .add(act(Activation::Gelu))
+        .unwrap()
+        .add(LayerKind::conv2d(5, 3, Padding::Same, Activation::Gelu))
+        .unwrap()
+        .add(bn(true, 0.9))
+        .unwrap()
+        .add(act(Activation::Relu))
+        .unwrap()
+        .add(LayerKind::Flatten)
+        .unwrap()
+        .add(bn(true, 0.5))
+        .unwrap()
+        .add(LayerKind::dense(4, Activation::Softmax))
+        .unwrap();
+    // Inputs off centre and scale, so that the statistics matter.
+    let x = rand(&[7, 3, 10, 10], 31).affine(2.0, 0.7).unwrap();
+    assert_same_training_step(&spec, &x);
+}
+
+#[test]
+fn batch_norm_gradients_match_finite_differences() {
+    let x = rand(&[3, 2, 3, 4], 41).affine(1.5, 0.3).unwrap();
+    let gamma = rand(&[2], 42).affine(0.5, 1.0).unwrap();
+    let beta = rand(&[2], 43);
+    for activation in [ops::NormActivation::Linear, ops::NormActivation::Gelu] {
+        let bn = |x: &Tensor, g: &Tensor, b: &Tensor, stats: ops::NormStatistics| {
+            ops::batch_norm(x, g, b, stats, 1e-3, activation, true)
+                .unwrap()
+                .0
+        };
+        let batch = |t: &Tensor| bn(t, &gamma, &beta, ops::NormStatistics::Batch);
+        assert_gradients_agree(
+            "dx (batch statistics)",
+            &analytic(&x, batch),
+            &finite_difference(&x, 1e-2, batch),
+        );
+        let fixed = || ops::NormStatistics::Fixed {
+            mean: vec![0.2, -0.1],
+            variance: vec![0.5, 2.0],
+        };
+        let wrt_x = |t: &Tensor| bn(t, &gamma, &beta, fixed());
+        assert_gradients_agree(
+            "dx (fixed statistics)",
+            &analytic(&x, wrt_x),
+            &finite_difference(&x, 1e-2, wrt_x),
+        );
+        let wrt_gamma = |t: &Tensor| bn(&x, t, &beta, ops::NormStatistics::Batch);
+        assert_gradients_agree(
+            "dgamma",
+            &analytic(&gamma, wrt_gamma),
+            &finite_difference(&gamma, 1e-2, wrt_gamma),
+        );
+        let wrt_beta = |t: &Tensor| bn(&x, &gamma, t, ops::NormStatistics::Batch);
+        assert_gradients_agree(
+            "dbeta",
+            &analytic(&beta, wrt_beta),
+            &finite_difference(&beta, 1e-2, wrt_beta),
+        );
+    }
+}
+
+#[test]
+fn batch_norm_returns_the_batch_moments_keras_averages() {
+    // Channel 0 holds 1..=8, channel 1 a constant: mean 4.5 and variance 5.25 (biased), 3 and 0.
+    let mut v = Vec::new();
+    for n in 0..2 {
+        v.extend((1..=4).map(|i| (i + 4 * n) as f32));
+        v.extend([3.0; 4]);
+    }
+    let x = Tensor::from_vec(v, (2, 2, 2, 2), &CPU).unwrap();
+    let ones = Tensor::ones(2, DType::F32, &CPU).unwrap();
+    let zeros = Tensor::zeros(2, DType::F32, &CPU).unwrap();
+    let (y, m) = ops::batch_norm(
+        &x,
+        &ones,
+        &zeros,
+        ops::NormStatistics::Batch,
+        1e-3,
+        ops::NormActivation::Linear,
+        false,
+    )
+    .unwrap();
+    let m = m.unwrap();
+    assert_eq!(m.mean, vec![4.5, 3.0]);
+    assert_eq!(m.variance, vec![5.25, 0.0]);
+    let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!((y[0] - (1.0 - 4.5) / (5.25f32 + 1e-3).sqrt()).abs() < 1e-6);
+    // A constant channel normalises to 0 (to rounding: x · scale + shift, scale ≈ 31.6).
+    assert!(y[4].abs() < 1e-4, "{}", y[4]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn gelu_matches_candle(len in 1usize..3000, seed in 0u64..1000, spread in 0.1f32..8.0) {
+        let x = rand(&[len], seed).affine(spread as f64, 0.0).unwrap();
+        assert_close("gelu", &ops::gelu(&x, false).unwrap(), &x.gelu_erf().unwrap(), 1e-6);
+        let r = rand(&[len], seed + 1);
+        let grad = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let v = Var::from_tensor(&x).unwrap();
+            let g = (f(v.as_tensor()) * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(&v).unwrap().clone()
+        };
+        let ours = grad(&|t| ops::gelu(t, true).unwrap());
+        let candle = grad(&|t| t.gelu_erf().unwrap());
+        assert_close("gelu gradient", &ours, &candle, 1e-5);
+    }
 }

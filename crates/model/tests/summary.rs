@@ -116,3 +116,11 @@ fn dot_graph_names_every_layer_in_order() {
         zoo::simple_cnn().layers().len() - 1
     );
 }
+
+#[test]
+fn forward_macs_count_convolutions_and_dense_layers() {
+    // conv2d_1 32x32x32 outputs of 3x3x3, conv2d_2 16x16x64 of 3x3x32, dense 4096x128, 128x10.
+    let want = 32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 4096 * 128 + 128 * 10;
+    assert_eq!(zoo::simple_cnn().forward_macs(), want);
+    assert_eq!(zoo::simple_cnn().forward_macs(), 6_128_896);
+}

@@ -59,6 +59,11 @@ impl Conv2dConfig {
 }
 
 impl Layer for Conv2dConfig {
+    fn forward_macs(&self, input: &FeatureShape, output: &FeatureShape) -> u64 {
+        let (kh, kw) = self.kernel_size;
+        (output.elem_count() * kh * kw * input.channels()) as u64
+    }
+
     fn class_name(&self) -> &'static str {
         "Conv2D"
     }

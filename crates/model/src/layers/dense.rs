@@ -30,6 +30,10 @@ impl DenseConfig {
 }
 
 impl Layer for DenseConfig {
+    fn forward_macs(&self, input: &FeatureShape, _output: &FeatureShape) -> u64 {
+        (input.elem_count() * self.units) as u64
+    }
+
     fn class_name(&self) -> &'static str {
         "Dense"
     }

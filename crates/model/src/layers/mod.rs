@@ -322,6 +322,12 @@ pub trait Layer {
     /// The forward pass on candle's ops for an NCHW (or NF) batch; `weights` come in the order
     /// of [`Layer::weights`].
     fn forward(&self, x: &Tensor, weights: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor>;
+
+    /// Multiply-adds of one example's forward pass (the products that dominate: convolutions
+    /// and dense layers; zero for the rest), for throughput figures in GFLOP/s.
+    fn forward_macs(&self, _input: &FeatureShape, _output: &FeatureShape) -> u64 {
+        0
+    }
 }
 
 /// Every layer kind the workbench has, with its configuration.

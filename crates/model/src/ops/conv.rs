@@ -13,6 +13,17 @@ use super::transpose::transpose_into;
 /// additions (and so the result, to the bit) does not depend on how many threads run.
 const PARAM_GRAD_CHUNK: usize = 8;
 
+/// At most this many partial kernel gradients per op: each is a kernel's size (2.4 MB for a
+/// 256→256 3x3 convolution), and a batch of 1024 in chunks of 8 would otherwise hold 128.
+const MAX_PARTIALS: usize = 16;
+
+/// Images per partial kernel gradient: whole chunks of [`PARAM_GRAD_CHUNK`], at most
+/// [`MAX_PARTIALS`] partials. It depends on the batch size only, so results do not depend
+/// on the thread count (and batches up to 128 sum exactly as chunks of 8 did before).
+fn images_per_partial(n: usize) -> usize {
+    PARAM_GRAD_CHUNK * n.div_ceil(PARAM_GRAD_CHUNK).div_ceil(MAX_PARTIALS).max(1)
+}
+
 /// How the images entering or leaving an op lie in memory: NCHW, as every tensor of the model,
 /// or channels-last `(N, H, W, C)`, which the fused blocks pass each other (the ops work
 /// channels-last inside, so two transposes per image each way are saved).
@@ -387,14 +398,17 @@ pub(crate) struct ConvGrads<S> {
 }
 
 impl<S: ConvGradSource> ConvGrads<S> {
-    /// The partial `[kernel rows (patch, O) | bias (O)]` of images `first..first + CHUNK`, and
-    /// their input gradients into `dx` when given (with [`input_grad_kernel`]).
+    /// The partial `[kernel rows (patch, O) | bias (O)]` of images `first..first + count`
+    /// (summed image by image), and their input gradients into `dx` when given (with
+    /// [`input_grad_kernel`]).
+    #[allow(clippy::too_many_arguments)]
     fn chunk(
         &self,
         x: &[f32],
         input_kernel: &[f32],
         grad: &[f32],
         first: usize,
+        count: usize,
         n: usize,
         mut dx: Option<&mut [f32]>,
     ) -> Vec<f32> {
@@ -405,7 +419,7 @@ impl<S: ConvGradSource> ConvGrads<S> {
         let mut acc = vec![0f32; kk * o + o];
         let (dk, db) = acc.split_at_mut(kk * o);
         let len = self.source.grad_len();
-        for i in first..(first + PARAM_GRAD_CHUNK).min(n) {
+        for i in first..(first + count).min(n) {
             self.source.conv_grad(i, &grad[i * len..][..len], &mut g);
             conv.load(&x[i * s.in_len()..][..s.in_len()], self.input_layout);
             conv.kernel_grad(&g, dk);
@@ -452,16 +466,17 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         let dx_len = if self.with_input { n * s.in_len() } else { 0 };
         let mut out = vec![0f32; dx_len + kernel_len + s.out_channels];
         let (dx, params) = out.split_at_mut(dx_len);
+        let per = images_per_partial(n);
         let partials: Vec<Vec<f32>> = if self.with_input {
             let kc = input_grad_kernel(s, k);
-            dx.par_chunks_mut(PARAM_GRAD_CHUNK * s.in_len())
+            dx.par_chunks_mut(per * s.in_len())
                 .enumerate()
-                .map(|(c, dx)| self.chunk(x, &kc, g, c * PARAM_GRAD_CHUNK, n, Some(dx)))
+                .map(|(c, dx)| self.chunk(x, &kc, g, c * per, per, n, Some(dx)))
                 .collect()
         } else {
-            (0..n.div_ceil(PARAM_GRAD_CHUNK))
+            (0..n.div_ceil(per))
                 .into_par_iter()
-                .map(|c| self.chunk(x, &[], g, c * PARAM_GRAD_CHUNK, n, None))
+                .map(|c| self.chunk(x, &[], g, c * per, per, n, None))
                 .collect()
         };
         let mut total = vec![0f32; kernel_len + s.out_channels];

@@ -13,6 +13,8 @@
 //! * [`conv_pool`]: Conv2D → ReLU → MaxPool2D (→ Dropout) in one op, never materialising the
 //!   convolution's full-size output.
 //! * [`dropout`]: a mask multiply, forward and backward.
+//! * [`batch_norm`]: BatchNormalization (batch or fixed statistics) with the activation after it,
+//!   and [`gelu`] alone, in plain loops with two backward passes.
 //!
 //! Only f32 tensors on the CPU take these paths; [`crate::Model`] keeps candle's own ops
 //! everywhere else (CUDA), and the tests hold these ops to candle's.
@@ -22,12 +24,14 @@ mod conv;
 mod dropout;
 mod gemm;
 mod lowering;
+mod norm;
 mod pool;
 mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
 pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout};
 pub use dropout::dropout;
+pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormStatistics};
 pub use pool::{max_pool2d, PoolShape};
 
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};

@@ -1,0 +1,691 @@
+//! BatchNormalization (NCHW, statistics per channel) with the activation after it fused in,
+//! and GELU on its own: one op each with its own backward, in plain loops over f32.
+//!
+//! On candle's ops a training BatchNormalization → GELU is a dozen broadcast tensors, each
+//! kept for the backward pass (about five times the layer's output in memory, and as many
+//! passes over it); here the forward keeps only its input and output, and the backward makes
+//! two passes: one for the per-channel sums, one for the input gradient.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+
+/// The activation applied after the normalisation, inside the same op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormActivation {
+    Linear,
+    Relu,
+    Gelu,
+}
+
+/// Images per chunk of the per-channel sums: fixed, so that the sums (and so the results)
+/// do not depend on the thread count.
+const CHUNK_IMAGES: usize = 8;
+
+/// Where the normalisation's statistics come from.
+#[derive(Clone, Debug)]
+pub enum NormStatistics {
+    /// The batch's mean and biased variance per channel (training); the op hands them back
+    /// for the moving averages.
+    Batch,
+    /// Given per-channel mean and variance (inference, or a frozen layer).
+    Fixed { mean: Vec<f32>, variance: Vec<f32> },
+}
+
+/// A batch's per-channel mean and biased variance, as [`batch_norm`] computed them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchMoments {
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+}
+
+/// `act(gamma · (x - mean) / sqrt(var + epsilon) + beta)` per channel of an f32 CPU tensor
+/// `(N, C, H, W)` or `(N, C)`; `gamma` and `beta` are `(C,)` tensors (pass ones / zeros for a
+/// layer without them). Differentiable in `x`, `gamma` and `beta`; with
+/// [`NormStatistics::Batch`] the gradient includes the statistics' dependence on `x`, and the
+/// batch's moments come back beside the output. Without `differentiable` (inference) the op
+/// records nothing for a backward pass.
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    statistics: NormStatistics,
+    epsilon: f32,
+    activation: NormActivation,
+    differentiable: bool,
+) -> Result<(Tensor, Option<BatchMoments>)> {
+    let training = matches!(statistics, NormStatistics::Batch);
+    let moments = Arc::new(Mutex::new(None));
+    let op = BatchNorm {
+        statistics,
+        epsilon,
+        activation,
+        coefficients: Mutex::new(None),
+        moments: moments.clone(),
+    };
+    let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
+    let y = match differentiable {
+        true => x.apply_op3(&gamma, &beta, op)?,
+        false => x.apply_op3_no_bwd(&gamma, &beta, &op)?,
+    };
+    let moments = match training {
+        true => moments.lock().unwrap_or_else(|e| e.into_inner()).take(),
+        false => None,
+    };
+    Ok((y, moments))
+}
+
+/// Exact GELU, `x · Φ(x)`, of an f32 CPU tensor; differentiable when asked.
+pub fn gelu(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    match differentiable {
+        true => x.contiguous()?.apply_op1(Gelu),
+        false => x.contiguous()?.apply_op1_no_bwd(&Gelu),
+    }
+}
+
+/// Per channel, `z = scale · x + shift` is the normalised value; with the statistics the
+/// backward needs.
+#[derive(Clone, Debug)]
+struct Coefficients {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+struct BatchNorm {
+    statistics: NormStatistics,
+    epsilon: f32,
+    activation: NormActivation,
+    /// Made by the forward pass, used by the backward (candle hands the op over by reference).
+    coefficients: Mutex<Option<Coefficients>>,
+    moments: Arc<Mutex<Option<BatchMoments>>>,
+}
+
+/// `(N, C, plane)` of an NCHW or NC layout.
+fn norm_dims(op: &str, dims: &[usize]) -> Result<(usize, usize, usize)> {
+    match dims {
+        [n, c] => Ok((*n, *c, 1)),
+        [n, c, h, w] => Ok((*n, *c, h * w)),
+        _ => candle_core::bail!("{op}: expects (N, C) or (N, C, H, W), got {dims:?}"),
+    }
+}
+
+/// Per-channel sums over the images, in fixed chunks of images summed in order.
+fn channel_sums<const K: usize>(
+    n: usize,
+    c: usize,
+    per_image: impl Fn(usize, &mut [[f64; K]]) + Sync,
+) -> Vec<[f64; K]> {
+    let partial: Vec<Vec<[f64; K]>> = (0..n.div_ceil(CHUNK_IMAGES))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![[0f64; K]; c];
+            for i in chunk * CHUNK_IMAGES..((chunk + 1) * CHUNK_IMAGES).min(n) {
+                per_image(i, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![[0f64; K]; c];
+    for p in partial {
+        for (t, p) in total.iter_mut().zip(p) {
+            for k in 0..K {
+                t[k] += p[k];
+            }
+        }
+    }
+    total
+}
+
+impl BatchNorm {
+    fn coefficients(
+        &self,
+        x: &[f32],
+        (n, c, plane): (usize, usize, usize),
+        gamma: &[f32],
+        beta: &[f32],
+    ) -> Result<Coefficients> {
+        let (mean, variance) = match &self.statistics {
+            NormStatistics::Fixed { mean, variance } => {
+                if mean.len() != c || variance.len() != c {
+                    candle_core::bail!(
+                        "simplecnn-batch-norm: statistics for {c} channels expected"
+                    );
+                }
+                (mean.clone(), variance.clone())
+            }
+            NormStatistics::Batch => {
+                let sums = channel_sums::<2>(n, c, |i, acc| {
+                    for (ch, acc) in acc.iter_mut().enumerate() {
+                        let v = &x[(i * c + ch) * plane..][..plane];
+                        let (s, sq) = kernels::sum_and_squares(v);
+                        acc[0] += s;
+                        acc[1] += sq;
+                    }
+                });
+                let count = (n * plane) as f64;
+                let mean: Vec<f64> = sums.iter().map(|s| s[0] / count).collect();
+                let var: Vec<f32> = sums
+                    .iter()
+                    .zip(&mean)
+                    .map(|(s, m)| (s[1] / count - m * m).max(0.0) as f32)
+                    .collect();
+                let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+                *self.moments.lock().unwrap_or_else(|e| e.into_inner()) = Some(BatchMoments {
+                    mean: mean.clone(),
+                    variance: var.clone(),
+                });
+                (mean, var)
+            }
+        };
+        let inv_std: Vec<f32> = variance
+            .iter()
+            .map(|&v| (1.0 / (v as f64 + self.epsilon as f64).sqrt()) as f32)
+            .collect();
+        let scale: Vec<f32> = inv_std.iter().zip(gamma).map(|(s, g)| s * g).collect();
+        let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+        Ok(Coefficients {
+            mean,
+            inv_std,
+            scale,
+            shift,
+        })
+    }
+}
+
+fn channel_vector<'a>(op: &str, s: &'a CpuStorage, l: &Layout, c: usize) -> Result<&'a [f32]> {
+    let v = contiguous_f32(op, s, l)?;
+    if v.len() != c {
+        candle_core::bail!("{op}: expects {c} per-channel values, got {:?}", l.dims());
+    }
+    Ok(v)
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "simplecnn-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = norm_dims(self.name(), xl.dims())?;
+        let (_, c, plane) = dims;
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let gamma = channel_vector(self.name(), gs, gl, c)?;
+        let beta = channel_vector(self.name(), bs, bl, c)?;
+        let k = self.coefficients(x, dims, gamma, beta)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(c * plane)
+            .zip(x.par_chunks(c * plane))
+            .for_each(|(y, x)| {
+                for ch in 0..c {
+                    let r = ch * plane..(ch + 1) * plane;
+                    kernels::affine_act(
+                        &x[r.clone()],
+                        &mut y[r],
+                        k.scale[ch],
+                        k.shift[ch],
+                        self.activation,
+                    );
+                }
+            });
+        *self.coefficients.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let k = self
+            .coefficients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(k) = k else {
+            candle_core::bail!("{}: backward ran twice or before the forward", self.name());
+        };
+        let c = k.scale.len();
+        let grad = BatchNormGrad {
+            k,
+            training: matches!(self.statistics, NormStatistics::Batch),
+            activation: self.activation,
+            param_grads: Mutex::new(None),
+        };
+        let dx = x.apply_op2_no_bwd(&grad_res.contiguous()?, &grad)?;
+        let Some((dgamma, dbeta)) = grad
+            .param_grads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            candle_core::bail!("{}: backward gave no parameter gradients", self.name());
+        };
+        let dgamma = Tensor::from_vec(dgamma, c, x.device())?;
+        let dbeta = Tensor::from_vec(dbeta, c, x.device())?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// `(x, dy) → dx`, leaving `(dgamma, dbeta)` in `param_grads`.
+struct BatchNormGrad {
+    k: Coefficients,
+    training: bool,
+    activation: NormActivation,
+    param_grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl candle_core::CustomOp2 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, plane) = norm_dims(self.name(), xl.dims())?;
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let dy = contiguous_f32(self.name(), gs, gl)?;
+        if dy.len() != x.len() {
+            candle_core::bail!(
+                "{}: gradient {:?} for input {:?}",
+                self.name(),
+                gl.dims(),
+                xl.dims()
+            );
+        }
+        let k = &self.k;
+        // Pass 1: dz = dy · act'(z) into dx, and per channel Σ dz and Σ dz · x̂.
+        let mut dx = vec![0f32; x.len()];
+        let partial: Vec<Vec<[f64; 2]>> = dx
+            .par_chunks_mut(CHUNK_IMAGES * c * plane)
+            .zip(x.par_chunks(CHUNK_IMAGES * c * plane))
+            .zip(dy.par_chunks(CHUNK_IMAGES * c * plane))
+            .map(|((dz, x), dy)| {
+                let mut acc = vec![[0f64; 2]; c];
+                for ((dz, x), dy) in dz
+                    .chunks_mut(c * plane)
+                    .zip(x.chunks(c * plane))
+                    .zip(dy.chunks(c * plane))
+                {
+                    for (ch, acc) in acc.iter_mut().enumerate() {
+                        let r = ch * plane..(ch + 1) * plane;
+                        let (s, sx) = kernels::act_grad(
+                            &x[r.clone()],
+                            &dy[r.clone()],
+                            &mut dz[r],
+                            k.scale[ch],
+                            k.shift[ch],
+                            k.mean[ch],
+                            self.activation,
+                        );
+                        acc[0] += s;
+                        // Σ dz · (x - mean), times 1/std below.
+                        acc[1] += sx;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut sums = vec![[0f64; 2]; c];
+        for p in partial {
+            for (t, p) in sums.iter_mut().zip(p) {
+                t[0] += p[0];
+                t[1] += p[1];
+            }
+        }
+        let dbeta: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
+        let dgamma: Vec<f32> = sums
+            .iter()
+            .zip(&k.inv_std)
+            .map(|(s, is)| (s[1] * *is as f64) as f32)
+            .collect();
+        // Pass 2: dx = scale · (dz - Σdz/M - x̂ · Σ(dz·x̂)/M) in training, scale · dz otherwise.
+        let count = (n * plane) as f64;
+        let (mean_dz, mean_dzx): (Vec<f32>, Vec<f32>) = match self.training {
+            true => sums
+                .iter()
+                .zip(&k.inv_std)
+                .map(|(s, is)| {
+                    let is = *is as f64;
+                    ((s[0] / count) as f32, (s[1] * is * is / count) as f32)
+                })
+                .unzip(),
+            false => (vec![0.0; c], vec![0.0; c]),
+        };
+        dx.par_chunks_mut(c * plane)
+            .zip(x.par_chunks(c * plane))
+            .for_each(|(dx, x)| {
+                for ch in 0..c {
+                    let r = ch * plane..(ch + 1) * plane;
+                    kernels::input_grad(
+                        &x[r.clone()],
+                        &mut dx[r],
+                        k.scale[ch],
+                        k.mean[ch],
+                        mean_dz[ch],
+                        mean_dzx[ch],
+                    );
+                }
+            });
+        *self.param_grads.lock().unwrap_or_else(|e| e.into_inner()) = Some((dgamma, dbeta));
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "simplecnn-gelu"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14))
+            .for_each(|(y, x)| kernels::affine_act(x, y, 1.0, 0.0, NormActivation::Gelu));
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluGrad)?,
+        ))
+    }
+}
+
+struct GeluGrad;
+
+impl candle_core::CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let dy = contiguous_f32(self.name(), gs, gl)?;
+        if dy.len() != x.len() {
+            candle_core::bail!(
+                "{}: gradient {:?} for input {:?}",
+                self.name(),
+                gl.dims(),
+                xl.dims()
+            );
+        }
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(1 << 14)
+            .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
+            .for_each(|(dx, (x, dy))| {
+                kernels::act_grad(x, dy, dx, 1.0, 0.0, 0.0, NormActivation::Gelu);
+            });
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// The elementwise loops, compiled twice: for AVX-512 (chosen at run time, as `gemm` does)
+/// and for the baseline target. Branch-free so that both vectorise.
+mod kernels {
+    use super::NormActivation;
+
+    const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    /// 1 / sqrt(2π).
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+    /// erf(x) to about 1e-7 absolute: a rational approximation on [-4, 4] (beyond it erf is ±1
+    /// in f32), as Eigen and XLA compute it.
+    #[inline(always)]
+    pub(super) fn erf(x: f32) -> f32 {
+        let x = x.clamp(-4.0, 4.0);
+        let x2 = x * x;
+        let mut p = x2.mul_add(-2.726_142_3e-10, 2.770_681_4e-8);
+        p = x2.mul_add(p, -2.101_024e-6);
+        p = x2.mul_add(p, -5.692_506_4e-5);
+        p = x2.mul_add(p, -7.349_906_3e-4);
+        p = x2.mul_add(p, -2.954_600_1e-3);
+        p = x2.mul_add(p, -1.609_603_3e-2);
+        p *= x;
+        let mut q = x2.mul_add(-1.456_607_2e-5, -2.133_740_6e-4);
+        q = x2.mul_add(q, -1.682_827e-3);
+        q = x2.mul_add(q, -7.373_329e-3);
+        q = x2.mul_add(q, -1.426_473_9e-2);
+        p / q
+    }
+
+    /// exp(x) for x ≤ 0 to about 2 ulp (e^-87 ≈ 1.6e-38 below -87, which GELU's derivative
+    /// multiplies by its tiny z): 2^n · p(r) with r = x - n·ln 2.
+    #[inline(always)]
+    pub(super) fn exp_nonpositive(x: f32) -> f32 {
+        let x = x.max(-87.0);
+        let n = (x * std::f32::consts::LOG2_E).round();
+        let r = n.mul_add(-0.693_145_75, x);
+        let r = n.mul_add(-1.428_606_8e-6, r);
+        let mut p = r.mul_add(1.987_569_1e-4, 1.398_2e-3);
+        p = r.mul_add(p, 8.333_452e-3);
+        p = r.mul_add(p, 4.166_579_6e-2);
+        p = r.mul_add(p, 0.166_666_66);
+        p = r.mul_add(p, 0.5);
+        p = r.mul_add(p * r, r) + 1.0;
+        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    }
+
+    #[inline(always)]
+    fn act(z: f32, a: NormActivation) -> f32 {
+        match a {
+            NormActivation::Linear => z,
+            NormActivation::Relu => z.max(0.0),
+            NormActivation::Gelu => 0.5 * z * (1.0 + erf(z * FRAC_1_SQRT_2)),
+        }
+    }
+
+    #[inline(always)]
+    fn act_derivative(z: f32, a: NormActivation) -> f32 {
+        match a {
+            NormActivation::Linear => 1.0,
+            NormActivation::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            NormActivation::Gelu => {
+                let cdf = 0.5 * (1.0 + erf(z * FRAC_1_SQRT_2));
+                cdf + z * INV_SQRT_2PI * exp_nonpositive(-0.5 * z * z)
+            }
+        }
+    }
+
+    /// Defines `pub(super) fn $name` three times over: for AVX-512, for AVX2 + FMA (chosen at
+    /// run time, as `gemm` does) and for the baseline target.
+    macro_rules! multiversion {
+        ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
+            $(#[$doc])*
+            pub(super) fn $name($($arg: $ty),*) -> $ret {
+                #[inline(always)]
+                fn generic($($arg: $ty),*) -> $ret $body
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    unsafe fn avx512($($arg: $ty),*) -> $ret {
+                        generic($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($($arg: $ty),*) -> $ret {
+                        generic($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has the features the function is compiled for.
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    if std::arch::is_x86_feature_detected!("fma") {
+                        // SAFETY: as above.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                generic($($arg),*)
+            }
+        };
+    }
+
+    multiversion! {
+        /// Σ v and Σ v², with 16 f32 lanes per plane (exact enough for a plane; planes are
+        /// summed in f64).
+        fn sum_and_squares(v: &[f32]) -> (f64, f64) {
+            let (mut s, mut q) = ([0f32; 16], [0f32; 16]);
+            let mut chunks = v.chunks_exact(16);
+            for c in &mut chunks {
+                for l in 0..16 {
+                    s[l] += c[l];
+                    q[l] = c[l].mul_add(c[l], q[l]);
+                }
+            }
+            let (mut st, mut qt) = (0f64, 0f64);
+            for &x in chunks.remainder() {
+                st += x as f64;
+                qt += (x * x) as f64;
+            }
+            for l in 0..16 {
+                st += s[l] as f64;
+                qt += q[l] as f64;
+            }
+            (st, qt)
+        }
+    }
+
+    #[inline(always)]
+    fn fill(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32, scale: f32, shift: f32) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = f(x.mul_add(scale, shift));
+        }
+    }
+
+    multiversion! {
+        /// `y = act(scale · x + shift)`.
+        fn affine_act(x: &[f32], y: &mut [f32], scale: f32, shift: f32, a: NormActivation) -> () {
+            match a {
+                NormActivation::Linear => fill(x, y, |z| act(z, NormActivation::Linear), scale, shift),
+                NormActivation::Relu => fill(x, y, |z| act(z, NormActivation::Relu), scale, shift),
+                NormActivation::Gelu => fill(x, y, |z| act(z, NormActivation::Gelu), scale, shift),
+            }
+        }
+    }
+
+    /// `dz = dy · d(scale · x + shift)`; returns Σ dz and Σ dz · (x - mean).
+    #[inline(always)]
+    fn grad_sums(
+        x: &[f32],
+        dy: &[f32],
+        dz: &mut [f32],
+        (scale, shift, mean): (f32, f32, f32),
+        d: impl Fn(f32) -> f32,
+    ) -> (f64, f64) {
+        for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
+            *dz = dy * d(x.mul_add(scale, shift));
+        }
+        let (mut s, mut sx) = ([0f32; 16], [0f32; 16]);
+        let mut chunks = dz.chunks_exact(16).zip(x.chunks_exact(16));
+        for (g, x) in &mut chunks {
+            for l in 0..16 {
+                s[l] += g[l];
+                sx[l] = g[l].mul_add(x[l] - mean, sx[l]);
+            }
+        }
+        let (mut st, mut sxt) = (0f64, 0f64);
+        let done = dz.len() / 16 * 16;
+        for (g, x) in dz[done..].iter().zip(&x[done..]) {
+            st += *g as f64;
+            sxt += (*g * (x - mean)) as f64;
+        }
+        for l in 0..16 {
+            st += s[l] as f64;
+            sxt += sx[l] as f64;
+        }
+        (st, sxt)
+    }
+
+    multiversion! {
+        /// `dz = dy · act'(scale · x + shift)`; returns Σ dz and Σ dz · (x - mean).
+        fn act_grad(
+            x: &[f32],
+            dy: &[f32],
+            dz: &mut [f32],
+            scale: f32,
+            shift: f32,
+            mean: f32,
+            a: NormActivation,
+        ) -> (f64, f64) {
+            let k = (scale, shift, mean);
+            match a {
+                NormActivation::Linear => grad_sums(x, dy, dz, k, |z| act_derivative(z, NormActivation::Linear)),
+                NormActivation::Relu => grad_sums(x, dy, dz, k, |z| act_derivative(z, NormActivation::Relu)),
+                NormActivation::Gelu => grad_sums(x, dy, dz, k, |z| act_derivative(z, NormActivation::Gelu)),
+            }
+        }
+    }
+
+    multiversion! {
+        /// In place: `dz → scale · (dz - mean_dz - (x - mean) · mean_dzx)`.
+        fn input_grad(
+            x: &[f32],
+            dz: &mut [f32],
+            scale: f32,
+            mean: f32,
+            mean_dz: f32,
+            mean_dzx: f32,
+        ) -> () {
+            for (g, &x) in dz.iter_mut().zip(x) {
+                *g = scale * ((x - mean).mul_add(-mean_dzx, *g) - mean_dz);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernels;
+
+    #[test]
+    fn erf_and_exp_are_accurate() {
+        let mut worst_erf = 0f64;
+        let mut worst_exp = 0f64;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            let want = libm::erf(x as f64);
+            worst_erf = worst_erf.max((kernels::erf(x) as f64 - want).abs());
+            let e = -x.abs() * 10.0;
+            let want = (e as f64).exp();
+            worst_exp = worst_exp.max(((kernels::exp_nonpositive(e) as f64 - want) / want).abs());
+        }
+        assert!(worst_erf < 5e-7, "erf off by {worst_erf}");
+        assert!(worst_exp < 5e-7, "exp off by {worst_exp} (relative)");
+        assert!((kernels::erf(10.0) - 1.0).abs() < 2e-7);
+        assert!(kernels::exp_nonpositive(-200.0) < 1e-37);
+    }
+}
