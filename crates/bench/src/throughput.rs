@@ -355,6 +355,59 @@ mod tests {
     }
 
     #[test]
+    fn any_workload_is_timed_with_its_own_multiply_adds() {
+        use simplecnn_model::{
+            Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Padding,
+            Sequential,
+        };
+        use simplecnn_train::{Sgd, SgdConfig};
+        let mut spec = Sequential::new("small", FeatureShape::image(3, 32, 32));
+        spec.add(LayerKind::conv2d(4, 3, Padding::Same, Activation::Linear))
+            .unwrap()
+            .add(LayerKind::BatchNorm(BatchNormConfig::default()))
+            .unwrap()
+            .add(LayerKind::Activation(ActivationConfig {
+                activation: Activation::Gelu,
+            }))
+            .unwrap()
+            .add(LayerKind::Flatten)
+            .unwrap()
+            .add(LayerKind::dense(10, Activation::Softmax))
+            .unwrap();
+        let macs = (32 * 32 * 4 * 27 + 32 * 32 * 4 * 10) as u64;
+        assert_eq!(spec.forward_macs(), macs);
+        let model = Model::new(spec, &Device::Cpu, 1).unwrap();
+        let sgd = Sgd::new(trainable_params(&model), SgdConfig::default()).unwrap();
+        let mut workload = Workload {
+            model,
+            optimizer: Box::new(sgd),
+            loss: Loss::default(),
+            learning_rate: 0.01,
+        };
+        let config = BenchConfig {
+            batch_size: 4,
+            warmup_steps: 0,
+            train_steps: 2,
+            inference_images: 3,
+            inference_batch: 3,
+            ..BenchConfig::default()
+        };
+        let raw = measure_workload(
+            &mut workload,
+            &tiny(6, 5),
+            &tiny(3, 2),
+            &Device::Cpu,
+            &config,
+        )
+        .unwrap();
+        assert_eq!(raw.forward_macs_per_image, macs);
+        let r = raw.report();
+        let gflop = 6.0 * macs as f64 * r.train_images_per_s / 1e9;
+        assert!((r.train_gflop_per_s - gflop).abs() < 1e-9 * gflop);
+        assert!(r.mean_train_loss.is_finite());
+    }
+
+    #[test]
     fn per_epoch_figures_follow_the_raw_numbers() {
         let raw = RawMeasurement {
             batch_size: 100,

@@ -133,7 +133,7 @@ impl BenchArgs {
     /// The arguments every harness takes, ours and the scripts alike.
     fn common_args(&self, data: &Path) -> Vec<String> {
         let c = self.config();
-        let mut args = vec![
+        let args = vec![
             "--data".into(),
             data.display().to_string(),
             "--steps".into(),
@@ -143,6 +143,12 @@ impl BenchArgs {
             "--inference-images".into(),
             c.inference_images.to_string(),
         ];
+        args
+    }
+
+    /// Our worker's arguments: the common ones and the experiment.
+    fn worker_args(&self, data: &Path) -> Vec<String> {
+        let mut args = self.common_args(data);
         if let Some(e) = &self.experiment {
             args.extend(["--experiment".into(), e.clone()]);
         }
@@ -171,10 +177,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 dir.display()
             );
         };
-        for (framework, python, script) in [
-            ("keras", &args.python_keras, "keras_bench.py"),
-            ("pytorch", &args.python_torch, "torch_bench.py"),
+        // The tutorial's model: keras_bench.py and torch_bench.py; an experiment E:
+        // keras_E.py and torch_E.py, those that exist.
+        let (experiment_name, batch_size) = match &args.experiment {
+            Some(e) => {
+                let x = crate::experiment::load(e, &args.set)?.experiment;
+                (Some(x.name.clone()), Some(x.fit.batch_size))
+            }
+            None => (None, None),
+        };
+        let mut found = 0;
+        for (framework, python, prefix) in [
+            ("keras", &args.python_keras, "keras"),
+            ("pytorch", &args.python_torch, "torch"),
         ] {
+            let script = match &experiment_name {
+                None => args.scripts.join(format!("{prefix}_bench.py")),
+                Some(name) => args.scripts.join(format!("{prefix}_{name}.py")),
+            };
+            if !script.exists() {
+                match experiment_name {
+                    None => bail!("{}: reference script missing", script.display()),
+                    Some(_) => continue,
+                }
+            }
             if !python.exists() {
                 bail!(
                     "{}: no Python for the {framework} reference; `cargo xtask bench --reference` \
@@ -182,13 +208,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     python.display()
                 );
             }
-            let script = args.scripts.join(script);
-            if !script.exists() {
-                bail!("{}: reference script missing", script.display());
-            }
             let mut command = Command::new(python);
             command.arg(&script).args(args.common_args(&batches));
+            if let Some(b) = batch_size {
+                command.args(["--batch-size", &b.to_string()]);
+            }
             entrants.push(Entrant { framework, command });
+            found += 1;
+        }
+        if found == 0 {
+            bail!(
+                "no reference script for experiment {} in {} (torch_<name>.py or keras_<name>.py)",
+                experiment_name.unwrap_or_default(),
+                args.scripts.display()
+            );
         }
     }
 
@@ -241,7 +274,7 @@ fn ours(args: &BenchArgs, dir: &Path, kernels: KernelsArg) -> Result<Entrant> {
     let mut command = Command::new(exe);
     command
         .arg("bench")
-        .args(args.common_args(dir))
+        .args(args.worker_args(dir))
         .args(["--worker", kernels.arg()]);
     Ok(Entrant {
         framework: kernels.framework(),

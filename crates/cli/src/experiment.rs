@@ -338,6 +338,33 @@ pub fn apply_init(
     Ok(())
 }
 
+/// The layers every one of whose trainable weights `freeze` has frozen after `epochs_run`
+/// epochs.
+fn frozen_at_end(
+    model: &Model,
+    freeze: &[simplecnn_train::Freeze],
+    epochs_run: usize,
+) -> Vec<String> {
+    let frozen: Vec<&String> = freeze
+        .iter()
+        .filter(|f| f.from_epoch <= epochs_run)
+        .flat_map(|f| &f.weights)
+        .collect();
+    model
+        .spec()
+        .layers()
+        .iter()
+        .filter(|l| {
+            let mut trainable = model
+                .weights()
+                .filter(|w| w.layer == l.name && w.role.trainable())
+                .peekable();
+            trainable.peek().is_some() && trainable.all(|w| frozen.contains(&&w.path()))
+        })
+        .map(|l| l.name.clone())
+        .collect()
+}
+
 /// Marks `run_dir` unfinished until the run ends: a killed run keeps the marker, which says
 /// how to go on.
 fn write_marker(run_dir: &Path) -> Result<()> {
@@ -575,6 +602,12 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     }
     if experiment.outputs.plots && !history.epochs.is_empty() {
         plots::loss_and_accuracy(&history, &run_dir)?;
+    }
+
+    // A layer whose weights were all frozen by the end of the run is saved as Keras'
+    // `trainable: false` (airbench's whitening layer).
+    for layer in frozen_at_end(&model, &fit_config.freeze, history.epochs.len()) {
+        model.set_trainable(&layer, false)?;
     }
 
     // model.save('model.h5'), with Adam's state so training can resume from the file (the

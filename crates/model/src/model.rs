@@ -144,7 +144,7 @@ impl Model {
                     name: w.role.keras_name(),
                     role: w.role,
                     var,
-                    trainable: w.role.trainable(),
+                    trainable: w.role.trainable() && layer.trainable,
                 });
             }
             weights.push(ws);
@@ -169,6 +169,22 @@ impl Model {
             (Kernels::Fast, true) => Some(plan::fast_plan(&self.spec)?),
             _ => None,
         };
+        Ok(())
+    }
+
+    /// Keras' `layer.trainable = …`: the layer's weights join or leave the trainable set (an
+    /// optimizer built afterwards sees the change), and a frozen BatchNormalization runs in
+    /// inference mode.
+    pub fn set_trainable(&mut self, layer: &str, trainable: bool) -> Result<()> {
+        self.spec.set_trainable(layer, trainable)?;
+        for w in self
+            .weights
+            .iter_mut()
+            .flatten()
+            .filter(|w| w.layer == layer)
+        {
+            w.trainable = trainable && w.role.trainable();
+        }
         Ok(())
     }
 
@@ -334,6 +350,16 @@ impl Model {
             Step::Layer(i) => {
                 let l = &layers[i];
                 ctx.skip_softmax = skip_final_softmax && i == last;
+                let frozen_norm = !l.trainable && matches!(l.kind, LayerKind::BatchNorm(_));
+                let mut inference = ForwardCtx {
+                    training: None,
+                    skip_softmax: ctx.skip_softmax,
+                };
+                // A frozen BatchNormalization runs in inference mode (Keras' rule).
+                let ctx = match frozen_norm {
+                    true => &mut inference,
+                    false => ctx,
+                };
                 l.kind
                     .layer()
                     .forward(x, &self.layer_vars(i), ctx)
@@ -375,7 +401,10 @@ impl Model {
             }
             Step::BatchNorm {
                 layer, activation, ..
-            } => self.batch_norm_step(layer, x, activation, ctx.is_training(), track_gradients)?,
+            } => {
+                let training = ctx.is_training() && layers[layer].trainable;
+                self.batch_norm_step(layer, x, activation, training, track_gradients)?
+            }
             Step::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
             Step::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,

@@ -15,6 +15,9 @@ pub struct LayerSpec {
     pub kind: LayerKind,
     pub input: FeatureShape,
     pub output: FeatureShape,
+    /// Keras' `layer.trainable`: false freezes every weight of the layer, and a
+    /// BatchNormalization then runs in inference mode even while the rest trains.
+    pub trainable: bool,
 }
 
 impl LayerSpec {
@@ -23,7 +26,10 @@ impl LayerSpec {
     }
 
     pub fn trainable_param_count(&self) -> usize {
-        self.kind.trainable_param_count(&self.input)
+        match self.trainable {
+            true => self.kind.trainable_param_count(&self.input),
+            false => 0,
+        }
     }
 }
 
@@ -93,8 +99,20 @@ impl Sequential {
             kind,
             input,
             output,
+            trainable: true,
         });
         Ok(self)
+    }
+
+    /// Sets Keras' `trainable` flag of layer `name` (see [`LayerSpec::trainable`]).
+    pub fn set_trainable(&mut self, name: &str, trainable: bool) -> Result<()> {
+        let layer = self
+            .layers
+            .iter_mut()
+            .find(|l| l.name == name)
+            .ok_or_else(|| ModelError::Config(format!("no layer {name}")))?;
+        layer.trainable = trainable;
+        Ok(())
     }
 
     pub fn param_count(&self) -> usize {

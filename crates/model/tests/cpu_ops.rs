@@ -609,3 +609,71 @@ proptest! {
         assert_close("gelu gradient", &ours, &candle, 1e-5);
     }
 }
+
+/// Keras' rule: a frozen BatchNormalization runs in inference mode during training (moving
+/// statistics used and kept), and its weights leave the trainable set; gradients still flow
+/// through it to the layers below.
+#[test]
+fn a_frozen_batch_norm_uses_and_keeps_its_moving_statistics() {
+    use simplecnn_model::{
+        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Padding, Sequential,
+    };
+    let mut spec = Sequential::new("frozen", FeatureShape::image(2, 6, 6));
+    spec.add(LayerKind::conv2d(3, 3, Padding::Same, Activation::Linear))
+        .unwrap()
+        .add(LayerKind::BatchNorm(BatchNormConfig::default()))
+        .unwrap()
+        .add(LayerKind::Activation(ActivationConfig {
+            activation: Activation::Gelu,
+        }))
+        .unwrap()
+        .add(LayerKind::Flatten)
+        .unwrap()
+        .add(LayerKind::dense(2, Activation::Softmax))
+        .unwrap();
+    let x = rand(&[4, 2, 6, 6], 51).affine(3.0, 1.0).unwrap();
+    for kernels in [Kernels::Fast, Kernels::Candle] {
+        let mut model = Model::new(spec.clone(), &CPU, 2).unwrap();
+        model.set_kernels(kernels).unwrap();
+        let bn = "batch_normalization_1";
+        model
+            .set_weight(
+                bn,
+                "moving_mean",
+                &Tensor::new(&[0.5f32, -0.5, 1.0], &CPU).unwrap(),
+            )
+            .unwrap();
+        let trainable_before = model.trainable_weights().count();
+        model.set_trainable(bn, false).unwrap();
+        assert_eq!(model.trainable_weights().count(), trainable_before - 2);
+        let inference = model.logits(&x, Mode::Inference).unwrap();
+        let mut rng = DropoutRng::new(1);
+        let training = model.logits(&x, Mode::Training(&mut rng)).unwrap();
+        assert_close("frozen: training = inference", &training, &inference, 1e-6);
+        let mean = model.weight(bn, "moving_mean").unwrap().var.as_tensor();
+        assert_eq!(mean.to_vec1::<f32>().unwrap(), vec![0.5, -0.5, 1.0]);
+        let grads = training.sum_all().unwrap().backward().unwrap();
+        let kernel = model.weight("conv2d_1", "kernel").unwrap();
+        let g = grads
+            .get(&kernel.var)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        assert!(
+            g.to_scalar::<f32>().unwrap() > 0.0,
+            "{kernels:?}: no gradient below"
+        );
+        // Unfrozen, the same step uses the batch's statistics.
+        model.set_trainable(bn, true).unwrap();
+        let training = model.logits(&x, Mode::Training(&mut rng)).unwrap();
+        let diff = (training - &inference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() > 1e-3);
+    }
+}

@@ -79,7 +79,7 @@ fn merge(mut a: Value, b: Value) -> Value {
 
 /// One layer's `{"class_name", "config"}` as Keras 2.9 writes it.
 pub fn layer_config(layer: &LayerSpec) -> Value {
-    let base = json!({"name": layer.name, "trainable": true, "dtype": "float32"});
+    let base = json!({"name": layer.name, "trainable": layer.trainable, "dtype": "float32"});
     let config = match &layer.kind {
         LayerKind::Input => json!({
             "batch_input_shape": keras_batch_shape(&layer.input), "dtype": "float32",
@@ -431,6 +431,15 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
             layer: None,
             message: e.to_string(),
         })?;
+        if cfg.get("trainable").and_then(Value::as_bool) == Some(false) {
+            let added = s
+                .layers()
+                .last()
+                .map(|l| l.name.clone())
+                .unwrap_or_default();
+            s.set_trainable(&added, false)
+                .map_err(|e| err(e.to_string()))?;
+        }
     }
     seq.ok_or_else(|| top("model_config has no layers"))
 }
@@ -626,6 +635,21 @@ mod tests {
         let spec = zoo::simple_cnn();
         let back = sequential_from_config(&model_config(&spec)).unwrap();
         assert_eq!(back.summary(), spec.summary());
+    }
+
+    #[test]
+    fn trainable_flags_round_trip_and_count_as_non_trainable() {
+        let mut spec = zoo::simple_cnn();
+        spec.set_trainable("conv2d_1", false).unwrap();
+        let config = model_config(&spec);
+        let layers = config["config"]["layers"].as_array().unwrap();
+        assert_eq!(layers[1]["config"]["trainable"], json!(false));
+        assert_eq!(layers[2]["config"]["trainable"], json!(true));
+        let back = sequential_from_config(&config).unwrap();
+        assert!(!back.layers()[0].trainable && back.layers()[1].trainable);
+        // conv2d_1: 3x3x3x32 + 32.
+        assert_eq!(back.param_count() - back.trainable_param_count(), 896);
+        assert!(back.summary().contains("Non-trainable params: 896"));
     }
 
     #[test]
