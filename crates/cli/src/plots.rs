@@ -47,8 +47,15 @@ pub fn chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Resu
             .x_label_area_size(45)
             .y_label_area_size(60)
             .build_cartesian_2d(1f64..last, (lo - pad)..(hi + pad))?;
+        // Epochs are whole numbers: one tick each (up to 20), labelled without decimals.
+        let epoch_label = |x: &f64| match x.fract() == 0.0 {
+            true => format!("{x:.0}"),
+            false => String::new(),
+        };
         chart
             .configure_mesh()
+            .x_labels((last as usize).min(20))
+            .x_label_formatter(&epoch_label)
             .x_desc("epoch")
             .y_desc(y_label)
             .label_style(("sans-serif", 15))

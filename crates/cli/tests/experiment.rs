@@ -767,6 +767,9 @@ fn airbench94_runs_on_tiny_data() {
         "fit.epochs=1.5",
         "--set",
         "model.init.0.images=40",
+        // The whitening bias freezes from epoch 2 (of 2), so the saved layer is frozen.
+        "--set",
+        "fit.freeze.1.from_epoch=2",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -790,4 +793,15 @@ fn airbench94_runs_on_tiny_data() {
     assert_evaluate_prints(&run.join("model.h5"), &data, "16", loss, acc);
     let summary = std::fs::read_to_string(run.join("summary.txt")).unwrap();
     assert!(summary.contains("Total params: 1,973,944"), "{summary}");
+    // Keras' trainable flag in the file: the whitening layer frozen, the rest trainable.
+    let saved = simplecnn_store::load_model(&run.join("model.h5"), &candle_core::Device::Cpu)
+        .unwrap();
+    let frozen: Vec<&str> = saved
+        .spec()
+        .layers()
+        .iter()
+        .filter(|l| !l.trainable)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(frozen, ["conv2d_1"]);
 }

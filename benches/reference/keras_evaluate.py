@@ -1,0 +1,40 @@
+"""Scores a model file in Keras on the CIFAR-10 test batch: does Keras load what we wrote, and
+does it compute what we computed? Prints one JSON line: Keras' version, test loss and accuracy.
+
+    python keras_evaluate.py --model results/airbench94/latest/model.h5 --data data/bin/cifar-10-batches-bin
+
+The loss is the categorical cross-entropy of the softmax of the model's output when its last
+layer gives logits (no softmax), as `cargo xtask evaluate` computes it."""
+
+import argparse
+import json
+
+import common
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="the cifar-10-batches-bin folder")
+    p.add_argument("--batch-size", type=int, default=1000)
+    a = p.parse_args()
+    import keras
+    import numpy as np
+
+    model = keras.models.load_model(a.model, compile=False)
+    x, y = common.load(a.data, ["test_batch.bin"])
+    x = np.transpose(x, (0, 2, 3, 1))  # NHWC, as Keras takes it
+    out = np.concatenate([np.asarray(model(x[i:i + a.batch_size], training=False))
+                          for i in range(0, len(x), a.batch_size)])
+    last = model.layers[-1].get_config().get("activation")
+    if last != "softmax":
+        out = out - out.max(axis=1, keepdims=True)
+        out = np.exp(out) / np.exp(out).sum(axis=1, keepdims=True)
+    loss = float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], 1e-7, 1.0))))
+    accuracy = float(np.mean(out.argmax(axis=1) == y))
+    print(json.dumps({"keras": keras.__version__, "backend": keras.backend.backend(),
+                      "loss": loss, "accuracy": accuracy, "count": len(y)}))
+
+
+if __name__ == "__main__":
+    main()
