@@ -13,19 +13,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-/// jemalloc keeps freed multi-megabyte blocks for reuse, where glibc hands blocks over 32 MiB
-/// back to the kernel at every free (a batch of 1024 through airbench94's network makes many).
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings (its `malloc_conf` string; `_RJEM_MALLOC_CONF` in the environment
-/// overrides them). `thp:always`: jemalloc zeroes a recycled block for `calloc` (every
-/// `vec![0.0; n]`) with memset instead of handing its pages back to the kernel, which cost
-/// about a million page faults per airbench94 training step.
-#[cfg(feature = "jemalloc")]
-#[export_name = "_rjem_malloc_conf"]
-pub static JEMALLOC_CONF: Option<&'static u8> = Some(&b"thp:always\0"[0]);
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]

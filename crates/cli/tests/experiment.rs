@@ -794,8 +794,8 @@ fn airbench94_runs_on_tiny_data() {
     let summary = std::fs::read_to_string(run.join("summary.txt")).unwrap();
     assert!(summary.contains("Total params: 1,973,944"), "{summary}");
     // Keras' trainable flag in the file: the whitening layer frozen, the rest trainable.
-    let saved = simplecnn_store::load_model(&run.join("model.h5"), &candle_core::Device::Cpu)
-        .unwrap();
+    let saved =
+        simplecnn_store::load_model(&run.join("model.h5"), &candle_core::Device::Cpu).unwrap();
     let frozen: Vec<&str> = saved
         .spec()
         .layers()
