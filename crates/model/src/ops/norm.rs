@@ -130,6 +130,11 @@ fn channel_sums<const K: usize>(
             acc
         })
         .collect();
+    add_in_order(partial, c)
+}
+
+/// The per-channel partial sums of the chunks, added in chunk order.
+fn add_in_order<const K: usize>(partial: Vec<Vec<[f64; K]>>, c: usize) -> Vec<[f64; K]> {
     let mut total = vec![[0f64; K]; c];
     for p in partial {
         for (t, p) in total.iter_mut().zip(p) {
@@ -346,13 +351,7 @@ impl candle_core::CustomOp2 for BatchNormGrad {
                 acc
             })
             .collect();
-        let mut sums = vec![[0f64; 2]; c];
-        for p in partial {
-            for (t, p) in sums.iter_mut().zip(p) {
-                t[0] += p[0];
-                t[1] += p[1];
-            }
-        }
+        let sums = add_in_order(partial, c);
         let dbeta: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
         let dgamma: Vec<f32> = sums
             .iter()
