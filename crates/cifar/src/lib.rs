@@ -28,6 +28,7 @@ pub mod download;
 mod error;
 pub mod folder;
 mod images;
+pub mod resize;
 
 use std::path::{Path, PathBuf};
 

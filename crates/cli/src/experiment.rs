@@ -238,6 +238,8 @@ struct RunConfig<'a> {
     experiment: &'a Experiment,
     params: usize,
     trainable_params: usize,
+    /// What the model's outputs stand for, in order.
+    class_names: &'a [String],
     data_layout: String,
     train_images: usize,
     test_images: usize,
@@ -259,6 +261,8 @@ struct TestReport<'a> {
     loss: f64,
     accuracy: f64,
     count: usize,
+    top_k: usize,
+    top_k_accuracy: f64,
     per_class_accuracy: Vec<(&'a str, f64)>,
     class_names: &'a [String],
     /// `confusion[true][predicted]`.
@@ -545,6 +549,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         experiment: &experiment,
         params: model.spec().param_count(),
         trainable_params: model.spec().trainable_param_count(),
+        class_names: &data.class_names,
         data_layout: format!("{:?}", simplecnn_cifar::detect(&data_dir)?),
         train_images: data.train.len(),
         test_images: data.test.len(),
@@ -629,8 +634,12 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         }),
         OptimizerSpec::Sgd { .. } => None,
     };
+    let save_options = simplecnn_store::SaveOptions {
+        optimizer: adam_state.as_ref(),
+        class_names: Some(&data.class_names),
+    };
     for name in &experiment.outputs.save {
-        simplecnn_store::save_model(&model, &run_dir.join(name), adam_state.as_ref())?;
+        simplecnn_store::save_model_with(&model, &run_dir.join(name), &save_options)?;
     }
 
     let all: Vec<usize> = (0..data.test.len()).collect();
@@ -646,13 +655,18 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
             plain.loss, plain.accuracy
         );
     }
-    println!(
-        "test loss: {:.4} - test accuracy: {:.4}",
-        test.loss, test.accuracy
+    print!(
+        "{}",
+        crate::evaluate::report_lines(&test, &data.class_names)
     );
+    if experiment.outputs.plots {
+        crate::evaluate::write_pictures(&run_dir, &data.test, &test, &data.class_names)?;
+    }
     let report = TestReport {
         loss: test.loss,
         accuracy: test.accuracy,
+        top_k: test.top_k,
+        top_k_accuracy: test.top_k_accuracy,
         count: test.count,
         per_class_accuracy: data
             .class_names

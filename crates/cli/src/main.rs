@@ -3,9 +3,12 @@
 mod bench;
 mod compare;
 mod data;
+mod evaluate;
 mod experiment;
 mod files;
+mod pictures;
 mod plots;
+mod predict;
 mod provenance;
 mod show;
 
@@ -41,17 +44,11 @@ enum Command {
     /// Run an experiment file (experiments/<name>.toml, any .toml, or a run's config.json to
     /// replay it) and record everything under results/<name>/.
     Experiment(experiment::ExperimentArgs),
-    /// Keras' `model.evaluate` on the test split for a saved model (ours or one Keras wrote).
-    Evaluate {
-        /// A Keras-layout .h5 model file.
-        #[arg(long)]
-        model: PathBuf,
-        /// CIFAR-10 folder (default: CIFAR10_DIR, else data/).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-        batch_size: u32,
-    },
+    /// Keras' `model.evaluate` on the test split for a saved model (ours or one Keras wrote):
+    /// top-1, top-5 and per-class accuracy; writes confusion.png and mistakes.png.
+    Evaluate(evaluate::EvaluateArgs),
+    /// The top classes a saved model gives your own images (PNG/JPEG files or folders).
+    Predict(predict::PredictArgs),
     /// The baseline on several devices (`compare cpu cuda`), same seed and data, side by side.
     Compare(compare::CompareArgs),
     /// Training and inference throughput on real data; with --reference beside Keras and PyTorch.
@@ -75,7 +72,20 @@ enum ModelName {
     Vgg16,
 }
 
-fn main() -> Result<()> {
+/// Errors are printed as one line with their causes (`error: a: b`), never with a backtrace:
+/// they are about the user's files and settings, not the program (RUST_BACKTRACE, often set by
+/// Rust users, would otherwise print one for every bad argument).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // Training speed depends on it (see simplecnn_train::tune_cpu_runtime).
     simplecnn_train::tune_cpu_runtime();
     tracing_subscriber::fmt()
@@ -105,20 +115,8 @@ fn main() -> Result<()> {
         }
         Command::Show(args) => show::run(args),
         Command::Experiment(args) => experiment::run(args),
-        Command::Evaluate {
-            model,
-            data,
-            batch_size,
-        } => {
-            let model = simplecnn_store::load_model(&model, &candle_core::Device::Cpu)?;
-            let data = simplecnn_cifar::load(&data::data_dir(data))?;
-            let test = simplecnn_train::evaluate(&model, &data.test, batch_size as usize)?;
-            println!(
-                "test loss: {:.4} - test accuracy: {:.4}",
-                test.loss, test.accuracy
-            );
-            Ok(())
-        }
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Compare(args) => compare::run(args),
         Command::H5 {

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
-use simplecnn_cifar::{LabeledImages, IMAGE_SIDE};
+use simplecnn_cifar::IMAGE_SIDE;
 
 use crate::data::data_dir;
+use crate::pictures::blit;
 use crate::plots::register_font;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -36,33 +37,8 @@ pub struct ShowArgs {
 
 const CAPTION: usize = 40;
 
-/// Copies image `i` of `set`, upscaled `scale` times, into an RGB buffer of width `stride`.
-fn blit(
-    buf: &mut [u8],
-    stride: usize,
-    (x0, y0): (usize, usize),
-    set: &LabeledImages,
-    i: usize,
-    scale: usize,
-) {
-    let img = set.image(i);
-    let plane = IMAGE_SIDE * IMAGE_SIDE;
-    for y in 0..IMAGE_SIDE * scale {
-        for x in 0..IMAGE_SIDE * scale {
-            let src = (y / scale) * IMAGE_SIDE + x / scale;
-            let dst = ((y0 + y) * stride + x0 + x) * 3;
-            for c in 0..3 {
-                buf[dst + c] = img[c * plane + src];
-            }
-        }
-    }
-}
-
 fn save_png(path: &Path, buf: Vec<u8>, w: usize, h: usize) -> Result<()> {
-    let img = image::RgbImage::from_raw(w as u32, h as u32, buf).context("buffer size")?;
-    crate::files::write_atomic(path, |tmp| {
-        Ok(img.save_with_format(tmp, image::ImageFormat::Png)?)
-    })?;
+    crate::pictures::save_png(path, buf, w, h)?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -68,8 +68,9 @@ fn assert_evaluate_prints(model: &Path, data: &Path, batch: &str, loss: f64, acc
         batch,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let expected = format!("test loss: {loss:.4} - test accuracy: {accuracy:.4}");
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), expected);
+    let expected = format!("test loss: {loss:.4} - test accuracy: {accuracy:.4} - top-5 accuracy:");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with(&expected), "{stdout}");
 }
 
 /// Every weight of a saved model, by name.
@@ -136,6 +137,34 @@ fn check_run(out: &Path, epochs: usize, test_count: usize) -> PathBuf {
     let diagonal: usize = (0..10).map(|i| confusion[i][i]).sum();
     assert!((diagonal as f64 / test_count as f64 - acc).abs() < 1e-9);
     assert_eq!(test["per_class_accuracy"].as_array().unwrap().len(), 10);
+    assert_eq!(test["top_k"], 5);
+    let top5 = test["top_k_accuracy"].as_f64().unwrap();
+    assert!(top5 >= acc && top5 <= 1.0, "top-5 {top5} vs top-1 {acc}");
+    // The pictures of the answers: a heat map with a cell per class pair, a grid of mistakes.
+    for (png, min_width) in [("confusion.png", 10 * 84), ("mistakes.png", 6 * 210)] {
+        let img = image::open(run.join(png)).unwrap().to_rgb8();
+        assert!(
+            img.width() >= min_width,
+            "{png} is {}x{}",
+            img.width(),
+            img.height()
+        );
+        let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        // A mistake's picture alone is 128x128 pixels; the heat map's diagonal is shaded.
+        if png == "confusion.png" || acc < 1.0 {
+            assert!(inked > 10_000, "{png}: {inked} pixels not white");
+        }
+    }
+    let names = simplecnn_store::read_class_names(&run.join("model.h5")).unwrap();
+    let cifar: Vec<String> = simplecnn_cifar::CLASS_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(names, Some(cifar.clone()));
+    assert_eq!(
+        serde_json::from_value::<Vec<String>>(config["class_names"].clone()).unwrap(),
+        cifar
+    );
 
     assert_eq!(
         std::fs::read_to_string(run.join("summary.txt")).unwrap(),
@@ -200,13 +229,24 @@ fn baseline_on_tiny_data_writes_every_file() {
         "8",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     let expected = format!(
-        "test loss: {:.4} - test accuracy: {:.4}",
+        "test loss: {:.4} - test accuracy: {:.4} - top-5 accuracy: {:.4}",
         test["loss"].as_f64().unwrap(),
-        test["accuracy"].as_f64().unwrap()
+        test["accuracy"].as_f64().unwrap(),
+        test["top_k_accuracy"].as_f64().unwrap()
     );
-    assert_eq!(line, expected);
+    assert_eq!(stdout.lines().next().unwrap(), expected);
+    // Then one line per class with its accuracy, as test.json has it.
+    let per_class = test["per_class_accuracy"].as_array().unwrap();
+    for (line, entry) in stdout.lines().skip(1).zip(per_class) {
+        let (name, acc) = (entry[0].as_str().unwrap(), entry[1].as_f64().unwrap());
+        assert!(
+            line.trim_start().starts_with(name) && line.contains(&format!("{acc:.4}")),
+            "{line} vs {entry}"
+        );
+    }
+    assert_eq!(stdout.lines().count(), 1 + 10 + 1);
 }
 
 #[test]
@@ -804,4 +844,134 @@ fn airbench94_runs_on_tiny_data() {
         .map(|l| l.name.as_str())
         .collect();
     assert_eq!(frozen, ["conv2d_1"]);
+}
+
+/// `predict` on a model whose answers are known: Flatten → Dense(4, softmax) whose kernel
+/// gives class c the logit c·(mean of the red plane) and whose bias is 0. A red image of any
+/// size (resized to 32x32) ranks the classes 3, 2, 1, 0 with probabilities ∝ e^c; a black one
+/// gives all four 1/4.
+#[test]
+fn predict_lists_the_top_classes_of_your_images() {
+    use candle_core::{Device, Tensor};
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Model, Sequential};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = Sequential::new("known", FeatureShape::image(3, 32, 32));
+    spec.add(LayerKind::Flatten).unwrap();
+    spec.add(LayerKind::dense(4, Activation::Softmax)).unwrap();
+    let model = Model::new(spec, &Device::Cpu, 0).unwrap();
+    let dense = model.spec().layers()[1].name.clone();
+    // Row r of the kernel is input r of the flattened image; only red inputs count.
+    let plane = 32 * 32;
+    let mut kernel = vec![0f32; 3 * plane * 4];
+    let flat = model.spec().layers()[0].output.elem_count();
+    assert_eq!(flat, 3 * plane);
+    // In memory the image is NCHW, so the red plane is the first `plane` inputs (the file
+    // holds the rows in Keras' NHWC order; store converts).
+    for r in 0..plane {
+        for c in 0..4 {
+            kernel[r * 4 + c] = c as f32 / plane as f32;
+        }
+    }
+    let kernel = Tensor::from_vec(kernel, (3 * plane, 4), &Device::Cpu).unwrap();
+    model.set_weight(&dense, "kernel", &kernel).unwrap();
+    let path = tmp.path().join("known.h5");
+    let names: Vec<String> = ["w", "x", "y", "z"].iter().map(|s| s.to_string()).collect();
+    simplecnn_store::save_model_with(
+        &model,
+        &path,
+        &simplecnn_store::SaveOptions {
+            optimizer: None,
+            class_names: Some(&names),
+        },
+    )
+    .unwrap();
+    let images = tmp.path().join("mine");
+    std::fs::create_dir(&images).unwrap();
+    image::RgbImage::from_pixel(50, 20, image::Rgb([255, 0, 0]))
+        .save(images.join("red.png"))
+        .unwrap();
+    image::RgbImage::from_pixel(32, 32, image::Rgb([0, 0, 0]))
+        .save(images.join("black.jpg"))
+        .unwrap();
+    let o = xtask(&[
+        "predict",
+        "--model",
+        path.to_str().unwrap(),
+        "--json",
+        "--top",
+        "3",
+        images.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let out = out.as_array().unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out[0]["image"].as_str().unwrap().ends_with("black.jpg"));
+    let red = &out[1]["top"];
+    let z: f64 = (0..4).map(|c| (c as f64).exp()).sum();
+    let classes: Vec<&str> = red
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["class"].as_str().unwrap())
+        .collect();
+    assert_eq!(classes, ["z", "y", "x"]);
+    for (g, c) in red.as_array().unwrap().iter().zip([3, 2, 1]) {
+        assert_eq!(g["index"], c);
+        let p = g["probability"].as_f64().unwrap();
+        assert!((p - (c as f64).exp() / z).abs() < 1e-5, "{g}");
+    }
+    for g in out[0]["top"].as_array().unwrap() {
+        assert!(
+            (g["probability"].as_f64().unwrap() - 0.25).abs() < 1e-6,
+            "{g}"
+        );
+    }
+    // The table names each image and its classes.
+    let o = xtask(&[
+        "predict",
+        "--model",
+        path.to_str().unwrap(),
+        images.join("red.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("red.png") && table.contains("z") && table.lines().count() == 6,
+        "{table}"
+    );
+    // Not an image, and a model that does not take images: errors that name the file.
+    let notes = tmp.path().join("notes.png");
+    std::fs::write(&notes, "text").unwrap();
+    let o = xtask(&[
+        "predict",
+        "--model",
+        path.to_str().unwrap(),
+        notes.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("notes.png: not a readable image"),
+        "{}",
+        stderr(&o)
+    );
+    let mut flat_spec = Sequential::new("flat", FeatureShape::Flat(8));
+    flat_spec
+        .add(LayerKind::dense(2, Activation::Softmax))
+        .unwrap();
+    let flat_path = tmp.path().join("flat.h5");
+    simplecnn_store::save_model(
+        &Model::new(flat_spec, &Device::Cpu, 0).unwrap(),
+        &flat_path,
+        None,
+    )
+    .unwrap();
+    let o = xtask(&[
+        "predict",
+        "--model",
+        flat_path.to_str().unwrap(),
+        images.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not images"), "{}", stderr(&o));
 }

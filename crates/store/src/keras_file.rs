@@ -65,11 +65,49 @@ fn write_tensor(group: &hdf5::Group, name: &str, t: &Tensor, path: &Path) -> Res
         .at(path, || format!("cannot write dataset {name}"))
 }
 
+/// What a model file may hold besides the model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SaveOptions<'a> {
+    /// Adam's state, so training can resume from the file.
+    pub optimizer: Option<&'a AdamState>,
+    /// The names of the classes the outputs stand for, as the root attribute
+    /// [`CLASS_NAMES_ATTRIBUTE`], a JSON list in a UTF-8 string (Keras ignores attributes it
+    /// does not know).
+    pub class_names: Option<&'a [String]>,
+}
+
+/// The root attribute holding the class names: a list of strings.
+pub const CLASS_NAMES_ATTRIBUTE: &str = "class_names";
+
 /// Saves `model` (and optionally Adam's state) as Keras' `model.save('x.h5')` would: written to
 /// a temporary file in the same folder and renamed, so a crash never leaves half a file.
 pub fn save_model(model: &Model, path: &Path, optimizer: Option<&AdamState>) -> Result<()> {
+    save_model_with(
+        model,
+        path,
+        &SaveOptions {
+            optimizer,
+            class_names: None,
+        },
+    )
+}
+
+/// [`save_model`] with everything [`SaveOptions`] may add.
+pub fn save_model_with(model: &Model, path: &Path, options: &SaveOptions<'_>) -> Result<()> {
+    let classes = model.spec().output_shape().elem_count();
+    if let Some(names) = options.class_names {
+        if names.len() != classes {
+            return fail(
+                path,
+                format!(
+                    "{} class names for a model with {classes} outputs",
+                    names.len()
+                ),
+            );
+        }
+    }
     let tmp = tmp_path(path);
-    let result = write_file(model, &tmp, path, optimizer);
+    let result = write_file(model, &tmp, path, options);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return result;
@@ -77,10 +115,15 @@ pub fn save_model(model: &Model, path: &Path, optimizer: Option<&AdamState>) -> 
     std::fs::rename(&tmp, path).at(path, || "cannot move the finished file into place".into())
 }
 
-fn write_file(model: &Model, tmp: &Path, path: &Path, optimizer: Option<&AdamState>) -> Result<()> {
+fn write_file(model: &Model, tmp: &Path, path: &Path, options: &SaveOptions<'_>) -> Result<()> {
+    let optimizer = options.optimizer;
     let file = hdf5::File::create(tmp).at(path, || format!("cannot create {}", tmp.display()))?;
     let spec = model.spec();
     write_string(&file, "keras_version", KERAS_FORMAT_VERSION, path)?;
+    if let Some(names) = options.class_names {
+        let json = serde_json::to_string(names).at(path, || CLASS_NAMES_ATTRIBUTE.into())?;
+        write_string(&file, CLASS_NAMES_ATTRIBUTE, &json, path)?;
+    }
     write_string(&file, "backend", "tensorflow", path)?;
     write_string(&file, "model_config", &model_config(spec).to_string(), path)?;
     let adam = optimizer.map_or(json!({"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}), |a| {
@@ -299,6 +342,19 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The class names [`save_model_with`] stored, if the file has them.
+pub fn read_class_names(path: &Path) -> Result<Option<Vec<String>>> {
+    let file = open(path)?;
+    if file.attr(CLASS_NAMES_ATTRIBUTE).is_err() {
+        return Ok(None);
+    }
+    let text = read_string(&file, CLASS_NAMES_ATTRIBUTE, path)?;
+    let names: Vec<String> = serde_json::from_str(&text).at(path, || {
+        format!("attribute {CLASS_NAMES_ATTRIBUTE} is not a JSON list of names")
+    })?;
+    Ok(Some(names))
 }
 
 /// Rebuilds the network from `model_config` and loads its weights: Keras' `load_model`.

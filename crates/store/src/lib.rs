@@ -31,4 +31,7 @@ pub mod layout;
 
 pub use error::{Result, StoreError};
 pub use inspect::inspect;
-pub use keras_file::{load_model, load_optimizer, load_weights, save_model, AdamState, MatchBy};
+pub use keras_file::{
+    load_model, load_optimizer, load_weights, read_class_names, save_model, save_model_with,
+    AdamState, MatchBy, SaveOptions, CLASS_NAMES_ATTRIBUTE,
+};

@@ -12,10 +12,46 @@ use crate::loss::categorical_cross_entropy;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub loss: f64,
+    /// Top-1 accuracy.
     pub accuracy: f64,
+    /// The share of images whose class is among the `top_k` most probable (Keras'
+    /// `top_k_categorical_accuracy`; ties broken towards the lower class index).
+    pub top_k_accuracy: f64,
+    /// 5, or the number of classes when there are fewer.
+    pub top_k: usize,
     pub count: usize,
     pub per_class_accuracy: Vec<f64>,
     pub confusion: Vec<Vec<usize>>,
+    /// The most confidently misclassified images, most confident first (at most
+    /// [`MISTAKES_KEPT`]).
+    pub mistakes: Vec<Mistake>,
+}
+
+/// An image the model got wrong.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mistake {
+    /// Its index in the evaluated set.
+    pub index: usize,
+    pub label: usize,
+    pub predicted: usize,
+    /// The probability the model gave `predicted`.
+    pub probability: f64,
+}
+
+/// How many mistakes an [`Evaluation`] keeps.
+pub const MISTAKES_KEPT: usize = 64;
+
+/// The `k` most probable classes of `probabilities`, most probable first (ties: lower index
+/// first, so results never depend on sort stability).
+pub fn top_classes(probabilities: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    order.truncate(k);
+    order
 }
 
 /// Test-time augmentation: logits averaged over views of each image (airbench's levels).
@@ -100,18 +136,40 @@ pub fn evaluate_with(
     tta: Tta,
 ) -> Result<Evaluation> {
     let classes = data.num_classes();
+    let top_k = classes.min(5);
     let mut confusion = vec![vec![0usize; classes]; classes];
+    let mut in_top_k = 0usize;
+    let mut mistakes = Vec::new();
     let mut loss_sum = 0.0;
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = data.batch(chunk, model.device())?;
         let logits = tta_logits(model, &batch.images, tta)?;
         let loss = categorical_cross_entropy(&logits, &batch.one_hot)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * chunk.len() as f64;
-        let pred: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
-        for (&i, &p) in chunk.iter().zip(&pred) {
-            confusion[data.label(i) as usize][p as usize] += 1;
+        let probabilities: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?
+            .to_device(&Device::Cpu)?
+            .to_vec2()?;
+        for (&i, p) in chunk.iter().zip(&probabilities) {
+            let label = data.label(i) as usize;
+            let top = top_classes(p, top_k);
+            let predicted = top[0];
+            confusion[label][predicted] += 1;
+            in_top_k += usize::from(top.contains(&label));
+            if predicted != label {
+                mistakes.push(Mistake {
+                    index: i,
+                    label,
+                    predicted,
+                    probability: p[predicted] as f64,
+                });
+            }
+        }
+        // Keep the list short as we go: most confident first, then by index.
+        if mistakes.len() > 4 * MISTAKES_KEPT {
+            most_confident_first(&mut mistakes);
         }
     }
+    most_confident_first(&mut mistakes);
     let count = indices.len();
     let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
     let per_class_accuracy = confusion
@@ -137,10 +195,34 @@ pub fn evaluate_with(
         } else {
             correct as f64 / count as f64
         },
+        top_k_accuracy: if count == 0 {
+            f64::NAN
+        } else {
+            in_top_k as f64 / count as f64
+        },
+        top_k,
         count,
         per_class_accuracy,
         confusion,
+        mistakes,
     })
+}
+
+fn most_confident_first(mistakes: &mut Vec<Mistake>) {
+    mistakes.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(a.index.cmp(&b.index))
+    });
+    mistakes.truncate(MISTAKES_KEPT);
+}
+
+/// Class probabilities of the images `x`: a softmax over the last layer's output before its
+/// own softmax. The same as [`Model::forward`] for a model that ends in a softmax; a model that
+/// ends in logits (or a ReLU trained on them) gets probabilities too.
+pub fn class_probabilities(model: &Model, x: &Tensor) -> Result<Tensor> {
+    let logits = model.logits(x, Mode::Inference)?;
+    Ok(candle_nn::ops::softmax_last_dim(&logits)?)
 }
 
 /// Keras' `model.predict(x)`: class probabilities `(N, classes)`, on the CPU.
@@ -162,6 +244,46 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use simplecnn_model::{Activation, FeatureShape, LayerKind, Sequential};
+
+    /// A Dense layer whose kernel is set by hand: every pixel is 1, every kernel row of class
+    /// `c` is `c / 3072`, so class `c` gets logit `c` and the ranking is 6, 5, …, 0 with
+    /// probabilities ∝ e^c.
+    #[test]
+    fn top_k_and_mistakes_follow_a_model_whose_answers_are_known() {
+        let classes = 7;
+        let mut s = Sequential::new("m", FeatureShape::image(3, 32, 32));
+        s.add(LayerKind::Flatten).unwrap();
+        s.add(LayerKind::dense(classes, Activation::Softmax))
+            .unwrap();
+        let model = Model::new(s, &Device::Cpu, 1).unwrap();
+        let name = model.spec().layers()[1].name.clone();
+        let inputs = 3 * 32 * 32;
+        let w: Vec<f32> = (0..inputs)
+            .flat_map(|_| (0..classes).map(|c| c as f32 / inputs as f32))
+            .collect();
+        let kernel = Tensor::from_vec(w, (inputs, classes), &Device::Cpu).unwrap();
+        model.set_weight(&name, "kernel", &kernel).unwrap();
+        let zeros = Tensor::zeros(classes, candle_core::DType::F32, &Device::Cpu).unwrap();
+        model.set_weight(&name, "bias", &zeros).unwrap();
+        // Pixel 255 (x = 1): the order is 6, 5, 4, 3, 2, 1, 0 with probabilities ∝ e^c.
+        let labels: Vec<u8> = vec![6, 5, 2, 1, 0, 4];
+        let data = LabeledImages::new(vec![255; labels.len() * inputs], labels, classes).unwrap();
+        let e = evaluate(&model, &data, 4).unwrap();
+        assert_eq!(e.top_k, 5);
+        // Top-1: only label 6. Top-5 = {6, 5, 4, 3, 2}: labels 6, 5, 2, 4.
+        assert!((e.accuracy - 1.0 / 6.0).abs() < 1e-12);
+        assert!((e.top_k_accuracy - 4.0 / 6.0).abs() < 1e-12);
+        assert_eq!(e.mistakes.len(), 5);
+        let z: f64 = (0..classes).map(|c| (c as f64).exp()).sum();
+        for m in &e.mistakes {
+            assert_eq!(m.predicted, 6);
+            assert!((m.probability - 6f64.exp() / z).abs() < 1e-5, "{m:?}");
+        }
+        // Equal confidence: ordered by index.
+        let order: Vec<usize> = e.mistakes.iter().map(|m| m.index).collect();
+        assert_eq!(order, vec![1, 2, 3, 4, 5]);
+        assert_eq!(top_classes(&[0.1, 0.5, 0.1, 0.3], 3), vec![1, 3, 0]);
+    }
 
     /// A model that is linear in its input (Flatten → Dense, no activation) turns the average
     /// of views into the view of the average: the TTA logits equal the logits of the images

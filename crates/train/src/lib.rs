@@ -50,7 +50,8 @@ pub use callbacks::{
 pub use checkpoint::{checkpoint_paths, load_checkpoint, save_checkpoint, CheckpointMeta};
 pub use error::{Result, TrainError};
 pub use evaluate::{
-    evaluate, evaluate_indices, evaluate_with, predict, tta_logits, Evaluation, Tta,
+    class_probabilities, evaluate, evaluate_indices, evaluate_with, predict, top_classes,
+    tta_logits, Evaluation, Mistake, Tta, MISTAKES_KEPT,
 };
 pub use fit::{fit, resume, FitConfig, Freeze};
 pub use history::{EpochMetrics, History, StopReason};

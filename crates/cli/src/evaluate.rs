@@ -1,0 +1,89 @@
+//! `evaluate`: Keras' `model.evaluate` on the test split, with top-5, per-class accuracy and
+//! pictures of the confusion matrix and the most confident mistakes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use simplecnn_cifar::LabeledImages;
+use simplecnn_train::Evaluation;
+
+use crate::data::data_dir;
+
+#[derive(clap::Args)]
+pub struct EvaluateArgs {
+    /// A Keras-layout .h5 model file (ours or one Keras wrote).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// CIFAR-10 folder (default: CIFAR10_DIR, else data/).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Where confusion.png and mistakes.png go (default: the model file's folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Top-1, top-k and per-class accuracy as lines to print.
+pub fn report_lines(test: &Evaluation, class_names: &[String]) -> String {
+    let mut out = format!(
+        "test loss: {:.4} - test accuracy: {:.4} - top-{} accuracy: {:.4}\n",
+        test.loss, test.accuracy, test.top_k, test.top_k_accuracy
+    );
+    let width = class_names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (name, (acc, row)) in class_names
+        .iter()
+        .zip(test.per_class_accuracy.iter().zip(&test.confusion))
+    {
+        let n: usize = row.iter().sum();
+        out += &format!("  {name:<width$}  {acc:.4}  ({n} images)\n");
+    }
+    out
+}
+
+/// `confusion.png` and `mistakes.png` of `test` (an evaluation of `set`) in `dir`.
+pub fn write_pictures(
+    dir: &Path,
+    set: &LabeledImages,
+    test: &Evaluation,
+    class_names: &[String],
+) -> Result<()> {
+    crate::pictures::confusion_png(&dir.join("confusion.png"), class_names, &test.confusion)?;
+    crate::pictures::mistakes_png(&dir.join("mistakes.png"), set, &test.mistakes, class_names)
+}
+
+pub fn run(args: EvaluateArgs) -> Result<()> {
+    let model = simplecnn_store::load_model(&args.model, &candle_core::Device::Cpu)?;
+    let data_dir = data_dir(args.data);
+    let data = simplecnn_cifar::load(&data_dir)?;
+    let classes = model.spec().output_shape().elem_count();
+    if classes != data.test.num_classes() {
+        anyhow::bail!(
+            "{}: the model predicts {classes} classes, the data in {} has {}",
+            args.model.display(),
+            data_dir.display(),
+            data.test.num_classes()
+        );
+    }
+    let test = simplecnn_train::evaluate(&model, &data.test, args.batch_size as usize)?;
+    print!("{}", report_lines(&test, &data.class_names));
+    let out = match args.out {
+        Some(dir) => dir,
+        None => match args.model.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    write_pictures(&out, &data.test, &test, &data.class_names)?;
+    println!(
+        "wrote {} and {}",
+        out.join("confusion.png").display(),
+        out.join("mistakes.png").display()
+    );
+    Ok(())
+}
