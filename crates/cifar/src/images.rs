@@ -105,6 +105,48 @@ impl LabeledImages {
         }
     }
 
+    /// The images of the classes in `classes` (old labels), in their order, relabelled by
+    /// position: `classes[k]` becomes label `k`. Errors on a label out of range or repeated.
+    pub fn keep_classes(&self, classes: &[u8]) -> Result<Self> {
+        let mut new_label = vec![None; self.num_classes];
+        for (k, &c) in classes.iter().enumerate() {
+            match new_label.get_mut(c as usize) {
+                None => {
+                    return Err(CifarError::Other(format!(
+                        "class {c} is out of range for {} classes",
+                        self.num_classes
+                    )))
+                }
+                Some(Some(_)) => {
+                    return Err(CifarError::Other(format!("class {c} is listed twice")))
+                }
+                Some(slot) => *slot = Some(k as u8),
+            }
+        }
+        let kept: Vec<usize> = (0..self.len())
+            .filter(|&i| new_label[self.labels[i] as usize].is_some())
+            .collect();
+        let mut out = self.select(&kept);
+        for l in &mut out.labels {
+            *l = new_label[*l as usize].expect("kept images have a new label");
+        }
+        out.num_classes = classes.len();
+        Ok(out)
+    }
+
+    /// The first `n` images of each class, in their order (a class with fewer keeps all).
+    pub fn first_per_class(&self, n: usize) -> Self {
+        let mut seen = vec![0usize; self.num_classes];
+        let kept: Vec<usize> = (0..self.len())
+            .filter(|&i| {
+                let c = &mut seen[self.labels[i] as usize];
+                *c += 1;
+                *c <= n
+            })
+            .collect();
+        self.select(&kept)
+    }
+
     /// The first `n` images (all of them when `n >= len`).
     pub fn take(&self, n: usize) -> Self {
         let n = n.min(self.len());
@@ -210,6 +252,23 @@ mod tests {
             .collect();
         let labels = (0..n).map(|i| (i % 10) as u8).collect();
         LabeledImages::new(pixels, labels, 10).unwrap()
+    }
+
+    #[test]
+    fn keep_classes_relabels_in_the_order_given_and_first_per_class_limits() {
+        // Image i has label i % 10 and first pixel byte i.
+        let set = tiny(35);
+        let kept = set.keep_classes(&[7, 2]).unwrap();
+        assert_eq!(kept.num_classes(), 2);
+        // Images 2, 7, 12, 17, … in their order; 7 → 0 and 2 → 1.
+        let firsts: Vec<u8> = (0..kept.len()).map(|i| kept.image(i)[0]).collect();
+        assert_eq!(firsts, [2, 7, 12, 17, 22, 27, 32]);
+        assert_eq!(kept.labels(), [1, 0, 1, 0, 1, 0, 1]);
+        let two = kept.first_per_class(2);
+        assert_eq!(two.labels(), [1, 0, 1, 0]);
+        assert_eq!(two.image(2)[0], 12);
+        assert!(set.keep_classes(&[3, 3]).is_err());
+        assert!(set.keep_classes(&[10]).is_err());
     }
 
     #[test]

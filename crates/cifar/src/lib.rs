@@ -61,6 +61,36 @@ pub struct Cifar10 {
     pub source: PathBuf,
 }
 
+impl Cifar10 {
+    /// Only the classes named, in that order, relabelled `0..names.len()` in both splits, with
+    /// their names kept (a transfer experiment's "animals" or "vehicles").
+    pub fn keep_classes(&self, names: &[String]) -> Result<Cifar10> {
+        let mut picked = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(i) = self.class_names.iter().position(|n| n == name) else {
+                return Err(CifarError::Layout {
+                    path: self.source.clone(),
+                    message: format!(
+                        "no class {name:?} (the classes: {})",
+                        self.class_names.join(", ")
+                    ),
+                });
+            };
+            picked.push(i as u8);
+        }
+        let at = |e: CifarError| CifarError::Layout {
+            path: self.source.clone(),
+            message: e.to_string(),
+        };
+        Ok(Cifar10 {
+            train: self.train.keep_classes(&picked).map_err(at)?,
+            test: self.test.keep_classes(&picked).map_err(at)?,
+            class_names: names.to_vec(),
+            source: self.source.clone(),
+        })
+    }
+}
+
 /// Which layout a folder holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Layout {

@@ -158,16 +158,42 @@ pub fn build_model(
     dev: &Device,
     train: &simplecnn_cifar::LabeledImages,
 ) -> Result<Model> {
-    let spec = experiment
-        .build_spec()
-        .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
-    let mut model = Model::new(spec, dev, experiment.init_seed())?;
+    let mut model = Model::new(build_spec(experiment)?, dev, experiment.init_seed())?;
     model.set_kernels(match experiment.fit.kernels {
         KernelsName::Fast => Kernels::Fast,
         KernelsName::Candle => Kernels::Candle,
     })?;
+    load_base_weights(experiment, &model)?;
     apply_init(experiment, &model, train)?;
     Ok(model)
+}
+
+/// The experiment's architecture; on a `model.base`, read from the base's file first.
+pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Sequential> {
+    let base_config = match &experiment.model.base {
+        Some(base) => Some(simplecnn_store::read_model_config(&base.file)?),
+        None => None,
+    };
+    let spec = experiment
+        .build_spec_on(base_config.as_ref())
+        .and_then(|spec| experiment.check_spec(&spec).map(|()| spec))
+        .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    Ok(spec)
+}
+
+/// The base's layers (all but the `model.layers` on top) get their weights from its file.
+fn load_base_weights(experiment: &Experiment, model: &Model) -> Result<()> {
+    let Some(base) = &experiment.model.base else {
+        return Ok(());
+    };
+    let layers = model.spec().layers();
+    let kept: Vec<String> = layers[..layers.len() - experiment.model.layers.len()]
+        .iter()
+        .filter(|l| l.param_count() > 0)
+        .map(|l| l.name.clone())
+        .collect();
+    simplecnn_store::load_layer_weights(model, &base.file, &kept)?;
+    Ok(())
 }
 
 pub fn run(args: ExperimentArgs) -> Result<()> {
@@ -189,6 +215,9 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             toml_string(&out.display().to_string())
         ));
     }
+    if let Some(folder) = suite_folder(name) {
+        return run_suite(&folder, &overrides, args.out.is_some());
+    }
     let loaded = load(name, &overrides)?;
     if let Some(recorded) = &loaded.recorded_commit {
         let now = provenance::collect().git_commit;
@@ -200,6 +229,46 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         }
     }
     run_experiment(loaded.experiment, None).map(|_| ())
+}
+
+/// A folder of experiment files run one after another (`experiments/finetune/`): `name` itself,
+/// or `experiments/<name>/`.
+fn suite_folder(name: &str) -> Option<PathBuf> {
+    [PathBuf::from(name), Path::new("experiments").join(name)]
+        .into_iter()
+        .find(|p| p.is_dir())
+}
+
+/// Runs every `.toml` in `folder` in name order, each with `overrides`; a later one may build
+/// on an earlier one's results (`model.base.file = "results/<name>/latest/model.h5"`).
+fn run_suite(folder: &Path, overrides: &[String], out_given: bool) -> Result<()> {
+    if out_given {
+        bail!(
+            "{}: --out does not apply to a folder of experiments (they find each other's \
+             results under results/); run the files one by one to put them elsewhere",
+            folder.display()
+        );
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .with_context(|| format!("cannot read {}", folder.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no experiment files (.toml) here", folder.display());
+    }
+    // Every file is read and checked before the first one runs.
+    for file in &files {
+        load(&file.display().to_string(), overrides)?;
+    }
+    for file in &files {
+        println!("== {}", file.display());
+        let loaded = load(&file.display().to_string(), overrides)?;
+        run_experiment(loaded.experiment, None)
+            .with_context(|| format!("experiment {}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// The file a run keeps while it is unfinished: a killed run still has it.
@@ -488,6 +557,12 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     }
     let mut data = simplecnn_cifar::load(&data_dir)?;
     let data_load_seconds = started.elapsed().as_secs_f64();
+    if !experiment.data.classes.is_empty() {
+        data = data.keep_classes(&experiment.data.classes)?;
+    }
+    if let Some(n) = experiment.data.per_class {
+        data.train = data.train.first_per_class(n);
+    }
     if let Some(n) = experiment.data.subset {
         if n > data.train.len() {
             bail!(
@@ -502,9 +577,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     fit_config.validate(data.train.len())?;
     let train_images = fit_config.split_at(data.train.len());
     fit_config.max_steps = experiment.max_steps(fit_config.steps_per_epoch(train_images));
-    let spec = experiment
-        .build_spec()
-        .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
+    let spec = build_spec(&experiment)?;
     let classes = spec.output_shape().elem_count();
     if classes != data.train.num_classes() {
         bail!(
@@ -536,6 +609,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         KernelsName::Candle => Kernels::Candle,
     })?;
     if !resuming {
+        load_base_weights(&experiment, &model)?;
         apply_init(&experiment, &model, &data.train)?;
     }
     let summary = model.summary();

@@ -975,3 +975,137 @@ fn predict_lists_the_top_classes_of_your_images() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not images"), "{}", stderr(&o));
 }
+
+/// The transfer demonstration's chain on tiny data: a base on six classes, a frozen base with a
+/// new head on four others, then its last convolution unfrozen. Frozen weights come out of
+/// `fit` bit-identical, unfrozen ones change, and every output names the kept classes.
+#[test]
+fn finetune_chain_freezes_and_unfreezes_by_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 6);
+    let run = |file: &str, out: &str, extra: &[String]| -> PathBuf {
+        let out = tmp.path().join(out);
+        let mut args: Vec<String> = [
+            "experiment",
+            &format!("experiments/finetune/{file}"),
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        let o = Command::new(env!("CARGO_BIN_EXE_simplecnn"))
+            .args(&args)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        out.join("latest").canonicalize().unwrap()
+    };
+    let base_set = |run: &Path| {
+        vec![
+            "--set".to_string(),
+            format!(
+                "model.base.file={:?}",
+                run.join("model.h5").display().to_string()
+            ),
+        ]
+    };
+    let animals = run("1_animals.toml", "animals", &[]);
+    let frozen = run("3_frozen.toml", "frozen", &base_set(&animals));
+    let unfrozen = run("4_finetune.toml", "unfrozen", &base_set(&frozen));
+
+    let weights = |run: &Path| -> std::collections::BTreeMap<String, Vec<f32>> {
+        saved_weights(&run.join("model.h5")).into_iter().collect()
+    };
+    let (a, f, u) = (weights(&animals), weights(&frozen), weights(&unfrozen));
+    for w in [
+        "conv2d_1/kernel",
+        "conv2d_1/bias",
+        "conv2d_2/kernel",
+        "conv2d_2/bias",
+    ] {
+        assert_eq!(
+            a[w], f[w],
+            "{w}: frozen in (b), so bit-identical to the base"
+        );
+    }
+    assert_eq!(
+        f["conv2d_1/kernel"], u["conv2d_1/kernel"],
+        "still frozen in (c)"
+    );
+    assert_ne!(
+        f["conv2d_2/kernel"], u["conv2d_2/kernel"],
+        "unfrozen in (c)"
+    );
+    assert_ne!(
+        f["dense_2/kernel"], u["dense_2/kernel"],
+        "the head trains in (c)"
+    );
+    assert_eq!(
+        u["dense_2/kernel"].len(),
+        128 * 4,
+        "the new head has four classes"
+    );
+
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let vehicles = ["airplane", "automobile", "ship", "truck"];
+    for (run, trainable) in [(&frozen, 524_932), (&unfrozen, 544_324 - 896)] {
+        let config = json(run.join("config.json"));
+        assert_eq!(config["params"], 544_324);
+        assert_eq!(config["trainable_params"], trainable);
+        let test = json(run.join("test.json"));
+        assert_eq!(test["class_names"], serde_json::json!(vehicles));
+        assert_eq!(
+            test["count"],
+            4 * 6,
+            "the test split keeps the four classes"
+        );
+        assert_eq!(config["train_images"], 4 * 6);
+    }
+    let animals_test = json(animals.join("test.json"));
+    assert_eq!(
+        animals_test["class_names"],
+        serde_json::json!(["bird", "cat", "deer", "dog", "frog", "horse"])
+    );
+    // (b)'s file records its base as frozen; the summary counts them as Keras does.
+    let summary = std::fs::read_to_string(frozen.join("summary.txt")).unwrap();
+    assert!(
+        summary.contains("Non-trainable params: 19,392"),
+        "{summary}"
+    );
+
+    // A cut at a layer the base does not have, and a frozen layer the model does not have.
+    for (key, value, says) in [
+        (
+            "model.base.until",
+            "\"flatten_9\"",
+            "no layer \"flatten_9\"",
+        ),
+        ("model.frozen", "[\"conv2d_9\"]", "no layer \"conv2d_9\""),
+    ] {
+        let mut extra = base_set(&animals);
+        extra.extend(["--set".to_string(), format!("{key}={value}")]);
+        let o = Command::new(env!("CARGO_BIN_EXE_simplecnn"))
+            .args(["experiment", "experiments/finetune/3_frozen.toml", "--data"])
+            .arg(&data)
+            .args(["--out"])
+            .arg(tmp.path().join("bad"))
+            .args(&extra)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(says), "{key}: {}", stderr(&o));
+    }
+}

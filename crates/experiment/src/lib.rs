@@ -26,8 +26,8 @@ use simplecnn_train::{
 };
 
 pub use spec::{
-    CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec, KernelsName, LossSpec,
-    ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec, TestSpec,
+    BaseSpec, CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec, KernelsName,
+    LossSpec, ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec, TestSpec,
 };
 
 /// What is wrong with an experiment: the file, the key (`fit.epochs`) when one is to blame,
@@ -321,7 +321,19 @@ impl Experiment {
                 format!("{name:?}: only .h5 model files can be written (Keras' HDF5 layout)")
             })?;
         }
-        let spec = self.build_spec()?;
+        ensure(self.data.per_class != Some(0), "data.per_class", || {
+            "must be at least 1".into()
+        })?;
+        // A model on a base is known only once the CLI has read the base's file.
+        match self.model.base {
+            None => self.check_spec(&self.build_spec()?),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The checks that need the built architecture: frozen weights and layers, and the
+    /// initialisations, name what the model has.
+    pub fn check_spec(&self, spec: &Sequential) -> Check {
         let weights: Vec<String> = spec
             .layers()
             .iter()
@@ -371,8 +383,58 @@ impl Experiment {
         Ok(())
     }
 
-    /// The architecture, checked layer by layer (errors as `(key, why)`).
+    /// The architecture, checked layer by layer (errors as `(key, why)`). A model on a
+    /// `model.base` needs the base file's `model_config`: [`Experiment::build_spec_on`].
     pub fn build_spec(&self) -> std::result::Result<Sequential, (String, String)> {
+        match &self.model.base {
+            None => self.build_spec_on(None),
+            Some(b) => Err((
+                "model.base".into(),
+                format!(
+                    "the model is built on {}: read its model_config first",
+                    b.file.display()
+                ),
+            )),
+        }
+    }
+
+    /// [`Experiment::build_spec`] with the base's Keras `model_config` (its `layers` up to
+    /// `model.base.until`, then `model.layers` on top), and `model.frozen` applied.
+    pub fn build_spec_on(
+        &self,
+        base_config: Option<&Value>,
+    ) -> std::result::Result<Sequential, (String, String)> {
+        let mut spec = match (&self.model.base, base_config) {
+            (Some(base), Some(config)) => {
+                ensure(self.model.zoo.is_none(), "model.zoo", || {
+                    "give either `zoo` or `base`, not both".into()
+                })?;
+                self.layers_spec(Some(base_layers(base, config)?))?
+            }
+            (None, None) => self.plain_spec()?,
+            _ => {
+                return Err((
+                    "model.base".into(),
+                    "a base's model_config goes with a model.base, and only with one".into(),
+                ))
+            }
+        };
+        for (i, name) in self.model.frozen.iter().enumerate() {
+            if spec.set_trainable(name, false).is_err() {
+                let names: Vec<&str> = spec.layers().iter().map(|l| l.name.as_str()).collect();
+                return Err((
+                    format!("model.frozen.{i}"),
+                    format!(
+                        "the model has no layer {name:?} (its layers: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(spec)
+    }
+
+    fn plain_spec(&self) -> std::result::Result<Sequential, (String, String)> {
         let m = &self.model;
         let [h, w, c] = m.input;
         let input = FeatureShape::image(c, h, w);
@@ -400,18 +462,25 @@ impl Experiment {
                     format!("{other:?} is not in the zoo (simple_cnn, vgg16)"),
                 )),
             },
-            (None, false) => self.layers_spec(),
+            (None, false) => self.layers_spec(None),
         }
     }
 
     /// Layers written out: each becomes Keras' `{class_name, config}` and goes through
-    /// `store`'s mapping; keys that mapping does not write for the layer are unknown.
-    fn layers_spec(&self) -> std::result::Result<Sequential, (String, String)> {
+    /// `store`'s mapping; keys that mapping does not write for the layer are unknown. With a
+    /// base, its layers (Keras configs, an input layer first) come before them.
+    fn layers_spec(
+        &self,
+        base: Option<Vec<Value>>,
+    ) -> std::result::Result<Sequential, (String, String)> {
         let m = &self.model;
-        let mut layers = vec![json!({
-            "class_name": "InputLayer",
-            "config": {"batch_input_shape": [null, m.input[0], m.input[1], m.input[2]], "name": "input"}
-        })];
+        let mut layers = base.unwrap_or_else(|| {
+            vec![json!({
+                "class_name": "InputLayer",
+                "config": {"batch_input_shape": [null, m.input[0], m.input[1], m.input[2]], "name": "input"}
+            })]
+        });
+        let head_starts = layers.len() - 1;
         for (i, l) in m.layers.iter().enumerate() {
             let key = format!("model.layers.{i}");
             let mut config = l.clone();
@@ -421,12 +490,6 @@ impl Experiment {
             };
             if class == "InputLayer" {
                 return Err((key, "give the input as `model.input`".into()));
-            }
-            if config.get("trainable") == Some(&Value::Bool(false)) {
-                return Err((
-                    format!("{key}.trainable"),
-                    "frozen layers are not supported yet".into(),
-                ));
             }
             layers.push(json!({"class_name": class, "config": config}));
         }
@@ -442,7 +505,8 @@ impl Experiment {
             let key = index.map_or("model.layers".to_string(), |i| format!("model.layers.{i}"));
             (key, e.to_string())
         })?;
-        for (i, (written, built)) in m.layers.iter().zip(spec.layers()).enumerate() {
+        let head = spec.layers().iter().skip(head_starts);
+        for (i, (written, built)) in m.layers.iter().zip(head).enumerate() {
             let known = simplecnn_store::layout::layer_config(built);
             let known = known["config"].as_object().cloned().unwrap_or_default();
             for k in written.keys() {
@@ -603,6 +667,66 @@ impl Experiment {
     }
 }
 
+/// The base's layers as Keras configs, an input layer first, up to and including
+/// `base.until`, with `trainable` set where `base.trainable` says.
+fn base_layers(
+    base: &spec::BaseSpec,
+    config: &Value,
+) -> std::result::Result<Vec<Value>, (String, String)> {
+    let file = base.file.display();
+    let bad = |why: String| ("model.base.file".to_string(), format!("{file}: {why}"));
+    let inner = &config["config"];
+    let mut layers: Vec<Value> = inner
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .ok_or_else(|| bad("model_config has no layers".into()))?;
+    let is_input = |l: &Value| l["class_name"] == "InputLayer";
+    // Keras 2.9 puts the input shape on the first layer (or the Sequential), Keras 3 in an
+    // InputLayer: make it an InputLayer so that every other layer is the base's own.
+    if !layers.first().is_some_and(is_input) {
+        let shape = layers
+            .first()
+            .and_then(|l| l["config"].get("batch_input_shape").cloned())
+            .or_else(|| inner.get("build_input_shape").cloned())
+            .ok_or_else(|| bad("model_config has no input shape".into()))?;
+        if let Some(c) = layers.first_mut().and_then(|l| l["config"].as_object_mut()) {
+            c.remove("batch_input_shape");
+        }
+        layers.insert(
+            0,
+            json!({"class_name": "InputLayer", "config": {"batch_input_shape": shape, "name": "input"}}),
+        );
+    }
+    let name_of = |l: &Value| l["config"]["name"].as_str().map(str::to_string);
+    if let Some(until) = &base.until {
+        let Some(at) = layers
+            .iter()
+            .position(|l| !is_input(l) && name_of(l).as_deref() == Some(until))
+        else {
+            let names: Vec<String> = layers
+                .iter()
+                .filter(|l| !is_input(l))
+                .filter_map(name_of)
+                .collect();
+            return Err((
+                "model.base.until".into(),
+                format!(
+                    "{file} has no layer {until:?} (its layers: {})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        layers.truncate(at + 1);
+    }
+    if let Some(trainable) = base.trainable {
+        for l in layers.iter_mut().filter(|l| !is_input(l)) {
+            l["config"]["trainable"] = Value::Bool(trainable);
+        }
+    }
+    Ok(layers)
+}
+
 /// `name` as a file (`path/to/x.toml`, a run's `config.json`) or as `<dir>/<name>.toml`.
 pub fn find(name: &str, dir: &Path) -> std::result::Result<PathBuf, String> {
     let as_path = Path::new(name);
@@ -724,9 +848,34 @@ mod tests {
         let names: Vec<&str> = spec.layers().iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["conv2d_1", "global_max_pooling2d_1", "head"]);
         assert_eq!(spec.layers()[0].output, FeatureShape::image(4, 3, 3));
+        // Keras' `trainable` in a layer's config, or by name in `model.frozen`.
         let frozen = text.replace("name = \"head\"", "name = \"head\", trainable = false");
-        let err = load_text(&frozen, Path::new("t.toml"), &[]).unwrap_err();
-        assert_eq!(err.key.as_deref(), Some("model.layers.2.trainable"));
+        let e = load_text(&frozen, Path::new("t.toml"), &[])
+            .unwrap()
+            .experiment;
+        let spec = e.build_spec().unwrap();
+        let trainable: Vec<bool> = spec.layers().iter().map(|l| l.trainable).collect();
+        assert_eq!(trainable, [true, true, false]);
+        let e = load_text(
+            text,
+            Path::new("t.toml"),
+            &["model.frozen=[\"conv2d_1\"]".into()],
+        )
+        .unwrap()
+        .experiment;
+        let spec = e.build_spec().unwrap();
+        assert!(!spec.layers()[0].trainable);
+        assert_eq!(
+            spec.trainable_param_count(),
+            spec.param_count() - spec.layers()[0].param_count()
+        );
+        let err = load_text(
+            text,
+            Path::new("t.toml"),
+            &["model.frozen=[\"conv9\"]".into()],
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("model.frozen.0"));
     }
 
     #[test]

@@ -65,6 +65,28 @@ pub struct ModelSpec {
     /// Initialisations after the layers' own, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init: Vec<InitSpec>,
+    /// Start from a saved model: its layers up to `until` with their weights, then `layers`
+    /// (the new head) on top.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseSpec>,
+    /// Layers whose weights `fit` leaves alone (Keras' `layer.trainable = False`: counted as
+    /// non-trainable, a BatchNormalization among them runs in inference mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
+}
+
+/// A trained model to build on (fine-tuning, transfer learning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    /// A model file (`model.save`: ours or Keras').
+    pub file: PathBuf,
+    /// The last layer kept, by name (default: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Set every kept layer's `trainable` (default: as the file says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<bool>,
 }
 
 /// An initialisation step that needs more than a weight's shape.
@@ -112,6 +134,14 @@ pub struct DataSpec {
     /// Train on the first N training images only (the test split stays whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<usize>,
+    /// Only these classes, by name, in this order: labels become `0..classes.len()` in both
+    /// splits and the names are kept (default: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    /// At most this many training images per class, the first in load order (the test split
+    /// stays whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<usize>,
     /// The last fraction of the training images held out for validation (Keras'
     /// `validation_split`, taken before shuffling).
     #[serde(default)]

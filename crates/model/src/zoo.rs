@@ -38,8 +38,23 @@ pub fn simple_cnn_for(input: FeatureShape, classes: usize) -> Result<Sequential>
 /// VGG-16 as Keras' `applications.VGG16(include_top=True)`: 224x224x3 input, 1000 classes,
 /// 138 357 544 parameters, layers named `block1_conv1` … `predictions`.
 pub fn vgg16() -> Sequential {
-    let mut s = Sequential::new("vgg16", FeatureShape::image(3, 224, 224));
-    s.add_named("input_1", LayerKind::Input).expect("input");
+    let mut s = vgg16_base(FeatureShape::image(3, 224, 224)).expect("224x224 fits");
+    s.add_named("flatten", LayerKind::Flatten).expect("flatten");
+    for (name, units) in [("fc1", 4096), ("fc2", 4096)] {
+        s.add_named(name, LayerKind::dense(units, Activation::Relu))
+            .expect("dense");
+    }
+    let predictions = LayerKind::dense(1000, Activation::Softmax);
+    s.add_named("predictions", predictions).expect("dense");
+    s
+}
+
+/// VGG-16's convolutional base, Keras' `applications.VGG16(include_top=False, input_shape=…)`:
+/// the five blocks, 14 714 688 parameters for any input of at least 32x32 (CIFAR-10's
+/// images give a 1x1x512 output).
+pub fn vgg16_base(input: FeatureShape) -> Result<Sequential> {
+    let mut s = Sequential::new("vgg16", input);
+    s.add_named("input_1", LayerKind::Input)?;
     for (block, (filters, convs)) in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
         .into_iter()
         .enumerate()
@@ -49,19 +64,10 @@ pub fn vgg16() -> Sequential {
             s.add_named(
                 format!("block{}_conv{c}", block + 1),
                 LayerKind::Conv2d(conv),
-            )
-            .expect("fits");
+            )?;
         }
         let pool = LayerKind::max_pool(2);
-        s.add_named(format!("block{}_pool", block + 1), pool)
-            .expect("fits");
+        s.add_named(format!("block{}_pool", block + 1), pool)?;
     }
-    s.add_named("flatten", LayerKind::Flatten).expect("flatten");
-    for (name, units) in [("fc1", 4096), ("fc2", 4096)] {
-        s.add_named(name, LayerKind::dense(units, Activation::Relu))
-            .expect("dense");
-    }
-    let predictions = LayerKind::dense(1000, Activation::Softmax);
-    s.add_named("predictions", predictions).expect("dense");
-    s
+    Ok(s)
 }

@@ -1,6 +1,6 @@
 //! The summary tables against the tutorial's (Keras 2) numbers.
 
-use simplecnn_model::{zoo, Activation, LayerKind};
+use simplecnn_model::{zoo, Activation, FeatureShape, LayerKind};
 
 /// Keras 2.1's `model.summary()` for the tutorial's network, as the tutorial printed it.
 const TUTORIAL_TABLE: &str = "\
@@ -123,4 +123,35 @@ fn forward_macs_count_convolutions_and_dense_layers() {
     let want = 32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 4096 * 128 + 128 * 10;
     assert_eq!(zoo::simple_cnn().forward_macs(), want);
     assert_eq!(zoo::simple_cnn().forward_macs(), 6_128_896);
+}
+
+/// Keras 3.15.1's counts (`benches/reference/keras_frozen_counts.py`: `VGG16(include_top=False,
+/// weights=None, input_shape=(32, 32, 3))` with `trainable = False`, printed (14714688, 0,
+/// 14714688); the tutorial's model with both Conv2D layers `trainable = False`, printed
+/// (545098, 525706, 19392)).
+#[test]
+fn frozen_counts_match_keras() {
+    let mut vgg = zoo::vgg16_base(FeatureShape::image(3, 32, 32)).unwrap();
+    let names: Vec<String> = vgg.layers().iter().map(|l| l.name.clone()).collect();
+    for name in &names {
+        vgg.set_trainable(name, false).unwrap();
+    }
+    assert_eq!(vgg.param_count(), 14_714_688);
+    assert_eq!(vgg.trainable_param_count(), 0);
+    let table = vgg.summary();
+    assert!(table.contains("Total params: 14,714,688\n"), "{table}");
+    assert!(table.contains("Trainable params: 0\n"), "{table}");
+    assert!(
+        table.contains("Non-trainable params: 14,714,688\n"),
+        "{table}"
+    );
+    assert_eq!(vgg.output_shape(), FeatureShape::image(512, 1, 1));
+
+    let mut cnn = zoo::simple_cnn();
+    cnn.set_trainable("conv2d_1", false).unwrap();
+    cnn.set_trainable("conv2d_2", false).unwrap();
+    let table = cnn.summary();
+    assert!(table.contains("Total params: 545,098\n"), "{table}");
+    assert!(table.contains("Trainable params: 525,706\n"), "{table}");
+    assert!(table.contains("Non-trainable params: 19,392\n"), "{table}");
 }

@@ -306,8 +306,27 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
             })
             .collect::<Result<_>>()?,
     };
+    set_layer_weights(model, path, &pairs)
+}
+
+/// Loads the weights of the model's layers named in `layers` from the file's layers of the same
+/// names (a base's layers under a new head), checking every shape.
+pub fn load_layer_weights(model: &Model, path: &Path, layers: &[String]) -> Result<()> {
+    let file = open(path)?;
+    let in_file = read_file_layers(&file, path)?;
+    let pairs: Vec<(&str, &FileLayer)> = layers
+        .iter()
+        .map(|name| match in_file.iter().find(|l| &l.name == name) {
+            Some(l) => Ok((name.as_str(), l)),
+            None => fail(path, format!("layer {name}: not in the file")),
+        })
+        .collect::<Result<_>>()?;
+    set_layer_weights(model, path, &pairs)
+}
+
+fn set_layer_weights(model: &Model, path: &Path, pairs: &[(&str, &FileLayer)]) -> Result<()> {
     let model_weights: Vec<_> = model.weights().collect();
-    for (name, file_layer) in pairs {
+    for &(name, file_layer) in pairs {
         let targets: Vec<_> = model_weights.iter().filter(|w| w.layer == name).collect();
         if targets.len() != file_layer.weights.len() {
             return fail(
@@ -357,14 +376,17 @@ pub fn read_class_names(path: &Path) -> Result<Option<Vec<String>>> {
     Ok(Some(names))
 }
 
-/// Rebuilds the network from `model_config` and loads its weights: Keras' `load_model`.
-pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+/// The file's `model_config` (Keras' JSON for the architecture).
+pub fn read_model_config(path: &Path) -> Result<serde_json::Value> {
     let file = open(path)?;
     let config_text = read_string(&file, "model_config", path)?;
-    let config: serde_json::Value =
-        serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())?;
+    serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())
+}
+
+/// Rebuilds the network from `model_config` and loads its weights: Keras' `load_model`.
+pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+    let config = read_model_config(path)?;
     let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
-    drop(file);
     let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
     load_weights(&model, path, MatchBy::Order)?;
     Ok(model)
