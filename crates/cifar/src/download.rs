@@ -50,6 +50,52 @@ pub fn download_binary(url: &str, md5: &str, dest: &Path, progress: bool) -> Res
     Ok(target)
 }
 
+/// Downloads `url` to the file `dest` (e.g. pretrained weights into a cache folder) unless a
+/// file with the `md5` is already there: fetched into a temporary file beside it, checked, and
+/// renamed, so a failed or corrupt download never leaves a file at `dest`.
+pub fn download_file(url: &str, md5: &str, dest: &Path, progress: bool) -> Result<PathBuf> {
+    if dest.is_file() {
+        let digest = md5_of_file(dest)?;
+        if digest.eq_ignore_ascii_case(md5) {
+            return Ok(dest.to_path_buf());
+        }
+        return Err(CifarError::Other(format!(
+            "{}: MD5 {digest} is not the published {md5}: a truncated or different file; \
+             delete it to download it again",
+            dest.display()
+        )));
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    let digest = fetch(url, staging.path(), progress)?;
+    if !digest.eq_ignore_ascii_case(md5) {
+        return Err(CifarError::Other(format!(
+            "{url}: MD5 {digest} does not match the published {md5}; the download is corrupt \
+             (nothing was kept)"
+        )));
+    }
+    staging.persist(dest).map_err(|e| CifarError::Io {
+        path: dest.into(),
+        source: e.error,
+    })?;
+    Ok(dest.to_path_buf())
+}
+
+fn md5_of_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Md5::new();
+    std::io::copy(&mut file, &mut hasher).map_err(io_err(path))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Streams `url` into `path`, returning the hex MD5 of what arrived.
 fn fetch(url: &str, path: &Path, progress: bool) -> Result<String> {
     let agent = ureq::AgentBuilder::new()
@@ -100,9 +146,5 @@ fn fetch(url: &str, path: &Path, progress: bool) -> Result<String> {
             )));
         }
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }

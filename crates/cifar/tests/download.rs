@@ -111,3 +111,32 @@ fn unreachable_server_fails_fast_with_instructions() {
     assert!(started.elapsed().as_secs() < 15);
     assert!(err.to_string().contains("CIFAR10_DIR"), "{err}");
 }
+
+#[test]
+fn a_file_download_is_md5_checked_and_a_good_copy_is_kept() {
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("cache/models/weights.h5");
+    let url = serve(body.clone(), 2);
+    // Wrong MD5: an error naming the URL, and nothing at dest or beside it.
+    let err = download::download_file(&url, &"0".repeat(32), &dest, false).unwrap_err();
+    assert!(err.to_string().contains("does not match"), "{err}");
+    assert!(!dest.exists());
+    assert_eq!(
+        std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
+        0
+    );
+    let got = download::download_file(&url, &md5_hex(&body), &dest, false).unwrap();
+    assert_eq!(std::fs::read(&got).unwrap(), body);
+    // Already there with the right MD5: no request is made (the server has served both).
+    let again = download::download_file("http://127.0.0.1:9/x", &md5_hex(&body), &dest, false);
+    assert_eq!(again.unwrap(), dest);
+    // A damaged copy in the cache is named, not used.
+    std::fs::write(&dest, b"truncated").unwrap();
+    let err =
+        download::download_file("http://127.0.0.1:9/x", &md5_hex(&body), &dest, false).unwrap_err();
+    assert!(
+        err.to_string().contains("weights.h5") && err.to_string().contains("delete it"),
+        "{err}"
+    );
+}

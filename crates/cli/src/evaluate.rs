@@ -27,9 +27,14 @@ pub struct EvaluateArgs {
 /// Top-1, top-k and per-class accuracy as lines to print.
 pub fn report_lines(test: &Evaluation, class_names: &[String]) -> String {
     let mut out = format!(
-        "test loss: {:.4} - test accuracy: {:.4} - top-{} accuracy: {:.4}\n",
-        test.loss, test.accuracy, test.top_k, test.top_k_accuracy
+        "test loss: {:.4} - test accuracy: {:.4}",
+        test.loss, test.accuracy
     );
+    // With five classes or fewer every class is in the top 5: nothing to say.
+    if test.top_k < class_names.len() {
+        out += &format!(" - top-{} accuracy: {:.4}", test.top_k, test.top_k_accuracy);
+    }
+    out += "\n";
     let width = class_names
         .iter()
         .map(|n| n.chars().count())

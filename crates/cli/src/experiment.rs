@@ -9,9 +9,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 use simplecnn_experiment::{
-    CallbackSpec, DeviceName, Experiment, InitSpec, KernelsName, Loaded, OptimizerSpec,
+    BaseSpec, CallbackSpec, DeviceName, Experiment, InitSpec, KernelsName, Loaded, OptimizerSpec,
 };
-use simplecnn_model::{Kernels, Model};
+use simplecnn_model::{FeatureShape, Kernels, Model};
+use simplecnn_store::MatchBy;
 use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
 use simplecnn_train::{
     evaluate, evaluate_with, fit, resume, Callback, Control, EpochMetrics, History, StopReason, Tta,
@@ -168,11 +169,19 @@ pub fn build_model(
     Ok(model)
 }
 
-/// The experiment's architecture; on a `model.base`, read from the base's file first.
+/// The experiment's architecture; on a `model.base`, the base's from its file or the zoo.
 pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Sequential> {
     let base_config = match &experiment.model.base {
-        Some(base) => Some(simplecnn_store::read_model_config(&base.file)?),
-        None => None,
+        Some(BaseSpec {
+            file: Some(file), ..
+        }) => Some(simplecnn_store::read_model_config(file)?),
+        Some(BaseSpec { zoo: Some(_), .. }) => {
+            let [h, w, c] = experiment.model.input;
+            let vgg = simplecnn_model::zoo::vgg16_base(FeatureShape::image(c, h, w))
+                .with_context(|| format!("model.input {:?} for VGG-16's base", [h, w, c]))?;
+            Some(simplecnn_store::layout::model_config(&vgg))
+        }
+        _ => None,
     };
     let spec = experiment
         .build_spec_on(base_config.as_ref())
@@ -192,7 +201,17 @@ fn load_base_weights(experiment: &Experiment, model: &Model) -> Result<()> {
         .filter(|l| l.param_count() > 0)
         .map(|l| l.name.clone())
         .collect();
-    simplecnn_store::load_layer_weights(model, &base.file, &kept)?;
+    match (&base.file, base.weights.as_deref()) {
+        (Some(file), _) => simplecnn_store::load_layer_weights(model, file, &kept, MatchBy::Name)?,
+        (None, Some(weights)) => {
+            let file = match weights {
+                "imagenet" => crate::weights::vgg16_imagenet_notop()?,
+                path => PathBuf::from(path),
+            };
+            simplecnn_store::load_layer_weights(model, &file, &kept, MatchBy::Order)?
+        }
+        (None, None) => {}
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod plots;
 mod predict;
 mod provenance;
 mod show;
+mod weights;
 
 use std::path::PathBuf;
 

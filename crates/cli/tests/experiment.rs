@@ -1109,3 +1109,60 @@ fn finetune_chain_freezes_and_unfreezes_by_layer() {
         assert!(stderr(&o).contains(says), "{key}: {}", stderr(&o));
     }
 }
+
+/// VGG-16's base from the zoo at 32x32, frozen, under a new head: Keras' counts, and the
+/// ImageNet weights come from Keras' cache folder, whose damaged copy is named, not used.
+#[test]
+fn a_vgg16_base_from_the_zoo_under_a_new_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 2);
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let keras_home = tmp.path().join("keras");
+    let models = keras_home.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(
+        models.join("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        "truncated",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_simplecnn"))
+            .args(["experiment", "experiments/vgg16_transfer.toml", "--data"])
+            .arg(&data)
+            .args(["--epochs", "1", "--batch-size", "8", "--out"])
+            .arg(tmp.path().join("out"))
+            .args(extra)
+            .env("KERAS_HOME", &keras_home)
+            .current_dir(repo)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("kernels_notop.h5") && err.contains("MD5"),
+        "{err}"
+    );
+    // Without the ImageNet weights: the layers' own initial weights, trained for one epoch.
+    let o = run(&["--set", "model.base.weights=false"]);
+    assert!(!o.status.success(), "weights must be a name or a path");
+    let o = run(&["--set", "model.base={ zoo = \"vgg16\", trainable = false }"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_dir = tmp.path().join("out/latest");
+    let summary = std::fs::read_to_string(run_dir.join("summary.txt")).unwrap();
+    assert!(
+        summary.contains("block5_pool (MaxPooling2D)   (None, 1, 1, 512)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Non-trainable params: 14,714,688\n"),
+        "{summary}"
+    );
+    // The head: Flatten → Dense(256) (512·256 + 256) → Dropout → Dense(4) (256·4 + 4).
+    assert!(
+        summary.contains(&format!("Trainable params: {}\n", "132,356")),
+        "{summary}"
+    );
+}

@@ -324,6 +324,23 @@ impl Experiment {
         ensure(self.data.per_class != Some(0), "data.per_class", || {
             "must be at least 1".into()
         })?;
+        if let Some(base) = &self.model.base {
+            ensure(
+                base.file.is_some() != base.zoo.is_some(),
+                "model.base",
+                || "give either `file` (a model file) or `zoo` (a network), not both".into(),
+            )?;
+            ensure(
+                base.weights.is_none() || base.zoo.is_some(),
+                "model.base.weights",
+                || "weights go with a `zoo` base; a model file has its own".into(),
+            )?;
+            if let Some(zoo) = &base.zoo {
+                ensure(zoo == "vgg16", "model.base.zoo", || {
+                    format!("{zoo:?} has no base in the zoo (vgg16)")
+                })?;
+            }
+        }
         // A model on a base is known only once the CLI has read the base's file.
         match self.model.base {
             None => self.check_spec(&self.build_spec()?),
@@ -392,7 +409,9 @@ impl Experiment {
                 "model.base".into(),
                 format!(
                     "the model is built on {}: read its model_config first",
-                    b.file.display()
+                    b.file
+                        .as_ref()
+                        .map_or_else(|| format!("{:?}", b.zoo), |f| f.display().to_string())
                 ),
             )),
         }
@@ -673,8 +692,11 @@ fn base_layers(
     base: &spec::BaseSpec,
     config: &Value,
 ) -> std::result::Result<Vec<Value>, (String, String)> {
-    let file = base.file.display();
-    let bad = |why: String| ("model.base.file".to_string(), format!("{file}: {why}"));
+    let file = match (&base.file, &base.zoo) {
+        (Some(f), _) => f.display().to_string(),
+        (None, zoo) => format!("zoo {}", zoo.as_deref().unwrap_or("?")),
+    };
+    let bad = |why: String| ("model.base".to_string(), format!("{file}: {why}"));
     let inner = &config["config"];
     let mut layers: Vec<Value> = inner
         .get("layers")

@@ -75,12 +75,23 @@ pub struct ModelSpec {
     pub frozen: Vec<String>,
 }
 
-/// A trained model to build on (fine-tuning, transfer learning).
+/// A trained model to build on (fine-tuning, transfer learning): a model file, or a zoo
+/// network with weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseSpec {
-    /// A model file (`model.save`: ours or Keras').
-    pub file: PathBuf,
+    /// A model file (`model.save`: ours or Keras'); its layers are matched by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// `vgg16`: Keras' `applications.VGG16(include_top=False)` at `model.input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoo: Option<String>,
+    /// The zoo network's weights: `imagenet` (Keras' published file, downloaded once into
+    /// `$KERAS_HOME/models`, else `~/.keras/models`, MD5-checked) or a weights file in Keras'
+    /// `save_weights` layout, matched by position as Keras' legacy loader does (default: the
+    /// layers' own initial weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
     /// The last layer kept, by name (default: all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,

@@ -309,18 +309,42 @@ pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
     set_layer_weights(model, path, &pairs)
 }
 
-/// Loads the weights of the model's layers named in `layers` from the file's layers of the same
-/// names (a base's layers under a new head), checking every shape.
-pub fn load_layer_weights(model: &Model, path: &Path, layers: &[String]) -> Result<()> {
+/// Loads the weights of the model's layers named in `layers` (a base's layers under a new
+/// head), checking every shape: from the file's layers of the same names, or by position, the
+/// i-th of `layers` from the file's i-th layer with weights (Keras' legacy loader; the file may
+/// hold more layers, of which the first are used).
+pub fn load_layer_weights(
+    model: &Model,
+    path: &Path,
+    layers: &[String],
+    by: MatchBy,
+) -> Result<()> {
     let file = open(path)?;
     let in_file = read_file_layers(&file, path)?;
-    let pairs: Vec<(&str, &FileLayer)> = layers
-        .iter()
-        .map(|name| match in_file.iter().find(|l| &l.name == name) {
-            Some(l) => Ok((name.as_str(), l)),
-            None => fail(path, format!("layer {name}: not in the file")),
-        })
-        .collect::<Result<_>>()?;
+    let pairs: Vec<(&str, &FileLayer)> = match by {
+        MatchBy::Name => layers
+            .iter()
+            .map(|name| match in_file.iter().find(|l| &l.name == name) {
+                Some(l) => Ok((name.as_str(), l)),
+                None => fail(path, format!("layer {name}: not in the file")),
+            })
+            .collect::<Result<_>>()?,
+        MatchBy::Order => {
+            let weighted: Vec<&FileLayer> =
+                in_file.iter().filter(|l| !l.weights.is_empty()).collect();
+            if weighted.len() < layers.len() {
+                return fail(
+                    path,
+                    format!(
+                        "{} layers with weights in the file, the model's base has {}",
+                        weighted.len(),
+                        layers.len()
+                    ),
+                );
+            }
+            layers.iter().map(String::as_str).zip(weighted).collect()
+        }
+    };
     set_layer_weights(model, path, &pairs)
 }
 
