@@ -2,6 +2,7 @@
 does it compute what we computed? Prints one JSON line: Keras' version, test loss and accuracy.
 
     python keras_evaluate.py --model results/airbench94/latest/model.h5 --data data/bin/cifar-10-batches-bin
+    python keras_evaluate.py --model cnn_model.h5 --data … --input-scale 255
 
 The loss is the categorical cross-entropy of the softmax of the model's output when its last
 layer gives logits (no softmax), as `cargo xtask evaluate` computes it."""
@@ -17,13 +18,15 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="the cifar-10-batches-bin folder")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--input-scale", type=float, default=1.0,
+                   help="multiply the [0, 1] pixels by this (255: a model trained on raw pixels)")
     a = p.parse_args()
     import keras
     import numpy as np
 
     model = keras.models.load_model(a.model, compile=False)
     x, y = common.load(a.data, ["test_batch.bin"])
-    x = np.transpose(x, (0, 2, 3, 1))  # NHWC, as Keras takes it
+    x = np.transpose(x, (0, 2, 3, 1)) * a.input_scale  # NHWC, as Keras takes it
     out = np.concatenate([np.asarray(model(x[i:i + a.batch_size], training=False))
                           for i in range(0, len(x), a.batch_size)])
     last = model.layers[-1].get_config().get("activation")

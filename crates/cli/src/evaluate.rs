@@ -22,6 +22,10 @@ pub struct EvaluateArgs {
     /// Where confusion.png and mistakes.png go (default: the model file's folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Multiply the pixels (in [0, 1] here) by this before the model's first layer: 255 for a
+    /// model trained on raw pixel values, as many Keras models are.
+    #[arg(long, default_value_t = 1.0)]
+    pub input_scale: f64,
 }
 
 /// Top-1, top-k and per-class accuracy as lines to print.
@@ -62,7 +66,11 @@ pub fn write_pictures(
 }
 
 pub fn run(args: EvaluateArgs) -> Result<()> {
-    let model = simplecnn_store::load_model(&args.model, &candle_core::Device::Cpu)?;
+    let model = simplecnn_store::load_model_scaled(
+        &args.model,
+        &candle_core::Device::Cpu,
+        args.input_scale,
+    )?;
     let data_dir = data_dir(args.data);
     let data = simplecnn_cifar::load(&data_dir)?;
     let classes = model.spec().output_shape().elem_count();

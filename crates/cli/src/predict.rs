@@ -22,6 +22,10 @@ pub struct PredictArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Multiply the pixels (in [0, 1] here) by this before the model's first layer: 255 for a
+    /// model trained on raw pixel values.
+    #[arg(long, default_value_t = 1.0)]
+    pub input_scale: f64,
 }
 
 #[derive(Serialize)]
@@ -162,7 +166,7 @@ pub fn probabilities(model: &Model, files: &[PathBuf]) -> Result<Vec<Vec<f32>>> 
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let model = simplecnn_store::load_model(&args.model, &Device::Cpu)?;
+    let model = simplecnn_store::load_model_scaled(&args.model, &Device::Cpu, args.input_scale)?;
     let classes = model.spec().output_shape().elem_count();
     let names = class_names(&args.model, classes)?;
     let files = image_files(&args.images)?;

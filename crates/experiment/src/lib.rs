@@ -746,6 +746,12 @@ fn base_layers(
             l["config"]["trainable"] = Value::Bool(trainable);
         }
     }
+    if let Some(scale) = base.input_scale {
+        layers.insert(
+            1,
+            json!({"class_name": "Rescaling", "config": {"name": "input_scale", "scale": scale, "offset": 0.0}}),
+        );
+    }
     Ok(layers)
 }
 

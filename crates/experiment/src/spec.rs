@@ -95,6 +95,10 @@ pub struct BaseSpec {
     /// The last layer kept, by name (default: all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// A `Rescaling(input_scale)` layer before the base's first: 255 for a base trained on raw
+    /// pixel values (this workbench's images are in [0, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_scale: Option<f64>,
     /// Set every kept layer's `trainable` (default: as the file says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable: Option<bool>,

@@ -407,6 +407,40 @@ pub fn read_model_config(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())
 }
 
+/// [`load_model`] with a `Rescaling(scale)` layer named `input_scale` put before the file's
+/// layers: for a model trained on pixels in `[0, 255]` (`scale = 255`) while this workbench's
+/// images are in `[0, 1]`. The weights are loaded by layer name.
+pub fn load_model_scaled(path: &Path, device: &Device, scale: f64) -> Result<Model> {
+    if scale == 1.0 {
+        return load_model(path, device);
+    }
+    let mut config = read_model_config(path)?;
+    let Some(layers) = config["config"]["layers"].as_array_mut() else {
+        return fail(path, "model_config has no layers");
+    };
+    let at = usize::from(
+        layers
+            .first()
+            .is_some_and(|l| l["class_name"] == "InputLayer"),
+    );
+    let mut rescaling = json!({"class_name": "Rescaling", "config": {"name": "input_scale", "scale": scale, "offset": 0.0}});
+    // Keras 2.9 keeps the input shape on the first layer: it moves to the new first layer.
+    if at == 0 {
+        if let Some(shape) = layers
+            .first_mut()
+            .and_then(|l| l["config"].as_object_mut())
+            .and_then(|c| c.remove("batch_input_shape"))
+        {
+            rescaling["config"]["batch_input_shape"] = shape;
+        }
+    }
+    layers.insert(at, rescaling);
+    let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
+    let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+    load_weights(&model, path, MatchBy::Name)?;
+    Ok(model)
+}
+
 /// Rebuilds the network from `model_config` and loads its weights: Keras' `load_model`.
 pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     let config = read_model_config(path)?;

@@ -32,7 +32,7 @@ pub mod layout;
 pub use error::{Result, StoreError};
 pub use inspect::inspect;
 pub use keras_file::{
-    load_layer_weights, load_model, load_optimizer, load_weights, read_class_names,
-    read_model_config, save_model, save_model_with, AdamState, MatchBy, SaveOptions,
-    CLASS_NAMES_ATTRIBUTE,
+    load_layer_weights, load_model, load_model_scaled, load_optimizer, load_weights,
+    read_class_names, read_model_config, save_model, save_model_with, AdamState, MatchBy,
+    SaveOptions, CLASS_NAMES_ATTRIBUTE,
 };

@@ -244,3 +244,59 @@ fn rescaling_normalises_and_round_trips() {
         .unwrap_err();
     assert!(err.to_string().contains("rescaling_1"), "{err}");
 }
+
+/// A model trained on raw pixels, loaded with `scale = 255`: on images in [0, 1] it predicts
+/// what the file's model predicts on the same images times 255; class names round-trip.
+#[test]
+fn a_model_loads_with_an_input_scale_in_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raw.h5");
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 5).unwrap();
+    let names: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    simplecnn_store::save_model_with(
+        &model,
+        &path,
+        &simplecnn_store::SaveOptions {
+            optimizer: None,
+            class_names: Some(&names),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        simplecnn_store::read_class_names(&path).unwrap(),
+        Some(names)
+    );
+    let scaled = simplecnn_store::load_model_scaled(&path, &Device::Cpu, 255.0).unwrap();
+    assert_eq!(scaled.spec().layers()[0].name, "input_scale");
+    assert_eq!(
+        scaled.spec().layers().len(),
+        model.spec().layers().len() + 1
+    );
+    let x = Tensor::rand(0f32, 1f32, (3, 3, 32, 32), &Device::Cpu).unwrap();
+    let want = values(
+        &model
+            .forward(&(&x * 255.0).unwrap(), Mode::Inference)
+            .unwrap(),
+    );
+    let got = values(&scaled.forward(&x, Mode::Inference).unwrap());
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+    let plain = values(&model.forward(&x, Mode::Inference).unwrap());
+    assert_ne!(plain, got);
+    // Too few or too many class names for the outputs are refused.
+    let err = simplecnn_store::save_model_with(
+        &model,
+        &dir.path().join("bad.h5"),
+        &simplecnn_store::SaveOptions {
+            optimizer: None,
+            class_names: Some(&["a".to_string()]),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("1 class names for a model with 10 outputs"),
+        "{err}"
+    );
+}
