@@ -30,9 +30,44 @@ pub fn find_batches_dir(dir: &Path) -> Option<PathBuf> {
 
 /// Parses one batch file. With `expected_records`, the file must hold exactly that many records.
 pub fn read_batch_file(path: &Path, expected_records: Option<usize>) -> Result<LabeledImages> {
+    // The size is checked from the metadata first: a huge (or sparse) file is refused before
+    // anything is read into memory.
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(CifarError::Layout {
+            path: path.into(),
+            message: "not a regular file".into(),
+        });
+    }
+    let len = meta.len();
+    let limit = expected_records.unwrap_or(MAX_RECORDS_PER_FILE) as u64 * RECORD_BYTES as u64;
+    match expected_records {
+        Some(records) if len != limit => {
+            return Err(CifarError::WrongSize {
+                path: path.into(),
+                len,
+                expected: limit,
+                records,
+                record: RECORD_BYTES,
+            })
+        }
+        None if len > limit => {
+            return Err(CifarError::Layout {
+                path: path.into(),
+                message: format!(
+                    "{len} bytes is more than the {MAX_RECORDS_PER_FILE} records a batch file \
+                     may hold here ({limit} bytes)"
+                ),
+            })
+        }
+        _ => {}
+    }
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     parse_batch(path, &bytes, expected_records)
 }
+
+/// The most records a batch file of unknown size may hold (the official ones have 10 000).
+pub const MAX_RECORDS_PER_FILE: usize = 1_000_000;
 
 pub(crate) fn parse_batch(
     path: &Path,

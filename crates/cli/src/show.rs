@@ -23,12 +23,12 @@ pub struct ShowArgs {
     pub index: usize,
     #[arg(long, value_enum, default_value = "train")]
     pub split: Split,
-    /// Images per class in the grid.
-    #[arg(long, default_value_t = 8)]
-    pub per_class: usize,
-    /// Pixels per image pixel.
-    #[arg(long, default_value_t = 8)]
-    pub scale: usize,
+    /// Images per class in the grid (1 to 100).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub per_class: u16,
+    /// Pixels per image pixel (1 to 64).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub scale: u16,
     #[arg(long)]
     pub data: Option<PathBuf>,
     #[arg(long, default_value = "results/show")]
@@ -44,9 +44,7 @@ fn save_png(path: &Path, buf: Vec<u8>, w: usize, h: usize) -> Result<()> {
 }
 
 pub fn run(args: ShowArgs) -> Result<()> {
-    if args.scale == 0 || args.per_class == 0 {
-        bail!("--scale and --per-class must be at least 1");
-    }
+    let (scale, per_class) = (usize::from(args.scale), usize::from(args.per_class));
     let dir = data_dir(args.data);
     let data = simplecnn_cifar::load(&dir)?;
     let (set, split) = match args.split {
@@ -65,17 +63,10 @@ pub fn run(args: ShowArgs) -> Result<()> {
     register_font();
 
     // One image with its class name underneath.
-    let side = IMAGE_SIDE * args.scale;
+    let side = IMAGE_SIDE * scale;
     let (w, h) = (side.max(200), side + CAPTION);
     let mut buf = vec![255u8; w * h * 3];
-    blit(
-        &mut buf,
-        w,
-        ((w - side) / 2, 0),
-        set,
-        args.index,
-        args.scale,
-    );
+    blit(&mut buf, w, ((w - side) / 2, 0), set, args.index, scale);
     let class = &data.class_names[set.label(args.index) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w as u32, h as u32)).into_drawing_area();
@@ -104,12 +95,12 @@ pub fn run(args: ShowArgs) -> Result<()> {
     let label_w = 110;
     let cell = IMAGE_SIDE * 3 + 4;
     let classes = data.class_names.len();
-    let (gw, gh) = (label_w + args.per_class * cell, classes * cell);
+    let (gw, gh) = (label_w + per_class * cell, classes * cell);
     let mut grid = vec![255u8; gw * gh * 3];
     for (c, row) in (0..classes).zip(0..) {
         let picks = (0..set.len())
             .filter(|&i| set.label(i) as usize == c)
-            .take(args.per_class);
+            .take(per_class);
         for (k, i) in picks.enumerate() {
             blit(
                 &mut grid,

@@ -42,4 +42,6 @@ pub use layers::{
     RescalingConfig, WeightRole, WeightSpec,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
-pub use sequential::{thousands, LayerSpec, Sequential};
+pub use sequential::{
+    max_tensor_elements, thousands, LayerSpec, Sequential, DEFAULT_MAX_TENSOR_ELEMENTS,
+};

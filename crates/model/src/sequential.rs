@@ -8,6 +8,54 @@ use std::fmt::Write;
 use crate::error::{ModelError, Result};
 use crate::layers::{FeatureShape, LayerKind};
 
+/// The most values one tensor of a layer may hold (a weight, or one image's output): 2^28,
+/// 1 GiB of f32 (VGG-16's largest weight has 103 M). Sizes in a model file are checked against
+/// it before anything is allocated; `SIMPLECNN_MAX_TENSOR_ELEMENTS` raises it.
+pub const DEFAULT_MAX_TENSOR_ELEMENTS: u64 = 1 << 28;
+
+/// The element limit in force: `SIMPLECNN_MAX_TENSOR_ELEMENTS`, else the default.
+pub fn max_tensor_elements() -> u64 {
+    std::env::var("SIMPLECNN_MAX_TENSOR_ELEMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_TENSOR_ELEMENTS)
+}
+
+fn shape_dims(shape: &FeatureShape) -> Vec<usize> {
+    match *shape {
+        FeatureShape::Image {
+            channels,
+            height,
+            width,
+        } => vec![height, width, channels],
+        FeatureShape::Flat(n) => vec![n],
+    }
+}
+
+/// `what` of layer `name`, of `dims`, within the element limit (checked arithmetic).
+fn check_size(name: &str, what: &str, dims: &[usize]) -> Result<()> {
+    let limit = max_tensor_elements();
+    let count = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let shown = dims
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(" x ");
+    match count {
+        Some(n) if n <= limit => Ok(()),
+        n => Err(ModelError::Shape {
+            layer: name.to_string(),
+            message: format!(
+                "{what} of {shown} = {} values is over the limit of {limit} values per tensor \
+                 (SIMPLECNN_MAX_TENSOR_ELEMENTS raises it)",
+                n.map_or("more than 2^64".to_string(), |n| n.to_string())
+            ),
+        }),
+    }
+}
+
 /// One layer in a [`Sequential`]: its name, kind and the shapes around it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerSpec {
@@ -93,7 +141,14 @@ impl Sequential {
             )));
         }
         let input = self.output_shape();
+        if self.layers.is_empty() {
+            check_size(&name, "the model's input", &shape_dims(&input))?;
+        }
         let output = kind.output_shape(&name, &input)?;
+        check_size(&name, "its output", &shape_dims(&output))?;
+        for w in kind.weights(&input) {
+            check_size(&name, w.role.keras_name(), &w.shape)?;
+        }
         self.layers.push(LayerSpec {
             name,
             kind,

@@ -225,13 +225,61 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
 }
 
 fn open(path: &Path) -> Result<hdf5::File> {
-    if !path.is_file() {
-        return fail(path, "no such file");
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dangling = std::fs::symlink_metadata(path).is_ok();
+            return fail(
+                path,
+                match dangling {
+                    true => "a symbolic link to nothing (its target does not exist)",
+                    false => "no such file",
+                },
+            );
+        }
+        Err(e) => return fail(path, e.to_string()),
+        Ok(m) if m.is_dir() => return fail(path, "a folder, not a model file"),
+        Ok(m) if !m.is_file() => {
+            return fail(path, "not a regular file (a device, pipe or socket?)")
+        }
+        Ok(_) => {}
     }
     hdf5::silence_errors(true);
     hdf5::File::open(path).at(path, || {
         "not a readable HDF5 file (truncated or another format?)".into()
     })
+}
+
+/// Weights are floats (16, 32 or 64 bits, converted to f32 as they are read; HDF5 would also
+/// convert integers silently, truncating what a model computes with) of a size within the
+/// element limit.
+fn check_dataset(ds: &hdf5::Dataset, path: &Path, layer: &str, name: &str) -> Result<()> {
+    use hdf5::types::TypeDescriptor;
+    let dtype = ds.dtype().and_then(|t| t.to_descriptor()).at(path, || {
+        format!("layer {layer}: dataset {name}: unreadable type")
+    })?;
+    if !matches!(dtype, TypeDescriptor::Float(_)) {
+        return fail(
+            path,
+            format!("layer {layer}: dataset {name} holds {dtype}, not floating-point weights"),
+        );
+    }
+    // Its size, before it is read.
+    let limit = simplecnn_model::max_tensor_elements();
+    let count = ds
+        .shape()
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    match count {
+        Some(n) if n <= limit => Ok(()),
+        _ => fail(
+            path,
+            format!(
+                "layer {layer}: dataset {name} of shape {:?} is over the limit of {limit} values \
+                 per tensor (SIMPLECNN_MAX_TENSOR_ELEMENTS raises it)",
+                ds.shape()
+            ),
+        ),
+    }
 }
 
 /// One layer's weights as stored: its name and the tensors (Keras layout) in file order.
@@ -264,6 +312,7 @@ fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
             let ds = g
                 .dataset(&w)
                 .at(path, || format!("layer {name}: dataset {w} missing"))?;
+            check_dataset(&ds, path, &name, &w)?;
             let data: Vec<f32> = ds
                 .read_raw()
                 .at(path, || format!("layer {name}: dataset {w} unreadable"))?;

@@ -198,11 +198,42 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
-fn pair(v: &Value, key: &str) -> Option<(usize, usize)> {
-    match v.get(key)? {
-        Value::Array(a) if a.len() == 2 => Some((a[0].as_u64()? as usize, a[1].as_u64()? as usize)),
-        Value::Number(n) => Some((n.as_u64()? as usize, n.as_u64()? as usize)),
-        _ => None,
+/// The largest size (units, filters, a side of a kernel, stride, pool or input) a
+/// `model_config` may give: far above any real network, and small enough that products of a
+/// few of them cannot overflow before the model's element limit is checked.
+pub const MAX_CONFIG_SIZE: u64 = 1 << 24;
+
+/// A size from the config: a whole number in `1..=MAX_CONFIG_SIZE`.
+fn size_value(v: &Value, key: &str) -> Result<usize, String> {
+    match v.as_u64() {
+        Some(n) if (1..=MAX_CONFIG_SIZE).contains(&n) => Ok(n as usize),
+        _ => Err(format!(
+            "{key} {v} is not a whole number from 1 to {MAX_CONFIG_SIZE}"
+        )),
+    }
+}
+
+/// A required size (`units`, `filters`).
+fn size(cfg: &Value, key: &str) -> Result<usize, String> {
+    match cfg.get(key) {
+        Some(v) => size_value(v, key),
+        None => Err(format!("no {key}")),
+    }
+}
+
+/// `kernel_size`, `strides`, `pool_size`: one size or two; `None` when the key is absent or
+/// null, an error when it holds anything but sizes.
+fn pair(v: &Value, key: &str) -> Result<Option<(usize, usize)>, String> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if a.len() == 2 => {
+            Ok(Some((size_value(&a[0], key)?, size_value(&a[1], key)?)))
+        }
+        Some(n @ Value::Number(_)) => {
+            let n = size_value(n, key)?;
+            Ok(Some((n, n)))
+        }
+        Some(other) => Err(format!("{key} {other} is not one size or two")),
     }
 }
 
@@ -225,9 +256,10 @@ fn input_shape(config: &Value) -> Option<FeatureShape> {
         .get("batch_input_shape")
         .or_else(|| config.get("batch_shape"))?
         .as_array()?;
-    let d: Vec<usize> = dims[1..]
+    let d: Vec<usize> = dims
+        .get(1..)?
         .iter()
-        .map(|v| v.as_u64().map(|x| x as usize))
+        .map(|v| size_value(v, "input shape").ok())
         .collect::<Option<_>>()?;
     match d.as_slice() {
         [h, w, c] => Some(FeatureShape::image(*c, *h, *w)),
@@ -297,7 +329,10 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         }
         let kind = match class {
             "Conv2D" => {
-                if pair(cfg, "dilation_rate").is_some_and(|d| d != (1, 1)) {
+                if pair(cfg, "dilation_rate")
+                    .map_err(err)?
+                    .is_some_and(|d| d != (1, 1))
+                {
                     return Err(err("dilated convolutions are not supported".into()));
                 }
                 let padding = match cfg
@@ -310,14 +345,11 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                     p => return Err(err(format!("padding {p:?} is not supported"))),
                 };
                 LayerKind::Conv2d(Conv2dConfig {
-                    filters: cfg
-                        .get("filters")
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| err("no filters".into()))?
-                        as usize,
+                    filters: size(cfg, "filters").map_err(err)?,
                     kernel_size: pair(cfg, "kernel_size")
+                        .map_err(err)?
                         .ok_or_else(|| err("no kernel_size".into()))?,
-                    strides: pair(cfg, "strides").unwrap_or((1, 1)),
+                    strides: pair(cfg, "strides").map_err(err)?.unwrap_or((1, 1)),
                     padding,
                     activation: activation(cfg).map_err(err)?,
                     use_bias: use_bias(cfg),
@@ -334,10 +366,10 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                         "pooling with padding other than valid is not supported".into(),
                     ));
                 }
-                let pool_size = pair(cfg, "pool_size").unwrap_or((2, 2));
+                let pool_size = pair(cfg, "pool_size").map_err(err)?.unwrap_or((2, 2));
                 let p = Pool2dConfig {
                     pool_size,
-                    strides: pair(cfg, "strides").unwrap_or(pool_size),
+                    strides: pair(cfg, "strides").map_err(err)?.unwrap_or(pool_size),
                 };
                 if class == "MaxPooling2D" {
                     LayerKind::MaxPool2d(MaxPooling2D(p))
@@ -403,10 +435,7 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 })
             }
             "Dense" => LayerKind::Dense(DenseConfig {
-                units: cfg
-                    .get("units")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| err("no units".into()))? as usize,
+                units: size(cfg, "units").map_err(err)?,
                 activation: activation(cfg).map_err(err)?,
                 use_bias: use_bias(cfg),
                 kernel_initializer: kernel_initializer(cfg).map_err(err)?,

@@ -1,0 +1,229 @@
+//! Crafted files and arguments against the release CLI, under a memory limit: each one ends in
+//! a one-line error naming the file (exit status 1), never a panic, an abort or an allocation
+//! of what the file claims.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use simplecnn_model::{zoo, Model};
+
+/// Runs the CLI with its address space limited to 3 GiB (`ulimit -v`), so an allocation of
+/// what a crafted file claims fails the test instead of succeeding on a large machine.
+fn limited(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -v 3145728 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_simplecnn"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("CIFAR10_DIR")
+        .output()
+        .unwrap()
+}
+
+/// A clean failure: status 1, one `error:` line naming `names`, no panic or backtrace.
+fn assert_clean_error(o: &Output, names: &str, says: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "status {:?}: {err}", o.status);
+    assert!(
+        !err.contains("panicked") && !err.contains("Stack backtrace"),
+        "{err}"
+    );
+    assert!(
+        err.contains(names) && err.contains(says),
+        "wanted {names:?} and {says:?}: {err}"
+    );
+}
+
+/// A saved SimpleCNN whose `model_config` is edited by `edit`.
+fn crafted_model(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let path = dir.join(name);
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
+    simplecnn_store::save_model(&model, &path, None).unwrap();
+    let mut config = simplecnn_store::read_model_config(&path).unwrap();
+    edit(&mut config);
+    let file = hdf5::File::open_rw(&path).unwrap();
+    file.delete_attr("model_config").unwrap();
+    let text: hdf5::types::VarLenUnicode = config.to_string().parse().unwrap();
+    file.new_attr::<hdf5::types::VarLenUnicode>()
+        .shape(())
+        .create("model_config")
+        .unwrap()
+        .write_scalar(&text)
+        .unwrap();
+    path.display().to_string()
+}
+
+fn layer(config: &mut serde_json::Value, name: &str) -> serde_json::Value {
+    config["config"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["config"]["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+fn set(config: &mut serde_json::Value, name: &str, key: &str, value: serde_json::Value) {
+    for l in config["config"]["layers"].as_array_mut().unwrap() {
+        if l["config"]["name"] == name {
+            l["config"][key] = value.clone();
+        }
+    }
+}
+
+#[test]
+fn sizes_in_a_model_config_are_checked_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("no-data");
+    for (file, edit, says) in [
+        (
+            "units.h5",
+            Box::new(|c: &mut serde_json::Value| {
+                set(c, "dense_1", "units", serde_json::json!(16_000_000))
+            }) as Box<dyn FnOnce(&mut serde_json::Value)>,
+            "over the limit of 268435456 values",
+        ),
+        (
+            "huge-units.h5",
+            Box::new(|c: &mut serde_json::Value| {
+                set(c, "dense_1", "units", serde_json::json!(1u64 << 60))
+            }),
+            "units 1152921504606846976 is not a whole number from 1 to 16777216",
+        ),
+        (
+            "filters.h5",
+            Box::new(|c: &mut serde_json::Value| {
+                set(c, "conv2d_2", "filters", serde_json::json!(16_000_000))
+            }),
+            "over the limit",
+        ),
+        (
+            "negative-strides.h5",
+            Box::new(|c: &mut serde_json::Value| {
+                set(c, "conv2d_1", "strides", serde_json::json!([-1, -1]))
+            }),
+            "strides -1 is not a whole number",
+        ),
+        (
+            "zero-strides.h5",
+            Box::new(|c: &mut serde_json::Value| {
+                set(c, "conv2d_1", "strides", serde_json::json!([0, 0]))
+            }),
+            "strides 0 is not a whole number",
+        ),
+        (
+            "input.h5",
+            Box::new(|c: &mut serde_json::Value| {
+                let first = layer(c, "conv2d_1");
+                let key = if first["config"].get("batch_input_shape").is_some() {
+                    "batch_input_shape"
+                } else {
+                    "batch_shape"
+                };
+                set(
+                    c,
+                    "conv2d_1",
+                    key,
+                    serde_json::json!([null, 60000, 60000, 3]),
+                );
+                for l in c["config"]["layers"].as_array_mut().unwrap() {
+                    if l["class_name"] == "InputLayer" {
+                        l["config"]["batch_input_shape"] =
+                            serde_json::json!([null, 60000, 60000, 3]);
+                        l["config"]["batch_shape"] = serde_json::json!([null, 60000, 60000, 3]);
+                    }
+                }
+            }),
+            "over the limit",
+        ),
+    ] {
+        let path = crafted_model(tmp.path(), file, edit);
+        let o = limited(&[
+            "evaluate",
+            "--model",
+            &path,
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        assert_clean_error(&o, file, says);
+    }
+}
+
+#[test]
+fn weights_must_be_floats_of_the_size_the_model_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("int-kernel.h5");
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
+    simplecnn_store::save_model(&model, &path, None).unwrap();
+    {
+        let file = hdf5::File::open_rw(&path).unwrap();
+        let g = file.group("model_weights/conv2d_1/conv2d_1").unwrap();
+        g.unlink("kernel:0").unwrap();
+        g.new_dataset::<i32>()
+            .shape([3, 3, 3, 32])
+            .create("kernel:0")
+            .unwrap()
+            .write_raw(&vec![1i32; 3 * 3 * 3 * 32])
+            .unwrap();
+    }
+    let o = limited(&["evaluate", "--model", path.to_str().unwrap()]);
+    assert_clean_error(&o, "int-kernel.h5", "not floating-point weights");
+}
+
+#[test]
+fn files_that_are_not_files_say_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dangling = tmp.path().join("dangling.h5");
+    std::os::unix::fs::symlink(tmp.path().join("gone.h5"), &dangling).unwrap();
+    for (path, says) in [
+        (tmp.path().to_path_buf(), "a folder, not a model file"),
+        (dangling, "a symbolic link to nothing"),
+        (Path::new("/dev/zero").to_path_buf(), "not a regular file"),
+        (tmp.path().join("missing.h5"), "no such file"),
+    ] {
+        let o = limited(&["evaluate", "--model", path.to_str().unwrap()]);
+        assert_clean_error(&o, &path.display().to_string(), says);
+    }
+}
+
+/// A 4 GB sparse file where a batch should be: refused from its size, before it is read.
+#[test]
+fn a_huge_batch_file_is_refused_before_it_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in simplecnn_cifar::binary::TRAIN_FILES {
+        let file = std::fs::File::create(dir.join(f)).unwrap();
+        file.set_len(4_000_000_000).unwrap();
+    }
+    std::fs::File::create(dir.join("test_batch.bin"))
+        .unwrap()
+        .set_len(4_000_000_000)
+        .unwrap();
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
+    let m = tmp.path().join("m.h5");
+    simplecnn_store::save_model(&model, &m, None).unwrap();
+    let o = limited(&[
+        "evaluate",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "_batch", "4000000000 bytes");
+}
+
+#[test]
+fn show_bounds_its_sizes() {
+    for args in [
+        ["show", "--scale", "100000"],
+        ["show", "--per-class", "99999999"],
+    ] {
+        let o = limited(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "clap's usage error: {err}");
+        assert!(err.contains("not in 1..="), "{err}");
+    }
+}
