@@ -62,16 +62,66 @@ fn attributes(loc: &Location, indent: &str, out: &mut String, path: &Path) -> Re
     Ok(())
 }
 
-fn walk(group: &Group, indent: &str, out: &mut String, path: &Path) -> Result<()> {
+/// How deep groups may nest and how many entries a file may have before `inspect` stops: a
+/// crafted file can nest tens of thousands deep or link a group into itself.
+pub const MAX_DEPTH: usize = 64;
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// Where the walk is: the groups above (to see a link back into one of them) and the count.
+struct Walk<'a> {
+    path: &'a Path,
+    ancestors: Vec<(u64, hdf5::LocationToken)>,
+    entries: usize,
+}
+
+/// The links of `group` that are not plain hard or soft links inside the file.
+pub(crate) fn external_links(group: &Group) -> hdf5::Result<Vec<String>> {
+    let mut out = Vec::new();
+    group.iter_visit_default(|name, info| {
+        if info.link_type == hdf5::LinkType::External {
+            out.push(name.to_string());
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn walk(group: &Group, indent: &str, out: &mut String, w: &mut Walk<'_>) -> Result<()> {
+    let path = w.path;
+    if w.ancestors.len() > MAX_DEPTH {
+        return crate::error::fail(path, format!("groups nest more than {MAX_DEPTH} deep"));
+    }
     attributes(group, &format!("{indent}  "), out, path)?;
     let mut names = group.member_names().at(path, || "members".into())?;
     names.sort();
+    let external = external_links(group).at(path, || "links".into())?;
     for name in names {
-        match group.loc_type_by_name(&name).at(path, || name.clone())? {
+        w.entries += 1;
+        if w.entries > MAX_ENTRIES {
+            return crate::error::fail(path, format!("more than {MAX_ENTRIES} entries"));
+        }
+        if external.contains(&name) {
+            // Another file on disk: not followed (the file could point anywhere).
+            let _ = writeln!(out, "{indent}  {name}  (external link, not followed)");
+            continue;
+        }
+        let Ok(kind) = group.loc_type_by_name(&name) else {
+            let _ = writeln!(out, "{indent}  {name}  (dangling link)");
+            continue;
+        };
+        match kind {
             LocationType::Group => {
-                let _ = writeln!(out, "{indent}  {name}/");
                 let g = group.group(&name).at(path, || name.clone())?;
-                walk(&g, &format!("{indent}  "), out, path)?;
+                let info = g.loc_info().at(path, || name.clone())?;
+                let id = (info.fileno, info.token);
+                if w.ancestors.contains(&id) {
+                    let _ = writeln!(out, "{indent}  {name}/  (a link back to a group above)");
+                    continue;
+                }
+                let _ = writeln!(out, "{indent}  {name}/");
+                w.ancestors.push(id);
+                walk(&g, &format!("{indent}  "), out, w)?;
+                w.ancestors.pop();
             }
             LocationType::Dataset => {
                 let d = group.dataset(&name).at(path, || name.clone())?;
@@ -92,12 +142,14 @@ fn walk(group: &Group, indent: &str, out: &mut String, path: &Path) -> Result<()
 
 /// The whole tree of an HDF5 file as text.
 pub fn inspect(path: &Path) -> Result<String> {
-    if !path.is_file() {
-        return crate::error::fail(path, "no such file");
-    }
-    hdf5::silence_errors(true);
-    let file = hdf5::File::open(path).at(path, || "not a readable HDF5 file".into())?;
+    let file = crate::keras_file::open(path)?;
     let mut out = format!("{}\n/\n", path.display());
-    walk(&file, "", &mut out, path)?;
+    let root = file.loc_info().at(path, || "root group".into())?;
+    let mut w = Walk {
+        path,
+        ancestors: vec![(root.fileno, root.token)],
+        entries: 0,
+    };
+    walk(&file, "", &mut out, &mut w)?;
     Ok(out)
 }

@@ -224,7 +224,7 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
     write_string_list(&g, "weight_names", &names, path)
 }
 
-fn open(path: &Path) -> Result<hdf5::File> {
+pub(crate) fn open(path: &Path) -> Result<hdf5::File> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dangling = std::fs::symlink_metadata(path).is_ok();
@@ -298,11 +298,27 @@ fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
         "no layer_names: not a Keras model or weights file".into()
     })?;
     let names = read_strings(&attr).at(path, || "layer_names".into())?;
+    // Links to other files are refused: a model file is one file.
+    let refuse_external = |g: &hdf5::Group, what: &str| -> Result<()> {
+        let external = crate::inspect::external_links(g).at(path, || what.to_string())?;
+        match external.first() {
+            Some(link) => fail(
+                path,
+                format!("{what}: {link} is a link to another file (not followed)"),
+            ),
+            None => Ok(()),
+        }
+    };
+    refuse_external(&root, "weights")?;
     let mut out = Vec::new();
     for name in names {
         let g = root
             .group(&name)
             .at(path, || format!("layer {name}: group missing"))?;
+        refuse_external(&g, &format!("layer {name}"))?;
+        for inner in g.groups().at(path, || format!("layer {name}"))? {
+            refuse_external(&inner, &format!("layer {name}"))?;
+        }
         let wattr = g
             .attr("weight_names")
             .at(path, || format!("layer {name}: no weight_names"))?;

@@ -114,3 +114,74 @@ fn a_failed_save_leaves_the_old_file_alone() {
         "no temporary file left"
     );
 }
+
+/// Links that loop, groups nested deeper than anyone writes, and links to other files: `inspect`
+/// ends with a bounded answer, `load_model` refuses to follow a link out of the file.
+#[test]
+fn inspect_and_load_stop_at_cycles_depth_and_external_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = saved(dir.path());
+    let other = dir.path().join("other.h5");
+    hdf5::File::create(&other)
+        .unwrap()
+        .create_group("secret")
+        .unwrap();
+    {
+        let f = hdf5::File::open_rw(&path).unwrap();
+        let g = f.create_group("loops").unwrap();
+        g.link_hard("/loops", "back_to_me").unwrap();
+        g.link_soft("/loops", "soft_back").unwrap();
+        g.link_external(other.to_str().unwrap(), "/secret", "elsewhere")
+            .unwrap();
+    }
+    let tree = simplecnn_store::inspect(&path).unwrap();
+    assert!(
+        tree.contains("back_to_me/  (a link back to a group above)"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("soft_back/  (a link back to a group above)"),
+        "{tree}"
+    );
+    assert!(
+        tree.contains("elsewhere  (external link, not followed)"),
+        "{tree}"
+    );
+
+    let deep = dir.path().join("deep.h5");
+    {
+        let f = hdf5::File::create(&deep).unwrap();
+        let mut g = f.create_group("d").unwrap();
+        for _ in 0..100 {
+            g = g.create_group("d").unwrap();
+        }
+    }
+    let e = err_of(simplecnn_store::inspect(&deep));
+    assert!(
+        e.contains("deep.h5") && e.contains("nest more than 64 deep"),
+        "{e}"
+    );
+
+    // A layer's weights that live in another file are not read from it.
+    {
+        let f = hdf5::File::open_rw(&path).unwrap();
+        let w = f.group("model_weights").unwrap();
+        let name = w
+            .member_names()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.starts_with("conv2d"))
+            .unwrap();
+        let g = w.group(&name).unwrap();
+        let inner = g.group(&name).unwrap();
+        inner.unlink("kernel:0").unwrap();
+        inner
+            .link_external(other.to_str().unwrap(), "/secret", "kernel:0")
+            .unwrap();
+    }
+    let e = err_of(load_model(&path, &Device::Cpu));
+    assert!(
+        e.contains("good.h5") && e.contains("link to another file"),
+        "{e}"
+    );
+}
