@@ -31,7 +31,7 @@ pub enum CifarError {
         record: usize,
         label: u8,
     },
-    #[error("{path}: image is {width}x{height}, expected 32x32 (use a resize option to scale it)")]
+    #[error("{path}: image is {width}x{height}, expected 32x32 as CIFAR-10's (scale the images first; `predict` takes any size)")]
     WrongImageSize {
         path: PathBuf,
         width: u32,

@@ -112,6 +112,16 @@ pub fn detect(dir: &Path) -> Result<Layout> {
     if let Some(d) = folder::find_split_root(dir) {
         return Ok(Layout::ImageFolders(d));
     }
+    // Batch files without the test batch: name the file that is missing.
+    for d in [dir.to_path_buf(), dir.join(binary::BATCHES_DIR)] {
+        if binary::TRAIN_FILES.iter().any(|f| d.join(f).exists()) {
+            return Err(CifarError::Missing {
+                path: d.join(binary::TEST_FILE),
+                hint: "the binary layout needs the five data_batch_N.bin files and test_batch.bin"
+                    .into(),
+            });
+        }
+    }
     Err(CifarError::Missing {
         path: dir.into(),
         hint: missing_hint(),

@@ -198,3 +198,39 @@ fn folder_without_data_says_how_to_get_it() {
     let err = simplecnn_cifar::load(&tmp.path().join("nope")).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+fn batches_without_the_test_batch_name_the_missing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(binary::BATCHES_DIR);
+    make_binary(&dir, 3);
+    std::fs::remove_file(dir.join(binary::TEST_FILE)).unwrap();
+    let err = simplecnn_cifar::load(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("test_batch.bin") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_batch_file_is_sized_before_it_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data_batch_1.bin");
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(20_000_000_000).unwrap();
+    let err = binary::read_batch_file(&path, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data_batch_1.bin") && err.contains("more than the 1000000 records"),
+        "{err}"
+    );
+    let err = binary::read_batch_file(&path, Some(3))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("20000000000 bytes"), "{err}");
+    let err = binary::read_batch_file(tmp.path(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}

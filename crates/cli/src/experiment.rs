@@ -398,7 +398,18 @@ fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
     std::os::unix::fs::symlink(name, &tmp)?;
     #[cfg(not(unix))]
     std::fs::write(&tmp, name.to_string_lossy().as_bytes())?;
-    std::fs::rename(&tmp, out.join("latest"))?;
+    let latest = out.join("latest");
+    if std::fs::symlink_metadata(&latest).is_ok_and(|m| m.is_dir()) {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "{}: a folder, where the link to the newest run goes; the run is complete in {} \
+             (move the folder away to have `latest` updated)",
+            latest.display(),
+            run_dir.display()
+        );
+    }
+    std::fs::rename(&tmp, &latest)
+        .with_context(|| format!("cannot point {} at the run", latest.display()))?;
     Ok(())
 }
 

@@ -227,3 +227,41 @@ fn show_bounds_its_sizes() {
         assert!(err.contains("not in 1..="), "{err}");
     }
 }
+
+/// A folder where `latest` goes: the run finishes, and the error names both.
+#[test]
+fn a_folder_named_latest_is_named_in_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for split in ["train", "test"] {
+        for (c, class) in simplecnn_cifar::CLASS_NAMES.iter().enumerate() {
+            let d = tmp.path().join("data").join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..2u32 {
+                image::RgbImage::from_fn(32, 32, |x, y| {
+                    image::Rgb([(c * 25) as u8, (x * 8) as u8, (y + i) as u8])
+                })
+                .save(d.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join("latest")).unwrap();
+    let o = limited(&[
+        "experiment",
+        "baseline",
+        "--data",
+        tmp.path().join("data").to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "latest: a folder", "the run is complete in");
+    let runs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("test.json").is_file())
+        .collect();
+    assert_eq!(runs.len(), 1, "the run itself finished");
+}
