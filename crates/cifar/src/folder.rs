@@ -60,14 +60,34 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
+/// The class folders of a split, sorted. Entries that cannot be classes are errors, not
+/// skipped: a name that is not UTF-8, a link that loops or leads nowhere, an unreadable entry.
+/// Plain files beside the class folders (a README) are ignored.
+fn class_folders(split_dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for p in sorted_entries(split_dir)? {
+        let meta = std::fs::metadata(&p).map_err(|e| CifarError::Layout {
+            path: p.clone(),
+            message: format!("cannot be read as a class folder: {e}"),
+        })?;
+        if !meta.is_dir() {
+            continue;
+        }
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            return Err(CifarError::Layout {
+                path: p.clone(),
+                message: "a class folder whose name is not UTF-8".into(),
+            });
+        };
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
 /// Class names of a split folder: the CIFAR-10 order when the folders are exactly the CIFAR-10
 /// classes, otherwise sorted names.
 fn class_names(train_dir: &Path) -> Result<Vec<String>> {
-    let mut names: Vec<String> = sorted_entries(train_dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
-        .collect();
+    let mut names = class_folders(train_dir)?;
     if names.is_empty() {
         return Err(CifarError::Layout {
             path: train_dir.into(),
@@ -170,6 +190,22 @@ pub fn load_image_folders(dir: &Path, opts: &ImageFolderOptions) -> Result<Cifar
         hint: "expected image folders train/<class>/ and test/<class>/".into(),
     })?;
     let classes = class_names(&root.join("train"))?;
+    // The test split must have the same classes: a folder more or less would relabel or drop
+    // images without a word.
+    let mut train_set = class_folders(&root.join("train"))?;
+    let mut test_set = class_folders(&root.join("test"))?;
+    train_set.sort();
+    test_set.sort();
+    if train_set != test_set {
+        return Err(CifarError::Layout {
+            path: root.join("test"),
+            message: format!(
+                "its class folders ({}) are not those of train/ ({})",
+                test_set.join(", "),
+                train_set.join(", ")
+            ),
+        });
+    }
     let train = load_split(&root.join("train"), &classes, opts)?;
     let test = load_split(&root.join("test"), &classes, opts)?;
     Ok(Cifar10 {

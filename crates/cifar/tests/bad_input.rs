@@ -178,7 +178,8 @@ fn empty_class_folder_and_missing_class_are_errors() {
 
     std::fs::remove_dir(tmp.path().join("test/b")).unwrap();
     let err = folder::load_image_folders(tmp.path(), &Default::default()).unwrap_err();
-    assert!(matches!(err, CifarError::Missing { .. }), "{err}");
+    // Both sides are listed.
+    assert!(err.to_string().contains("class folders (a) are not those of train/ (a, b)"), "{err}");
 }
 
 #[test]
@@ -233,4 +234,38 @@ fn a_batch_file_is_sized_before_it_is_read() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn class_folders_that_cannot_be_classes_are_errors_not_skips() {
+    use std::os::unix::ffi::OsStrExt;
+    // A link to itself where a class folder would be.
+    let tmp = tempfile::tempdir().unwrap();
+    make_folders(tmp.path(), &["cat", "dog"], 2);
+    let looped = tmp.path().join("train/loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let err = simplecnn_cifar::load(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("train/loop") && err.contains("cannot be read"),
+        "{err}"
+    );
+
+    // A class folder whose name is not UTF-8.
+    let tmp = tempfile::tempdir().unwrap();
+    make_folders(tmp.path(), &["cat", "dog"], 2);
+    let odd = std::ffi::OsStr::from_bytes(b"b\xffd");
+    std::fs::create_dir(tmp.path().join("train").join(odd)).unwrap();
+    let err = simplecnn_cifar::load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("not UTF-8"), "{err}");
+
+    // The test split with a class more than train: both lists in the error.
+    let tmp = tempfile::tempdir().unwrap();
+    make_folders(tmp.path(), &["cat", "dog"], 2);
+    std::fs::create_dir(tmp.path().join("test/bird")).unwrap();
+    write_png(&tmp.path().join("test/bird/0.png"), 32, 1);
+    let err = simplecnn_cifar::load(tmp.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("bird, cat, dog") && err.contains("(cat, dog)"),
+        "{err}"
+    );
 }
