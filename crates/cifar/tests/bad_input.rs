@@ -179,7 +179,11 @@ fn empty_class_folder_and_missing_class_are_errors() {
     std::fs::remove_dir(tmp.path().join("test/b")).unwrap();
     let err = folder::load_image_folders(tmp.path(), &Default::default()).unwrap_err();
     // Both sides are listed.
-    assert!(err.to_string().contains("class folders (a) are not those of train/ (a, b)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("class folders (a) are not those of train/ (a, b)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -11,7 +11,8 @@ use crate::data::data_dir;
 
 #[derive(clap::Args)]
 pub struct EvaluateArgs {
-    /// A Keras-layout .h5 model file (ours or one Keras wrote).
+    /// A Keras-layout .h5 model file (ours or one Keras wrote), or a run's checkpoint
+    /// (`<run>/checkpoints/last.safetensors`, read with the run's config.json).
     #[arg(long)]
     pub model: PathBuf,
     /// CIFAR-10 folder (default: CIFAR10_DIR, else data/).
@@ -65,12 +66,37 @@ pub fn write_pictures(
     crate::pictures::mistakes_png(&dir.join("mistakes.png"), set, &test.mistakes, class_names)
 }
 
+/// A checkpoint of a run (`<run>/checkpoints/last.safetensors`): the model its `config.json`
+/// describes, with the checkpoint's weights.
+fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
+    let run = path
+        .parent()
+        .and_then(Path::parent)
+        .filter(|run| run.join("config.json").is_file())
+        .with_context(|| {
+            format!(
+                "{}: a checkpoint is read with its run's config.json (in the folder above \
+                 checkpoints/), which is not there",
+                path.display()
+            )
+        })?;
+    let config = run.join("config.json");
+    let loaded = crate::experiment::load(&config.display().to_string(), &[])?;
+    let spec = crate::experiment::build_spec(&loaded.experiment)?;
+    let model = simplecnn_model::Model::new(spec, &candle_core::Device::Cpu, 0)?;
+    simplecnn_train::load_checkpoint_weights(path, &model)?;
+    Ok(model)
+}
+
 pub fn run(args: EvaluateArgs) -> Result<()> {
-    let model = simplecnn_store::load_model_scaled(
-        &args.model,
-        &candle_core::Device::Cpu,
-        args.input_scale,
-    )?;
+    let model = match args.model.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => load_checkpoint_model(&args.model)?,
+        _ => simplecnn_store::load_model_scaled(
+            &args.model,
+            &candle_core::Device::Cpu,
+            args.input_scale,
+        )?,
+    };
     let data_dir = data_dir(args.data);
     let data = simplecnn_cifar::load(&data_dir)?;
     let classes = model.spec().output_shape().elem_count();

@@ -247,6 +247,38 @@ fn baseline_on_tiny_data_writes_every_file() {
         );
     }
     assert_eq!(stdout.lines().count(), 1 + 10 + 1);
+    // The last checkpoint is the final model: it scores the same, read with the run's config.
+    let o = xtask(&[
+        "evaluate",
+        "--model",
+        run.join("checkpoints/last.safetensors").to_str().unwrap(),
+        "--data",
+        tmp.path().join("data").to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--out",
+        tmp.path().join("ckpt-pictures").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().next().unwrap(),
+        expected
+    );
+    // Away from its run folder, a checkpoint says what it lacks.
+    let lone = tmp.path().join("lone");
+    std::fs::create_dir_all(lone.join("checkpoints")).unwrap();
+    std::fs::copy(
+        run.join("checkpoints/last.safetensors"),
+        lone.join("checkpoints/last.safetensors"),
+    )
+    .unwrap();
+    let o = xtask(&[
+        "evaluate",
+        "--model",
+        lone.join("checkpoints/last.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));
 }
 
 #[test]

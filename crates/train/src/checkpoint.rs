@@ -75,6 +75,39 @@ pub fn save_checkpoint(
     })
 }
 
+/// The weights of a checkpoint's `.safetensors` file into `model` (same architecture), for
+/// evaluating it; returns every tensor of the file.
+pub fn load_checkpoint_weights(
+    tensors_path: &Path,
+    model: &Model,
+) -> Result<HashMap<String, Tensor>> {
+    load_weights_from(tensors_path, model)
+}
+
+fn load_weights_from(tensors_path: &Path, model: &Model) -> Result<HashMap<String, Tensor>> {
+    let tensors = candle_core::safetensors::load(tensors_path, model.device())
+        .map_err(|e| file_err(tensors_path)(e.to_string()))?;
+    for w in model.weights() {
+        let key = format!("weight/{}", w.path());
+        let t = tensors.get(&key).ok_or_else(|| TrainError::File {
+            path: tensors_path.to_path_buf(),
+            message: format!("no tensor {key}: not a checkpoint of this model"),
+        })?;
+        if t.dims() != w.var.dims() {
+            return Err(TrainError::File {
+                path: tensors_path.to_path_buf(),
+                message: format!(
+                    "{key} has shape {:?}, the model's needs {:?}",
+                    t.dims(),
+                    w.var.dims()
+                ),
+            });
+        }
+        model.set_weight(&w.layer, w.name, t)?;
+    }
+    Ok(tensors)
+}
+
 /// Loads `dir/<stem>.*` into `model` and `optimizer` (same architecture), returning what it
 /// recorded.
 pub fn load_checkpoint(
@@ -98,16 +131,7 @@ pub fn load_checkpoint(
             ),
         });
     }
-    let tensors = candle_core::safetensors::load(&tensors_path, model.device())
-        .map_err(|e| file_err(&tensors_path)(e.to_string()))?;
-    for w in model.weights() {
-        let key = format!("weight/{}", w.path());
-        let t = tensors.get(&key).ok_or_else(|| TrainError::File {
-            path: tensors_path.clone(),
-            message: format!("no tensor {key}: not a checkpoint of this model"),
-        })?;
-        model.set_weight(&w.layer, w.name, t)?;
-    }
+    let tensors = load_weights_from(&tensors_path, model)?;
     let slots = tensors
         .iter()
         .filter_map(|(k, t)| Some((k.strip_prefix("optimizer/")?.to_string(), t.clone())))

@@ -47,7 +47,9 @@ pub use callbacks::{
     Callback, Control, CsvLogger, EarlyStopping, Lookahead, ModelCheckpoint, Monitor, MonitorMode,
     TerminateOnNaN,
 };
-pub use checkpoint::{checkpoint_paths, load_checkpoint, save_checkpoint, CheckpointMeta};
+pub use checkpoint::{
+    checkpoint_paths, load_checkpoint, load_checkpoint_weights, save_checkpoint, CheckpointMeta,
+};
 pub use error::{Result, TrainError};
 pub use evaluate::{
     class_probabilities, evaluate, evaluate_indices, evaluate_with, predict, top_classes,
