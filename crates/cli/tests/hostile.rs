@@ -40,8 +40,25 @@ fn assert_clean_error(o: &Output, names: &str, says: &str) {
     );
 }
 
+/// The HDF5 work these tests do in their own process, one test at a time and without file
+/// locks: the tests run in parallel threads of one process, and a file one of them just wrote
+/// was seen still locked ("unable to lock file") when it was reopened at once.
+fn hdf5_here() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+    guard
+}
+
+fn drop_after<T>(guard: std::sync::MutexGuard<'static, ()>, f: impl FnOnce() -> T) -> T {
+    let out = f();
+    drop(guard);
+    out
+}
+
 /// A saved SimpleCNN whose `model_config` is edited by `edit`.
 fn crafted_model(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let _hdf5 = hdf5_here();
     let path = dir.join(name);
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
     simplecnn_store::save_model(&model, &path, None).unwrap();
@@ -160,6 +177,7 @@ fn weights_must_be_floats_of_the_size_the_model_needs() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("int-kernel.h5");
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
+    let hdf5 = hdf5_here();
     simplecnn_store::save_model(&model, &path, None).unwrap();
     {
         let file = hdf5::File::open_rw(&path).unwrap();
@@ -172,6 +190,7 @@ fn weights_must_be_floats_of_the_size_the_model_needs() {
             .write_raw(&vec![1i32; 3 * 3 * 3 * 32])
             .unwrap();
     }
+    drop(hdf5);
     let o = limited(&["evaluate", "--model", path.to_str().unwrap()]);
     assert_clean_error(&o, "int-kernel.h5", "not floating-point weights");
 }
@@ -208,7 +227,9 @@ fn a_huge_batch_file_is_refused_before_it_is_read() {
         .unwrap();
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
     let m = tmp.path().join("m.h5");
-    simplecnn_store::save_model(&model, &m, None).unwrap();
+    drop_after(hdf5_here(), || {
+        simplecnn_store::save_model(&model, &m, None).unwrap()
+    });
     let o = limited(&[
         "evaluate",
         "--model",
