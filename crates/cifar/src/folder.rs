@@ -84,10 +84,10 @@ fn class_folders(split_dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Class names of a split folder: the CIFAR-10 order when the folders are exactly the CIFAR-10
-/// classes, otherwise sorted names.
-fn class_names(train_dir: &Path) -> Result<Vec<String>> {
-    let mut names = class_folders(train_dir)?;
+/// Class names from a split's class folders (sorted, as [`class_folders`] gives them): the
+/// CIFAR-10 order when the folders are exactly the CIFAR-10 classes, otherwise sorted names.
+fn class_names(train_dir: &Path, folders: &[String]) -> Result<Vec<String>> {
+    let mut names = folders.to_vec();
     if names.is_empty() {
         return Err(CifarError::Layout {
             path: train_dir.into(),
@@ -189,13 +189,11 @@ pub fn load_image_folders(dir: &Path, opts: &ImageFolderOptions) -> Result<Cifar
         path: dir.join("train"),
         hint: "expected image folders train/<class>/ and test/<class>/".into(),
     })?;
-    let classes = class_names(&root.join("train"))?;
+    let train_set = class_folders(&root.join("train"))?;
+    let classes = class_names(&root.join("train"), &train_set)?;
     // The test split must have the same classes: a folder more or less would relabel or drop
     // images without a word.
-    let mut train_set = class_folders(&root.join("train"))?;
-    let mut test_set = class_folders(&root.join("test"))?;
-    train_set.sort();
-    test_set.sort();
+    let test_set = class_folders(&root.join("test"))?;
     if train_set != test_set {
         return Err(CifarError::Layout {
             path: root.join("test"),

@@ -278,12 +278,12 @@ fn run_suite(folder: &Path, overrides: &[String], out_given: bool) -> Result<()>
         bail!("{}: no experiment files (.toml) here", folder.display());
     }
     // Every file is read and checked before the first one runs.
-    for file in &files {
-        load(&file.display().to_string(), overrides)?;
-    }
-    for file in &files {
+    let loaded: Vec<Loaded> = files
+        .iter()
+        .map(|file| load(&file.display().to_string(), overrides))
+        .collect::<Result<_>>()?;
+    for (file, loaded) in files.iter().zip(loaded) {
         println!("== {}", file.display());
-        let loaded = load(&file.display().to_string(), overrides)?;
         run_experiment(loaded.experiment, None)
             .with_context(|| format!("experiment {}", file.display()))?;
     }

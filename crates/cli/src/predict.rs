@@ -133,7 +133,7 @@ pub fn class_names(model_path: &Path, classes: usize) -> Result<Vec<String>> {
     })
 }
 
-/// Class probabilities of each image file for `model`: `(files, probabilities)`.
+/// Class probabilities of each image file for `model`, in the files' order.
 pub fn probabilities(model: &Model, files: &[PathBuf]) -> Result<Vec<Vec<f32>>> {
     let FeatureShape::Image {
         channels,

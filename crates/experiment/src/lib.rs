@@ -747,10 +747,7 @@ fn base_layers(
         }
     }
     if let Some(scale) = base.input_scale {
-        layers.insert(
-            1,
-            json!({"class_name": "Rescaling", "config": {"name": "input_scale", "scale": scale, "offset": 0.0}}),
-        );
+        simplecnn_store::layout::insert_input_scale(&mut layers, scale);
     }
     Ok(layers)
 }

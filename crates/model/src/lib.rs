@@ -43,5 +43,6 @@ pub use layers::{
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use sequential::{
-    max_tensor_elements, thousands, LayerSpec, Sequential, DEFAULT_MAX_TENSOR_ELEMENTS,
+    check_element_limit, max_tensor_elements, thousands, LayerSpec, Sequential,
+    DEFAULT_MAX_TENSOR_ELEMENTS,
 };

@@ -32,28 +32,34 @@ fn shape_dims(shape: &FeatureShape) -> Vec<usize> {
     }
 }
 
-/// `what` of layer `name`, of `dims`, within the element limit (checked arithmetic).
-fn check_size(name: &str, what: &str, dims: &[usize]) -> Result<()> {
+/// A tensor of `dims` within the element limit (checked arithmetic), or why not: "of A x B = N
+/// values is over the limit …", for the caller to put after what the tensor is. Every size
+/// that comes from a file goes through here before it is allocated.
+pub fn check_element_limit(dims: &[usize]) -> std::result::Result<(), String> {
     let limit = max_tensor_elements();
     let count = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-    let shown = dims
-        .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(" x ");
     match count {
         Some(n) if n <= limit => Ok(()),
-        n => Err(ModelError::Shape {
-            layer: name.to_string(),
-            message: format!(
-                "{what} of {shown} = {} values is over the limit of {limit} values per tensor \
-                 (SIMPLECNN_MAX_TENSOR_ELEMENTS raises it)",
-                n.map_or("more than 2^64".to_string(), |n| n.to_string())
-            ),
-        }),
+        n => Err(format!(
+            "of {} = {} values is over the limit of {limit} values per tensor \
+             (SIMPLECNN_MAX_TENSOR_ELEMENTS raises it)",
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" x "),
+            n.map_or("more than 2^64".to_string(), |n| n.to_string())
+        )),
     }
+}
+
+/// `what` of layer `name`, of `dims`, within the element limit.
+fn check_size(name: &str, what: &str, dims: &[usize]) -> Result<()> {
+    check_element_limit(dims).map_err(|why| ModelError::Shape {
+        layer: name.to_string(),
+        message: format!("{what} {why}"),
+    })
 }
 
 /// One layer in a [`Sequential`]: its name, kind and the shapes around it.

@@ -264,22 +264,8 @@ fn check_dataset(ds: &hdf5::Dataset, path: &Path, layer: &str, name: &str) -> Re
         );
     }
     // Its size, before it is read.
-    let limit = simplecnn_model::max_tensor_elements();
-    let count = ds
-        .shape()
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
-    match count {
-        Some(n) if n <= limit => Ok(()),
-        _ => fail(
-            path,
-            format!(
-                "layer {layer}: dataset {name} of shape {:?} is over the limit of {limit} values \
-                 per tensor (SIMPLECNN_MAX_TENSOR_ELEMENTS raises it)",
-                ds.shape()
-            ),
-        ),
-    }
+    simplecnn_model::check_element_limit(&ds.shape())
+        .or_else(|why| fail(path, format!("layer {layer}: dataset {name} {why}")))
 }
 
 /// One layer's weights as stored: its name and the tensors (Keras layout) in file order.
@@ -341,36 +327,57 @@ fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
     Ok(out)
 }
 
-/// Loads weights from a Keras `.h5` (model or weights file) into `model`, checking every shape.
-pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
-    let file = open(path)?;
-    let layers: Vec<FileLayer> = read_file_layers(&file, path)?
-        .into_iter()
-        .filter(|l| !l.weights.is_empty())
-        .collect();
-    let ours = weighted_layers(model.spec());
-    let pairs: Vec<(&str, &FileLayer)> = match by {
+/// Pairs the model's layers `names` with the file's layers that have weights: by name, or the
+/// i-th with the file's i-th (Keras' legacy loader). `whole`: `names` are all of the model's
+/// layers with weights and the file must have as many; otherwise (a base under a new head) the
+/// file may have more, and its first are used.
+fn pair_layers<'f, 'n>(
+    path: &Path,
+    in_file: &'f [FileLayer],
+    names: &[&'n str],
+    by: MatchBy,
+    whole: bool,
+) -> Result<Vec<(&'n str, &'f FileLayer)>> {
+    let weighted: Vec<&FileLayer> = in_file.iter().filter(|l| !l.weights.is_empty()).collect();
+    match by {
         MatchBy::Order => {
-            if layers.len() != ours.len() {
+            let fits = match whole {
+                true => weighted.len() == names.len(),
+                false => weighted.len() >= names.len(),
+            };
+            if !fits {
+                let ours = if whole {
+                    "the model"
+                } else {
+                    "the model's base"
+                };
                 return fail(
                     path,
                     format!(
-                        "{} layers with weights in the file, the model has {}",
-                        layers.len(),
-                        ours.len()
+                        "{} layers with weights in the file, {ours} has {}",
+                        weighted.len(),
+                        names.len()
                     ),
                 );
             }
-            ours.iter().copied().zip(layers.iter()).collect()
+            Ok(names.iter().copied().zip(weighted).collect())
         }
-        MatchBy::Name => ours
+        MatchBy::Name => names
             .iter()
-            .map(|&o| match layers.iter().find(|l| l.name == o) {
-                Some(l) => Ok((o, l)),
+            .map(|&o| match weighted.iter().find(|l| l.name == o) {
+                Some(l) => Ok((o, *l)),
                 None => fail(path, format!("layer {o}: not in the file")),
             })
-            .collect::<Result<_>>()?,
-    };
+            .collect(),
+    }
+}
+
+/// Loads weights from a Keras `.h5` (model or weights file) into `model`, checking every shape.
+pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
+    let file = open(path)?;
+    let in_file = read_file_layers(&file, path)?;
+    let ours = weighted_layers(model.spec());
+    let pairs = pair_layers(path, &in_file, &ours, by, true)?;
     set_layer_weights(model, path, &pairs)
 }
 
@@ -386,30 +393,8 @@ pub fn load_layer_weights(
 ) -> Result<()> {
     let file = open(path)?;
     let in_file = read_file_layers(&file, path)?;
-    let pairs: Vec<(&str, &FileLayer)> = match by {
-        MatchBy::Name => layers
-            .iter()
-            .map(|name| match in_file.iter().find(|l| &l.name == name) {
-                Some(l) => Ok((name.as_str(), l)),
-                None => fail(path, format!("layer {name}: not in the file")),
-            })
-            .collect::<Result<_>>()?,
-        MatchBy::Order => {
-            let weighted: Vec<&FileLayer> =
-                in_file.iter().filter(|l| !l.weights.is_empty()).collect();
-            if weighted.len() < layers.len() {
-                return fail(
-                    path,
-                    format!(
-                        "{} layers with weights in the file, the model's base has {}",
-                        weighted.len(),
-                        layers.len()
-                    ),
-                );
-            }
-            layers.iter().map(String::as_str).zip(weighted).collect()
-        }
-    };
+    let names: Vec<&str> = layers.iter().map(String::as_str).collect();
+    let pairs = pair_layers(path, &in_file, &names, by, false)?;
     set_layer_weights(model, path, &pairs)
 }
 
@@ -483,23 +468,7 @@ pub fn load_model_scaled(path: &Path, device: &Device, scale: f64) -> Result<Mod
     let Some(layers) = config["config"]["layers"].as_array_mut() else {
         return fail(path, "model_config has no layers");
     };
-    let at = usize::from(
-        layers
-            .first()
-            .is_some_and(|l| l["class_name"] == "InputLayer"),
-    );
-    let mut rescaling = json!({"class_name": "Rescaling", "config": {"name": "input_scale", "scale": scale, "offset": 0.0}});
-    // Keras 2.9 keeps the input shape on the first layer: it moves to the new first layer.
-    if at == 0 {
-        if let Some(shape) = layers
-            .first_mut()
-            .and_then(|l| l["config"].as_object_mut())
-            .and_then(|c| c.remove("batch_input_shape"))
-        {
-            rescaling["config"]["batch_input_shape"] = shape;
-        }
-    }
-    layers.insert(at, rescaling);
+    crate::layout::insert_input_scale(layers, scale);
     let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
     let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
     load_weights(&model, path, MatchBy::Name)?;

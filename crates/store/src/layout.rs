@@ -273,6 +273,29 @@ fn input_so_far(seq: &Option<Sequential>, input: Option<FeatureShape>) -> Option
     seq.as_ref().map(Sequential::output_shape).or(input)
 }
 
+/// Puts a `Rescaling(scale)` layer named `input_scale` before the first layer of a
+/// `model_config`'s `layers` (after its InputLayer, if it has one): the inputs of a model
+/// trained on pixels in `[0, 255]` (`scale = 255`) while this workbench's are in `[0, 1]`.
+/// Keras 2.9 keeps the input shape on the first layer: it moves to the new first layer.
+pub fn insert_input_scale(layers: &mut Vec<Value>, scale: f64) {
+    let at = usize::from(
+        layers
+            .first()
+            .is_some_and(|l| l["class_name"] == "InputLayer"),
+    );
+    let mut rescaling = json!({"class_name": "Rescaling", "config": {"name": "input_scale", "scale": scale, "offset": 0.0}});
+    if at == 0 {
+        if let Some(shape) = layers
+            .first_mut()
+            .and_then(|l| l["config"].as_object_mut())
+            .and_then(|c| c.remove("batch_input_shape"))
+        {
+            rescaling["config"]["batch_input_shape"] = shape;
+        }
+    }
+    layers.insert(at, rescaling);
+}
+
 /// Rebuilds the architecture from Keras' `model_config` JSON (Keras 2 or 3).
 pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError> {
     let top = |m: &str| ConfigError {
