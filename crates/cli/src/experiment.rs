@@ -307,7 +307,7 @@ fn resume_run(dir: &Path) -> Result<()> {
             config.display()
         );
     }
-    let last = simplecnn_train::checkpoint_paths(&dir.join("checkpoints"), "last").1;
+    let last = simplecnn_train::checkpoint_paths(&dir.join("checkpoints"), "last").0;
     if !last.is_file() {
         bail!(
             "{}: no checkpoint to resume from (killed before its first epoch ended, or the \

@@ -741,29 +741,25 @@ fn experiment_file_mistakes_name_the_file_and_key() {
     );
 }
 
-/// A run killed after its first epoch keeps an INCOMPLETE marker and its checkpoint; `--resume`
-/// finishes it in the same folder with the epochs.csv and weights of an uninterrupted run.
-#[test]
-fn a_killed_run_resumes_to_the_same_result() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    tiny_folders(&data, 40);
-    let data_s = data.to_str().unwrap();
-    let common = ["--data", data_s, "--epochs", "4", "--batch-size", "4"];
-    // The uninterrupted run.
-    let whole = tmp.path().join("whole");
-    let mut args = vec!["experiment", "baseline", "--out", whole.to_str().unwrap()];
-    args.extend(common);
-    let o = xtask(&args);
+/// Runs `experiment <args>` twice into `tmp`: once whole, once SIGKILLed as soon as its first
+/// checkpoint is written (during its second epoch), then resumed with `--resume`; checks that
+/// both end with the same epochs.csv (timing aside) and model weights. Returns both run
+/// folders, or `None` when the run finished before the kill.
+fn kill_and_resume(tmp: &Path, args: &[&str], epochs: u64) -> Option<(PathBuf, PathBuf)> {
+    let whole = tmp.join("whole");
+    let mut whole_args = vec!["experiment"];
+    whole_args.extend(args);
+    whole_args.extend(["--out", whole.to_str().unwrap()]);
+    let o = xtask(&whole_args);
     assert!(o.status.success(), "{}", stderr(&o));
     let whole = whole.join("latest").canonicalize().unwrap();
     assert!(!whole.join("INCOMPLETE").exists());
 
-    // The same run, killed once its first checkpoint is written.
-    let killed = tmp.path().join("killed");
+    let killed = tmp.join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_simplecnn"))
-        .args(["experiment", "baseline", "--out", killed.to_str().unwrap()])
-        .args(common)
+        .arg("experiment")
+        .args(args)
+        .args(["--out", killed.to_str().unwrap()])
         .env_remove("CIFAR10_DIR")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -783,20 +779,49 @@ fn a_killed_run_resumes_to_the_same_result() {
         assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
-    child.kill().unwrap();
+    child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let last: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap())
             .unwrap();
-    let done = last["epoch"].as_u64().unwrap();
-    if done == 4 {
+    if last["epoch"].as_u64().unwrap() == epochs {
         eprintln!("the run finished before it was killed; nothing to resume");
-        return;
+        return None;
     }
     assert!(run.join("INCOMPLETE").is_file(), "a killed run is marked");
     assert!(!run.join("run.json").exists());
+    let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!run.join("INCOMPLETE").exists());
+    assert_eq!(results_without_timing(&run), results_without_timing(&whole));
+    assert_eq!(
+        saved_weights(&run.join("model.h5")),
+        saved_weights(&whole.join("model.h5"))
+    );
+    Some((whole, run))
+}
 
-    // Overrides make no sense for a resumed run.
+/// A run killed after its first epoch keeps an INCOMPLETE marker and its checkpoint; `--resume`
+/// finishes it in the same folder with the epochs.csv and weights of an uninterrupted run.
+#[test]
+fn a_killed_run_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 40);
+    let data_s = data.to_str().unwrap();
+    let args = [
+        "baseline",
+        "--data",
+        data_s,
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+    ];
+    let Some((_, run)) = kill_and_resume(tmp.path(), &args, 4) else {
+        return;
+    };
+    // Overrides make no sense for a resumed run; a finished run is not resumed again.
     let o = xtask(&[
         "experiment",
         "--resume",
@@ -806,17 +831,38 @@ fn a_killed_run_resumes_to_the_same_result() {
     ]);
     assert!(!o.status.success());
     let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!run.join("INCOMPLETE").exists());
-    assert_eq!(results_without_timing(&run), results_without_timing(&whole));
-    assert_eq!(
-        saved_weights(&run.join("model.h5")),
-        saved_weights(&whole.join("model.h5"))
-    );
-    // A finished run is not resumed again.
-    let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("finished"), "{}", stderr(&o));
+}
+
+/// airbench94 killed and resumed: every piece of its training state comes back (lookahead's
+/// average between two of its updates — 6 steps an epoch, an update every 5 —, SGD's momentum,
+/// BatchNorm's moving statistics, the whitening bias frozen from epoch 3, the schedule's
+/// position, the augmentation's flips), so the resumed run ends where the whole one does.
+#[test]
+fn a_killed_airbench94_run_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 8);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/airbench94.toml");
+    let args = [
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "12",
+        "--set",
+        "fit.epochs=4",
+        "--set",
+        "model.init.0.images=40",
+        "--set",
+        "fit.freeze.1.from_epoch=3",
+    ];
+    let Some((whole, run)) = kill_and_resume(tmp.path(), &args, 4) else {
+        return;
+    };
+    let test = |r: &Path| std::fs::read_to_string(r.join("test.json")).unwrap();
+    assert_eq!(test(&run), test(&whole));
 }
 
 /// airbench94's experiment file runs end to end on tiny data (a smaller batch than its 1024,

@@ -11,7 +11,7 @@ use simplecnn_cifar::{Augmentation, LabeledImages};
 use simplecnn_model::{DropoutRng, Model};
 
 use crate::callbacks::{any_stop, BatchEnd, Callback, Control, TrainBegin, TrainState};
-use crate::checkpoint::load_checkpoint;
+use crate::checkpoint::{load_checkpoint, LoadedCheckpoint};
 use crate::error::{Result, TrainError};
 use crate::evaluate::evaluate_indices;
 use crate::history::{EpochMetrics, History};
@@ -162,19 +162,11 @@ pub fn fit(
     config: &FitConfig,
     callbacks: &mut [Box<dyn Callback>],
 ) -> Result<History> {
-    fit_from(
-        model,
-        optimizer,
-        schedule,
-        data,
-        config,
-        callbacks,
-        History::default(),
-    )
+    fit_from(model, optimizer, schedule, data, config, callbacks, None)
 }
 
 /// Continues the run checkpointed in `checkpoint_dir` (`last.*`): restores weights,
-/// optimizer and history, then trains the remaining epochs.
+/// optimizer, callbacks' state and history, then trains the remaining epochs.
 pub fn resume(
     model: &Model,
     optimizer: &mut dyn Optimizer,
@@ -184,9 +176,9 @@ pub fn resume(
     callbacks: &mut [Box<dyn Callback>],
     checkpoint_dir: &Path,
 ) -> Result<History> {
-    let meta = load_checkpoint(checkpoint_dir, "last", model, optimizer)?;
+    let loaded = load_checkpoint(checkpoint_dir, "last", model, optimizer)?;
     tracing::info!(
-        epoch = meta.epoch,
+        epoch = loaded.meta.epoch,
         "resuming from {}",
         checkpoint_dir.display()
     );
@@ -197,7 +189,7 @@ pub fn resume(
         data,
         config,
         callbacks,
-        meta.history,
+        Some(loaded),
     )
 }
 
@@ -208,8 +200,12 @@ fn fit_from(
     data: &LabeledImages,
     config: &FitConfig,
     callbacks: &mut [Box<dyn Callback>],
-    mut history: History,
+    resumed: Option<LoadedCheckpoint>,
 ) -> Result<History> {
+    let (mut history, restored) = match resumed {
+        Some(c) => (c.meta.history, Some(c.callbacks)),
+        None => (History::default(), None),
+    };
     config.validate(data.len())?;
     for name in config.freeze.iter().flat_map(|f| &f.weights) {
         let known = model.weights().any(|w| &w.path() == name);
@@ -234,6 +230,9 @@ fn fit_from(
     };
     for c in callbacks.iter_mut() {
         c.on_train_begin(&begin)?;
+        if let Some(saved) = &restored {
+            c.restore_state(saved)?;
+        }
     }
 
     'epochs: for epoch in begin.first_epoch..=config.epochs {
@@ -321,10 +320,15 @@ fn fit_from(
         };
         tracing::info!(?metrics, "epoch done");
         history.epochs.push(metrics.clone());
+        let mut callback_state = Vec::new();
+        for c in callbacks.iter() {
+            callback_state.extend(c.state()?);
+        }
         let state = TrainState {
             model,
             optimizer: &*optimizer,
             history: &history,
+            callbacks: &callback_state,
         };
         if let Control::Stop(reason) = any_stop(callbacks, |c| c.on_epoch_end(&metrics, &state))? {
             history.stopped = Some(reason);

@@ -49,6 +49,7 @@ pub use callbacks::{
 };
 pub use checkpoint::{
     checkpoint_paths, load_checkpoint, load_checkpoint_weights, save_checkpoint, CheckpointMeta,
+    LoadedCheckpoint,
 };
 pub use error::{Result, TrainError};
 pub use evaluate::{

@@ -8,8 +8,8 @@ use simplecnn_model::{zoo, Model};
 use simplecnn_train::callbacks::{BatchEnd, TrainBegin, TrainState};
 use simplecnn_train::{
     evaluate, fit, predict, resume, trainable_params, Adam, AdamConfig, Callback, Constant,
-    Control, EarlyStopping, EpochMetrics, FitConfig, ModelCheckpoint, Monitor, MonitorMode,
-    Optimizer, StopReason, TerminateOnNaN,
+    Control, EarlyStopping, EpochMetrics, FitConfig, Lookahead, ModelCheckpoint, Monitor,
+    MonitorMode, Optimizer, StopReason, TerminateOnNaN,
 };
 
 const LR: Constant = Constant {
@@ -181,6 +181,105 @@ fn resuming_from_a_checkpoint_matches_an_uninterrupted_run() {
         let b: Vec<f32> = b.var.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b);
     }
+}
+
+/// Copies a checkpoint folder as it is after epoch `epoch`: what a run killed during the next
+/// epoch leaves behind.
+struct SnapshotAfter {
+    epoch: usize,
+    from: std::path::PathBuf,
+    to: std::path::PathBuf,
+}
+
+impl Callback for SnapshotAfter {
+    fn on_epoch_end(
+        &mut self,
+        logs: &EpochMetrics,
+        _: &TrainState<'_>,
+    ) -> simplecnn_train::Result<Control> {
+        if logs.epoch == self.epoch {
+            std::fs::create_dir_all(&self.to).unwrap();
+            for f in std::fs::read_dir(&self.from).unwrap() {
+                let f = f.unwrap().path();
+                std::fs::copy(&f, self.to.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        Ok(Control::Continue)
+    }
+}
+
+/// Lookahead keeps a running average between its updates; a run resumed from a checkpoint
+/// taken mid-way between two updates (4 steps an epoch, an update every 3) ends with the
+/// uninterrupted run's weights only if the checkpoint kept that average. Resuming with a
+/// lookahead from a checkpoint that has none is an error, not a different run. The epoch and
+/// history come from the tensors file itself, whatever the JSON beside it says.
+#[test]
+fn resuming_restores_lookaheads_average() {
+    let data = colour_classes(160, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FitConfig {
+        epochs: 3,
+        ..quick(4)
+    };
+    let lookahead = || -> Box<dyn Callback> { Box::new(Lookahead::new(3, 0.9, 1.0)) };
+    let (full_model, full) = train_with(
+        &data,
+        &cfg,
+        &mut [
+            lookahead(),
+            checkpoints(dir.path().join("full")),
+            Box::new(SnapshotAfter {
+                epoch: 1,
+                from: dir.path().join("full"),
+                to: dir.path().join("killed"),
+            }),
+        ],
+    );
+    let weights = |m: &Model| -> Vec<Vec<f32>> {
+        m.weights()
+            .map(|w| w.var.flatten_all().unwrap().to_vec1().unwrap())
+            .collect()
+    };
+    let resume_with = |callbacks: &mut [Box<dyn Callback>]| {
+        let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 999).unwrap();
+        let mut adam = Adam::new(trainable_params(&model), AdamConfig::default()).unwrap();
+        let h = resume(
+            &model,
+            &mut adam,
+            &LR,
+            &data,
+            &cfg,
+            callbacks,
+            &dir.path().join("killed"),
+        );
+        (model, h)
+    };
+    // A run killed between writing the tensors and their JSON copy: the record that counts
+    // is the one inside the tensors file.
+    std::fs::copy(
+        dir.path().join("full/last.json"),
+        dir.path().join("killed/last.json"),
+    )
+    .unwrap();
+    let (model, resumed) = resume_with(&mut [lookahead()]);
+    let resumed = resumed.unwrap();
+    assert_eq!(resumed.epochs.len(), 3);
+    let losses = |h: &simplecnn_train::History| {
+        h.epochs
+            .iter()
+            .map(|e| (e.loss, e.val_loss))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&resumed), losses(&full));
+    assert_eq!(weights(&model), weights(&full_model));
+
+    // The same checkpoint without the average (as an older one): refused, naming it.
+    let killed = dir.path().join("killed/last.safetensors");
+    let mut tensors = candle_core::safetensors::load(&killed, &Device::Cpu).unwrap();
+    tensors.retain(|k, _| !k.starts_with("callback/"));
+    candle_core::safetensors::save(&tensors, &killed).unwrap();
+    let err = resume_with(&mut [lookahead()]).1.unwrap_err().to_string();
+    assert!(err.contains("lookahead/conv2d_1/kernel"), "{err}");
 }
 
 #[test]

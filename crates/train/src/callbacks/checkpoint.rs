@@ -1,5 +1,5 @@
 //! Keras' `ModelCheckpoint` for resuming: `last.*` after every epoch and `best.*` whenever the
-//! monitored value improves, each with the weights, the optimizer's state and the history
+//! monitored value improves, each with the weights, the optimizer's and callbacks' state and the history
 //! (see [`crate::checkpoint`]).
 
 use std::path::PathBuf;
@@ -61,14 +61,16 @@ pub struct ModelCheckpoint {
 impl Callback for ModelCheckpoint {
     fn on_epoch_end(&mut self, logs: &EpochMetrics, state: &TrainState<'_>) -> Result<Control> {
         let (model, optimizer, history) = (state.model, state.optimizer, state.history);
-        save_checkpoint(&self.dir, "last", model, optimizer, history)?;
+        let save =
+            |stem| save_checkpoint(&self.dir, stem, model, optimizer, state.callbacks, history);
+        save("last")?;
         let value = self.monitor.value(logs);
         let earlier = &history.epochs[..history.epochs.len().saturating_sub(1)];
         let improved = earlier
             .iter()
             .all(|e| self.mode.improves(value, self.monitor.value(e), 0.0));
         if improved {
-            save_checkpoint(&self.dir, "best", model, optimizer, history)?;
+            save("best")?;
         }
         Ok(Control::Continue)
     }

@@ -4,10 +4,15 @@
 //! the model becomes the average (`d = 1`). Early on `d` is near 0 (the average follows the
 //! weights); near the end it is near `decay^every` (the weights follow the average).
 
+use std::collections::HashMap;
+
 use candle_core::Tensor;
 
 use super::{BatchEnd, Callback, Control, TrainBegin};
-use crate::error::Result;
+use crate::error::{Result, TrainError};
+
+/// The prefix of the average's tensors in a checkpoint: `lookahead/<layer>/<weight>`.
+const STATE_PREFIX: &str = "lookahead";
 
 #[derive(Debug)]
 pub struct Lookahead {
@@ -15,6 +20,8 @@ pub struct Lookahead {
     pub decay: f64,
     pub power: f64,
     total: u64,
+    /// The model's weights' paths (`layer/name`), in `average`'s order.
+    names: Vec<String>,
     average: Vec<Tensor>,
 }
 
@@ -26,6 +33,7 @@ impl Lookahead {
             decay,
             power,
             total: 0,
+            names: Vec::new(),
             average: Vec::new(),
         }
     }
@@ -39,6 +47,7 @@ impl Lookahead {
 impl Callback for Lookahead {
     fn on_train_begin(&mut self, info: &TrainBegin<'_>) -> Result<()> {
         self.total = info.total_steps;
+        self.names = info.model.weights().map(|w| w.path()).collect();
         self.average = info
             .model
             .weights()
@@ -63,6 +72,36 @@ impl Callback for Lookahead {
             w.var.set(avg)?;
         }
         Ok(Control::Continue)
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(self
+            .names
+            .iter()
+            .zip(&self.average)
+            .map(|(name, avg)| (format!("{STATE_PREFIX}/{name}"), avg.clone()))
+            .collect())
+    }
+
+    fn restore_state(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, avg) in self.names.iter().zip(self.average.iter_mut()) {
+            let key = format!("{STATE_PREFIX}/{name}");
+            let t = saved.get(&key).ok_or_else(|| {
+                TrainError::Config(format!(
+                    "the checkpoint has no {key}: it holds no lookahead average (written \
+                     without lookahead, or by an older version), so the run cannot resume exactly"
+                ))
+            })?;
+            if t.dims() != avg.dims() {
+                return Err(TrainError::Config(format!(
+                    "the checkpoint's {key} has shape {:?}, the model's weight {:?}",
+                    t.dims(),
+                    avg.dims()
+                )));
+            }
+            *avg = t.to_device(avg.device())?.to_dtype(avg.dtype())?;
+        }
+        Ok(())
     }
 }
 

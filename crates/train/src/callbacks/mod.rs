@@ -8,6 +8,9 @@ mod early_stopping;
 mod lookahead;
 mod terminate_on_nan;
 
+use std::collections::HashMap;
+
+use candle_core::Tensor;
 use simplecnn_model::Model;
 
 use crate::error::Result;
@@ -64,6 +67,8 @@ pub struct TrainState<'a> {
     pub optimizer: &'a dyn Optimizer,
     /// Every finished epoch, this one included.
     pub history: &'a History,
+    /// Every callback's [`Callback::state`] at the end of this epoch, for checkpoints.
+    pub callbacks: &'a [(String, Tensor)],
 }
 
 /// Keras' `Callback`: each hook does nothing unless overridden.
@@ -86,6 +91,20 @@ pub trait Callback {
     }
 
     fn on_train_end(&mut self, _history: &History) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tensors this callback carries from batch to batch (lookahead's average), named
+    /// `<callback>/<what>` so that names are unique across callbacks. A checkpoint keeps
+    /// them, for a resumed run to continue exactly where the killed one was.
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Takes back what [`Callback::state`] returned, from every callback of a checkpoint,
+    /// after `on_train_begin` of a resumed run. A callback with state errs when its part is
+    /// missing: resuming without it would silently train a different run.
+    fn restore_state(&mut self, _saved: &HashMap<String, Tensor>) -> Result<()> {
         Ok(())
     }
 }
