@@ -31,7 +31,7 @@ pub enum CifarError {
         record: usize,
         label: u8,
     },
-    #[error("{path}: image is {width}x{height}, expected 32x32 as CIFAR-10's (scale the images first; `predict` takes any size)")]
+    #[error("{path}: image is {width}x{height}, expected 32x32 as CIFAR-10's (scale the images first, or read them resized: an experiment's `data.resize = true`; `predict` takes any size)")]
     WrongImageSize {
         path: PathBuf,
         width: u32,

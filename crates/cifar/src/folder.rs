@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use crate::error::{io_err, CifarError, Result};
 use crate::images::{LabeledImages, IMAGE_BYTES, IMAGE_SIDE};
+use crate::resize::resize_bilinear;
 use crate::{Cifar10, CLASS_NAMES};
 
 /// How image folders are read.
@@ -108,23 +109,32 @@ fn class_names(train_dir: &Path, folders: &[String]) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Decodes one image into CHW planes, checking (or fixing, with `resize`) its size.
+/// Decodes one image into CHW planes, checking (or fixing, with `resize`) its size. Resizing
+/// is `tf.image.resize`'s bilinear (as Keras' `image_dataset_from_directory`), rounded to
+/// bytes.
 pub fn decode_image(path: &Path, resize: bool) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| CifarError::Decode {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    let img = crate::resize::decode_bounded(path)?;
     let side = IMAGE_SIDE as u32;
     let img = if img.width() != side || img.height() != side {
-        if !resize {
+        if !resize || img.width() == 0 || img.height() == 0 {
             return Err(CifarError::WrongImageSize {
                 path: path.into(),
                 width: img.width(),
                 height: img.height(),
             });
         }
-        img.resize_exact(side, side, image::imageops::FilterType::Triangle)
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let pixels: Vec<f32> = img
+            .to_rgb8()
+            .into_raw()
+            .into_iter()
+            .map(f32::from)
+            .collect();
+        let resized = resize_bilinear(&pixels, (h, w, 3), (IMAGE_SIDE, IMAGE_SIDE));
+        let bytes = resized.iter().map(|v| v.round().clamp(0.0, 255.0) as u8);
+        let rgb = image::RgbImage::from_raw(side, side, bytes.collect())
+            .expect("32x32x3 bytes make a 32x32 image");
+        image::DynamicImage::ImageRgb8(rgb)
     } else {
         img
     };

@@ -60,24 +60,13 @@ pub fn resize_bilinear(
     out
 }
 
-/// Reads the image file at `path` (PNG or JPEG, any size) as a model input of `channels` (1 or
-/// 3) planes of `height x width`: resized as [`resize_bilinear`] and divided by 255, planar
-/// (`C, H, W`) like the training batches.
-pub fn load_image_for_model(
-    path: &Path,
-    height: usize,
-    width: usize,
-    channels: usize,
-) -> Result<Vec<f32>> {
+/// Decodes the image file at `path`, refusing files over [`MAX_IMAGE_FILE_BYTES`] and images
+/// over [`MAX_IMAGE_SIDE`] on a side before their pixels are allocated.
+pub(crate) fn decode_bounded(path: &Path) -> Result<image::DynamicImage> {
     let fail = |message: String| CifarError::Decode {
         path: path.into(),
         message,
     };
-    if channels != 1 && channels != 3 {
-        return Err(fail(format!(
-            "the model takes {channels} channels; images give 1 (grey) or 3 (RGB)"
-        )));
-    }
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     if !meta.is_file() {
         return Err(fail("not a regular file".into()));
@@ -96,7 +85,28 @@ pub fn load_image_for_model(
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| fail(e.to_string()))?;
+    reader.decode().map_err(|e| fail(e.to_string()))
+}
+
+/// Reads the image file at `path` (PNG or JPEG, any size) as a model input of `channels` (1 or
+/// 3) planes of `height x width`: resized as [`resize_bilinear`] and divided by 255, planar
+/// (`C, H, W`) like the training batches.
+pub fn load_image_for_model(
+    path: &Path,
+    height: usize,
+    width: usize,
+    channels: usize,
+) -> Result<Vec<f32>> {
+    let fail = |message: String| CifarError::Decode {
+        path: path.into(),
+        message,
+    };
+    if channels != 1 && channels != 3 {
+        return Err(fail(format!(
+            "the model takes {channels} channels; images give 1 (grey) or 3 (RGB)"
+        )));
+    }
+    let img = decode_bounded(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         return Err(fail(format!("the image is {w}x{h}")));

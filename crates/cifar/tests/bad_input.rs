@@ -148,12 +148,40 @@ fn wrongly_sized_image_is_an_error_unless_resizing() {
         "{err}"
     );
     assert!(err.to_string().contains("odd.png"));
+    assert!(err.to_string().contains("data.resize"), "{err}");
     let resized = ImageFolderOptions {
         resize: true,
         ..Default::default()
     };
     let data = folder::load_image_folders(tmp.path(), &resized).unwrap();
     assert_eq!(data.test.len(), 3);
+}
+
+/// Resizing is TensorFlow's bilinear with half-pixel centres: halving a 64x64 image averages
+/// each 2x2 block, so columns 4x (red) become 8o + 2 and rows 2y (green) 4o + 1, exactly.
+#[test]
+fn resizing_halves_as_tensorflow_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("big.png");
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 2) as u8, 9]))
+        .save(&path)
+        .unwrap();
+    let planes = folder::decode_image(&path, true).unwrap();
+    let plane = 32 * 32;
+    for y in 0..32 {
+        for x in 0..32 {
+            let i = y * 32 + x;
+            assert_eq!(planes[i], (8 * x + 2) as u8, "red at {x},{y}");
+            assert_eq!(planes[plane + i], (4 * y + 1) as u8, "green at {x},{y}");
+            assert_eq!(planes[2 * plane + i], 9);
+        }
+    }
+    // A 32x32 image is used as it is, resize or not.
+    write_png(&path, 32, 3);
+    assert_eq!(
+        folder::decode_image(&path, true).unwrap(),
+        folder::decode_image(&path, false).unwrap()
+    );
 }
 
 #[test]

@@ -585,7 +585,11 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         );
         crate::data::download_into(&data_dir)?;
     }
-    let mut data = simplecnn_cifar::load(&data_dir)?;
+    let folder_options = simplecnn_cifar::ImageFolderOptions {
+        resize: experiment.data.resize,
+        ..Default::default()
+    };
+    let mut data = simplecnn_cifar::load_with(&data_dir, &folder_options)?;
     let data_load_seconds = started.elapsed().as_secs_f64();
     if !experiment.data.classes.is_empty() {
         data = data.keep_classes(&experiment.data.classes)?;

@@ -741,6 +741,55 @@ fn experiment_file_mistakes_name_the_file_and_key() {
     );
 }
 
+/// Image folders of 48x48 images: an error naming an image and `data.resize`, then, with
+/// `--set data.resize=true`, a run whose config.json keeps the setting.
+#[test]
+fn image_folders_of_another_size_train_with_data_resize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for split in ["train", "test"] {
+        for (c, class) in simplecnn_cifar::CLASS_NAMES.iter().enumerate() {
+            let d = data.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..2u32 {
+                image::RgbImage::from_fn(48, 48, |x, y| {
+                    image::Rgb([(c * 25) as u8, (x * 5) as u8, (y + i) as u8])
+                })
+                .save(d.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+    let out = tmp.path().join("out");
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "experiment",
+            "baseline",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        xtask(&a)
+    };
+    let o = args(&[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains(".png") && err.contains("48x48"), "{err}");
+    assert!(err.contains("data.resize"), "{err}");
+    let o = args(&["--set", "data.resize=true"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.join("latest").canonicalize().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["experiment"]["data"]["resize"], true);
+}
+
 /// Runs `experiment <args>` twice into `tmp`: once whole, once SIGKILLed as soon as its first
 /// checkpoint is written (during its second epoch), then resumed with `--resume`; checks that
 /// both end with the same epochs.csv (timing aside) and model weights. Returns both run

@@ -157,6 +157,10 @@ pub struct DataSpec {
     /// stays whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_class: Option<usize>,
+    /// Image folders: scale images of another size to 32x32 (`tf.image.resize`'s bilinear, as
+    /// Keras' `image_dataset_from_directory`) instead of rejecting them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resize: bool,
     /// The last fraction of the training images held out for validation (Keras'
     /// `validation_split`, taken before shuffling).
     #[serde(default)]
