@@ -704,6 +704,14 @@ fn experiment_file_mistakes_name_the_file_and_key() {
         ),
         (
             write(
+                "unnamed.toml",
+                "name = \"x\"\n[model]\nlayers = [ { class_name = \"Conv2D\", filters = 4, kernel_size = 3 }, { class_name = \"Conv2D\", filters = 0, kernel_size = 3 } ]\n[optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 8\n",
+            ),
+            vec![],
+            "model.layers.1: filters 0",
+        ),
+        (
+            write(
                 "shape.toml",
                 "name = \"x\"\n[model]\nlayers = [ { class_name = \"Dense\", units = 4 } ]\n[optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 8\n",
             ),

@@ -516,13 +516,20 @@ impl Experiment {
         let config =
             json!({"class_name": "Sequential", "config": {"name": name, "layers": layers}});
         let spec = simplecnn_store::layout::sequential_from_config(&config).map_err(|e| {
-            let index = e.layer.as_ref().and_then(|name| {
-                m.layers
-                    .iter()
-                    .position(|l| l.get("name").and_then(Value::as_str) == Some(name))
-            });
-            let key = index.map_or("model.layers".to_string(), |i| format!("model.layers.{i}"));
-            (key, e.to_string())
+            // The config's layers: the input (or the base's layers), then model.layers.
+            let head = e.index.and_then(|pos| pos.checked_sub(head_starts + 1));
+            match head {
+                Some(i) => {
+                    // The key names the layer; the message keeps its name when it has one.
+                    let message = match m.layers[i].get("name") {
+                        Some(_) => e.to_string(),
+                        None => e.message.clone(),
+                    };
+                    (format!("model.layers.{i}"), message)
+                }
+                None if e.index.is_some() => ("model.base".to_string(), e.to_string()),
+                None => ("model.layers".to_string(), e.to_string()),
+            }
         })?;
         let head = spec.layers().iter().skip(head_starts);
         for (i, (written, built)) in m.layers.iter().zip(head).enumerate() {

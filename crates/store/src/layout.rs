@@ -185,7 +185,11 @@ pub fn model_config(spec: &Sequential) -> Value {
 /// Why a `model_config` cannot be rebuilt: the layer (if any) and the problem.
 #[derive(Debug)]
 pub struct ConfigError {
+    /// The layer's name, or its class for a layer without one, when `message` does not
+    /// name it already.
     pub layer: Option<String>,
+    /// The layer's position in the config's `layers` list (an input layer counted).
+    pub index: Option<usize>,
     pub message: String,
 }
 
@@ -300,6 +304,7 @@ pub fn insert_input_scale(layers: &mut Vec<Value>, scale: f64) {
 pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError> {
     let top = |m: &str| ConfigError {
         layer: None,
+        index: None,
         message: m.to_string(),
     };
     let class = config
@@ -324,7 +329,7 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         .get("build_input_shape")
         .and_then(|s| input_shape(&json!({"batch_input_shape": s})));
     let mut seq: Option<Sequential> = None;
-    for layer in layers {
+    for (index, layer) in layers.iter().enumerate() {
         let class = layer
             .get("class_name")
             .and_then(Value::as_str)
@@ -334,9 +339,10 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         let given_name = cfg.get("name").and_then(Value::as_str).map(str::to_string);
         let lname = given_name
             .clone()
-            .unwrap_or_else(|| format!("{class} layer"));
+            .unwrap_or_else(|| format!("{index} ({class})"));
         let err = |m: String| ConfigError {
             layer: Some(lname.clone()),
+            index: Some(index),
             message: m,
         };
         if let Some(shape) = input_shape(cfg) {
@@ -481,6 +487,7 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         // The model's error names the layer itself.
         .map_err(|e| ConfigError {
             layer: None,
+            index: Some(index),
             message: e.to_string(),
         })?;
         if cfg.get("trainable").and_then(Value::as_bool) == Some(false) {
