@@ -193,6 +193,19 @@ fn check_run(out: &Path, epochs: usize, test_count: usize) -> PathBuf {
     );
     let tree = simplecnn_store::inspect(&run.join("model.h5")).unwrap();
     assert!(tree.contains("optimizer_weights/"), "{tree}");
+    // model.keras beside it: Keras 3's zip with the same weights, class names and Adam.
+    let keras = run.join("model.keras");
+    assert_eq!(saved_weights(&keras), saved_weights(&run.join("model.h5")));
+    assert_eq!(
+        simplecnn_store::read_class_names(&keras).unwrap(),
+        Some(cifar.clone())
+    );
+    let tree = simplecnn_store::inspect(&keras).unwrap();
+    assert!(tree.contains("  optimizer/\n    vars/"), "{tree}");
+    assert!(
+        tree.contains("config.json") && tree.contains("compiled with Adam"),
+        "{tree}"
+    );
     let run_totals: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
     assert!(run_totals["cpu_seconds"].as_f64().unwrap() > 0.0);

@@ -317,9 +317,13 @@ impl Experiment {
             ensure(is_file_name(name), &key, || {
                 format!("{name:?} must be a plain file name (it goes in the run folder)")
             })?;
-            ensure(name.ends_with(".h5"), &key, || {
-                format!("{name:?}: only .h5 model files can be written (Keras' HDF5 layout)")
-            })?;
+            ensure(
+                name.ends_with(".h5") || name.ends_with(".keras"),
+                &key,
+                || {
+                    format!("{name:?}: model files are .h5 (Keras' HDF5 layout) or .keras (Keras 3's zip)")
+                },
+            )?;
         }
         ensure(self.data.per_class != Some(0), "data.per_class", || {
             "must be at least 1".into()
@@ -851,7 +855,7 @@ mod tests {
         assert!(msg(&["optimizer.kind=\"sgd\""]).contains("unknown field `beta_1`"));
         assert!(msg(&["callbacks.9.kind=\"x\""]).contains("index 9 is past the 5 items"));
         assert!(msg(&["name.x=1"]).contains("name is not a table"));
-        assert!(msg(&["outputs.save=[\"model.keras\"]"]).contains("outputs.save.0"));
+        assert!(msg(&["outputs.save=[\"model.json\"]"]).contains("outputs.save.0"));
         assert!(msg(&["model.zoo=\"resnet\""]).contains("model.zoo"));
         assert!(msg(&["model.classes=0"]).contains("units must be at least 1"));
     }

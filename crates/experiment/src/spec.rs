@@ -428,7 +428,7 @@ pub struct OutputSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
     /// Model files to write after training; the extension picks the format (`.h5`: Keras'
-    /// HDF5 layout with the optimizer's state).
+    /// HDF5 layout, `.keras`: Keras 3's zip; both with Adam's state).
     #[serde(default = "model_h5")]
     pub save: Vec<String>,
     /// `loss.png` and `accuracy.png`.
@@ -437,7 +437,7 @@ pub struct OutputSpec {
 }
 
 fn model_h5() -> Vec<String> {
-    vec!["model.h5".into()]
+    vec!["model.h5".into(), "model.keras".into()]
 }
 
 impl Default for OutputSpec {

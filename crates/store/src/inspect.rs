@@ -140,9 +140,23 @@ fn walk(group: &Group, indent: &str, out: &mut String, w: &mut Walk<'_>) -> Resu
     Ok(())
 }
 
-/// The whole tree of an HDF5 file as text.
+/// The whole tree of an HDF5 file as text; for a `.keras` zip, its entries, layers and weights
+/// tree.
 pub fn inspect(path: &Path) -> Result<String> {
-    let file = crate::keras_file::open(path)?;
+    if crate::keras3::is_zip(path) {
+        return crate::keras3::inspect_archive(path);
+    }
+    inspect_h5(path, path)
+}
+
+/// The tree of the HDF5 file at `path`, `label` naming it in the text and in errors.
+pub(crate) fn inspect_h5(file_path: &Path, label: &Path) -> Result<String> {
+    let path = label;
+    crate::keras_file::check_regular_file(file_path)?;
+    hdf5::silence_errors(true);
+    let file = hdf5::File::open(file_path).at(path, || {
+        "not a readable HDF5 file (truncated or another format?)".into()
+    })?;
     let mut out = format!("{}\n/\n", path.display());
     let root = file.loc_info().at(path, || "root group".into())?;
     let mut w = Walk {

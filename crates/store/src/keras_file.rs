@@ -44,14 +44,14 @@ fn weighted_layers(spec: &Sequential) -> Vec<&str> {
         .collect()
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or("model.h5".into(), |n| n.to_string_lossy().into_owned());
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-fn write_tensor(group: &hdf5::Group, name: &str, t: &Tensor, path: &Path) -> Result<()> {
+pub(crate) fn write_tensor(group: &hdf5::Group, name: &str, t: &Tensor, path: &Path) -> Result<()> {
     let data: Vec<f32> = t
         .flatten_all()
         .and_then(|t| t.to_device(&Device::Cpu))
@@ -79,8 +79,9 @@ pub struct SaveOptions<'a> {
 /// The root attribute holding the class names: a list of strings.
 pub const CLASS_NAMES_ATTRIBUTE: &str = "class_names";
 
-/// Saves `model` (and optionally Adam's state) as Keras' `model.save('x.h5')` would: written to
-/// a temporary file in the same folder and renamed, so a crash never leaves half a file.
+/// Saves `model` (and optionally Adam's state) as Keras' `model.save('x.h5')` would, or as Keras
+/// 3's `model.save('x.keras')` for a path ending in `.keras`: written to a temporary file in the
+/// same folder and renamed, so a crash never leaves half a file.
 pub fn save_model(model: &Model, path: &Path, optimizer: Option<&AdamState>) -> Result<()> {
     save_model_with(
         model,
@@ -105,6 +106,9 @@ pub fn save_model_with(model: &Model, path: &Path, options: &SaveOptions<'_>) ->
                 ),
             );
         }
+    }
+    if path.extension().is_some_and(|e| e == "keras") {
+        return crate::keras3::save_keras(model, path, options.optimizer, options.class_names);
     }
     let tmp = tmp_path(path);
     let result = write_file(model, &tmp, path, options);
@@ -224,25 +228,28 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
     write_string_list(&g, "weight_names", &names, path)
 }
 
-pub(crate) fn open(path: &Path) -> Result<hdf5::File> {
+/// A model file must be a regular file; says what it is otherwise.
+pub(crate) fn check_regular_file(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dangling = std::fs::symlink_metadata(path).is_ok();
-            return fail(
+            fail(
                 path,
                 match dangling {
                     true => "a symbolic link to nothing (its target does not exist)",
                     false => "no such file",
                 },
-            );
+            )
         }
-        Err(e) => return fail(path, e.to_string()),
-        Ok(m) if m.is_dir() => return fail(path, "a folder, not a model file"),
-        Ok(m) if !m.is_file() => {
-            return fail(path, "not a regular file (a device, pipe or socket?)")
-        }
-        Ok(_) => {}
+        Err(e) => fail(path, e.to_string()),
+        Ok(m) if m.is_dir() => fail(path, "a folder, not a model file"),
+        Ok(m) if !m.is_file() => fail(path, "not a regular file (a device, pipe or socket?)"),
+        Ok(_) => Ok(()),
     }
+}
+
+pub(crate) fn open(path: &Path) -> Result<hdf5::File> {
+    check_regular_file(path)?;
     hdf5::silence_errors(true);
     hdf5::File::open(path).at(path, || {
         "not a readable HDF5 file (truncated or another format?)".into()
@@ -252,7 +259,12 @@ pub(crate) fn open(path: &Path) -> Result<hdf5::File> {
 /// Weights are floats (16, 32 or 64 bits, converted to f32 as they are read; HDF5 would also
 /// convert integers silently, truncating what a model computes with) of a size within the
 /// element limit.
-fn check_dataset(ds: &hdf5::Dataset, path: &Path, layer: &str, name: &str) -> Result<()> {
+pub(crate) fn check_dataset(
+    ds: &hdf5::Dataset,
+    path: &Path,
+    layer: &str,
+    name: &str,
+) -> Result<()> {
     use hdf5::types::TypeDescriptor;
     let dtype = ds.dtype().and_then(|t| t.to_descriptor()).at(path, || {
         format!("layer {layer}: dataset {name}: unreadable type")
@@ -269,9 +281,9 @@ fn check_dataset(ds: &hdf5::Dataset, path: &Path, layer: &str, name: &str) -> Re
 }
 
 /// One layer's weights as stored: its name and the tensors (Keras layout) in file order.
-struct FileLayer {
-    name: String,
-    weights: Vec<(String, Tensor)>,
+pub(crate) struct FileLayer {
+    pub name: String,
+    pub weights: Vec<(String, Tensor)>,
 }
 
 fn read_file_layers(file: &hdf5::File, path: &Path) -> Result<Vec<FileLayer>> {
@@ -374,7 +386,13 @@ fn pair_layers<'f, 'n>(
 
 /// Loads weights from a Keras `.h5` (model or weights file) into `model`, checking every shape.
 pub fn load_weights(model: &Model, path: &Path, by: MatchBy) -> Result<()> {
+    if crate::keras3::is_zip(path) {
+        return load_archive_weights(model, path, by, None);
+    }
     let file = open(path)?;
+    if crate::keras3::is_weights_tree(&file) {
+        return load_tree_weights(model, &file, path, by, None);
+    }
     let in_file = read_file_layers(&file, path)?;
     let ours = weighted_layers(model.spec());
     let pairs = pair_layers(path, &in_file, &ours, by, true)?;
@@ -391,14 +409,56 @@ pub fn load_layer_weights(
     layers: &[String],
     by: MatchBy,
 ) -> Result<()> {
+    if crate::keras3::is_zip(path) {
+        return load_archive_weights(model, path, by, Some(layers));
+    }
     let file = open(path)?;
+    if crate::keras3::is_weights_tree(&file) {
+        return load_tree_weights(model, &file, path, by, Some(layers));
+    }
     let in_file = read_file_layers(&file, path)?;
     let names: Vec<&str> = layers.iter().map(String::as_str).collect();
     let pairs = pair_layers(path, &in_file, &names, by, false)?;
     set_layer_weights(model, path, &pairs)
 }
 
-fn set_layer_weights(model: &Model, path: &Path, pairs: &[(&str, &FileLayer)]) -> Result<()> {
+/// Keras 3 weights (a `.weights.h5`) into `model`: by the model's structure (Keras' own
+/// pairing: the k-th Conv2D is `layers/conv2d_k`) or by the layer names the file records.
+fn load_tree_weights(
+    model: &Model,
+    file: &hdf5::File,
+    label: &Path,
+    by: MatchBy,
+    only: Option<&[String]>,
+) -> Result<()> {
+    let paths = match by {
+        MatchBy::Order => crate::keras3::layer_paths(model.spec()),
+        MatchBy::Name => crate::keras3::paths_from_names(file, label)?,
+    };
+    crate::keras3::load_weights_tree(model, file, label, &paths, only)
+}
+
+/// A `.keras` file's weights into `model`: by structure, or by the names in its config.
+fn load_archive_weights(
+    model: &Model,
+    path: &Path,
+    by: MatchBy,
+    only: Option<&[String]>,
+) -> Result<()> {
+    let archive = crate::keras3::open_archive(path)?;
+    let file = archive.open_weights()?;
+    let paths = match by {
+        MatchBy::Order => crate::keras3::layer_paths(model.spec()),
+        MatchBy::Name => crate::keras3::paths_from_config(&archive.config),
+    };
+    crate::keras3::load_weights_tree(model, &file, &archive.weights_label, &paths, only)
+}
+
+pub(crate) fn set_layer_weights(
+    model: &Model,
+    path: &Path,
+    pairs: &[(&str, &FileLayer)],
+) -> Result<()> {
     let model_weights: Vec<_> = model.weights().collect();
     for &(name, file_layer) in pairs {
         let targets: Vec<_> = model_weights.iter().filter(|w| w.layer == name).collect();
@@ -439,6 +499,10 @@ fn set_layer_weights(model: &Model, path: &Path, pairs: &[(&str, &FileLayer)]) -
 
 /// The class names [`save_model_with`] stored, if the file has them.
 pub fn read_class_names(path: &Path) -> Result<Option<Vec<String>>> {
+    if crate::keras3::is_zip(path) {
+        let archive = crate::keras3::open_archive(path)?;
+        return crate::keras3::class_names_in(&archive, path);
+    }
     let file = open(path)?;
     if file.attr(CLASS_NAMES_ATTRIBUTE).is_err() {
         return Ok(None);
@@ -452,6 +516,9 @@ pub fn read_class_names(path: &Path) -> Result<Option<Vec<String>>> {
 
 /// The file's `model_config` (Keras' JSON for the architecture).
 pub fn read_model_config(path: &Path) -> Result<serde_json::Value> {
+    if crate::keras3::is_zip(path) {
+        return Ok(crate::keras3::open_archive(path)?.config);
+    }
     let file = open(path)?;
     let config_text = read_string(&file, "model_config", path)?;
     serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())
@@ -477,6 +544,15 @@ pub fn load_model_scaled(path: &Path, device: &Device, scale: f64) -> Result<Mod
 
 /// Rebuilds the network from `model_config` and loads its weights: Keras' `load_model`.
 pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+    if crate::keras3::is_zip(path) {
+        let archive = crate::keras3::open_archive(path)?;
+        let spec = sequential_from_config(&archive.config).at(path, || "config.json".into())?;
+        let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+        let file = archive.open_weights()?;
+        let paths = crate::keras3::paths_from_config(&archive.config);
+        crate::keras3::load_weights_tree(&model, &file, &archive.weights_label, &paths, None)?;
+        return Ok(model);
+    }
     let config = read_model_config(path)?;
     let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
     let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
@@ -487,7 +563,19 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
 /// The optimizer state saved by [`save_model`] (Keras 2 naming), in our layouts; `None` when
 /// the file has none.
 pub fn load_optimizer(model: &Model, path: &Path) -> Result<Option<AdamState>> {
+    if crate::keras3::is_zip(path) {
+        let archive = crate::keras3::open_archive(path)?;
+        let file = archive.open_weights()?;
+        let optimizer = &archive.config["compile_config"]["optimizer"];
+        return crate::keras3::read_optimizer_tree(model, &file, &archive.weights_label, optimizer);
+    }
     let file = open(path)?;
+    if crate::keras3::is_weights_tree(&file) {
+        return crate::keras3::read_optimizer_tree(model, &file, path, &serde_json::Value::Null);
+    }
+    if file.group("optimizer_weights/adam").is_ok() {
+        return crate::keras3::read_legacy_optimizer(model, &file, path);
+    }
     let Ok(adam) = file.group("optimizer_weights/Adam") else {
         return Ok(None);
     };

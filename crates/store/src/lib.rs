@@ -1,5 +1,6 @@
 //! Keras-compatible model files: `model.save('cnn1.h5')` and `load_model` in the HDF5 layout
-//! Keras writes, so HDFView, h5py and Keras open our files and we open theirs.
+//! Keras writes, and Keras 3's own `.keras` zip, so HDFView, h5py and Keras open our files and
+//! we open theirs.
 //!
 //! # Brief overview
 //! * [`save_model`] writes `keras_version`, `backend`, `model_config` (Keras' JSON for the
@@ -10,7 +11,12 @@
 //!   [`load_weights`] loads into an existing model by layer order or name. Both accept Keras 2
 //!   (`conv2d_1/kernel:0`) and Keras 3 (`sequential/conv2d/kernel`) naming and every string
 //!   storage Keras used.
-//! * [`inspect`] prints any HDF5 file's tree.
+//! * A path ending in `.keras` is written as Keras 3's `model.save('x.keras')`: a zip (entries
+//!   stored) of `metadata.json`, `config.json` and `model.weights.h5` (`layers/<conv2d_1>/vars/0`,
+//!   `optimizer/vars/<i>`). Every reader tells formats apart by content: a zip, Keras 3's
+//!   weights tree (`.keras` weights or `save_weights('x.weights.h5')`), or the legacy layout,
+//!   whose Keras 3 optimizer naming (`optimizer_weights/adam/…_momentum`) is read too.
+//! * [`inspect`] prints any HDF5 file's tree, or a `.keras` file's entries, layers and tree.
 //!
 //! This crate maps a model's named tensors to HDF5 and back; it knows nothing of training.
 //!
@@ -26,11 +32,13 @@
 mod error;
 mod h5;
 mod inspect;
+mod keras3;
 mod keras_file;
 pub mod layout;
 
 pub use error::{Result, StoreError};
 pub use inspect::inspect;
+pub use keras3::KERAS3_FORMAT_VERSION;
 pub use keras_file::{
     load_layer_weights, load_model, load_model_scaled, load_optimizer, load_weights,
     read_class_names, read_model_config, save_model, save_model_with, AdamState, MatchBy,

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use simplecnn_model::{Mode, Model};
 use std::process::Command;
 
 use simplecnn_model::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Sequential};
@@ -71,4 +74,22 @@ pub fn run(py: &str, args: &[&str]) -> String {
     );
     assert!(out.status.success(), "helper {args:?} failed:\n{text}");
     text
+}
+
+/// The largest absolute difference between two batches of predictions.
+pub fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The model's outputs for `x` (NCHW), inference mode.
+pub fn predict(model: &Model, x: &Tensor) -> Vec<Vec<f32>> {
+    model
+        .forward(x, Mode::Inference)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
 }

@@ -44,22 +44,6 @@ fn python_model(
     (model_path, x, y)
 }
 
-fn predict(model: &Model, x: &Tensor) -> Vec<Vec<f32>> {
-    model
-        .forward(x, Mode::Inference)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
     let Some(py) = common::python() else { return };
@@ -73,8 +57,8 @@ fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
         let (model_path, x, expected) = python_model(&py, dir.path(), naming, strings, false);
 
         let model = load_model(&model_path, &Device::Cpu).unwrap();
-        let got = predict(&model, &x);
-        let d = max_diff(&got, &expected);
+        let got = common::predict(&model, &x);
+        let d = common::max_diff(&got, &expected);
         assert!(
             d < 1e-5,
             "{naming}/{strings}: load_model predicts {d} away from numpy"
@@ -83,17 +67,17 @@ fn keras_files_written_by_h5py_load_and_predict_like_numpy() {
         // The same weights into a model built here, by order.
         let ours = Model::new(common::small_cnn(), &Device::Cpu, 1).unwrap();
         load_weights(&ours, &model_path, MatchBy::Order).unwrap();
-        let got = predict(&ours, &x);
+        let got = common::predict(&ours, &x);
         assert!(
-            max_diff(&got, &expected) < 1e-5,
+            common::max_diff(&got, &expected) < 1e-5,
             "{naming}/{strings}: load_weights"
         );
         if naming == "keras2" {
             // Names match only in the Keras 2 naming.
             let by_name = Model::new(common::small_cnn(), &Device::Cpu, 2).unwrap();
             load_weights(&by_name, &model_path, MatchBy::Name).unwrap();
-            let got = predict(&by_name, &x);
-            assert!(max_diff(&got, &expected) < 1e-5);
+            let got = common::predict(&by_name, &x);
+            assert!(common::max_diff(&got, &expected) < 1e-5);
         } else {
             let by_name = Model::new(common::small_cnn(), &Device::Cpu, 2).unwrap();
             let err = load_weights(&by_name, &model_path, MatchBy::Name).unwrap_err();
@@ -162,8 +146,8 @@ fn a_file_keras_wrote_predicts_what_keras_predicted() {
     let model = load_model(&data.join("keras3-simplecnn.h5"), &Device::Cpu).unwrap();
     assert_eq!(model.spec().param_count(), 545_098);
     let (x, expected) = read_io(&data.join("keras3-simplecnn-io.h5"));
-    let got = predict(&model, &x);
-    let d = max_diff(&got, &expected);
+    let got = common::predict(&model, &x);
+    let d = common::max_diff(&got, &expected);
     assert!(d < 1e-5, "differs from Keras by {d}");
 }
 
@@ -185,15 +169,15 @@ fn batch_normalization_loads_and_predicts_like_numpy() {
             model.spec().param_count() - model.spec().trainable_param_count(),
             8
         );
-        let got = predict(&model, &x);
-        let d = max_diff(&got, &expected);
+        let got = common::predict(&model, &x);
+        let d = common::max_diff(&got, &expected);
         assert!(d < 1e-5, "{naming}: differs from numpy by {d}");
 
         // Saved again by us, it loads back to the same predictions.
         let again = dir.path().join(format!("bn-{naming}-ours.h5"));
         save_model(&model, &again, None).unwrap();
         let back = load_model(&again, &Device::Cpu).unwrap();
-        let got2 = predict(&back, &x);
+        let got2 = common::predict(&back, &x);
         assert_eq!(got, got2);
     }
 }
