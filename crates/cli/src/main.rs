@@ -10,6 +10,7 @@ mod pictures;
 mod plots;
 mod predict;
 mod provenance;
+mod selftest;
 mod show;
 mod weights;
 
@@ -54,6 +55,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Training and inference throughput on real data; with --reference beside Keras and PyTorch.
     Bench(bench::BenchArgs),
+    /// Every layer's forward pass and gradients on a device (CUDA) against the CPU's kernels.
+    Selftest(selftest::SelftestArgs),
     /// HDF5 model files.
     H5 {
         #[command(subcommand)]
@@ -119,6 +122,7 @@ fn run() -> Result<()> {
         Command::Evaluate(args) => evaluate::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Selftest(args) => selftest::run(args),
         Command::Compare(args) => compare::run(args),
         Command::H5 {
             command: H5Command::Inspect { file },

@@ -1316,3 +1316,24 @@ fn a_vgg16_base_from_the_zoo_under_a_new_head() {
         "{summary}"
     );
 }
+
+/// The self-test compares every layer's outputs, gradients and updated statistics on a device
+/// with the CPU's fast kernels; on the CPU it checks candle's ops, which agree to ~1e-6, so a
+/// tolerance of 0 must fail and name the tensors.
+#[test]
+fn selftest_compares_every_layer_and_can_fail() {
+    let o = xtask(&["selftest", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for what in [
+        "d conv2d_1/kernel",
+        "batch_normalization_1/moving_variance after",
+        "probabilities, inference",
+        "d dense_2/kernel",
+    ] {
+        assert!(out.contains(what), "{what} not checked:\n{out}");
+    }
+    let o = xtask(&["selftest", "--device", "cpu", "--tolerance", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tensors differ"), "{}", stderr(&o));
+}

@@ -1,0 +1,172 @@
+//! `selftest --device cuda`: every layer kind's forward pass and gradients on a device against
+//! the CPU's fast kernels, on small random shapes, to 1e-4 relative (TF32 off). `--device cpu`
+//! checks candle's own CPU ops against the fast kernels the same way (what CI can run).
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use simplecnn_model::{
+    Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, DropoutRng,
+    FeatureShape, Kernels, LayerKind, Mode, Model, Padding, Pool2dConfig, RescalingConfig,
+    Sequential,
+};
+
+use crate::experiment::DeviceArg;
+
+#[derive(clap::Args, Debug)]
+pub struct SelftestArgs {
+    /// The device checked against the CPU's fast kernels.
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub device: DeviceArg,
+    /// The largest relative difference allowed: max |a - b| / max(|b|, 1e-6), per tensor.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+}
+
+/// The small networks that between them hold every layer kind.
+fn cases() -> Result<Vec<(&'static str, Sequential)>> {
+    let mut out = Vec::new();
+    let mut a = Sequential::new("conv_pool_dense", FeatureShape::image(3, 9, 9));
+    a.add(LayerKind::Rescaling(RescalingConfig {
+        scale: vec![2.0, 0.5, 1.5],
+        offset: vec![-1.0, 0.0, 0.25],
+    }))?;
+    a.add(LayerKind::Conv2d(Conv2dConfig::new(
+        4,
+        3,
+        Padding::Same,
+        Activation::Relu,
+    )))?;
+    a.add(LayerKind::max_pool(2))?;
+    a.add(LayerKind::dropout(0.25))?;
+    a.add(LayerKind::Flatten)?;
+    a.add(LayerKind::dense(5, Activation::Softmax))?;
+    out.push(("conv_pool_dense", a));
+
+    let mut b = Sequential::new("bn_gelu_pools", FeatureShape::image(3, 10, 10));
+    let mut conv = Conv2dConfig::new(6, 3, Padding::Valid, Activation::Linear);
+    conv.use_bias = false;
+    conv.strides = (2, 2);
+    b.add(LayerKind::Conv2d(conv))?;
+    b.add(LayerKind::BatchNorm(BatchNormConfig {
+        momentum: 0.6,
+        ..Default::default()
+    }))?;
+    b.add(LayerKind::Activation(ActivationConfig {
+        activation: Activation::Gelu,
+    }))?;
+    b.add(LayerKind::AvgPool2d(AveragePooling2D(Pool2dConfig::new(2))))?;
+    b.add(LayerKind::GlobalAvgPool2d)?;
+    b.add(LayerKind::dense(3, Activation::Linear))?;
+    out.push(("bn_gelu_pools", b));
+
+    let mut c = Sequential::new("same_conv_maxpool_global", FeatureShape::image(2, 8, 8));
+    c.add(LayerKind::Conv2d(Conv2dConfig::new(
+        5,
+        3,
+        Padding::Same,
+        Activation::Linear,
+    )))?;
+    c.add(LayerKind::Conv2d(Conv2dConfig::new(
+        4,
+        2,
+        Padding::Valid,
+        Activation::Relu,
+    )))?;
+    c.add(LayerKind::GlobalMaxPool2d)?;
+    c.add(LayerKind::dense(4, Activation::Relu))?;
+    c.add(LayerKind::dense(2, Activation::Softmax))?;
+    out.push(("same_conv_maxpool_global", c));
+    Ok(out)
+}
+
+/// max |a - b| / max(|b|, 1e-6) over two tensors of one shape.
+fn relative_difference(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a: Vec<f32> = a.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    let b: Vec<f32> = b.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    if a.len() != b.len() {
+        bail!("{} values against {}", a.len(), b.len());
+    }
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    Ok((diff / scale) as f64)
+}
+
+/// What one network computes in a training step: the output, the gradient of a fixed random
+/// projection of it with respect to every weight (training never needs the input's), and the
+/// weights after (the moving statistics move in training mode).
+fn step(model: &Model, x: &Tensor, projection: &Tensor) -> Result<Vec<(String, Tensor)>> {
+    let x = x.to_device(model.device())?;
+    let mut dropout = DropoutRng::new(11);
+    let out = model.logits(&x, Mode::Training(&mut dropout))?;
+    let objective = (&out * projection.to_device(model.device())?)?.sum_all()?;
+    let grads = objective.backward()?;
+    let mut results = vec![
+        ("logits, training".to_string(), out.clone()),
+        (
+            "probabilities, inference".to_string(),
+            model.forward(&x, Mode::Inference)?,
+        ),
+    ];
+    for w in model.weights() {
+        if w.trainable {
+            let g = grads
+                .get(w.var.as_tensor())
+                .with_context(|| format!("no gradient for {} ({:?})", w.path(), model.kernels()))?;
+            results.push((format!("d {}", w.path()), g.clone()));
+        }
+        results.push((format!("{} after", w.path()), w.var.as_tensor().clone()));
+    }
+    Ok(results)
+}
+
+pub fn run(args: SelftestArgs) -> Result<()> {
+    let device = crate::experiment::device(args.device.name())?;
+    // TF32 would round f32 products to 10-bit mantissas on the GPU.
+    candle_core::cuda::set_gemm_reduced_precision_f32(false);
+    let mut worst = 0f64;
+    let mut failures = Vec::new();
+    for (name, spec) in cases()? {
+        let reference = Model::new(spec.clone(), &Device::Cpu, 3)?;
+        let mut other = Model::new(spec.clone(), &device, 3)?;
+        if device.is_cpu() {
+            other.set_kernels(Kernels::Candle)?;
+        }
+        for w in reference.weights() {
+            other.set_weight(&w.layer, w.name, w.var.as_tensor())?;
+        }
+        let FeatureShape::Image {
+            channels,
+            height,
+            width,
+        } = spec.input_shape()
+        else {
+            bail!("{name}: not an image input");
+        };
+        let x = Tensor::randn(0f32, 1.0, (4, channels, height, width), &Device::Cpu)?;
+        let classes = spec.output_shape().elem_count();
+        let projection = Tensor::randn(0f32, 1.0, (4, classes), &Device::Cpu)?;
+        let want = step(&reference, &x, &projection)?;
+        let got = step(&other, &x, &projection)?;
+        for ((what, a), (_, b)) in got.iter().zip(&want) {
+            let d = relative_difference(a, b).with_context(|| format!("{name}: {what}"))?;
+            worst = worst.max(d);
+            let verdict = if d <= args.tolerance { "ok" } else { "FAIL" };
+            println!("{name:<26} {what:<34} {d:.2e} {verdict}");
+            if d > args.tolerance {
+                failures.push(format!("{name}: {what} ({d:.2e})"));
+            }
+        }
+    }
+    println!(
+        "{} against the CPU's fast kernels: largest relative difference {worst:.2e} (tolerance {:.0e})",
+        args.device.name().as_str(),
+        args.tolerance
+    );
+    if !failures.is_empty() {
+        bail!("{} tensors differ: {}", failures.len(), failures.join(", "));
+    }
+    Ok(())
+}
