@@ -22,6 +22,7 @@ def args():
     p.add_argument("--inference-images", type=int, default=5000)
     p.add_argument("--inference-batch", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="PyTorch's device (cpu, cuda)")
     return p.parse_args()
 
 

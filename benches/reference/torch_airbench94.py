@@ -17,6 +17,7 @@ def main():
     from torch import nn
 
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
 
     def conv(c_in, c_out, k=3, padding="same", bias=False):
         layer = nn.Conv2d(c_in, c_out, k, padding=padding, bias=bias)
@@ -57,6 +58,7 @@ def main():
     momentum = 0.85
     kilostep = 1024 * (1 + 1 / (1 - momentum))
     lr = 11.5 / kilostep
+    model.to(dev)
     wd = 0.0153 * 1024 / kilostep
     names = dict(model.named_parameters())
     biases = [p for k, p in names.items() if p.requires_grad and isinstance(
@@ -72,7 +74,7 @@ def main():
     def train_step(x, y):
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
         loss.backward()
         opt.step()
         # The mean per image, as ours reports.
@@ -81,9 +83,9 @@ def main():
     def predict(x):
         model.eval()
         with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
+            return model(torch.from_numpy(x).to(dev)).cpu().numpy()
 
-    version = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    version = f"torch {torch.__version__} ({a.device}, {torch.get_num_threads()} threads)"
     common.run(a, "pytorch-airbench94", version, train_step, predict, train, test)
 
 

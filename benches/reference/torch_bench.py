@@ -10,12 +10,14 @@ def main():
     from torch import nn
 
     torch.manual_seed(a.seed)
+    dev = torch.device(a.device)
     model = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
         nn.Dropout(0.25), nn.Linear(64 * 8 * 8, 128), nn.ReLU(), nn.Dropout(0.25),
         nn.Linear(128, 10),
     )
+    model.to(dev)
     # Keras' Adam defaults.
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
     loss_fn = nn.CrossEntropyLoss()
@@ -24,7 +26,7 @@ def main():
     def train_step(x, y):
         model.train()
         opt.zero_grad()
-        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
         loss.backward()
         opt.step()
         return loss.item()
@@ -32,9 +34,9 @@ def main():
     def predict(x):
         model.eval()
         with torch.no_grad():
-            return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+            return torch.softmax(model(torch.from_numpy(x).to(dev)), dim=1).cpu().numpy()
 
-    version = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    version = f"torch {torch.__version__} ({a.device}, {torch.get_num_threads()} threads)"
     common.run(a, "pytorch", version, train_step, predict, train, test)
 
 

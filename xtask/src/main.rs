@@ -11,6 +11,12 @@
 //!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
 //! * `cargo xtask bench --reference …` → also sets up `target/reference-venv/{keras,torch}`
 //!   (pip, only when asked) for the reference scripts in `benches/reference/`;
+//! * `cargo xtask setup --cuda` → also CUDA 13.0's compiler, headers and libraries from PyPI's
+//!   NVIDIA wheels (`target/cuda-venv`), arranged as a CUDA home in `target/cuda-home`;
+//! * `cargo xtask cuda CARGO_ARGS…` → cargo with that CUDA home (`CUDA_COMPUTE_CAP=90`, the
+//!   H200's; target dir `target/cuda`), e.g. `cargo xtask cuda clippy --features cuda`;
+//! * `cargo xtask gpu-pack` → one stripped CUDA build of `simplecnn`, the libraries it links
+//!   that a CUDA image lacks, the JPEG CIFAR-10 and `benches/gpu/run.sh`, in `target/gpu-pack`;
 //! * `cargo xtask ANYTHING…` → `cargo run --release -p simplecnn-cli -- ANYTHING…`.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +24,25 @@ use std::process::{exit, Command};
 
 const HDF5_PACKAGES: &[&str] = &["libhdf5-dev", "pkg-config"];
 const PYTHON_PACKAGES: &[&str] = &["pillow", "h5py", "numpy"];
+/// CUDA 13.0, the GPU machine's (driver 580 loads PTX from nvcc up to 13.0, not newer).
+const CUDA_PACKAGES: &[&str] = &[
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-runtime==13.0.*",
+    "nvidia-cuda-nvrtc==13.0.*",
+    "nvidia-nvvm==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
+    "nvidia-cublas==13.0.*",
+    "nvidia-curand==10.4.0.*",
+];
+/// The libraries candle's CUDA backend links, by the names the wheels give them.
+const CUDA_LIBRARIES: &[(&str, &str)] = &[
+    ("libcublas.so", "libcublas.so.13"),
+    ("libcublasLt.so", "libcublasLt.so.13"),
+    ("libcudart.so", "libcudart.so.13"),
+    ("libnvrtc.so", "libnvrtc.so.13"),
+    ("libcurand.so", "libcurand.so.10"),
+];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -154,6 +179,192 @@ fn ensure_reference_venvs(root: &Path) -> [(&'static str, PathBuf); 2] {
     ]
 }
 
+/// The wheels' CUDA tree (`site-packages/nvidia/cu13`) in `venv`.
+fn wheel_cuda_root(venv: &Path) -> Option<PathBuf> {
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/nvidia/cu13"))
+        .find(|p| p.join("bin/nvcc").is_file())
+}
+
+/// `target/cuda-home`: a CUDA home for candle's build (nvcc, headers, the libraries it links
+/// under their link names, and a stub `libcuda.so` — the driver's library exists only on a
+/// GPU machine — made from `cuda.h`'s function names).
+fn ensure_cuda_home(root: &Path) -> PathBuf {
+    let probe = "import os, nvidia; d = os.path.join(list(nvidia.__path__)[0], 'cu13'); \
+                 assert all(os.path.exists(os.path.join(d, p)) for p in \
+                 ['bin/nvcc', 'lib/libcublas.so.13', 'lib/libcurand.so.10', 'nvvm', 'include/cuda.h'])";
+    let venv = ensure_venv(&root.join("target/cuda-venv"), probe, CUDA_PACKAGES);
+    let Some(cuda) = wheel_cuda_root(&venv) else {
+        eprintln!("xtask: no nvidia/cu13 with nvcc in {}", venv.display());
+        exit(1);
+    };
+    let home = root.join("target/cuda-home");
+    let lib64 = home.join("lib64");
+    let fail = |what: &str, e: std::io::Error| -> ! {
+        eprintln!("xtask: {what}: {e}");
+        exit(1)
+    };
+    std::fs::create_dir_all(&lib64).unwrap_or_else(|e| fail("target/cuda-home", e));
+    let link = |target: PathBuf, at: PathBuf| {
+        let _ = std::fs::remove_file(&at);
+        std::os::unix::fs::symlink(&target, &at)
+            .unwrap_or_else(|e| fail(&at.display().to_string(), e));
+    };
+    for dir in ["bin", "include", "nvvm"] {
+        link(cuda.join(dir), home.join(dir));
+    }
+    for (name, file) in CUDA_LIBRARIES {
+        link(cuda.join("lib").join(file), lib64.join(name));
+    }
+    let stub = lib64.join("libcuda.so");
+    if !stub.is_file() {
+        let header = std::fs::read_to_string(cuda.join("include/cuda.h"))
+            .unwrap_or_else(|e| fail("cuda.h", e));
+        let mut names = std::collections::BTreeSet::new();
+        for word in header.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let is_api =
+                word.len() > 2 && word.starts_with("cu") && word.as_bytes()[2].is_ascii_uppercase();
+            if is_api {
+                names.insert(word.to_string());
+            }
+        }
+        let source: String = names
+            .iter()
+            .map(|n| format!("void {n}(void) {{}}\n"))
+            .collect();
+        let c = home.join("cuda_stub.c");
+        std::fs::write(&c, source).unwrap_or_else(|e| fail("cuda_stub.c", e));
+        let ok = Command::new("cc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+            .arg(&stub)
+            .arg(&c)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("xtask: could not build the libcuda stub with cc");
+            exit(1);
+        }
+    }
+    home
+}
+
+/// cargo with the CUDA home: nvcc on the PATH, compute capability 9.0 (the H200's; no GPU
+/// here to ask), its own target folder so CPU builds stay as they are.
+fn cuda_cargo(root: &Path, home: &Path) -> Command {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![home.join("bin")];
+    paths.extend(std::env::split_paths(&path));
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root)
+        .env("PATH", std::env::join_paths(paths).expect("valid PATH"))
+        .env("CUDA_HOME", home)
+        .env("CUDA_ROOT", home)
+        .env("CUDA_COMPUTE_CAP", "90")
+        .env("CARGO_TARGET_DIR", root.join("target/cuda"));
+    cmd
+}
+
+/// `target/gpu-pack`: what the GPU machine needs besides the working tree.
+fn gpu_pack(root: &Path) {
+    let home = ensure_cuda_home(root);
+    let built = cuda_cargo(root, &home)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "simplecnn-cli",
+            "--features",
+            "cuda",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        eprintln!("xtask: the CUDA build failed");
+        exit(1);
+    }
+    let pack = root.join("target/gpu-pack");
+    let _ = std::fs::remove_dir_all(&pack);
+    let stage = pack.join("stage");
+    std::fs::create_dir_all(stage.join("lib")).expect("target/gpu-pack");
+    let binary = stage.join("simplecnn");
+    let copied = Command::new("strip")
+        .arg("-o")
+        .arg(&binary)
+        .arg(root.join("target/cuda/release/simplecnn"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !copied {
+        eprintln!(
+            "xtask: could not strip the binary into {}",
+            binary.display()
+        );
+        exit(1);
+    }
+    // The shared libraries it links (HDF5 and its dependencies), but for glibc's, the C++
+    // runtime's (a CUDA image has newer ones) and CUDA's (the GPU machine's own).
+    let ldd = Command::new("ldd").arg(&binary).output().expect("ldd");
+    let skip = [
+        "libc.so",
+        "libm.so",
+        "libdl.so",
+        "libpthread.so",
+        "librt.so",
+        "libresolv.so",
+        "libnss",
+        "libutil.so",
+        "libanl.so",
+        "ld-linux",
+        "libstdc++",
+        "libgcc_s",
+        "libcuda.so",
+        "libcublas",
+        "libcurand",
+        "libnvrtc",
+        "libcudart",
+    ];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(name), Some("=>"), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if path == "not" || skip.iter().any(|s| name.starts_with(s)) {
+            continue;
+        }
+        std::fs::copy(path, stage.join("lib").join(name)).expect("copy a library");
+    }
+    // xz: the binary's PTX and the libraries shrink from ~80 MB to ~15 MB.
+    let packed = Command::new("tar")
+        .arg("cJf")
+        .arg(pack.join("simplecnn-cuda.tar.xz"))
+        .arg("-C")
+        .arg(&stage)
+        .arg(".")
+        .env("XZ_OPT", "-6 -T0")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !packed {
+        eprintln!("xtask: tar cJf failed");
+        exit(1);
+    }
+    let _ = std::fs::remove_dir_all(&stage);
+    let shared = root.join("../shared/data");
+    for file in ["cifar10-jpg.tar.gz", "make_cifar_bin.py"] {
+        if let Err(e) = std::fs::copy(shared.join(file), pack.join(file)) {
+            eprintln!("xtask: {}: {e}", shared.join(file).display());
+            exit(1);
+        }
+    }
+    let du = Command::new("du")
+        .arg("-sh")
+        .arg(&pack)
+        .output()
+        .expect("du");
+    print!("xtask: {}", String::from_utf8_lossy(&du.stdout));
+    println!("xtask: on the GPU machine, from the repository root: bash benches/gpu/run.sh");
+}
+
 fn run(cmd: &mut Command) -> ! {
     match cmd.status() {
         Ok(s) => exit(s.code().unwrap_or(1)),
@@ -171,6 +382,18 @@ fn main() {
     if args.first().map(String::as_str) == Some("setup") {
         let venv = ensure_python_venv(&root);
         println!("xtask: HDF5 found; test venv ready at {}", venv.display());
+        if args.iter().any(|a| a == "--cuda") {
+            let home = ensure_cuda_home(&root);
+            println!("xtask: CUDA 13.0 for building at {}", home.display());
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("cuda") {
+        let home = ensure_cuda_home(&root);
+        run(cuda_cargo(&root, &home).args(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("gpu-pack") {
+        gpu_pack(&root);
         return;
     }
     if args.first().map(String::as_str) == Some("test") {

@@ -80,6 +80,9 @@ pub struct BenchArgs {
     /// Sets a key of that experiment, as `experiment --set` does.
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "experiment")]
     pub set: Vec<String>,
+    /// Where ours (and PyTorch's reference, `--device cuda` to its script) train and predict.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: crate::experiment::DeviceArg,
     /// Internal: measure in this process with these kernels and print one JSON line.
     #[arg(long, hide = true, value_enum)]
     pub worker: Option<KernelsArg>,
@@ -115,8 +118,12 @@ impl BenchArgs {
             words.push(format!("--set {s}"));
         }
         words.push(format!(
-            "--steps {} --warmup {} --inference-images {} --rounds {}",
-            self.steps, self.warmup, self.inference_images, self.rounds
+            "--steps {} --warmup {} --inference-images {} --rounds {} --device {}",
+            self.steps,
+            self.warmup,
+            self.inference_images,
+            self.rounds,
+            self.device.name().as_str()
         ));
         words.join(" ")
     }
@@ -142,6 +149,8 @@ impl BenchArgs {
             c.warmup_steps.to_string(),
             "--inference-images".into(),
             c.inference_images.to_string(),
+            "--device".into(),
+            self.device.name().as_str().into(),
         ];
         args
     }
@@ -317,7 +326,7 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
         kernels: kernels.kernels(),
         ..args.config()
     };
-    let device = candle_core::Device::Cpu;
+    let device = crate::experiment::device(args.device.name())?;
     let raw = match &args.experiment {
         None => simplecnn_bench::measure(&data.train, &data.test, &device, &config)?,
         Some(name) => {
@@ -348,9 +357,10 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
     let out = WorkerOutput {
         framework: kernels.framework().into(),
         version: format!(
-            "simplecnn {}, candle {}, {} threads",
+            "simplecnn {}, candle {}, {}, {} threads",
             env!("CARGO_PKG_VERSION"),
             versions["candle-core"].as_str().unwrap_or("?"),
+            args.device.name().as_str(),
             candle_core::utils::get_num_threads()
         ),
         raw,
