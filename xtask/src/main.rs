@@ -11,12 +11,14 @@
 //!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
 //! * `cargo xtask bench --reference …` → also sets up `target/reference-venv/{keras,torch}`
 //!   (pip, only when asked) for the reference scripts in `benches/reference/`;
-//! * `cargo xtask setup --cuda` → also CUDA 13.0's compiler, headers and libraries from PyPI's
-//!   NVIDIA wheels (`target/cuda-venv`), arranged as a CUDA home in `target/cuda-home`;
+//! * `cargo xtask setup --cuda` → also CUDA 13.0's compiler, headers and libraries (and cuDNN
+//!   9) from PyPI's NVIDIA wheels (`target/cuda-venv`), arranged as a CUDA home in
+//!   `target/cuda-home`;
 //! * `cargo xtask cuda CARGO_ARGS…` → cargo with that CUDA home (`CUDA_COMPUTE_CAP=90`, the
 //!   H200's; target dir `target/cuda`), e.g. `cargo xtask cuda clippy --features cuda`;
-//! * `cargo xtask gpu-pack` → one stripped CUDA build of `simplecnn`, the libraries it links
-//!   that a CUDA image lacks, the JPEG CIFAR-10 and `benches/gpu/run.sh`, in `target/gpu-pack`;
+//! * `cargo xtask gpu-pack` → two stripped CUDA builds of `simplecnn` (candle's convolutions
+//!   and cuDNN's), the libraries they link that a CUDA image lacks, the commit and the JPEG
+//!   CIFAR-10 for `benches/gpu/run.sh`, in `target/gpu-pack`;
 //! * `cargo xtask ANYTHING…` → `cargo run --release -p simplecnn-cli -- ANYTHING…`.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ const CUDA_PACKAGES: &[&str] = &[
     "nvidia-cuda-cccl==13.0.*",
     "nvidia-cublas==13.0.*",
     "nvidia-curand==10.4.0.*",
+    // cuDNN 9 (the `cudnn` feature links libcudnn.so.9; the GPU image's PyTorch brings its own).
+    "nvidia-cudnn-cu13==9.13.*",
 ];
 /// The libraries candle's CUDA backend links, by the names the wheels give them.
 const CUDA_LIBRARIES: &[(&str, &str)] = &[
@@ -193,7 +197,8 @@ fn wheel_cuda_root(venv: &Path) -> Option<PathBuf> {
 fn ensure_cuda_home(root: &Path) -> PathBuf {
     let probe = "import os, nvidia; d = os.path.join(list(nvidia.__path__)[0], 'cu13'); \
                  assert all(os.path.exists(os.path.join(d, p)) for p in \
-                 ['bin/nvcc', 'lib/libcublas.so.13', 'lib/libcurand.so.10', 'nvvm', 'include/cuda.h'])";
+                 ['bin/nvcc', 'lib/libcublas.so.13', 'lib/libcurand.so.10', 'nvvm', 'include/cuda.h', \
+                 '../cudnn/lib/libcudnn.so.9'])";
     let venv = ensure_venv(&root.join("target/cuda-venv"), probe, CUDA_PACKAGES);
     let Some(cuda) = wheel_cuda_root(&venv) else {
         eprintln!("xtask: no nvidia/cu13 with nvcc in {}", venv.display());
@@ -217,6 +222,10 @@ fn ensure_cuda_home(root: &Path) -> PathBuf {
     for (name, file) in CUDA_LIBRARIES {
         link(cuda.join("lib").join(file), lib64.join(name));
     }
+    link(
+        cuda.join("../cudnn/lib/libcudnn.so.9"),
+        lib64.join("libcudnn.so"),
+    );
     let stub = lib64.join("libcuda.so");
     if !stub.is_file() {
         let header = std::fs::read_to_string(cuda.join("include/cuda.h"))
@@ -246,6 +255,9 @@ fn ensure_cuda_home(root: &Path) -> PathBuf {
             exit(1);
         }
     }
+    // Under its soname too, so that `SKIP_CUDA=1 benches/gpu/run.sh` can start a CUDA binary
+    // here; nothing else puts this folder on a library path.
+    link(PathBuf::from("libcuda.so"), lib64.join("libcuda.so.1"));
     home
 }
 
@@ -265,45 +277,46 @@ fn cuda_cargo(root: &Path, home: &Path) -> Command {
     cmd
 }
 
+/// The pack's binaries: `simplecnn` with candle's own CUDA convolutions, `simplecnn-cudnn`
+/// with cuDNN's (two builds, since candle chooses at compile time).
+const PACKED_BUILDS: &[(&str, &str)] = &[("simplecnn", "cuda"), ("simplecnn-cudnn", "cudnn")];
+
 /// `target/gpu-pack`: what the GPU machine needs besides the working tree.
 fn gpu_pack(root: &Path) {
     let home = ensure_cuda_home(root);
-    let built = cuda_cargo(root, &home)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "simplecnn-cli",
-            "--features",
-            "cuda",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !built {
-        eprintln!("xtask: the CUDA build failed");
-        exit(1);
-    }
     let pack = root.join("target/gpu-pack");
     let _ = std::fs::remove_dir_all(&pack);
     let stage = pack.join("stage");
     std::fs::create_dir_all(stage.join("lib")).expect("target/gpu-pack");
-    let binary = stage.join("simplecnn");
-    let copied = Command::new("strip")
-        .arg("-o")
-        .arg(&binary)
-        .arg(root.join("target/cuda/release/simplecnn"))
-        .status()
-        .is_ok_and(|s| s.success());
-    if !copied {
-        eprintln!(
-            "xtask: could not strip the binary into {}",
-            binary.display()
-        );
-        exit(1);
+    for (name, features) in PACKED_BUILDS {
+        // Each feature set keeps its own artefacts in target/cuda: rebuilding one leaves the
+        // other cached.
+        let built = cuda_cargo(root, &home)
+            .args(["build", "--release", "-p", "simplecnn-cli", "--features"])
+            .arg(features)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built {
+            eprintln!("xtask: the CUDA build with --features {features} failed");
+            exit(1);
+        }
+        let binary = stage.join(name);
+        let copied = Command::new("strip")
+            .arg("-o")
+            .arg(&binary)
+            .arg(root.join("target/cuda/release/simplecnn"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if !copied {
+            eprintln!(
+                "xtask: could not strip the binary into {}",
+                binary.display()
+            );
+            exit(1);
+        }
     }
-    // The shared libraries it links (HDF5 and its dependencies), but for glibc's, the C++
+    // The shared libraries they link (HDF5 and its dependencies), but for glibc's, the C++
     // runtime's (a CUDA image has newer ones) and CUDA's (the GPU machine's own).
-    let ldd = Command::new("ldd").arg(&binary).output().expect("ldd");
     let skip = [
         "libc.so",
         "libm.so",
@@ -322,26 +335,44 @@ fn gpu_pack(root: &Path) {
         "libcurand",
         "libnvrtc",
         "libcudart",
+        "libcudnn",
     ];
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(name), Some("=>"), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if path == "not" || skip.iter().any(|s| name.starts_with(s)) {
-            continue;
+    for (name, _) in PACKED_BUILDS {
+        let ldd = Command::new("ldd")
+            .arg(stage.join(name))
+            .output()
+            .expect("ldd");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some("=>"), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if path == "not" || skip.iter().any(|s| name.starts_with(s)) {
+                continue;
+            }
+            std::fs::copy(path, stage.join("lib").join(name)).expect("copy a library");
         }
-        std::fs::copy(path, stage.join("lib").join(name)).expect("copy a library");
     }
-    // xz: the binary's PTX and the libraries shrink from ~80 MB to ~15 MB.
+    // Where the pack came from, for the results: the GPU machine's copy has no repository.
+    let commit = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    std::fs::write(pack.join("commit.txt"), format!("{commit}\n")).expect("commit.txt");
+    // xz with a dictionary that spans both binaries: the second (the same PTX and nearly the
+    // same code) then costs little; the binaries' PTX and the libraries shrink ~160 MB → ~20 MB.
     let packed = Command::new("tar")
         .arg("cJf")
         .arg(pack.join("simplecnn-cuda.tar.xz"))
         .arg("-C")
         .arg(&stage)
         .arg(".")
-        .env("XZ_OPT", "-6 -T0")
+        .env("XZ_OPT", "-T1 --lzma2=preset=9,dict=192MiB")
         .status()
         .is_ok_and(|s| s.success());
     if !packed {

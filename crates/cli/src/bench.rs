@@ -357,10 +357,14 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
     let out = WorkerOutput {
         framework: kernels.framework().into(),
         version: format!(
-            "simplecnn {}, candle {}, {}, {} threads",
+            "simplecnn {}, candle {}, {}{}, {} threads",
             env!("CARGO_PKG_VERSION"),
             versions["candle-core"].as_str().unwrap_or("?"),
             args.device.name().as_str(),
+            match args.device {
+                crate::experiment::DeviceArg::Cuda if cfg!(feature = "cudnn") => " with cuDNN",
+                _ => "",
+            },
             candle_core::utils::get_num_threads()
         ),
         raw,

@@ -15,6 +15,8 @@ pub struct Provenance {
     pub candle_threads: usize,
     pub rustc: String,
     pub crate_versions: serde_json::Value,
+    /// The cargo features this binary was built with that change where and how it computes.
+    pub build_features: Vec<&'static str>,
 }
 
 fn output(cmd: &str, args: &[&str]) -> Option<String> {
@@ -64,8 +66,24 @@ pub fn crate_versions() -> serde_json::Value {
     map.into()
 }
 
+/// `cuda`, `cudnn`: the GPU backends compiled in.
+pub fn build_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "cuda") {
+        features.push("cuda");
+    }
+    if cfg!(feature = "cudnn") {
+        features.push("cudnn");
+    }
+    features
+}
+
 pub fn collect() -> Provenance {
-    let git_commit = output("git", &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // Where no repository is at hand (the GPU machine gets a copy of the tree), the commit the
+    // binary was packed from, which benches/gpu/run.sh passes on.
+    let git_commit = output("git", &["rev-parse", "HEAD"])
+        .or_else(|| std::env::var("SIMPLECNN_GIT_COMMIT").ok())
+        .unwrap_or_else(|| "unknown".into());
     let git_dirty = output("git", &["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|s| !s.is_empty());
     Provenance {
@@ -78,6 +96,7 @@ pub fn collect() -> Provenance {
         candle_threads: candle_core::utils::get_num_threads(),
         rustc: output("rustc", &["--version"]).unwrap_or_default(),
         crate_versions: crate_versions(),
+        build_features: build_features(),
     }
 }
 
