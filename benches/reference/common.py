@@ -49,6 +49,18 @@ def data(a):
     return train, test
 
 
+def describe(torch, device):
+    """The version line: on CUDA also the GPU, cuDNN and whether TF32 may round (PyTorch's
+    defaults: on for cuDNN's convolutions, off for matrix products)."""
+    if device.startswith("cuda"):
+        return (
+            f"torch {torch.__version__} (cuda: {torch.cuda.get_device_name()}, cuDNN "
+            f"{torch.backends.cudnn.version()}, TF32 convolutions {torch.backends.cudnn.allow_tf32}, "
+            f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32})"
+        )
+    return f"torch {torch.__version__} ({device}, {torch.get_num_threads()} threads)"
+
+
 def cpu_seconds():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime

@@ -85,7 +85,7 @@ def main():
         with torch.no_grad():
             return model(torch.from_numpy(x).to(dev)).cpu().numpy()
 
-    version = f"torch {torch.__version__} ({a.device}, {torch.get_num_threads()} threads)"
+    version = common.describe(torch, a.device)
     common.run(a, "pytorch-airbench94", version, train_step, predict, train, test)
 
 

@@ -1,4 +1,4 @@
-"""The tutorial's SimpleCNN in PyTorch (CPU): training steps and inference, timed."""
+"""The tutorial's SimpleCNN in PyTorch (CPU or CUDA): training steps and inference, timed."""
 
 import common
 
@@ -36,7 +36,7 @@ def main():
         with torch.no_grad():
             return torch.softmax(model(torch.from_numpy(x).to(dev)), dim=1).cpu().numpy()
 
-    version = f"torch {torch.__version__} ({a.device}, {torch.get_num_threads()} threads)"
+    version = common.describe(torch, a.device)
     common.run(a, "pytorch", version, train_step, predict, train, test)
 
 
