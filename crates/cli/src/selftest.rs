@@ -1,15 +1,19 @@
 //! `selftest --device cuda`: every layer kind's forward pass and gradients on a device against
-//! the CPU's fast kernels, on small random shapes, to 1e-4 relative (TF32 off). `--device cpu`
-//! checks candle's own CPU ops against the fast kernels the same way (what CI can run).
+//! the CPU's fast kernels, on small random shapes, to 1e-4 relative (TF32 off), and Adam's and
+//! SGD's updates from the same gradients. `--device cpu` checks candle's own CPU ops against
+//! the fast kernels the same way, and Adam's tensor-op update against its in-place one (what CI
+//! can run).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use simplecnn_model::{
     Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, DropoutRng,
     FeatureShape, Kernels, LayerKind, Mode, Model, Padding, Pool2dConfig, RescalingConfig,
     Sequential,
 };
+
+use simplecnn_train::{Adam, AdamConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
 
 use crate::experiment::DeviceArg;
 
@@ -123,6 +127,72 @@ fn step(model: &Model, x: &Tensor, projection: &Tensor) -> Result<Vec<(String, T
     Ok(results)
 }
 
+/// The optimizers the self-test updates with: Keras' Adam, and airbench94's SGD (Nesterov,
+/// decoupled-scale weight decay, a parameter group for biases and BatchNorm's beta).
+const OPTIMIZERS: &[&str] = &["adam", "sgd"];
+
+fn optimizer(model: &Model, name: &str) -> Result<Box<dyn Optimizer>> {
+    let params = simplecnn_train::trainable_params(model);
+    Ok(match name {
+        "adam" => Box::new(Adam::new(params, AdamConfig::default())?),
+        _ => Box::new(Sgd::new(
+            params,
+            SgdConfig {
+                momentum: 0.85,
+                nesterov: true,
+                weight_decay: 5e-4,
+                groups: vec![ParamGroup {
+                    roles: vec!["bias".into(), "beta".into()],
+                    lr_scale: 4.0,
+                    weight_decay: 1e-4,
+                }],
+            },
+        )?),
+    })
+}
+
+/// Three updates of a fresh `name` optimizer from `gradients` (one tensor per trainable
+/// weight per step): the weights and the optimizer's slots after. `strided` hands the
+/// gradients over as strided views, which keeps the CPU off Adam's in-place update, so that
+/// `--device cpu` checks the tensor-op update CUDA runs against it.
+fn optimizer_steps(
+    model: &Model,
+    name: &str,
+    gradients: &[Vec<Tensor>],
+    strided: bool,
+) -> Result<Vec<(String, Tensor)>> {
+    let mut opt = optimizer(model, name)?;
+    let weights: Vec<_> = model.trainable_weights().collect();
+    for step in gradients {
+        // candle makes gradient stores only by backprop: one of a lone scalar, then filled.
+        let mut grads = Var::zeros((), DType::F32, &Device::Cpu)?.backward()?;
+        for (w, g) in weights.iter().zip(step) {
+            let mut g = g.to_device(model.device())?;
+            if strided {
+                let last = g.rank();
+                g = Tensor::stack(&[&g, &g], last)?
+                    .narrow(last, 0, 1)?
+                    .squeeze(last)?;
+            }
+            grads.insert(w.var.as_tensor(), g);
+        }
+        opt.step(&grads, 0.05)?;
+    }
+    let mut out: Vec<(String, Tensor)> = model
+        .weights()
+        .map(|w| {
+            (
+                format!("{} after {name}", w.path()),
+                w.var.as_tensor().clone(),
+            )
+        })
+        .collect();
+    for (slot, t) in opt.state()?.slots {
+        out.push((format!("{name} {slot}"), t));
+    }
+    Ok(out)
+}
+
 /// Values uniform in [-√3, √3] (mean 0, variance 1) on the CPU.
 fn random_tensor(rng: &mut impl Rng, shape: impl Into<candle_core::Shape>) -> Result<Tensor> {
     let shape = shape.into();
@@ -164,13 +234,38 @@ pub fn run(args: SelftestArgs) -> Result<()> {
         let x = random_tensor(&mut rng, (4, channels, height, width))?;
         let classes = spec.output_shape().elem_count();
         let projection = random_tensor(&mut rng, (4, classes))?;
-        let want = step(&reference, &x, &projection)?;
-        let got = step(&other, &x, &projection)?;
+        let mut want = step(&reference, &x, &projection)?;
+        let mut got = step(&other, &x, &projection)?;
+        // The optimizers' updates on the device, from the same (random) gradients: gradients
+        // from backprop would differ in their last bits, which Adam's division can magnify
+        // where a gradient is nearly zero. Fresh copies of the weights for each.
+        for optimizer in OPTIMIZERS {
+            let reference = Model::new(spec.clone(), &Device::Cpu, 3)?;
+            let other = Model::new(spec.clone(), &device, 3)?;
+            for w in reference.weights() {
+                other.set_weight(&w.layer, w.name, w.var.as_tensor())?;
+            }
+            let gradients: Vec<Vec<Tensor>> = (0..3)
+                .map(|_| {
+                    reference
+                        .trainable_weights()
+                        .map(|w| random_tensor(&mut rng, w.var.dims()))
+                        .collect()
+                })
+                .collect::<Result<_>>()?;
+            want.extend(optimizer_steps(&reference, optimizer, &gradients, false)?);
+            got.extend(optimizer_steps(
+                &other,
+                optimizer,
+                &gradients,
+                device.is_cpu(),
+            )?);
+        }
         for ((what, a), (_, b)) in got.iter().zip(&want) {
             let d = relative_difference(a, b).with_context(|| format!("{name}: {what}"))?;
             worst = worst.max(d);
             let verdict = if d <= args.tolerance { "ok" } else { "FAIL" };
-            println!("{name:<26} {what:<34} {d:.2e} {verdict}");
+            println!("{name:<26} {what:<40} {d:.2e} {verdict}");
             if d > args.tolerance {
                 failures.push(format!("{name}: {what} ({d:.2e})"));
             }
