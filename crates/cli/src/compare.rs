@@ -144,11 +144,40 @@ fn markdown(outcomes: &[(DeviceName, RunOutcome)], skipped: &[String]) -> String
             first.map_or(1.0, |f| f / secs),
         );
     }
+    if let Some((reference, first)) = outcomes.first() {
+        for (device, o) in &outcomes[1..] {
+            let gap = largest_gap(&first.history, &o.history)
+                .map_or("- (not the same epochs)".into(), |g| format!("{g:.2e}"));
+            s += &format!(
+                "\nLargest gap in the per-epoch loss and val_loss, {} against {}: {gap}.\n",
+                device.as_str(),
+                reference.as_str(),
+            );
+        }
+    }
     for line in skipped {
         s += &format!("\nNot run: {line}.\n");
     }
     s += "\nPer-epoch numbers: `<device>/epochs.csv`; both loss curves: `loss.png`.\n";
     s
+}
+
+/// The largest |a - b| between two runs' per-epoch `loss` and `val_loss`; `None` when they
+/// did not run the same epochs.
+fn largest_gap(a: &simplecnn_train::History, b: &simplecnn_train::History) -> Option<f64> {
+    if a.epochs.len() != b.epochs.len() || a.epochs.is_empty() {
+        return None;
+    }
+    let mut gap = 0f64;
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        gap = gap.max((x.loss - y.loss).abs());
+        match (x.val_loss, y.val_loss) {
+            (Some(u), Some(v)) => gap = gap.max((u - v).abs()),
+            (None, None) => {}
+            _ => return None,
+        }
+    }
+    Some(gap)
 }
 
 fn loss_plot(path: &Path, outcomes: &[(DeviceName, RunOutcome)]) -> Result<()> {
@@ -172,4 +201,50 @@ fn loss_plot(path: &Path, outcomes: &[(DeviceName, RunOutcome)]) -> Result<()> {
         })
         .collect();
     plots::chart(path, "Loss by device", "loss", &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest_gap;
+    use simplecnn_train::{EpochMetrics, History};
+
+    fn history(losses: &[(f64, Option<f64>)]) -> History {
+        History {
+            epochs: losses
+                .iter()
+                .enumerate()
+                .map(|(i, &(loss, val_loss))| EpochMetrics {
+                    epoch: i + 1,
+                    seconds: 1.0,
+                    loss,
+                    acc: 0.5,
+                    val_loss,
+                    val_acc: val_loss.map(|_| 0.5),
+                    learning_rate: 1e-3,
+                    images_per_second: 1.0,
+                })
+                .collect(),
+            stopped: None,
+        }
+    }
+
+    #[test]
+    fn the_gap_is_the_largest_over_losses_and_val_losses() {
+        let a = history(&[(1.5, Some(1.4)), (1.2, Some(1.1))]);
+        let b = history(&[(1.5004, Some(1.4)), (1.2, Some(1.1025))]);
+        let gap = largest_gap(&a, &b).unwrap();
+        assert!((gap - 0.0025).abs() < 1e-9, "{gap}");
+        assert_eq!(largest_gap(&a, &a), Some(0.0));
+    }
+
+    #[test]
+    fn runs_of_other_epochs_have_no_gap() {
+        let a = history(&[(1.5, None), (1.2, None)]);
+        assert_eq!(largest_gap(&a, &history(&[(1.5, None)])), None);
+        assert_eq!(
+            largest_gap(&a, &history(&[(1.5, Some(1.0)), (1.2, None)])),
+            None
+        );
+        assert_eq!(largest_gap(&history(&[]), &history(&[])), None);
+    }
 }
