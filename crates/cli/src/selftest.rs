@@ -193,6 +193,20 @@ fn optimizer_steps(
     Ok(out)
 }
 
+/// `spec` on the CPU's fast kernels and on `device` (candle's ops when that is the CPU too),
+/// with the same weights.
+fn model_pair(spec: &Sequential, device: &Device) -> Result<(Model, Model)> {
+    let reference = Model::new(spec.clone(), &Device::Cpu, 3)?;
+    let mut other = Model::new(spec.clone(), device, 3)?;
+    if device.is_cpu() {
+        other.set_kernels(Kernels::Candle)?;
+    }
+    for w in reference.weights() {
+        other.set_weight(&w.layer, w.name, w.var.as_tensor())?;
+    }
+    Ok((reference, other))
+}
+
 /// Values uniform in [-√3, √3] (mean 0, variance 1) on the CPU.
 fn random_tensor(rng: &mut impl Rng, shape: impl Into<candle_core::Shape>) -> Result<Tensor> {
     let shape = shape.into();
@@ -215,14 +229,7 @@ pub fn run(args: SelftestArgs) -> Result<()> {
     let mut worst = 0f64;
     let mut failures = Vec::new();
     for (name, spec) in cases()? {
-        let reference = Model::new(spec.clone(), &Device::Cpu, 3)?;
-        let mut other = Model::new(spec.clone(), &device, 3)?;
-        if device.is_cpu() {
-            other.set_kernels(Kernels::Candle)?;
-        }
-        for w in reference.weights() {
-            other.set_weight(&w.layer, w.name, w.var.as_tensor())?;
-        }
+        let (reference, other) = model_pair(&spec, &device)?;
         let FeatureShape::Image {
             channels,
             height,
@@ -240,11 +247,7 @@ pub fn run(args: SelftestArgs) -> Result<()> {
         // from backprop would differ in their last bits, which Adam's division can magnify
         // where a gradient is nearly zero. Fresh copies of the weights for each.
         for optimizer in OPTIMIZERS {
-            let reference = Model::new(spec.clone(), &Device::Cpu, 3)?;
-            let other = Model::new(spec.clone(), &device, 3)?;
-            for w in reference.weights() {
-                other.set_weight(&w.layer, w.name, w.var.as_tensor())?;
-            }
+            let (reference, other) = model_pair(&spec, &device)?;
             let gradients: Vec<Vec<Tensor>> = (0..3)
                 .map(|_| {
                     reference

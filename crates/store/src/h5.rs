@@ -71,6 +71,23 @@ pub fn write_string(loc: &Location, name: &str, value: &str, path: &Path) -> Res
         .at(path, || format!("cannot write attribute {name}"))
 }
 
+/// Writes a scalar dataset `name` in `group` (Keras' iteration counts and learning rates);
+/// errors name it as `what`.
+pub fn write_scalar<T: hdf5::H5Type>(
+    group: &hdf5::Group,
+    name: &str,
+    value: T,
+    what: &str,
+    path: &Path,
+) -> Result<()> {
+    group
+        .new_dataset::<T>()
+        .shape(())
+        .create(name)
+        .and_then(|d| d.write_scalar(&value))
+        .at(path, || what.to_string())
+}
+
 /// Writes a 1-D string-array attribute (variable-length ASCII, as Keras 2.9); an empty list is
 /// an empty float64 array, as Keras writes for weightless layers.
 pub fn write_string_list(loc: &Location, name: &str, values: &[String], path: &Path) -> Result<()> {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use simplecnn_model::{Activation, LayerKind, Model, Sequential};
 
 use crate::error::{fail, Context, Result};
-use crate::h5::write_string;
+use crate::h5::{write_scalar, write_string};
 use crate::keras_file::{check_dataset, set_layer_weights, tmp_path, AdamState, FileLayer};
 use crate::layout::{keras_dims, layer_config, to_keras, weight_layout, MAX_CONFIG_SIZE};
 
@@ -670,16 +670,10 @@ pub(crate) fn write_weights_tree(
             .create_group("vars")
             .at(label, || "optimizer/vars".into())?;
         write_string(&vars, "name", "adam", label)?;
-        vars.new_dataset::<i64>()
-            .shape(())
-            .create("0")
-            .and_then(|d| d.write_scalar(&(adam.iterations as i64)))
-            .at(label, || "optimizer/vars/0".into())?;
-        vars.new_dataset::<f32>()
-            .shape(())
-            .create("1")
-            .and_then(|d| d.write_scalar(&(adam.learning_rate as f32)))
-            .at(label, || "optimizer/vars/1".into())?;
+        let iterations = adam.iterations as i64;
+        write_scalar(&vars, "0", iterations, "optimizer/vars/0", label)?;
+        let learning_rate = adam.learning_rate as f32;
+        write_scalar(&vars, "1", learning_rate, "optimizer/vars/1", label)?;
         let mut i = 2;
         for w in model.trainable_weights() {
             for slot in ["m", "v"] {

@@ -203,11 +203,8 @@ fn write_optimizer(file: &hdf5::File, model: &Model, adam: &AdamState, path: &Pa
     let a = g
         .create_group("Adam")
         .at(path, || "optimizer_weights/Adam".into())?;
-    a.new_dataset::<i64>()
-        .shape(())
-        .create("iter:0")
-        .and_then(|d| d.write_scalar(&(adam.iterations as i64)))
-        .at(path, || "Adam/iter:0".into())?;
+    let iterations = adam.iterations as i64;
+    crate::h5::write_scalar(&a, "iter:0", iterations, "Adam/iter:0", path)?;
     for slot in ["m", "v"] {
         for w in &ws {
             let key = format!("{}/{slot}", w.path());
