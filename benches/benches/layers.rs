@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use simplecnn_cifar::Batch;
-use simplecnn_model::{zoo, DropoutRng, FeatureShape, Kernels, Mode, Model, Sequential};
+use simplecnn_model::{zoo, DropoutRng, FeatureShape, Kernels, Mode, Model, Network};
 use simplecnn_train::{loss::Loss, train_step, trainable_params, Adam, AdamConfig};
 
 const BATCH: usize = 128;
@@ -15,7 +15,7 @@ const BATCH: usize = 128;
 /// A one-layer model of the tutorial's layer `name`, with its input shape there.
 const KERNELS: [(&str, Kernels); 2] = [("fast", Kernels::Fast), ("candle", Kernels::Candle)];
 
-fn model(spec: Sequential, kernels: Kernels) -> Model {
+fn model(spec: Network, kernels: Kernels) -> Model {
     let mut model = Model::new(spec, &Device::Cpu, 0).unwrap();
     model.set_kernels(kernels).unwrap();
     model
@@ -28,7 +28,7 @@ fn single_layer(name: &str, kernels: Kernels) -> (Model, FeatureShape) {
         .iter()
         .find(|l| l.name == name)
         .expect("layer of the tutorial");
-    let mut s = Sequential::new(name, layer.input);
+    let mut s = Network::new(name, layer.input);
     s.add_named(name, layer.kind.clone()).unwrap();
     (model(s, kernels), layer.input)
 }

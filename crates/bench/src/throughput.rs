@@ -357,11 +357,11 @@ mod tests {
     #[test]
     fn any_workload_is_timed_with_its_own_multiply_adds() {
         use simplecnn_model::{
-            Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Padding,
-            Sequential,
+            Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Network,
+            Padding,
         };
         use simplecnn_train::{Sgd, SgdConfig};
-        let mut spec = Sequential::new("small", FeatureShape::image(3, 32, 32));
+        let mut spec = Network::new("small", FeatureShape::image(3, 32, 32));
         spec.add(LayerKind::conv2d(4, 3, Padding::Same, Activation::Linear))
             .unwrap()
             .add(LayerKind::BatchNorm(BatchNormConfig::default()))

@@ -170,7 +170,7 @@ pub fn build_model(
 }
 
 /// The experiment's architecture; on a `model.base`, the base's from its file or the zoo.
-pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Sequential> {
+pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Network> {
     let base_config = match &experiment.model.base {
         Some(BaseSpec {
             file: Some(file), ..

@@ -129,7 +129,7 @@ pub fn pick(
         .collect()
 }
 
-pub fn write_dot(model: &simplecnn_model::Sequential, path: &Path) -> Result<()> {
+pub fn write_dot(model: &simplecnn_model::Network, path: &Path) -> Result<()> {
     std::fs::write(path, model.to_dot())
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());

@@ -9,8 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use simplecnn_model::{
     Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, DropoutRng,
-    FeatureShape, Kernels, LayerKind, Mode, Model, Padding, Pool2dConfig, RescalingConfig,
-    Sequential,
+    FeatureShape, Kernels, LayerKind, Mode, Model, Network, Padding, Pool2dConfig, RescalingConfig,
 };
 
 use simplecnn_train::{Adam, AdamConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
@@ -28,9 +27,9 @@ pub struct SelftestArgs {
 }
 
 /// The small networks that between them hold every layer kind.
-fn cases() -> Result<Vec<(&'static str, Sequential)>> {
+fn cases() -> Result<Vec<(&'static str, Network)>> {
     let mut out = Vec::new();
-    let mut a = Sequential::new("conv_pool_dense", FeatureShape::image(3, 9, 9));
+    let mut a = Network::new("conv_pool_dense", FeatureShape::image(3, 9, 9));
     a.add(LayerKind::Rescaling(RescalingConfig {
         scale: vec![2.0, 0.5, 1.5],
         offset: vec![-1.0, 0.0, 0.25],
@@ -47,7 +46,7 @@ fn cases() -> Result<Vec<(&'static str, Sequential)>> {
     a.add(LayerKind::dense(5, Activation::Softmax))?;
     out.push(("conv_pool_dense", a));
 
-    let mut b = Sequential::new("bn_gelu_pools", FeatureShape::image(3, 10, 10));
+    let mut b = Network::new("bn_gelu_pools", FeatureShape::image(3, 10, 10));
     let mut conv = Conv2dConfig::new(6, 3, Padding::Valid, Activation::Linear);
     conv.use_bias = false;
     conv.strides = (2, 2);
@@ -60,11 +59,11 @@ fn cases() -> Result<Vec<(&'static str, Sequential)>> {
         activation: Activation::Gelu,
     }))?;
     b.add(LayerKind::AvgPool2d(AveragePooling2D(Pool2dConfig::new(2))))?;
-    b.add(LayerKind::GlobalAvgPool2d)?;
+    b.add(LayerKind::global_avg_pool())?;
     b.add(LayerKind::dense(3, Activation::Linear))?;
     out.push(("bn_gelu_pools", b));
 
-    let mut c = Sequential::new("same_conv_maxpool_global", FeatureShape::image(2, 8, 8));
+    let mut c = Network::new("same_conv_maxpool_global", FeatureShape::image(2, 8, 8));
     c.add(LayerKind::Conv2d(Conv2dConfig::new(
         5,
         3,
@@ -77,7 +76,7 @@ fn cases() -> Result<Vec<(&'static str, Sequential)>> {
         Padding::Valid,
         Activation::Relu,
     )))?;
-    c.add(LayerKind::GlobalMaxPool2d)?;
+    c.add(LayerKind::global_max_pool())?;
     c.add(LayerKind::dense(4, Activation::Relu))?;
     c.add(LayerKind::dense(2, Activation::Softmax))?;
     out.push(("same_conv_maxpool_global", c));
@@ -195,7 +194,7 @@ fn optimizer_steps(
 
 /// `spec` on the CPU's fast kernels and on `device` (candle's ops when that is the CPU too),
 /// with the same weights.
-fn model_pair(spec: &Sequential, device: &Device) -> Result<(Model, Model)> {
+fn model_pair(spec: &Network, device: &Device) -> Result<(Model, Model)> {
     let reference = Model::new(spec.clone(), &Device::Cpu, 3)?;
     let mut other = Model::new(spec.clone(), device, 3)?;
     if device.is_cpu() {

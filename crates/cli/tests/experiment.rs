@@ -1003,9 +1003,9 @@ fn airbench94_runs_on_tiny_data() {
 #[test]
 fn predict_lists_the_top_classes_of_your_images() {
     use candle_core::{Device, Tensor};
-    use simplecnn_model::{Activation, FeatureShape, LayerKind, Model, Sequential};
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Model, Network};
     let tmp = tempfile::tempdir().unwrap();
-    let mut spec = Sequential::new("known", FeatureShape::image(3, 32, 32));
+    let mut spec = Network::new("known", FeatureShape::image(3, 32, 32));
     spec.add(LayerKind::Flatten).unwrap();
     spec.add(LayerKind::dense(4, Activation::Softmax)).unwrap();
     let model = Model::new(spec, &Device::Cpu, 0).unwrap();
@@ -1105,7 +1105,7 @@ fn predict_lists_the_top_classes_of_your_images() {
         "{}",
         stderr(&o)
     );
-    let mut flat_spec = Sequential::new("flat", FeatureShape::Flat(8));
+    let mut flat_spec = Network::new("flat", FeatureShape::Flat(8));
     flat_spec
         .add(LayerKind::dense(2, Activation::Softmax))
         .unwrap();
@@ -1340,4 +1340,60 @@ fn selftest_compares_every_layer_and_can_fail() {
     let o = xtask(&["selftest", "--device", "cpu", "--tolerance", "0"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("tensors differ"), "{}", stderr(&o));
+}
+
+/// A residual network written in an experiment file (blocks used by name) trains on tiny
+/// data; its summary is Keras' functional table; the `.h5` and `.keras` it saves open as
+/// graphs and score what the run's test scored; `predict`, `evaluate` and `h5 inspect` take
+/// them.
+#[test]
+fn resnet20_from_its_experiment_file_trains_and_saves_a_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 4);
+    let out = tmp.path().join("out");
+    let o = xtask(&[
+        "experiment",
+        "resnet20",
+        "--data",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "10",
+        "--epochs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = out.join("latest").canonicalize().unwrap();
+    let history = History::read_csv(&run.join("epochs.csv")).unwrap();
+    assert_eq!(history.epochs.len(), 2);
+    assert!(history.epochs.iter().all(|e| e.loss.is_finite()));
+    let summary = std::fs::read_to_string(run.join("summary.txt")).unwrap();
+    assert!(summary.contains("Connected to"), "{summary}");
+    assert!(summary.contains("Total params: 274,442"), "{summary}");
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    let (loss, acc) = (
+        test["loss"].as_f64().unwrap(),
+        test["accuracy"].as_f64().unwrap(),
+    );
+    for file in ["model.h5", "model.keras"] {
+        let saved =
+            simplecnn_store::load_model(&run.join(file), &candle_core::Device::Cpu).unwrap();
+        assert!(saved.spec().is_functional(), "{file}");
+        assert_eq!(saved.spec().param_count(), 274_442);
+        assert_evaluate_prints(&run.join(file), &data, "10", loss, acc);
+        let o = xtask(&["h5", "inspect", run.join(file).to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("stage2a_shortcut"));
+    }
+    let image = data.join("test/cat/0.png");
+    let o = xtask(&[
+        "predict",
+        "--model",
+        run.join("model.keras").to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

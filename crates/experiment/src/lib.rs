@@ -13,12 +13,13 @@
 //!
 //! This crate reads no data and writes no files; the CLI runs the experiment.
 
+mod graph;
 mod spec;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
-use simplecnn_model::{zoo, FeatureShape, Model, Sequential};
+use simplecnn_model::{zoo, FeatureShape, Model, Network};
 use simplecnn_train::{
     loss::Loss, trainable_params, Adam, AdamConfig, Callback, Constant, CsvLogger, EarlyStopping,
     FitConfig, ModelCheckpoint, Optimizer, ParamGroup, PiecewiseLinear, Schedule, Sgd, SgdConfig,
@@ -26,8 +27,9 @@ use simplecnn_train::{
 };
 
 pub use spec::{
-    BaseSpec, CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec, KernelsName,
-    LossSpec, ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec, TestSpec,
+    BaseSpec, BlockSpec, CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec,
+    KernelsName, LossSpec, ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec,
+    TestSpec,
 };
 
 /// What is wrong with an experiment: the file, the key (`fit.epochs`) when one is to blame,
@@ -72,6 +74,10 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     (
         "simple_cnn_3conv",
         include_str!("../../../experiments/simple_cnn_3conv.toml"),
+    ),
+    (
+        "resnet20",
+        include_str!("../../../experiments/resnet20.toml"),
     ),
     (
         "airbench94",
@@ -354,7 +360,7 @@ impl Experiment {
 
     /// The checks that need the built architecture: frozen weights and layers, and the
     /// initialisations, name what the model has.
-    pub fn check_spec(&self, spec: &Sequential) -> Check {
+    pub fn check_spec(&self, spec: &Network) -> Check {
         let weights: Vec<String> = spec
             .layers()
             .iter()
@@ -406,7 +412,7 @@ impl Experiment {
 
     /// The architecture, checked layer by layer (errors as `(key, why)`). A model on a
     /// `model.base` needs the base file's `model_config`: [`Experiment::build_spec_on`].
-    pub fn build_spec(&self) -> std::result::Result<Sequential, (String, String)> {
+    pub fn build_spec(&self) -> std::result::Result<Network, (String, String)> {
         match &self.model.base {
             None => self.build_spec_on(None),
             Some(b) => Err((
@@ -426,7 +432,7 @@ impl Experiment {
     pub fn build_spec_on(
         &self,
         base_config: Option<&Value>,
-    ) -> std::result::Result<Sequential, (String, String)> {
+    ) -> std::result::Result<Network, (String, String)> {
         let mut spec = match (&self.model.base, base_config) {
             (Some(base), Some(config)) => {
                 ensure(self.model.zoo.is_none(), "model.zoo", || {
@@ -457,7 +463,7 @@ impl Experiment {
         Ok(spec)
     }
 
-    fn plain_spec(&self) -> std::result::Result<Sequential, (String, String)> {
+    fn plain_spec(&self) -> std::result::Result<Network, (String, String)> {
         let m = &self.model;
         let [h, w, c] = m.input;
         let input = FeatureShape::image(c, h, w);
@@ -491,60 +497,110 @@ impl Experiment {
 
     /// Layers written out: each becomes Keras' `{class_name, config}` and goes through
     /// `store`'s mapping; keys that mapping does not write for the layer are unknown. With a
-    /// base, its layers (Keras configs, an input layer first) come before them.
+    /// base, its layers (Keras configs, an input layer first) come before them. Layers that
+    /// name their inputs, or use blocks, or a functional base make a functional model.
     fn layers_spec(
         &self,
         base: Option<Vec<Value>>,
-    ) -> std::result::Result<Sequential, (String, String)> {
+    ) -> std::result::Result<Network, (String, String)> {
         let m = &self.model;
+        let base_is_graph = base
+            .as_ref()
+            .is_some_and(|b| b.iter().any(|l| l.get("inbound_nodes").is_some()));
         let mut layers = base.unwrap_or_else(|| {
             vec![json!({
                 "class_name": "InputLayer",
                 "config": {"batch_input_shape": [null, m.input[0], m.input[1], m.input[2]], "name": "input"}
             })]
         });
-        let head_starts = layers.len() - 1;
-        for (i, l) in m.layers.iter().enumerate() {
-            let key = format!("model.layers.{i}");
-            let mut config = l.clone();
-            let class = match config.remove("class_name") {
-                Some(Value::String(s)) => s,
-                _ => return Err((key, "needs a `class_name` (Conv2D, Dense, …)".into())),
-            };
-            if class == "InputLayer" {
-                return Err((key, "give the input as `model.input`".into()));
+        let taken: Vec<String> = layers
+            .iter()
+            .filter_map(|l| l["config"]["name"].as_str().map(str::to_string))
+            .collect();
+        let expanded = graph::expand(&m.layers, &m.blocks, &taken)?;
+        for e in &expanded {
+            match e.entry.get("class_name") {
+                Some(Value::String(c)) if c == "InputLayer" => {
+                    return Err((e.key.clone(), "give the input as `model.input`".into()))
+                }
+                Some(Value::String(_)) => {}
+                _ => {
+                    return Err((
+                        e.key.clone(),
+                        "needs a `class_name` (Conv2D, Dense, …)".into(),
+                    ))
+                }
             }
-            layers.push(json!({"class_name": class, "config": config}));
         }
-        let name = m.name.clone().unwrap_or_else(|| "sequential_1".into());
-        let config =
-            json!({"class_name": "Sequential", "config": {"name": name, "layers": layers}});
-        let spec = simplecnn_store::layout::sequential_from_config(&config).map_err(|e| {
+        let functional = base_is_graph || graph::is_graph(&expanded);
+        let head_starts = layers.len() - 1;
+        let name = m.name.clone().unwrap_or_else(|| match functional {
+            true => "functional_1".into(),
+            false => "sequential_1".into(),
+        });
+        let config = match functional {
+            false => {
+                for e in &expanded {
+                    let mut config = e.entry.clone();
+                    if e.generated_name {
+                        config.remove("name");
+                    }
+                    let class = config.remove("class_name").unwrap_or(Value::Null);
+                    layers.push(json!({"class_name": class, "config": config}));
+                }
+                json!({"class_name": "Sequential", "config": {"name": name, "layers": layers}})
+            }
+            true => {
+                let layers = graph_layers(layers)?;
+                let last_base = layers
+                    .last()
+                    .and_then(|l| l["config"]["name"].as_str())
+                    .unwrap_or("input")
+                    .to_string();
+                let mut all = layers;
+                all.extend(graph::with_inbound_nodes(&expanded, &last_base));
+                let output = all
+                    .last()
+                    .and_then(|l| l["config"]["name"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                let input = all[0]["config"]["name"].clone();
+                json!({"class_name": "Functional", "config": {"name": name, "layers": all,
+                    "input_layers": [[input, 0, 0]], "output_layers": [[output, 0, 0]]}})
+            }
+        };
+        let spec = simplecnn_store::layout::network_from_config(&config).map_err(|e| {
             // The config's layers: the input (or the base's layers), then model.layers.
             let head = e.index.and_then(|pos| pos.checked_sub(head_starts + 1));
-            match head {
-                Some(i) => {
+            match head.and_then(|i| expanded.get(i)) {
+                Some(x) => {
                     // The key names the layer; the message keeps its name when it has one.
-                    let message = match m.layers[i].get("name") {
-                        Some(_) => e.to_string(),
-                        None => e.message.clone(),
+                    let message = match x.generated_name {
+                        false => e.to_string(),
+                        true => e.message.clone(),
                     };
-                    (format!("model.layers.{i}"), message)
+                    (x.key.clone(), message)
                 }
                 None if e.index.is_some() => ("model.base".to_string(), e.to_string()),
                 None => ("model.layers".to_string(), e.to_string()),
             }
         })?;
-        let head = spec.layers().iter().skip(head_starts);
-        for (i, (written, built)) in m.layers.iter().zip(head).enumerate() {
+        for x in &expanded {
+            let Some(name) = x.entry.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(built) = spec.layers().iter().find(|l| l.name == name) else {
+                // A generated name in a stack: the layer is named by store, in order.
+                continue;
+            };
             let known = simplecnn_store::layout::layer_config(built);
             let known = known["config"].as_object().cloned().unwrap_or_default();
-            for k in written.keys() {
+            for k in x.entry.keys() {
                 if k != "class_name" && !known.contains_key(k) {
                     let mut keys: Vec<&String> = known.keys().collect();
                     keys.sort();
                     return Err((
-                        format!("model.layers.{i}.{k}"),
+                        format!("{}.{k}", x.key),
                         format!(
                             "unknown key for {} (Keras' keys: {})",
                             built.kind.class_name(),
@@ -708,6 +764,9 @@ fn base_layers(
         (None, zoo) => format!("zoo {}", zoo.as_deref().unwrap_or("?")),
     };
     let bad = |why: String| ("model.base".to_string(), format!("{file}: {why}"));
+    if matches!(config["class_name"].as_str(), Some("Functional" | "Model")) {
+        return graph_base_layers(base, config, &file);
+    }
     let inner = &config["config"];
     let mut layers: Vec<Value> = inner
         .get("layers")
@@ -715,7 +774,7 @@ fn base_layers(
         .cloned()
         .ok_or_else(|| bad("model_config has no layers".into()))?;
     let is_input = |l: &Value| l["class_name"] == "InputLayer";
-    // Keras 2.9 puts the input shape on the first layer (or the Sequential), Keras 3 in an
+    // Keras 2.9 puts the input shape on the first layer (or the Network), Keras 3 in an
     // InputLayer: make it an InputLayer so that every other layer is the base's own.
     if !layers.first().is_some_and(is_input) {
         let shape = layers
@@ -763,6 +822,73 @@ fn base_layers(
     Ok(layers)
 }
 
+/// A functional base: its layers up to `until` and those it depends on (Keras'
+/// `Model(base.input, base.get_layer(until).output)`), with `trainable` applied, as Keras 2
+/// configs with their `inbound_nodes`.
+fn graph_base_layers(
+    base: &spec::BaseSpec,
+    config: &Value,
+    file: &str,
+) -> std::result::Result<Vec<Value>, (String, String)> {
+    let bad = |key: &str, why: String| (key.to_string(), format!("{file}: {why}"));
+    let mut net = simplecnn_store::layout::network_from_config(config)
+        .map_err(|e| bad("model.base", e.to_string()))?;
+    if let Some(until) = &base.until {
+        net = net.truncated(until).map_err(|_| {
+            let names: Vec<&str> = net.layers().iter().map(|l| l.name.as_str()).collect();
+            bad(
+                "model.base.until",
+                format!("has no layer {until:?} (its layers: {})", names.join(", ")),
+            )
+        })?;
+    }
+    if let Some(trainable) = base.trainable {
+        let names: Vec<String> = net.layers().iter().map(|l| l.name.clone()).collect();
+        for n in names {
+            net.set_trainable(&n, trainable)
+                .map_err(|e| bad("model.base", e.to_string()))?;
+        }
+    }
+    if base.input_scale.is_some() {
+        return Err(bad(
+            "model.base.input_scale",
+            "input_scale on a functional base is not supported".into(),
+        ));
+    }
+    let config = simplecnn_store::layout::model_config(&net);
+    let layers = config["config"]["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(layers)
+}
+
+/// A base's layers (an input layer first) as a graph's: a stack's get `inbound_nodes` from the
+/// layer before each, a graph's keep theirs.
+fn graph_layers(mut layers: Vec<Value>) -> std::result::Result<Vec<Value>, (String, String)> {
+    let mut previous: Option<String> = None;
+    for l in layers.iter_mut() {
+        let name = l["config"]["name"].as_str().map(str::to_string);
+        if l.get("inbound_nodes").is_none() {
+            l["inbound_nodes"] = match &previous {
+                None => json!([]),
+                Some(p) => json!([[[p, 0, 0, {}]]]),
+            };
+        }
+        if let Some(n) = &name {
+            l["name"] = json!(n);
+        }
+        previous = name;
+    }
+    match layers.first() {
+        Some(l) if l["class_name"] == "InputLayer" => Ok(layers),
+        _ => Err((
+            "model.base".into(),
+            "the base's layers do not start with its input".into(),
+        )),
+    }
+}
+
 /// `name` as a file (`path/to/x.toml`, a run's `config.json`) or as `<dir>/<name>.toml`.
 pub fn find(name: &str, dir: &Path) -> std::result::Result<PathBuf, String> {
     let as_path = Path::new(name);
@@ -802,6 +928,87 @@ mod tests {
     fn baseline(overrides: &[&str]) -> Result<Loaded> {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         load_text(BUILT_IN[0].1, Path::new("baseline.toml"), &overrides)
+    }
+
+    #[test]
+    fn resnet20_is_he_et_al_s_network_with_keras_count() {
+        let text = BUILT_IN.iter().find(|(n, _)| *n == "resnet20").unwrap().1;
+        let loaded = load_text(text, Path::new("resnet20.toml"), &[]).unwrap();
+        let spec = loaded.experiment.build_spec().unwrap();
+        // Keras' cifar10_resnet example: ResNet-20 v1 has 274 442 parameters.
+        assert_eq!(spec.param_count(), 274_442);
+        assert!(spec.is_functional());
+        // 19 convolutions + 2 projections + the Dense: 6n + 2 = 20 weighted layers on the
+        // main path.
+        let convs = spec
+            .layers()
+            .iter()
+            .filter(|l| l.kind.class_name() == "Conv2D")
+            .count();
+        assert_eq!(convs, 21);
+        let add = spec.index_of("stage2a_add").unwrap();
+        let sources: Vec<&str> = spec.layers()[add]
+            .sources
+            .iter()
+            .map(|s| match s {
+                simplecnn_model::Source::Layer(j) => spec.layers()[*j].name.as_str(),
+                simplecnn_model::Source::Input => "input",
+            })
+            .collect();
+        assert_eq!(sources, ["stage2a_shortcut", "stage2a_bn2"]);
+        // The second repeat of stage 1 takes the first's output.
+        let conv = spec.index_of("stage1_2_conv1").unwrap();
+        assert_eq!(
+            spec.layers()[conv].sources,
+            [simplecnn_model::Source::Layer(
+                spec.index_of("stage1_1_out").unwrap()
+            )]
+        );
+    }
+
+    fn graph_experiment(layers: &str) -> std::result::Result<Network, (String, String)> {
+        let text = format!(
+            "name = \"g\"\n[model]\ninput = [8, 8, 3]\nlayers = [\n{layers}\n]\n[optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 2\n"
+        );
+        let loaded = load_text(&text, Path::new("g.toml"), &[])
+            .map_err(|e| (e.key.unwrap_or_default(), e.message))?;
+        loaded.experiment.build_spec()
+    }
+
+    #[test]
+    fn graph_errors_name_the_experiment_key() {
+        let e = graph_experiment(
+            r#"{ class_name = "Conv2D", name = "a", filters = 2, kernel_size = 1 },
+               { class_name = "Conv2D", name = "b", filters = 3, kernel_size = 1 },
+               { class_name = "Add", inputs = ["a", "b"] }"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "model.layers.2");
+        assert!(e.1.contains("cannot add"), "{e:?}");
+        let e = graph_experiment(
+            r#"{ class_name = "Conv2D", filters = 2, kernel_size = 1, inputs = ["nope"] }"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "model.layers.0");
+        assert!(e.1.contains("\"nope\""), "{e:?}");
+        let e = graph_experiment(
+            r#"{ class_name = "Conv2D", filters = 2, kernel_size = 1, inputs = ["input"], stride = 2 }"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "model.layers.0.stride");
+        // A layer without inputs takes the one before it, in a graph too.
+        let spec = graph_experiment(
+            r#"{ class_name = "Conv2D", name = "a", filters = 2, kernel_size = 1 },
+               { class_name = "Conv2D", filters = 2, kernel_size = 1 },
+               { class_name = "Add", inputs = ["a", "conv2d_1"] },
+               { class_name = "Flatten" }"#,
+        )
+        .unwrap();
+        let flat = &spec.layers()[spec.layers().len() - 1];
+        assert_eq!(
+            flat.sources,
+            [simplecnn_model::Source::Layer(spec.layers().len() - 2)]
+        );
     }
 
     #[test]

@@ -57,8 +57,14 @@ pub struct ModelSpec {
     pub classes: usize,
     /// Layers as Keras configs with the class name beside them, e.g.
     /// `{ class_name = "Conv2D", filters = 32, kernel_size = 3, padding = "same" }`.
+    /// A layer may name what it takes (`inputs = ["conv2d_3", "add_1"]`; default: the layer
+    /// before it) and may be a block from `blocks` (`{ block = "basic", repeat = 3, filters =
+    /// 16 }`): then the model is a graph (Keras' functional API).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Blocks written once, used by name in `layers`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub blocks: std::collections::BTreeMap<String, BlockSpec>,
     /// Seeds the initial weights (default: `fit.seed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_seed: Option<u64>,
@@ -73,6 +79,18 @@ pub struct ModelSpec {
     /// non-trainable, a BatchNormalization among them runs in inference mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frozen: Vec<String>,
+}
+
+/// A block of layers used by name in `model.layers`, as often as `repeat` says. Its layers
+/// are Keras configs; `inputs` names layers of the block (before it), `"$in"` (what the
+/// block takes: the layer before its use, or the use's `inputs`) or any layer of the model.
+/// A string `"$key"` in a config is the using entry's `key` (`filters = "$filters"`), `"$i"`
+/// the repeat's number. Layers are named `<use's name>_<repeat>_<layer's name>` (no repeat
+/// number when it is used once).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockSpec {
+    pub layers: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A trained model to build on (fine-tuning, transfer learning): a model file, or a zoo

@@ -235,8 +235,8 @@ mod tests {
     /// in its first filters; the other filters keep their initial values.
     #[test]
     fn dirac_filters_pass_channels_through() {
-        use crate::{Activation, FeatureShape, LayerKind, Padding, Sequential};
-        let mut s = Sequential::new("m", FeatureShape::image(3, 5, 5));
+        use crate::{Activation, FeatureShape, LayerKind, Network, Padding};
+        let mut s = Network::new("m", FeatureShape::image(3, 5, 5));
         s.add(LayerKind::Conv2d(
             crate::Conv2dConfig::new(4, 3, Padding::Same, Activation::Linear).without_bias(),
         ))

@@ -1,11 +1,12 @@
 //! Keras-style convolutional networks on candle.
 //!
 //! # Brief overview
-//! * [`Sequential`] is the architecture: layers ([`LayerKind`]: Conv2D, MaxPooling2D,
-//!   AveragePooling2D, Dropout, Flatten, Dense) with Keras' default names and inferred
-//!   shapes. It prints Keras' [`Sequential::summary`] table and a Graphviz graph, and holds no
-//!   weights.
-//! * [`Model`] is a `Sequential` with its weights on a candle device (Glorot-uniform kernels,
+//! * [`Network`] is the architecture: a graph of layers ([`LayerKind`]: Conv2D, pooling,
+//!   Dense, BatchNormalization, Add, Concatenate, …), each naming the layers it takes
+//!   ([`Source`]), with Keras' default names and inferred shapes; a straight stack (Keras'
+//!   `Sequential`) is the chain case. It prints Keras' [`Network::summary`] table and a
+//!   Graphviz graph, and holds no weights.
+//! * [`Model`] is a `Network` with its weights on a candle device (Glorot-uniform kernels,
 //!   zero biases, seeded) and the forward pass; [`Mode::Training`] turns dropout on.
 //! * [`zoo`] has the tutorial's [`zoo::simple_cnn`] (545 098 parameters) and [`zoo::vgg16`].
 //!
@@ -29,20 +30,21 @@ mod error;
 pub mod init;
 mod layers;
 mod model;
+mod network;
 pub mod ops;
 mod plan;
-mod sequential;
 pub mod zoo;
 
 pub use error::{ModelError, Result};
 pub use layers::{
-    Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig,
-    DropoutConfig, FanInScale, FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, Init, InputLayer, Layer, LayerKind, MaxPooling2D, Padding, Pool2dConfig,
-    RescalingConfig, WeightRole, WeightSpec,
+    Activation, ActivationConfig, Add, AveragePooling2D, BatchNormConfig, Concatenate,
+    Conv2dConfig, DenseConfig, DropoutConfig, FanInScale, FeatureShape, Flatten, ForwardCtx,
+    GlobalAveragePooling2D, GlobalMaxPooling2D, Init, InputLayer, Layer, LayerKind, MaxPooling2D,
+    Multiply, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, WeightRole,
+    WeightSpec, ZeroPadding2D,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
-pub use sequential::{
-    check_element_limit, max_tensor_elements, thousands, LayerSpec, Sequential,
+pub use network::{
+    check_element_limit, max_tensor_elements, thousands, LayerSpec, Network, Source,
     DEFAULT_MAX_TENSOR_ELEMENTS,
 };

@@ -1,4 +1,4 @@
-//! `Model`: a [`Sequential`] with its weights on a device, and the forward pass.
+//! `Model`: a [`Network`] with its weights on a device, and the forward pass.
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
@@ -6,9 +6,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, ForwardCtx, Init, LayerKind, WeightRole};
+use crate::network::Network;
 use crate::ops;
-use crate::plan::{self, Step};
-use crate::sequential::Sequential;
+use crate::plan::{self, Op, Step};
 
 /// One weight tensor: the layer it belongs to, its role and Keras name (`kernel`, `bias`), the
 /// variable.
@@ -89,7 +89,7 @@ impl<'a> Mode<'a> {
 /// A network with its weights: what `fit`, `evaluate`, `predict` and `save` work on.
 #[derive(Clone, Debug)]
 pub struct Model {
-    spec: Sequential,
+    spec: Network,
     /// Per layer, its weights in Keras' order (kernel, bias); empty for weightless layers.
     weights: Vec<Vec<NamedWeight>>,
     device: Device,
@@ -117,7 +117,7 @@ impl Model {
     /// Creates the weights with Keras' initialisers (Glorot-uniform kernels, zero biases, ones
     /// for gamma and the moving variance), drawn in layer order from a generator seeded with
     /// `seed`.
-    pub fn new(spec: Sequential, device: &Device, seed: u64) -> Result<Self> {
+    pub fn new(spec: Network, device: &Device, seed: u64) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut weights = Vec::with_capacity(spec.layers().len());
         for layer in spec.layers() {
@@ -192,7 +192,7 @@ impl Model {
         self.kernels
     }
 
-    pub fn spec(&self) -> &Sequential {
+    pub fn spec(&self) -> &Network {
         &self.spec
     }
 
@@ -244,21 +244,25 @@ impl Model {
         Ok(())
     }
 
-    /// What reaches layer `layer` (its input) when the model runs on `x`: the layers before
-    /// it on candle's ops.
+    /// What reaches layer `layer` (its first input) when the model runs on `x`: the layers
+    /// before it on candle's ops.
     pub fn features_before(&self, x: &Tensor, layer: &str, mode: Mode<'_>) -> Result<Tensor> {
         let index = self
             .spec
-            .layers()
-            .iter()
-            .position(|l| l.name == layer)
+            .index_of(layer)
             .ok_or_else(|| ModelError::Config(format!("no layer {layer}")))?;
+        let wanted = plan::value_of(self.spec.layers()[index].sources[0]);
         let mut ctx = mode.context();
-        let mut x = x.clone();
-        for i in 0..index {
-            x = self.run_step(&Step::Layer(i), &x, &mut ctx, false, false, usize::MAX)?;
+        let mut values = vec![None; self.spec.layers().len() + 1];
+        values[0] = Some(x.clone());
+        for step in self.candle_plan.iter().take(index) {
+            let inputs = gather(&values, &step.inputs)?;
+            values[step.output] =
+                Some(self.run_step(&step.op, &inputs, &mut ctx, false, false, usize::MAX)?);
         }
-        Ok(x)
+        values[wanted]
+            .clone()
+            .ok_or_else(|| ModelError::Config(format!("internal error: no input for {layer}")))
     }
 
     /// Class probabilities (the last layer's activation applied).
@@ -304,18 +308,28 @@ impl Model {
             _ => self.candle_plan.as_slice(),
         };
         let mut ctx = mode.context();
-        let mut x = x.clone();
+        // Value 0 is the input, value i + 1 layer i's output; each is dropped after its last
+        // use (the plan says when).
+        let mut values: Vec<Option<Tensor>> = vec![None; layers.len() + 1];
+        values[0] = Some(x.clone());
         for step in plan {
-            x = self.run_step(
-                step,
-                &x,
+            let inputs = gather(&values, &step.inputs)?;
+            let y = self.run_step(
+                &step.op,
+                &inputs,
                 &mut ctx,
                 track_gradients,
                 skip_final_softmax,
                 last,
             )?;
+            values[step.output] = Some(y);
+            for &v in &step.release {
+                values[v] = None;
+            }
         }
-        Ok(x)
+        values[layers.len()]
+            .take()
+            .ok_or_else(|| ModelError::Config("internal error: the plan gave no output".into()))
     }
 
     fn layer_vars(&self, layer: usize) -> Vec<Var> {
@@ -324,14 +338,15 @@ impl Model {
 
     fn run_step(
         &self,
-        step: &Step,
-        x: &Tensor,
+        step: &Op,
+        inputs: &[Tensor],
         ctx: &mut ForwardCtx<'_>,
         track_gradients: bool,
         skip_final_softmax: bool,
         last: usize,
     ) -> Result<Tensor> {
         let layers = self.spec.layers();
+        let x = &inputs[0];
         // A convolution without bias runs the CPU kernels with zeros for it.
         let kernel_bias = |i: usize| -> Result<(Tensor, Tensor)> {
             let ws = &self.weights[i];
@@ -347,7 +362,7 @@ impl Model {
             _ => None,
         };
         Ok(match *step {
-            Step::Layer(i) => {
+            Op::Layer(i) => {
                 let l = &layers[i];
                 ctx.skip_softmax = skip_final_softmax && i == last;
                 let frozen_norm = !l.trainable && matches!(l.kind, LayerKind::BatchNorm(_));
@@ -362,10 +377,10 @@ impl Model {
                 };
                 l.kind
                     .layer()
-                    .forward(x, &self.layer_vars(i), ctx)
+                    .forward_all(inputs, &self.layer_vars(i), ctx)
                     .map_err(|e| e.in_layer(&l.name))?
             }
-            Step::ConvPool {
+            Op::ConvPool {
                 layer,
                 layers: used,
                 block,
@@ -378,7 +393,7 @@ impl Model {
                 debug_assert!(used >= 2);
                 ops::conv_pool(x, &kernel, &bias, block, mask, track_gradients)?
             }
-            Step::Conv {
+            Op::Conv {
                 layer,
                 shape,
                 relu,
@@ -387,7 +402,7 @@ impl Model {
                 let (kernel, bias) = kernel_bias(layer)?;
                 ops::conv2d_with_layouts(x, &kernel, &bias, shape, relu, layouts)?
             }
-            Step::ConvThen {
+            Op::ConvThen {
                 layer,
                 shape,
                 activation,
@@ -399,14 +414,14 @@ impl Model {
                     _ => activation.apply(y, skip_final_softmax && layer == last)?,
                 }
             }
-            Step::BatchNorm {
+            Op::BatchNorm {
                 layer, activation, ..
             } => {
                 let training = ctx.is_training() && layers[layer].trainable;
                 self.batch_norm_step(layer, x, activation, training, track_gradients)?
             }
-            Step::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
-            Step::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
+            Op::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
+            Op::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,
                 None => x.clone(),
             },
@@ -487,6 +502,17 @@ impl Model {
         }
         Ok(y)
     }
+}
+
+/// The tensors of `ids` among the values computed so far.
+fn gather(values: &[Option<Tensor>], ids: &[usize]) -> Result<Vec<Tensor>> {
+    ids.iter()
+        .map(|&v| {
+            values[v].clone().ok_or_else(|| {
+                ModelError::Config(format!("internal error: value {v} is not computed"))
+            })
+        })
+        .collect()
 }
 
 /// Index of the largest value in each row of `(N, classes)` probabilities or logits.

@@ -4,13 +4,13 @@
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, Conv2dConfig, FeatureShape, LayerKind, Pool2dConfig};
+use crate::network::{LayerSpec, Network, Source};
 use crate::ops::{self, ImageLayout};
-use crate::sequential::{LayerSpec, Sequential};
 
-/// One step of a forward pass; `layer` indexes [`Sequential::layers`].
+/// What one step of a forward pass computes; `layer` indexes [`Network::layers`].
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Step {
-    /// The layer's own forward pass on candle's ops ([`crate::layers::Layer::forward`]).
+pub(crate) enum Op {
+    /// The layer's own forward pass on candle's ops ([`crate::layers::Layer::forward_all`]).
     Layer(usize),
     /// Conv2D → MaxPool2D (→ Dropout) as one op: `layers` of them, from `layer`.
     ConvPool {
@@ -48,9 +48,65 @@ pub(crate) enum Step {
     },
 }
 
+/// A value of the forward pass: the model's input (0) or layer `i`'s output (`i + 1`).
+pub(crate) fn value_of(source: Source) -> usize {
+    match source {
+        Source::Input => 0,
+        Source::Layer(i) => i + 1,
+    }
+}
+
+/// One step: an op on values computed before, giving one value, after which the values whose
+/// last use it was are released (so a graph holds only the tensors still needed).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Step {
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    pub output: usize,
+    pub release: Vec<usize>,
+}
+
+/// Turns ops (with the values each takes and gives) into steps that release every value after
+/// its last use; the model's output (the last value) is never released.
+fn with_releases(ops: Vec<(Op, Vec<usize>, usize)>, values: usize) -> Vec<Step> {
+    let mut last_use = vec![None; values];
+    for (k, (_, inputs, _)) in ops.iter().enumerate() {
+        for &v in inputs {
+            last_use[v] = Some(k);
+        }
+    }
+    let output = values - 1;
+    ops.into_iter()
+        .enumerate()
+        .map(|(k, (op, inputs, out))| {
+            let mut release: Vec<usize> = inputs
+                .iter()
+                .copied()
+                .filter(|&v| last_use[v] == Some(k) && v != output)
+                .collect();
+            release.dedup();
+            Step {
+                op,
+                inputs,
+                output: out,
+                release,
+            }
+        })
+        .collect()
+}
+
 /// Every layer on candle's ops: what CUDA and [`crate::Kernels::Candle`] run.
-pub(crate) fn candle_plan(spec: &Sequential) -> Vec<Step> {
-    (0..spec.layers().len()).map(Step::Layer).collect()
+pub(crate) fn candle_plan(spec: &Network) -> Vec<Step> {
+    let ops = spec
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let inputs = l.sources.iter().map(|s| value_of(*s)).collect();
+            (Op::Layer(i), inputs, i + 1)
+        })
+        .collect();
+    with_releases(ops, spec.layers().len() + 1)
 }
 
 /// Activations the CPU kernels apply inside a convolution; others run after it on candle's ops.
@@ -64,7 +120,16 @@ fn norm_activation(a: Activation) -> Option<ops::NormActivation> {
         Activation::Linear => Some(ops::NormActivation::Linear),
         Activation::Relu => Some(ops::NormActivation::Relu),
         Activation::Gelu => Some(ops::NormActivation::Gelu),
-        Activation::Softmax => None,
+        _ => None,
+    }
+}
+
+/// The one layer that takes layer `i`'s output, when it takes nothing else: the only case
+/// where `i` may fuse with it or hand it channels-last images.
+fn sole_consumer(spec: &Network, consumers: &[Vec<usize>], i: usize) -> Option<usize> {
+    match consumers[i].as_slice() {
+        [j] if spec.layers()[*j].sources == [Source::Layer(i)] => Some(*j),
+        _ => None,
     }
 }
 
@@ -74,23 +139,30 @@ fn takes_channels_last(layer: Option<&LayerSpec>) -> bool {
     matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if fuses(c.activation))
 }
 
-fn layout_for(next: Option<&LayerSpec>) -> ImageLayout {
-    match takes_channels_last(next) {
+/// The steps for f32 on the CPU: Conv2D → MaxPool2D (→ Dropout) fused, single Conv2D,
+/// MaxPool2D and Dropout layers on [`crate::ops`], everything else on candle's ops. A layer
+/// fuses with the next only when that one is its output's sole consumer (a convolution whose
+/// output also feeds a shortcut keeps it whole), and only a Conv2D gives channels-last
+/// images, to a Conv2D that is their sole consumer.
+pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
+    let layers = spec.layers();
+    let consumers: Vec<Vec<usize>> = (0..layers.len()).map(|i| spec.consumers(i)).collect();
+    let sole = |i: usize| sole_consumer(spec, &consumers, i);
+    let layout_after = |i: usize| match takes_channels_last(sole(i).map(|j| &layers[j])) {
         true => ImageLayout::Nhwc,
         false => ImageLayout::Nchw,
-    }
-}
-
-/// The steps for f32 on the CPU: Conv2D → MaxPool2D (→ Dropout) fused, single Conv2D,
-/// MaxPool2D and Dropout layers on [`crate::ops`], everything else on candle's ops. Only a
-/// Conv2D gives channels-last images, and only to a next Conv2D.
-pub(crate) fn fast_plan(spec: &Sequential) -> Result<Vec<Step>> {
-    let layers = spec.layers();
-    let mut steps = Vec::new();
-    let mut layout = ImageLayout::Nchw;
-    let mut i = 0;
-    while i < layers.len() {
+    };
+    // The layout each value is in (0: the model's input).
+    let mut layouts = vec![ImageLayout::Nchw; layers.len() + 1];
+    let mut done = vec![false; layers.len()];
+    let mut ops = Vec::new();
+    for i in 0..layers.len() {
+        if done[i] {
+            continue;
+        }
         let l = &layers[i];
+        let inputs: Vec<usize> = l.sources.iter().map(|s| value_of(*s)).collect();
+        let layout = layouts[inputs[0]];
         let image = match l.input {
             FeatureShape::Image {
                 channels,
@@ -99,26 +171,35 @@ pub(crate) fn fast_plan(spec: &Sequential) -> Result<Vec<Step>> {
             } => Some((channels, height, width)),
             FeatureShape::Flat(_) => None,
         };
-        let (step, used, out_layout) = match (&l.kind, image) {
+        // The op, the layers it covers (this one and the sole consumers it fuses) and the
+        // layout of its output.
+        let (op, covered, out_layout) = match (&l.kind, image) {
             (LayerKind::Dropout(d), _) => (
-                Step::Dropout {
+                Op::Dropout {
                     layer: i,
                     rate: d.rate,
                 },
-                1,
+                vec![i],
                 ImageLayout::Nchw,
             ),
             (LayerKind::Conv2d(cfg), Some(chw)) if fuses(cfg.activation) => {
                 let conv = conv_shape(l, cfg, chw)?;
                 let relu = cfg.activation == Activation::Relu;
-                match layers.get(i + 1).map(|p| (&p.kind, p)) {
-                    Some((LayerKind::MaxPool2d(p), pool_layer)) => {
-                        let pool = pool_shape(pool_layer, p, (conv.out_h, conv.out_w))?;
-                        let (dropout, used) = match layers.get(i + 2).map(|l| &l.kind) {
-                            Some(LayerKind::Dropout(d)) => (Some(d.rate), 3),
-                            _ => (None, 2),
-                        };
-                        let output = layout_for(layers.get(i + used));
+                let pool = sole(i).and_then(|j| match &layers[j].kind {
+                    LayerKind::MaxPool2d(p) => Some((j, p)),
+                    _ => None,
+                });
+                match pool {
+                    Some((j, p)) => {
+                        let pool = pool_shape(&layers[j], p, (conv.out_h, conv.out_w))?;
+                        let dropout = sole(j).and_then(|k| match &layers[k].kind {
+                            LayerKind::Dropout(d) => Some((k, d.rate)),
+                            _ => None,
+                        });
+                        let last = dropout.map_or(j, |(k, _)| k);
+                        let mut covered = vec![i, j];
+                        covered.extend(dropout.map(|(k, _)| k));
+                        let output = layout_after(last);
                         let block = ops::ConvPoolShape {
                             conv,
                             pool,
@@ -126,67 +207,75 @@ pub(crate) fn fast_plan(spec: &Sequential) -> Result<Vec<Step>> {
                             input: layout,
                             output,
                         };
-                        let step = Step::ConvPool {
+                        let op = Op::ConvPool {
                             layer: i,
-                            layers: used,
+                            layers: covered.len(),
                             block,
-                            dropout,
+                            dropout: dropout.map(|(_, rate)| rate),
                         };
-                        (step, used, output)
+                        (op, covered, output)
                     }
-                    _ => {
-                        let output = layout_for(layers.get(i + 1));
-                        let step = Step::Conv {
+                    None => {
+                        let output = layout_after(i);
+                        let op = Op::Conv {
                             layer: i,
                             shape: conv,
                             relu,
                             layouts: (layout, output),
                         };
-                        (step, 1, output)
+                        (op, vec![i], output)
                     }
                 }
             }
             (LayerKind::Conv2d(cfg), Some(chw)) => {
-                let step = Step::ConvThen {
+                let op = Op::ConvThen {
                     layer: i,
                     shape: conv_shape(l, cfg, chw)?,
                     activation: cfg.activation,
                 };
-                (step, 1, ImageLayout::Nchw)
+                (op, vec![i], ImageLayout::Nchw)
             }
             (LayerKind::BatchNorm(_), _) => {
-                let next = layers.get(i + 1).and_then(|n| match &n.kind {
-                    LayerKind::Activation(a) => norm_activation(a.activation),
+                let next = sole(i).and_then(|j| match &layers[j].kind {
+                    LayerKind::Activation(a) => norm_activation(a.activation).map(|a| (j, a)),
                     _ => None,
                 });
-                let step = Step::BatchNorm {
+                let mut covered = vec![i];
+                covered.extend(next.map(|(j, _)| j));
+                let op = Op::BatchNorm {
                     layer: i,
-                    layers: 1 + next.is_some() as usize,
-                    activation: next.unwrap_or(ops::NormActivation::Linear),
+                    layers: covered.len(),
+                    activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
                 };
-                (step, 1 + next.is_some() as usize, ImageLayout::Nchw)
+                (op, covered, ImageLayout::Nchw)
             }
             (LayerKind::MaxPool2d(p), Some((_, h, w))) => {
-                let step = Step::MaxPool {
+                let op = Op::MaxPool {
                     layer: i,
                     shape: pool_shape(l, p, (h, w))?,
                 };
-                (step, 1, ImageLayout::Nchw)
+                (op, vec![i], ImageLayout::Nchw)
             }
-            _ => (Step::Layer(i), 1, ImageLayout::Nchw),
+            _ => (Op::Layer(i), vec![i], ImageLayout::Nchw),
         };
-        if layout != ImageLayout::Nchw && !matches!(step, Step::Conv { .. } | Step::ConvPool { .. })
+        let takes_any_layout = matches!(op, Op::Conv { .. } | Op::ConvPool { .. });
+        if inputs
+            .iter()
+            .any(|&v| layouts[v] != ImageLayout::Nchw && !takes_any_layout)
         {
             return Err(ModelError::Config(format!(
                 "layer {}: internal error, channels-last input outside a convolution",
                 l.name
             )));
         }
-        steps.push(step);
-        layout = out_layout;
-        i += used;
+        let last = *covered.last().unwrap_or(&i);
+        for &c in &covered {
+            done[c] = true;
+        }
+        layouts[last + 1] = out_layout;
+        ops.push((op, inputs, last + 1));
     }
-    Ok(steps)
+    Ok(with_releases(ops, layers.len() + 1))
 }
 
 /// The geometry [`crate::ops`] needs for a Conv2D layer on input `(c, h, w)`.
@@ -232,12 +321,12 @@ mod tests {
         let plan = fast_plan(&zoo::simple_cnn()).unwrap();
         let kinds: Vec<String> = plan
             .iter()
-            .map(|s| match s {
-                Step::ConvPool { layers, block, .. } => {
+            .map(|s| match &s.op {
+                Op::ConvPool { layers, block, .. } => {
                     format!("convpool{layers}:{:?}->{:?}", block.input, block.output)
                 }
-                Step::Layer(i) => format!("layer{i}"),
-                Step::Dropout { .. } => "dropout".into(),
+                Op::Layer(i) => format!("layer{i}"),
+                Op::Dropout { .. } => "dropout".into(),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -257,21 +346,21 @@ mod tests {
 
     #[test]
     fn conv_chains_pass_channels_last() {
-        let mut s = Sequential::new("m", FeatureShape::image(3, 8, 8));
+        let mut s = Network::new("m", FeatureShape::image(3, 8, 8));
         let conv = || LayerKind::conv2d(4, 3, crate::Padding::Same, Activation::Relu);
         s.add(conv()).unwrap().add(conv()).unwrap();
         s.add(LayerKind::max_pool(2)).unwrap();
         let plan = fast_plan(&s).unwrap();
         assert!(matches!(
-            plan[0],
-            Step::Conv {
+            plan[0].op,
+            Op::Conv {
                 layouts: (ImageLayout::Nchw, ImageLayout::Nhwc),
                 ..
             }
         ));
         assert!(matches!(
-            plan[1],
-            Step::ConvPool {
+            plan[1].op,
+            Op::ConvPool {
                 block: ops::ConvPoolShape {
                     input: ImageLayout::Nhwc,
                     output: ImageLayout::Nchw,
@@ -280,5 +369,67 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// A ResNet block: conv → BN → ReLU → conv → BN, added to the block's input, ReLU.
+    fn residual_block() -> Network {
+        let mut s = Network::new("res", FeatureShape::image(4, 8, 8));
+        let conv = || LayerKind::conv2d(4, 3, crate::Padding::Same, Activation::Linear);
+        let bn = || LayerKind::BatchNorm(crate::BatchNormConfig::default());
+        let relu = || {
+            LayerKind::Activation(crate::ActivationConfig {
+                activation: Activation::Relu,
+            })
+        };
+        s.add_named("stem", conv()).unwrap();
+        s.add_named("c1", conv())
+            .unwrap()
+            .add(bn())
+            .unwrap()
+            .add(relu())
+            .unwrap();
+        s.add_named("c2", conv())
+            .unwrap()
+            .add_named("b2", bn())
+            .unwrap();
+        s.connect(
+            "join",
+            LayerKind::Add,
+            &[Source::Layer(0), Source::Layer(5)],
+        )
+        .unwrap();
+        s.add(relu()).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_convolution_feeding_a_shortcut_neither_fuses_nor_goes_channels_last() {
+        let spec = residual_block();
+        assert!(spec.is_functional() && !spec.is_chain());
+        let plan = fast_plan(&spec).unwrap();
+        // stem's output goes to c1 and to the join: it stays whole and NCHW.
+        assert!(matches!(
+            plan[0].op,
+            Op::Conv {
+                layer: 0,
+                layouts: (ImageLayout::Nchw, ImageLayout::Nchw),
+                ..
+            }
+        ));
+        // BatchNormalization fuses the ReLU after it (its sole consumer), not the join.
+        let norms: Vec<usize> = plan
+            .iter()
+            .filter_map(|s| match s.op {
+                Op::BatchNorm { layers, .. } => Some(layers),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(norms, [2, 1]);
+        let join = plan.iter().find(|s| s.op == Op::Layer(6)).unwrap();
+        assert_eq!(join.inputs, [1, 6]);
+        // The join is the last use of the stem's output and of b2's: both are released there.
+        assert_eq!(join.release, [1, 6]);
+        // The model's output is never released.
+        assert!(plan.iter().all(|s| !s.release.contains(&8)));
     }
 }

@@ -302,7 +302,7 @@ fn wrong_shapes_are_errors_not_panics() {
 
 /// A training-mode forward and backward (of the squared logits) of `spec` on `x` with either
 /// set of kernels: the same logits and weight gradients, to `1e-4` and `1e-3`.
-fn assert_same_training_step(spec: &simplecnn_model::Sequential, x: &Tensor) {
+fn assert_same_training_step(spec: &simplecnn_model::Network, x: &Tensor) {
     let run = |kernels: Kernels| {
         let mut model = Model::new(spec.clone(), &CPU, 8).unwrap();
         model.set_kernels(kernels).unwrap();
@@ -347,7 +347,7 @@ fn simple_cnn_trains_the_same_with_either_kernels() {
 fn the_candle_path_pools_with_the_right_gradient() {
     // A pool alone on 2 channels of 5x7 (not a multiple of the 2x2 pool: Keras drops the rest).
     let mut spec =
-        simplecnn_model::Sequential::new("pool", simplecnn_model::FeatureShape::image(2, 5, 7));
+        simplecnn_model::Network::new("pool", simplecnn_model::FeatureShape::image(2, 5, 7));
     spec.add_named(
         "pool",
         simplecnn_model::LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(
@@ -446,9 +446,9 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
     // VGG-style: conv → conv → pool, a strided conv, then conv → pool with dropout; the fast
     // path hands channels-last images from each conv to the next.
     use simplecnn_model::{
-        Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Pool2dConfig, Sequential,
+        Activation, Conv2dConfig, FeatureShape, LayerKind, Network, Padding, Pool2dConfig,
     };
-    let mut spec = Sequential::new("chain", FeatureShape::image(3, 12, 12));
+    let mut spec = Network::new("chain", FeatureShape::image(3, 12, 12));
     let conv = |f, p, a| LayerKind::Conv2d(Conv2dConfig::new(f, 3, p, a));
     let pool = LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(Pool2dConfig {
         pool_size: (2, 2),
@@ -482,9 +482,9 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
 #[test]
 fn batch_norm_and_gelu_train_the_same_with_either_kernels() {
     use simplecnn_model::{
-        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Padding, Sequential,
+        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Network, Padding,
     };
-    let mut spec = Sequential::new("bn", FeatureShape::image(3, 10, 10));
+    let mut spec = Network::new("bn", FeatureShape::image(3, 10, 10));
     let bn = |scale, momentum| {
         LayerKind::BatchNorm(BatchNormConfig {
             epsilon: 1e-5,
@@ -616,9 +616,9 @@ proptest! {
 #[test]
 fn a_frozen_batch_norm_uses_and_keeps_its_moving_statistics() {
     use simplecnn_model::{
-        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Padding, Sequential,
+        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Network, Padding,
     };
-    let mut spec = Sequential::new("frozen", FeatureShape::image(2, 6, 6));
+    let mut spec = Network::new("frozen", FeatureShape::image(2, 6, 6));
     spec.add(LayerKind::conv2d(3, 3, Padding::Same, Activation::Linear))
         .unwrap()
         .add(LayerKind::BatchNorm(BatchNormConfig::default()))

@@ -122,8 +122,8 @@ fn wrong_input_shape_is_an_error() {
 
 #[test]
 fn batch_normalization_normalises_per_channel_with_moving_statistics_in_inference() {
-    use simplecnn_model::{FeatureShape, LayerKind, Sequential};
-    let mut s = Sequential::new("m", FeatureShape::image(2, 2, 2));
+    use simplecnn_model::{FeatureShape, LayerKind, Network};
+    let mut s = Network::new("m", FeatureShape::image(2, 2, 2));
     s.add(LayerKind::BatchNorm(Default::default())).unwrap();
     assert_eq!(s.layers()[0].name, "batch_normalization_1");
     assert_eq!((s.param_count(), s.trainable_param_count()), (8, 4));
@@ -181,14 +181,14 @@ fn batch_normalization_normalises_per_channel_with_moving_statistics_in_inferenc
 #[test]
 fn batch_normalization_trains_with_batch_statistics() {
     use candle_core::Var;
-    use simplecnn_model::{BatchNormConfig, FeatureShape, LayerKind, Sequential};
+    use simplecnn_model::{BatchNormConfig, FeatureShape, LayerKind, Network};
     let bn = BatchNormConfig {
         epsilon: 1e-5,
         momentum: 0.6,
         center: true,
         scale: false,
     };
-    let mut s = Sequential::new("m", FeatureShape::image(2, 2, 3));
+    let mut s = Network::new("m", FeatureShape::image(2, 2, 3));
     s.add(LayerKind::BatchNorm(bn)).unwrap();
     assert_eq!((s.param_count(), s.trainable_param_count()), (6, 2));
     let model = Model::new(s, &Device::Cpu, 0).unwrap();
@@ -300,16 +300,16 @@ fn batch_normalization_trains_with_batch_statistics() {
 #[test]
 fn global_pooling_values_shapes_and_gradients() {
     use candle_core::{Device, Tensor, Var};
-    use simplecnn_model::{FeatureShape, LayerKind, Sequential};
+    use simplecnn_model::{FeatureShape, LayerKind, Network};
     let (n, c, h, w) = (2usize, 3usize, 4usize, 5usize);
     let values: Vec<f32> = (0..n * c * h * w)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
         .collect();
     for (kind, name) in [
-        (LayerKind::GlobalAvgPool2d, "global_average_pooling2d_1"),
-        (LayerKind::GlobalMaxPool2d, "global_max_pooling2d_1"),
+        (LayerKind::global_avg_pool(), "global_average_pooling2d_1"),
+        (LayerKind::global_max_pool(), "global_max_pooling2d_1"),
     ] {
-        let mut s = Sequential::new("m", FeatureShape::image(c, h, w));
+        let mut s = Network::new("m", FeatureShape::image(c, h, w));
         s.add(kind.clone()).unwrap();
         assert_eq!(s.layers()[0].name, name);
         assert_eq!(s.output_shape(), FeatureShape::Flat(c));
@@ -322,7 +322,7 @@ fn global_pooling_values_shapes_and_gradients() {
             for (ch, v) in row.iter().enumerate() {
                 let plane = &values[(i * c + ch) * h * w..(i * c + ch + 1) * h * w];
                 let expected = match &kind {
-                    LayerKind::GlobalAvgPool2d => plane.iter().sum::<f32>() / plane.len() as f32,
+                    LayerKind::GlobalAvgPool2d(_) => plane.iter().sum::<f32>() / plane.len() as f32,
                     _ => plane.iter().cloned().fold(f32::MIN, f32::max),
                 };
                 assert!(
@@ -380,11 +380,11 @@ fn global_pooling_values_shapes_and_gradients() {
 #[test]
 fn gelu_values_and_both_kernel_sets_agree() {
     use candle_core::{Device, Var};
-    use simplecnn_model::{Activation, FeatureShape, Kernels, LayerKind, Padding, Sequential};
-    let mut s = Sequential::new("m", FeatureShape::image(3, 6, 6));
+    use simplecnn_model::{Activation, FeatureShape, Kernels, LayerKind, Network, Padding};
+    let mut s = Network::new("m", FeatureShape::image(3, 6, 6));
     s.add(LayerKind::conv2d(5, 3, Padding::Same, Activation::Gelu))
         .unwrap();
-    s.add(LayerKind::GlobalAvgPool2d).unwrap();
+    s.add(LayerKind::global_avg_pool()).unwrap();
     s.add(LayerKind::dense(4, Activation::Gelu)).unwrap();
     let x =
         Var::from_tensor(&Tensor::rand(-1f32, 1f32, (2, 3, 6, 6), &Device::Cpu).unwrap()).unwrap();
@@ -416,12 +416,12 @@ fn gelu_values_and_both_kernel_sets_agree() {
 fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
     use candle_core::Var;
     use simplecnn_model::{
-        Activation, DenseConfig, FeatureShape, Kernels, LayerKind, Padding, Sequential,
+        Activation, DenseConfig, FeatureShape, Kernels, LayerKind, Network, Padding,
     };
     let conv = |f| {
         LayerKind::Conv2d(Conv2dConfig::new(f, 3, Padding::Same, Activation::Linear).without_bias())
     };
-    let mut s = Sequential::new("m", FeatureShape::image(3, 8, 8));
+    let mut s = Network::new("m", FeatureShape::image(3, 8, 8));
     s.add(conv(4)).unwrap().add(LayerKind::max_pool(2)).unwrap();
     s.add(conv(5)).unwrap().add(conv(6)).unwrap();
     s.add(LayerKind::Flatten).unwrap();

@@ -3,12 +3,11 @@
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 use simplecnn_model::{
-    Activation, Conv2dConfig, FeatureShape, LayerKind, Mode, Model, Padding, Pool2dConfig,
-    Sequential,
+    Activation, Conv2dConfig, FeatureShape, LayerKind, Mode, Model, Network, Padding, Pool2dConfig,
 };
 
 fn run_one(input: FeatureShape, kind: LayerKind) -> Option<(FeatureShape, Vec<usize>)> {
-    let mut s = Sequential::new("m", input);
+    let mut s = Network::new("m", input);
     s.add(kind).ok()?;
     let reported = s.output_shape();
     let model = Model::new(s, &Device::Cpu, 1).unwrap();
@@ -59,7 +58,7 @@ proptest! {
 
 #[test]
 fn kernel_larger_than_input_is_a_named_error() {
-    let mut s = Sequential::new("m", FeatureShape::image(3, 2, 2));
+    let mut s = Network::new("m", FeatureShape::image(3, 2, 2));
     let err = s
         .add(LayerKind::Conv2d(Conv2dConfig::new(
             4,
@@ -75,7 +74,7 @@ fn kernel_larger_than_input_is_a_named_error() {
 fn same_padding_matches_tensorflow_for_even_kernels() {
     // 2x2 kernel of ones, stride 1, same padding on a 3x3 input: TF pads one row/column at the
     // bottom/right only, so out[0][0] = x00 + x01 + x10 + x11.
-    let mut s = Sequential::new("m", FeatureShape::image(1, 3, 3));
+    let mut s = Network::new("m", FeatureShape::image(1, 3, 3));
     s.add(LayerKind::Conv2d(Conv2dConfig::new(
         1,
         2,

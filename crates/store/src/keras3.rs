@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
-use simplecnn_model::{Activation, LayerKind, Model, Sequential};
+use simplecnn_model::{Activation, LayerKind, Model, Network};
 
 use crate::error::{fail, Context, Result};
 use crate::h5::{write_scalar, write_string};
 use crate::keras_file::{check_dataset, set_layer_weights, tmp_path, AdamState, FileLayer};
-use crate::layout::{keras_dims, layer_config, to_keras, weight_layout, MAX_CONFIG_SIZE};
+use crate::layout::{
+    input_layer_name, keras_dims, keras_order, layer_config, snake_case, source_names, to_keras,
+    weight_layout, MAX_CONFIG_SIZE,
+};
 
 /// The Keras version our `.keras` files say they follow (the one they are tested against).
 pub const KERAS3_FORMAT_VERSION: &str = "3.15.1";
@@ -50,41 +53,37 @@ pub(crate) fn is_weights_tree(file: &hdf5::File) -> bool {
     !legacy && file.group("layers").is_ok()
 }
 
-/// Keras' `naming.to_snake_case`: `MaxPooling2D` → `max_pooling2d`.
-fn snake_case(class: &str) -> String {
-    let chars: Vec<char> = class.chars().collect();
-    let mut out = String::new();
-    for (i, &c) in chars.iter().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
-            // `(.)([A-Z][a-z]+)` then `([a-z])([A-Z])`, as Keras' two regular expressions.
-            if (next_lower && prev != '_') || prev.is_ascii_lowercase() {
-                out.push('_');
-            }
+/// Each of the model's layers with its path in Keras 3's weights tree, in Keras' layer order:
+/// a Sequential's without its input, a graph's with it (Keras keeps `layers/input_layer`).
+pub(crate) fn layer_paths(spec: &Network) -> Vec<(String, String)> {
+    let mut used: HashMap<String, usize> = HashMap::new();
+    let mut path_for = |class: &str| {
+        let base = snake_case(class);
+        let n = used.entry(base.clone()).or_insert(0);
+        let path = match *n {
+            0 => base.clone(),
+            k => format!("{base}_{k}"),
+        };
+        *n += 1;
+        path
+    };
+    let mut out = Vec::new();
+    let functional = spec.is_functional();
+    if functional
+        && spec
+            .layers()
+            .first()
+            .is_none_or(|l| l.kind != LayerKind::Input)
+    {
+        out.push((input_layer_name(spec), path_for("InputLayer")));
+    }
+    for i in keras_order(spec) {
+        let l = &spec.layers()[i];
+        if functional || l.kind != LayerKind::Input {
+            out.push((l.name.clone(), path_for(l.kind.class_name())));
         }
-        out.push(c.to_ascii_lowercase());
     }
     out
-}
-
-/// Each of the model's layers (the input aside) with its path in Keras 3's weights tree.
-pub(crate) fn layer_paths(spec: &Sequential) -> Vec<(String, String)> {
-    let mut used: HashMap<String, usize> = HashMap::new();
-    spec.layers()
-        .iter()
-        .filter(|l| l.kind != LayerKind::Input)
-        .map(|l| {
-            let base = snake_case(l.kind.class_name());
-            let n = used.entry(base.clone()).or_insert(0);
-            let path = match *n {
-                0 => base.clone(),
-                k => format!("{base}_{k}"),
-            };
-            *n += 1;
-            (l.name.clone(), path)
-        })
-        .collect()
 }
 
 /// The numbered datasets `0, 1, …` of a `vars` group, in order, each checked and read.
@@ -552,7 +551,7 @@ pub(crate) fn open_archive(path: &Path) -> Result<KerasArchive> {
 }
 
 /// The Sequential's config as Keras 3 writes `config.json`, with `compile_config` for Adam.
-pub(crate) fn keras3_config(spec: &Sequential, adam: Option<&AdamState>) -> Value {
+pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
     let wrap = |layer: Value, input: Option<Value>| {
         let mut v = json!({
             "module": "keras.layers",
@@ -571,15 +570,72 @@ pub(crate) fn keras3_config(spec: &Sequential, adam: Option<&AdamState>) -> Valu
         Value::Array(dims)
     };
     let input_shape = batch(&spec.input_shape());
-    let mut layers = vec![wrap(
+    let input_name = input_layer_name(spec);
+    let input_layer = wrap(
         json!({"class_name": "InputLayer", "config": {
             "batch_shape": input_shape, "dtype": "float32", "sparse": false,
-            "ragged": false, "name": "input_layer", "optional": false
+            "ragged": false, "name": input_name, "optional": false
         }}),
         None,
-    )];
-    for l in spec.layers().iter().filter(|l| l.kind != LayerKind::Input) {
-        layers.push(wrap(layer_config(l), Some(batch(&l.input))));
+    );
+    let mut layers = Vec::new();
+    if !spec.is_functional()
+        || spec
+            .layers()
+            .first()
+            .is_none_or(|l| l.kind != LayerKind::Input)
+    {
+        layers.push(input_layer.clone());
+    }
+    for i in keras_order(spec) {
+        let l = &spec.layers()[i];
+        if l.kind == LayerKind::Input {
+            if spec.is_functional() {
+                layers.push(input_layer.clone());
+            }
+            continue;
+        }
+        let shapes: Vec<Value> = l
+            .sources
+            .iter()
+            .map(|s| batch(&spec.shape_of(*s)))
+            .collect();
+        let build_shape = match shapes.as_slice() {
+            [one] => one.clone(),
+            many => Value::Array(many.to_vec()),
+        };
+        let mut entry = wrap(layer_config(l), Some(build_shape));
+        if spec.is_functional() {
+            // Keras 3's node: the tensors it takes, a list of them for a joining layer.
+            let tensors: Vec<Value> = source_names(spec, l)
+                .into_iter()
+                .zip(&shapes)
+                .map(|(name, shape)| {
+                    json!({"class_name": "__keras_tensor__", "config": {
+                        "shape": shape, "dtype": "float32", "keras_history": [name, 0, 0]}})
+                })
+                .collect();
+            let joins = matches!(
+                l.kind,
+                LayerKind::Add | LayerKind::Multiply | LayerKind::Concatenate
+            );
+            let args = match joins {
+                true => json!([tensors]),
+                false => json!(tensors),
+            };
+            entry["name"] = json!(l.name);
+            entry["inbound_nodes"] = json!([{"args": args, "kwargs": {}}]);
+        }
+        layers.push(entry);
+    }
+    if spec.is_functional() {
+        for l in layers
+            .iter_mut()
+            .filter(|l| l["class_name"] == "InputLayer")
+        {
+            l["name"] = l["config"]["name"].clone();
+            l["inbound_nodes"] = json!([]);
+        }
     }
     // Keras 3 writes a layer's dtype as a policy; the plain "float32" of Keras 2 also loads.
     let adam_cfg = adam.map_or(
@@ -610,19 +666,35 @@ pub(crate) fn keras3_config(spec: &Sequential, adam: Option<&AdamState>) -> Valu
                                "from_logits": true, "label_smoothing": 0.0, "axis": -1},
                     "registered_name": null}),
     };
+    let compile_config = json!({
+        "optimizer": {"module": "keras.optimizers", "class_name": "Adam",
+                      "config": optimizer_config, "registered_name": null},
+        "loss": loss, "loss_weights": null, "metrics": ["accuracy"],
+        "weighted_metrics": null, "run_eagerly": false, "steps_per_execution": 1,
+        "jit_compile": false
+    });
+    if spec.is_functional() {
+        let output = spec
+            .layers()
+            .last()
+            .map_or(input_name.clone(), |l| l.name.clone());
+        return json!({
+            "module": "keras.src.models.functional",
+            "class_name": "Functional",
+            "config": {"name": spec.name(), "trainable": true, "layers": layers,
+                       "input_layers": [input_name, 0, 0], "output_layers": [output, 0, 0]},
+            "registered_name": "Functional",
+            "build_config": {"input_shape": null},
+            "compile_config": compile_config
+        });
+    }
     json!({
         "module": "keras",
         "class_name": "Sequential",
         "config": {"name": spec.name(), "trainable": true, "dtype": "float32", "layers": layers},
         "registered_name": null,
         "build_config": {"input_shape": input_shape},
-        "compile_config": {
-            "optimizer": {"module": "keras.optimizers", "class_name": "Adam",
-                          "config": optimizer_config, "registered_name": null},
-            "loss": loss, "loss_weights": null, "metrics": ["accuracy"],
-            "weighted_metrics": null, "run_eagerly": false, "steps_per_execution": 1,
-            "jit_compile": false
-        }
+        "compile_config": compile_config
     })
 }
 

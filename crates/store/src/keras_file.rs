@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::json;
-use simplecnn_model::{LayerKind, Model, Sequential};
+use simplecnn_model::{LayerKind, Model, Network};
 
 use crate::error::{fail, Context, Result};
 use crate::h5::{read_string, read_strings, write_string, write_string_list};
 use crate::layout::{
-    from_keras, keras_dims, model_config, sequential_from_config, to_keras, weight_layout,
-    KERAS_FORMAT_VERSION,
+    from_keras, input_layer_name, keras_dims, keras_order, model_config, network_from_config,
+    to_keras, weight_layout, KERAS_FORMAT_VERSION,
 };
 
 /// Adam's state in our layouts, so training resumes from a file: `slots` are keyed by weight
@@ -36,7 +36,7 @@ pub enum MatchBy {
 }
 
 /// The names of the model's layers that have weights, in order.
-fn weighted_layers(spec: &Sequential) -> Vec<&str> {
+fn weighted_layers(spec: &Network) -> Vec<&str> {
     spec.layers()
         .iter()
         .filter(|l| l.param_count() > 0)
@@ -147,42 +147,44 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, options: &SaveOptions<'_>)
     let weights = file
         .create_group("model_weights")
         .at(path, || "cannot create /model_weights".into())?;
-    let layers: Vec<String> = spec
-        .layers()
-        .iter()
-        .filter(|l| l.kind != LayerKind::Input)
-        .map(|l| l.name.clone())
-        .collect();
+    // A graph lists its input layer too, every layer in Keras' order (Keras 3 pairs a legacy
+    // file's weights by that order).
+    let order = keras_order(spec);
+    let input_name = input_layer_name(spec);
+    let mut layers: Vec<String> = Vec::new();
+    if spec.is_functional()
+        && spec
+            .layers()
+            .first()
+            .is_none_or(|l| l.kind != LayerKind::Input)
+    {
+        layers.push(input_name);
+    }
+    layers.extend(
+        order
+            .iter()
+            .map(|&i| &spec.layers()[i])
+            .filter(|l| spec.is_functional() || l.kind != LayerKind::Input)
+            .map(|l| l.name.clone()),
+    );
     write_string_list(&weights, "layer_names", &layers, path)?;
     write_string(&weights, "backend", "tensorflow", path)?;
     write_string(&weights, "keras_version", KERAS_FORMAT_VERSION, path)?;
     let model_weights: Vec<_> = model.weights().collect();
-    for layer in spec.layers() {
-        if layer.kind == LayerKind::Input {
-            continue;
-        }
-        let g = weights.create_group(&layer.name).at(path, || {
-            format!("layer {}: cannot create group", layer.name)
-        })?;
-        let ws: Vec<_> = model_weights
-            .iter()
-            .filter(|w| w.layer == layer.name)
-            .collect();
-        let names: Vec<String> = ws
-            .iter()
-            .map(|w| format!("{}/{}:0", layer.name, w.name))
-            .collect();
+    for name in &layers {
+        let g = weights
+            .create_group(name)
+            .at(path, || format!("layer {name}: cannot create group"))?;
+        let ws: Vec<_> = model_weights.iter().filter(|w| &w.layer == name).collect();
+        let names: Vec<String> = ws.iter().map(|w| format!("{name}/{}:0", w.name)).collect();
         write_string_list(&g, "weight_names", &names, path)?;
         if ws.is_empty() {
             continue;
         }
-        let inner = g
-            .create_group(&layer.name)
-            .at(path, || format!("layer {}", layer.name))?;
+        let inner = g.create_group(name).at(path, || format!("layer {name}"))?;
         for w in ws {
             let layout = weight_layout(spec, w);
-            let t =
-                to_keras(w.var.as_tensor(), layout).at(path, || format!("layer {}", layer.name))?;
+            let t = to_keras(w.var.as_tensor(), layout).at(path, || format!("layer {name}"))?;
             write_tensor(&inner, &format!("{}:0", w.name), &t, path)?;
         }
     }
@@ -533,7 +535,7 @@ pub fn load_model_scaled(path: &Path, device: &Device, scale: f64) -> Result<Mod
         return fail(path, "model_config has no layers");
     };
     crate::layout::insert_input_scale(layers, scale);
-    let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
+    let spec = network_from_config(&config).at(path, || "model_config".into())?;
     let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
     load_weights(&model, path, MatchBy::Name)?;
     Ok(model)
@@ -543,7 +545,7 @@ pub fn load_model_scaled(path: &Path, device: &Device, scale: f64) -> Result<Mod
 pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     if crate::keras3::is_zip(path) {
         let archive = crate::keras3::open_archive(path)?;
-        let spec = sequential_from_config(&archive.config).at(path, || "config.json".into())?;
+        let spec = network_from_config(&archive.config).at(path, || "config.json".into())?;
         let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
         let file = archive.open_weights()?;
         let paths = crate::keras3::paths_from_config(&archive.config);
@@ -551,7 +553,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
         return Ok(model);
     }
     let config = read_model_config(path)?;
-    let spec = sequential_from_config(&config).at(path, || "model_config".into())?;
+    let spec = network_from_config(&config).at(path, || "model_config".into())?;
     let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
     load_weights(&model, path, MatchBy::Order)?;
     Ok(model)

@@ -2,14 +2,35 @@
 
 use candle_core::Tensor;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+
 use simplecnn_model::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, FanInScale,
-    FeatureShape, Init, LayerKind, LayerSpec, MaxPooling2D, Padding, Pool2dConfig, RescalingConfig,
-    Sequential, WeightRole,
+    FeatureShape, GlobalAveragePooling2D, GlobalMaxPooling2D, Init, LayerKind, LayerSpec,
+    MaxPooling2D, Network, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Source,
+    WeightRole, ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
 pub const KERAS_FORMAT_VERSION: &str = "2.9.0";
+
+/// Keras' `naming.to_snake_case`: `MaxPooling2D` → `max_pooling2d`.
+pub fn snake_case(class: &str) -> String {
+    let chars: Vec<char> = class.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            // `(.)([A-Z][a-z]+)` then `([a-z])([A-Z])`, as Keras' two regular expressions.
+            if (next_lower && prev != '_') || prev.is_ascii_lowercase() {
+                out.push('_');
+            }
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
 
 /// Keras' config of a kernel initialiser.
 fn initializer_config(init: Init) -> Value {
@@ -120,9 +141,10 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 json!({"scale": one_or_list(&r.scale), "offset": one_or_list(&r.offset)}),
             )
         }
-        LayerKind::GlobalAvgPool2d | LayerKind::GlobalMaxPool2d => merge(
+        LayerKind::GlobalAvgPool2d(GlobalAveragePooling2D { keepdims })
+        | LayerKind::GlobalMaxPool2d(GlobalMaxPooling2D { keepdims }) => merge(
             base,
-            json!({"data_format": "channels_last", "keepdims": false}),
+            json!({"data_format": "channels_last", "keepdims": keepdims}),
         ),
         LayerKind::BatchNorm(BatchNormConfig {
             epsilon,
@@ -140,6 +162,22 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 "moving_variance_initializer": {"class_name": "Ones", "config": {}},
                 "beta_regularizer": null, "gamma_regularizer": null,
                 "beta_constraint": null, "gamma_constraint": null
+            }),
+        ),
+        LayerKind::Add | LayerKind::Multiply => base,
+        LayerKind::Concatenate => merge(base, json!({"axis": -1})),
+        LayerKind::ZeroPadding2d(z) => {
+            let ((top, bottom), (left, right)) = z.padding;
+            merge(
+                base,
+                json!({"padding": [[top, bottom], [left, right]], "data_format": "channels_last"}),
+            )
+        }
+        LayerKind::Relu(r) => merge(
+            base,
+            json!({
+                "max_value": r.max_value.map(|m| m as f64),
+                "negative_slope": r.negative_slope as f64, "threshold": r.threshold as f64
             }),
         ),
         LayerKind::Dense(DenseConfig {
@@ -164,8 +202,78 @@ fn keras_batch_shape(shape: &FeatureShape) -> Value {
     Value::Array(dims)
 }
 
-/// `model_config`: a Keras 2.9 `Sequential` with an explicit `InputLayer`.
-pub fn model_config(spec: &Sequential) -> Value {
+/// The order Keras gives a functional model's layers (`Functional.layers`, from
+/// `keras/src/ops/function.py`'s `map_graph`): by depth — the longest path to the output —
+/// deepest first, ties in the order a depth-first walk from the output meets them. Keras
+/// rebuilds that order from a file's graph, and pairs `.keras` weights and legacy `.h5`
+/// weights (in Keras 3) by it, so files are written in it. A chain keeps its order.
+pub fn keras_order(spec: &Network) -> Vec<usize> {
+    let layers = spec.layers();
+    let n = layers.len();
+    if !spec.is_functional() || n == 0 {
+        return (0..n).collect();
+    }
+    // Pre-order indices of a depth-first walk from the output, inputs in order.
+    let mut visit_index = vec![usize::MAX; n];
+    let mut post_order = Vec::with_capacity(n);
+    let mut counter = 0;
+    // (layer, next input to visit)
+    let mut stack = vec![(n - 1, 0usize)];
+    visit_index[n - 1] = 0;
+    counter += 1;
+    while let Some((i, k)) = stack.pop() {
+        match layers[i].sources.get(k) {
+            Some(Source::Layer(j)) => {
+                stack.push((i, k + 1));
+                if visit_index[*j] == usize::MAX {
+                    visit_index[*j] = counter;
+                    counter += 1;
+                    stack.push((*j, 0));
+                }
+            }
+            Some(Source::Input) => stack.push((i, k + 1)),
+            None => post_order.push(i),
+        }
+    }
+    let mut depth = vec![0usize; n];
+    for &i in post_order.iter().rev() {
+        for s in &layers[i].sources {
+            if let Source::Layer(j) = s {
+                depth[*j] = depth[*j].max(depth[i] + 1);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(depth[i]), visit_index[i]));
+    order
+}
+
+/// The name of a functional model's input layer: its own `InputLayer`, or Keras 3's default.
+pub fn input_layer_name(spec: &Network) -> String {
+    match spec.layers().first() {
+        Some(l) if l.kind == LayerKind::Input => l.name.clone(),
+        _ => "input_layer".into(),
+    }
+}
+
+/// The names of the layers (or the input) `layer` takes, in order.
+pub fn source_names(spec: &Network, layer: &LayerSpec) -> Vec<String> {
+    layer
+        .sources
+        .iter()
+        .map(|s| match s {
+            Source::Input => input_layer_name(spec),
+            Source::Layer(j) => spec.layers()[*j].name.clone(),
+        })
+        .collect()
+}
+
+/// `model_config`: a Keras 2.9 `Sequential` with an explicit `InputLayer`, or for a graph a
+/// `Functional` with Keras 2's `inbound_nodes` (`[[["conv2d_1", 0, 0, {}], …]]`).
+pub fn model_config(spec: &Network) -> Value {
+    if spec.is_functional() {
+        return functional_config(spec);
+    }
     let mut layers = vec![json!({
         "class_name": "InputLayer",
         "config": {
@@ -180,6 +288,50 @@ pub fn model_config(spec: &Sequential) -> Value {
             .map(layer_config),
     );
     json!({"class_name": "Sequential", "config": {"name": spec.name(), "layers": layers}})
+}
+
+/// A graph as Keras 2.9 writes it: an `InputLayer` first (the model's own or one made for it),
+/// every layer with its `name` and `inbound_nodes`, in Keras' layer order.
+fn functional_config(spec: &Network) -> Value {
+    let input_name = input_layer_name(spec);
+    let mut layers = Vec::new();
+    if spec
+        .layers()
+        .first()
+        .is_none_or(|l| l.kind != LayerKind::Input)
+    {
+        layers.push(json!({
+            "class_name": "InputLayer", "name": input_name, "inbound_nodes": [],
+            "config": {
+                "batch_input_shape": keras_batch_shape(&spec.input_shape()), "dtype": "float32",
+                "sparse": false, "ragged": false, "name": input_name
+            }
+        }));
+    }
+    for i in keras_order(spec) {
+        let l = &spec.layers()[i];
+        let mut entry = layer_config(l);
+        entry["name"] = json!(l.name);
+        entry["inbound_nodes"] = match l.kind {
+            LayerKind::Input => json!([]),
+            _ => {
+                let node: Vec<Value> = source_names(spec, l)
+                    .into_iter()
+                    .map(|n| json!([n, 0, 0, {}]))
+                    .collect();
+                json!([node])
+            }
+        };
+        layers.push(entry);
+    }
+    let output = spec
+        .layers()
+        .last()
+        .map_or(input_name.clone(), |l| l.name.clone());
+    json!({"class_name": "Functional", "config": {
+        "name": spec.name(), "layers": layers,
+        "input_layers": [[input_name, 0, 0]], "output_layers": [[output, 0, 0]]
+    }})
 }
 
 /// Why a `model_config` cannot be rebuilt: the layer (if any) and the problem.
@@ -273,8 +425,8 @@ fn input_shape(config: &Value) -> Option<FeatureShape> {
 }
 
 /// The shape the next layer receives: the last layer's output, or the model input.
-fn input_so_far(seq: &Option<Sequential>, input: Option<FeatureShape>) -> Option<FeatureShape> {
-    seq.as_ref().map(Sequential::output_shape).or(input)
+fn input_so_far(seq: &Option<Network>, input: Option<FeatureShape>) -> Option<FeatureShape> {
+    seq.as_ref().map(Network::output_shape).or(input)
 }
 
 /// Puts a `Rescaling(scale)` layer named `input_scale` before the first layer of a
@@ -300,8 +452,290 @@ pub fn insert_input_scale(layers: &mut Vec<Value>, scale: f64) {
     layers.insert(at, rescaling);
 }
 
-/// Rebuilds the architecture from Keras' `model_config` JSON (Keras 2 or 3).
-pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError> {
+/// One layer's kind from its Keras class and config; `input` is the shape it takes first.
+fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<LayerKind, String> {
+    if let Some(df) = cfg.get("data_format").and_then(Value::as_str) {
+        if df != "channels_last" {
+            return Err(format!("data_format {df} is not supported"));
+        }
+    }
+    Ok(match class {
+        "Conv2D" => {
+            if pair(cfg, "dilation_rate")?.is_some_and(|d| d != (1, 1)) {
+                return Err("dilated convolutions are not supported".into());
+            }
+            let padding = match cfg
+                .get("padding")
+                .and_then(Value::as_str)
+                .unwrap_or("valid")
+            {
+                "same" => Padding::Same,
+                "valid" => Padding::Valid,
+                p => return Err(format!("padding {p:?} is not supported")),
+            };
+            LayerKind::Conv2d(Conv2dConfig {
+                filters: size(cfg, "filters")?,
+                kernel_size: pair(cfg, "kernel_size")?.ok_or("no kernel_size")?,
+                strides: pair(cfg, "strides")?.unwrap_or((1, 1)),
+                padding,
+                activation: activation(cfg)?,
+                use_bias: use_bias(cfg),
+                kernel_initializer: kernel_initializer(cfg)?,
+            })
+        }
+        "MaxPooling2D" | "AveragePooling2D" => {
+            if cfg
+                .get("padding")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p != "valid")
+            {
+                return Err("pooling with padding other than valid is not supported".into());
+            }
+            let pool_size = pair(cfg, "pool_size")?.unwrap_or((2, 2));
+            let p = Pool2dConfig {
+                pool_size,
+                strides: pair(cfg, "strides")?.unwrap_or(pool_size),
+            };
+            if class == "MaxPooling2D" {
+                LayerKind::MaxPool2d(MaxPooling2D(p))
+            } else {
+                LayerKind::AvgPool2d(AveragePooling2D(p))
+            }
+        }
+        "Dropout" => {
+            LayerKind::dropout(cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32)
+        }
+        "Flatten" => LayerKind::Flatten,
+        "Activation" => LayerKind::Activation(simplecnn_model::ActivationConfig {
+            activation: activation(cfg)?,
+        }),
+        "Rescaling" => {
+            let numbers = |key: &str, default: f64| -> Result<Vec<f32>, String> {
+                match cfg.get(key) {
+                    None => Ok(vec![default as f32]),
+                    Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(f64::NAN) as f32]),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_f64().map(|x| x as f32))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| format!("{key} must be numbers")),
+                    Some(_) => Err(format!("{key} must be a number or a list of numbers")),
+                }
+            };
+            LayerKind::Rescaling(RescalingConfig {
+                scale: numbers("scale", 1.0)?,
+                offset: numbers("offset", 0.0)?,
+            })
+        }
+        "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+            let keepdims = cfg.get("keepdims").and_then(Value::as_bool) == Some(true);
+            match class {
+                "GlobalAveragePooling2D" => {
+                    LayerKind::GlobalAvgPool2d(GlobalAveragePooling2D { keepdims })
+                }
+                _ => LayerKind::GlobalMaxPool2d(GlobalMaxPooling2D { keepdims }),
+            }
+        }
+        "BatchNormalization" => {
+            // Keras 2 writes the axis as 3 or [3] for NHWC images, Keras 3 as -1: all mean
+            // the channels, the only axis we normalise over.
+            let rank = match input {
+                Some(FeatureShape::Image { .. }) => 4,
+                _ => 2,
+            };
+            let axis = match cfg.get("axis") {
+                Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+                Some(v) => v.as_i64(),
+                None => Some(-1),
+            };
+            if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
+                return Err(format!(
+                    "BatchNormalization over axis {axis:?} is not supported (only the channels)"
+                ));
+            }
+            let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
+            LayerKind::BatchNorm(BatchNormConfig {
+                epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
+                momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99) as f32,
+                center: flag("center"),
+                scale: flag("scale"),
+            })
+        }
+        "Dense" => LayerKind::Dense(DenseConfig {
+            units: size(cfg, "units")?,
+            activation: activation(cfg)?,
+            use_bias: use_bias(cfg),
+            kernel_initializer: kernel_initializer(cfg)?,
+        }),
+        "Add" => LayerKind::Add,
+        "Multiply" => LayerKind::Multiply,
+        "Concatenate" => {
+            let axis = cfg.get("axis").and_then(Value::as_i64).unwrap_or(-1);
+            let rank = match input {
+                Some(FeatureShape::Image { .. }) => 4,
+                _ => 2,
+            };
+            if axis != -1 && axis != rank - 1 {
+                return Err(format!(
+                    "Concatenate along axis {axis} is not supported (only the channels, -1)"
+                ));
+            }
+            LayerKind::Concatenate
+        }
+        "ZeroPadding2D" => LayerKind::ZeroPadding2d(ZeroPadding2D {
+            padding: padding_2d(cfg)?,
+        }),
+        "ReLU" => {
+            let number = |key: &str| cfg.get(key).and_then(Value::as_f64);
+            LayerKind::Relu(ReluConfig {
+                max_value: number("max_value").map(|m| m as f32),
+                negative_slope: number("negative_slope").unwrap_or(0.0) as f32,
+                threshold: number("threshold").unwrap_or(0.0) as f32,
+            })
+        }
+        other => return Err(format!("layer class {other} is not supported")),
+    })
+}
+
+/// `ZeroPadding2D`'s `padding`: one size, `[rows, columns]` or `[[top, bottom], [left, right]]`.
+fn padding_2d(cfg: &Value) -> Result<Padding2d, String> {
+    let amount = |v: &Value| match v.as_u64() {
+        Some(n) if n <= MAX_CONFIG_SIZE => Ok(n as usize),
+        _ => Err(format!(
+            "padding {v} is not a whole number up to {MAX_CONFIG_SIZE}"
+        )),
+    };
+    let side = |v: &Value| match v {
+        Value::Array(a) if a.len() == 2 => Ok((amount(&a[0])?, amount(&a[1])?)),
+        v => amount(v).map(|n| (n, n)),
+    };
+    match cfg.get("padding") {
+        None => Ok(((1, 1), (1, 1))),
+        Some(Value::Array(a)) if a.len() == 2 => Ok((side(&a[0])?, side(&a[1])?)),
+        Some(v @ Value::Number(_)) => {
+            let n = amount(v)?;
+            Ok(((n, n), (n, n)))
+        }
+        Some(other) => Err(format!(
+            "padding {other} is not one size, two, or two pairs"
+        )),
+    }
+}
+
+/// The inputs of one layer entry of a functional config: the names of the layers whose outputs
+/// it takes, in order. Keras 3 writes `[{"args": [tensor or [tensors]], "kwargs": {}}]` with
+/// each tensor's `keras_history` `[layer, node, index]`; Keras 2 `[[["layer", node, index,
+/// {}], …]]`. A layer called more than once (shared weights), a tensor of a layer's second
+/// call or its second output is refused by name.
+fn inbound_names(entry: &Value) -> Result<Vec<String>, String> {
+    let nodes = match entry.get("inbound_nodes") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(nodes)) => nodes,
+        Some(other) => return Err(format!("inbound_nodes {other} is not a list")),
+    };
+    if nodes.len() > 1 {
+        return Err(format!(
+            "the layer is called {} times (shared weights), which is not supported",
+            nodes.len()
+        ));
+    }
+    let mut names = Vec::new();
+    let mut reference = |history: &[Value]| -> Result<(), String> {
+        let name = history.first().and_then(Value::as_str);
+        let node = history.get(1).and_then(Value::as_u64);
+        let index = history.get(2).and_then(Value::as_u64);
+        match (name, node, index) {
+            (Some(n), Some(0), Some(0)) => {
+                names.push(n.to_string());
+                Ok(())
+            }
+            (Some(n), Some(_), Some(0)) => Err(format!(
+                "it takes a later call of layer {n} (shared weights), which is not supported"
+            )),
+            (Some(n), Some(_), Some(_)) => Err(format!(
+                "it takes a second output of layer {n}, which is not supported"
+            )),
+            _ => Err(format!(
+                "inbound reference {history:?} is not [layer, node, index]"
+            )),
+        }
+    };
+    fn keras3_tensors(
+        v: &Value,
+        out: &mut dyn FnMut(&[Value]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        match v {
+            Value::Array(items) => items.iter().try_for_each(|i| keras3_tensors(i, out)),
+            Value::Object(o)
+                if o.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
+            {
+                match o
+                    .get("config")
+                    .and_then(|c| c.get("keras_history"))
+                    .and_then(Value::as_array)
+                {
+                    Some(h) => out(h),
+                    None => Err("a tensor without keras_history".into()),
+                }
+            }
+            Value::Object(o) => o.values().try_for_each(|i| keras3_tensors(i, out)),
+            _ => Ok(()),
+        }
+    }
+    for node in nodes {
+        match node {
+            Value::Object(o) => {
+                if let Some(args) = o.get("args") {
+                    keras3_tensors(args, &mut reference)?;
+                }
+                if let Some(kwargs) = o.get("kwargs") {
+                    keras3_tensors(kwargs, &mut reference)?;
+                }
+            }
+            Value::Array(refs) => {
+                for r in refs {
+                    match r.as_array() {
+                        Some(h) => reference(h)?,
+                        None => return Err(format!("inbound reference {r} is not a list")),
+                    }
+                }
+            }
+            other => return Err(format!("inbound node {other} is neither Keras 2's nor 3's")),
+        }
+    }
+    Ok(names)
+}
+
+/// The one layer named by `input_layers` / `output_layers`: `["name", 0, 0]`, `[["name", 0,
+/// 0]]` or Keras 3's dict form; several are refused (one input, one output).
+fn endpoint(inner: &Value, key: &str) -> Result<Option<String>, String> {
+    let v = match inner.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let list: Vec<&Value> = match v {
+        Value::Array(a) if a.first().is_some_and(Value::is_string) => vec![v],
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(o) => o.values().collect(),
+        _ => Vec::new(),
+    };
+    match list.as_slice() {
+        [one] => Ok(one
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_string)),
+        [] => Err(format!("{key} {v} names no layer")),
+        many => Err(format!(
+            "{key} names {} layers: models with one input and one output are supported",
+            many.len()
+        )),
+    }
+}
+
+/// Rebuilds the architecture from Keras' `model_config` JSON: a `Sequential`, or a graph
+/// (`Functional`, older Keras' `Model`) in Keras 2's or Keras 3's serialisation.
+pub fn network_from_config(config: &Value) -> Result<Network, ConfigError> {
     let top = |m: &str| ConfigError {
         layer: None,
         index: None,
@@ -311,16 +745,36 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         .get("class_name")
         .and_then(Value::as_str)
         .unwrap_or("");
-    if class != "Sequential" {
-        return Err(top(&format!(
-            "model class {class:?} is not supported (only Sequential)"
-        )));
-    }
     let inner = &config["config"];
     let layers = inner
         .get("layers")
         .and_then(Value::as_array)
         .ok_or_else(|| top("model_config has no layers"))?;
+    match class {
+        "Sequential" => sequential_from_layers(inner, layers),
+        "Functional" | "Model" => functional_from_layers(inner, layers),
+        _ => Err(top(&format!(
+            "model class {class:?} is not supported (Sequential, Functional)"
+        ))),
+    }
+}
+
+/// A layer entry's class, config and name (its `name`, or its config's).
+fn entry_parts(layer: &Value) -> (&str, &Value, Option<String>) {
+    let class = layer
+        .get("class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let cfg = &layer["config"];
+    let name = cfg
+        .get("name")
+        .or_else(|| layer.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    (class, cfg, name)
+}
+
+fn sequential_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, ConfigError> {
     let name = inner
         .get("name")
         .and_then(Value::as_str)
@@ -328,15 +782,10 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
     let mut input = inner
         .get("build_input_shape")
         .and_then(|s| input_shape(&json!({"batch_input_shape": s})));
-    let mut seq: Option<Sequential> = None;
+    let mut seq: Option<Network> = None;
     for (index, layer) in layers.iter().enumerate() {
-        let class = layer
-            .get("class_name")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
-        let cfg = &layer["config"];
+        let (class, cfg, given_name) = entry_parts(layer);
         // A layer without a name gets Keras' default (`conv2d_1`, …) when it is added.
-        let given_name = cfg.get("name").and_then(Value::as_str).map(str::to_string);
         let lname = given_name
             .clone()
             .unwrap_or_else(|| format!("{index} ({class})"));
@@ -351,133 +800,14 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
         if class == "InputLayer" {
             continue;
         }
-        if let Some(df) = cfg.get("data_format").and_then(Value::as_str) {
-            if df != "channels_last" {
-                return Err(err(format!("data_format {df} is not supported")));
-            }
-        }
-        let kind = match class {
-            "Conv2D" => {
-                if pair(cfg, "dilation_rate")
-                    .map_err(err)?
-                    .is_some_and(|d| d != (1, 1))
-                {
-                    return Err(err("dilated convolutions are not supported".into()));
-                }
-                let padding = match cfg
-                    .get("padding")
-                    .and_then(Value::as_str)
-                    .unwrap_or("valid")
-                {
-                    "same" => Padding::Same,
-                    "valid" => Padding::Valid,
-                    p => return Err(err(format!("padding {p:?} is not supported"))),
-                };
-                LayerKind::Conv2d(Conv2dConfig {
-                    filters: size(cfg, "filters").map_err(err)?,
-                    kernel_size: pair(cfg, "kernel_size")
-                        .map_err(err)?
-                        .ok_or_else(|| err("no kernel_size".into()))?,
-                    strides: pair(cfg, "strides").map_err(err)?.unwrap_or((1, 1)),
-                    padding,
-                    activation: activation(cfg).map_err(err)?,
-                    use_bias: use_bias(cfg),
-                    kernel_initializer: kernel_initializer(cfg).map_err(err)?,
-                })
-            }
-            "MaxPooling2D" | "AveragePooling2D" => {
-                if cfg
-                    .get("padding")
-                    .and_then(Value::as_str)
-                    .is_some_and(|p| p != "valid")
-                {
-                    return Err(err(
-                        "pooling with padding other than valid is not supported".into(),
-                    ));
-                }
-                let pool_size = pair(cfg, "pool_size").map_err(err)?.unwrap_or((2, 2));
-                let p = Pool2dConfig {
-                    pool_size,
-                    strides: pair(cfg, "strides").map_err(err)?.unwrap_or(pool_size),
-                };
-                if class == "MaxPooling2D" {
-                    LayerKind::MaxPool2d(MaxPooling2D(p))
-                } else {
-                    LayerKind::AvgPool2d(AveragePooling2D(p))
-                }
-            }
-            "Dropout" => {
-                LayerKind::dropout(cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32)
-            }
-            "Flatten" => LayerKind::Flatten,
-            "Activation" => LayerKind::Activation(simplecnn_model::ActivationConfig {
-                activation: activation(cfg).map_err(err)?,
-            }),
-            "Rescaling" => {
-                let numbers = |key: &str, default: f64| -> Result<Vec<f32>, ConfigError> {
-                    match cfg.get(key) {
-                        None => Ok(vec![default as f32]),
-                        Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(f64::NAN) as f32]),
-                        Some(Value::Array(a)) => a
-                            .iter()
-                            .map(|v| v.as_f64().map(|x| x as f32))
-                            .collect::<Option<Vec<_>>>()
-                            .ok_or_else(|| err(format!("{key} must be numbers"))),
-                        Some(_) => Err(err(format!("{key} must be a number or a list of numbers"))),
-                    }
-                };
-                LayerKind::Rescaling(RescalingConfig {
-                    scale: numbers("scale", 1.0)?,
-                    offset: numbers("offset", 0.0)?,
-                })
-            }
-            "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
-                if cfg.get("keepdims").and_then(Value::as_bool) == Some(true) {
-                    return Err(err(format!("{class} with keepdims=true is not supported")));
-                }
-                match class {
-                    "GlobalAveragePooling2D" => LayerKind::GlobalAvgPool2d,
-                    _ => LayerKind::GlobalMaxPool2d,
-                }
-            }
-            "BatchNormalization" => {
-                // Keras 2 writes the axis as 3 or [3] for NHWC images, Keras 3 as -1: all mean
-                // the channels, the only axis we normalise over.
-                let rank = match input_so_far(&seq, input) {
-                    Some(FeatureShape::Image { .. }) => 4,
-                    _ => 2,
-                };
-                let axis = match cfg.get("axis") {
-                    Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
-                    Some(v) => v.as_i64(),
-                    None => Some(-1),
-                };
-                if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
-                    return Err(err(format!("BatchNormalization over axis {axis:?} is not supported (only the channels)")));
-                }
-                let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
-                LayerKind::BatchNorm(BatchNormConfig {
-                    epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
-                    momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99) as f32,
-                    center: flag("center"),
-                    scale: flag("scale"),
-                })
-            }
-            "Dense" => LayerKind::Dense(DenseConfig {
-                units: size(cfg, "units").map_err(err)?,
-                activation: activation(cfg).map_err(err)?,
-                use_bias: use_bias(cfg),
-                kernel_initializer: kernel_initializer(cfg).map_err(err)?,
-            }),
-            other => return Err(err(format!("layer class {other} is not supported"))),
-        };
+        let kind = layer_kind(class, cfg, input_so_far(&seq, input)).map_err(err)?;
         let s = match seq.as_mut() {
             Some(s) => s,
             None => {
                 let shape = input.ok_or_else(|| {
                     err("no input shape (batch_input_shape) before the first layer".into())
                 })?;
-                seq.insert(Sequential::new(name, shape))
+                seq.insert(Network::new(name, shape))
             }
         };
         match given_name {
@@ -500,7 +830,240 @@ pub fn sequential_from_config(config: &Value) -> Result<Sequential, ConfigError>
                 .map_err(|e| err(e.to_string()))?;
         }
     }
-    seq.ok_or_else(|| top("model_config has no layers"))
+    seq.ok_or_else(|| ConfigError {
+        layer: None,
+        index: None,
+        message: "model_config has no layers".into(),
+    })
+}
+
+/// A functional model: every layer entry with its inbound layers, put in an order where each
+/// comes after what it takes (Keras' file order is one; a file need not be), the one input
+/// layer first and the output layer last. Names that do not exist, cycles, layers that lead
+/// nowhere and shapes that do not join are errors naming the layer.
+fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, ConfigError> {
+    let top = |m: String| ConfigError {
+        layer: None,
+        index: None,
+        message: m,
+    };
+    let model_name = inner
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("functional");
+    struct Entry<'a> {
+        class: &'a str,
+        cfg: &'a Value,
+        name: String,
+        inbound: Vec<String>,
+    }
+    let mut entries = Vec::with_capacity(layers.len());
+    let mut position: HashMap<String, usize> = HashMap::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let (class, cfg, name) = entry_parts(layer);
+        let name = name.ok_or_else(|| ConfigError {
+            layer: Some(class.to_string()),
+            index: Some(index),
+            message: "a layer of a functional model needs a name".into(),
+        })?;
+        let err = |m: String| ConfigError {
+            layer: Some(name.clone()),
+            index: Some(index),
+            message: m,
+        };
+        if layer
+            .get("module")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("keras.src.ops"))
+        {
+            return Err(err(format!(
+                "an operation node ({class} on tensors, not a layer) is not supported"
+            )));
+        }
+        let inbound = inbound_names(layer).map_err(err)?;
+        if position.insert(name.clone(), index).is_some() {
+            return Err(err("the name is used twice".into()));
+        }
+        entries.push(Entry {
+            class,
+            cfg,
+            name,
+            inbound,
+        });
+    }
+    for (index, e) in entries.iter().enumerate() {
+        if let Some(missing) = e.inbound.iter().find(|n| !position.contains_key(*n)) {
+            return Err(ConfigError {
+                layer: Some(e.name.clone()),
+                index: Some(index),
+                message: format!("takes layer {missing:?}, which the model does not have"),
+            });
+        }
+    }
+    let inputs: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].class == "InputLayer")
+        .collect();
+    let input = match inputs.as_slice() {
+        [one] => *one,
+        [] => return Err(top("the functional model has no InputLayer".into())),
+        many => {
+            return Err(top(format!(
+                "the model has {} inputs ({}): models with one input are supported",
+                many.len(),
+                many.iter()
+                    .map(|&i| entries[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    };
+    if let Some(named) = endpoint(inner, "input_layers").map_err(top)? {
+        if named != entries[input].name {
+            return Err(top(format!(
+                "input_layers names {named:?}, which is not the model's InputLayer"
+            )));
+        }
+    }
+    // The output: the one `output_layers` names, or the one layer nothing takes.
+    let output = match endpoint(inner, "output_layers").map_err(top)? {
+        Some(name) => *position.get(&name).ok_or_else(|| {
+            top(format!(
+                "output_layers names {name:?}, which the model does not have"
+            ))
+        })?,
+        None => {
+            let taken: std::collections::HashSet<&str> = entries
+                .iter()
+                .flat_map(|e| e.inbound.iter().map(String::as_str))
+                .collect();
+            let ends: Vec<usize> = (0..entries.len())
+                .filter(|&i| !taken.contains(entries[i].name.as_str()))
+                .collect();
+            match ends.as_slice() {
+                [one] => *one,
+                _ => return Err(top("the model names no output layer (output_layers)".into())),
+            }
+        }
+    };
+    // Depth-first from the output: each layer after what it takes; a layer met again while
+    // its own inputs are being visited closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut mark = vec![Mark::New; entries.len()];
+    let mut order = Vec::with_capacity(entries.len());
+    let mut stack = vec![(output, 0usize)];
+    mark[output] = Mark::Open;
+    while let Some((i, k)) = stack.pop() {
+        match entries[i].inbound.get(k) {
+            Some(name) => {
+                stack.push((i, k + 1));
+                let j = position[name];
+                match mark[j] {
+                    Mark::New => {
+                        mark[j] = Mark::Open;
+                        stack.push((j, 0));
+                    }
+                    Mark::Open => {
+                        return Err(ConfigError {
+                            layer: Some(entries[i].name.clone()),
+                            index: Some(i),
+                            message: format!("takes {name:?}, which depends on it: a cycle"),
+                        })
+                    }
+                    Mark::Done => {}
+                }
+            }
+            None => {
+                mark[i] = Mark::Done;
+                order.push(i);
+            }
+        }
+    }
+    if let Some(stray) = (0..entries.len()).find(|&i| mark[i] == Mark::New) {
+        return Err(ConfigError {
+            layer: Some(entries[stray].name.clone()),
+            index: Some(stray),
+            message: format!(
+                "does not lead to the model's output {}",
+                entries[output].name
+            ),
+        });
+    }
+    // Keep the file's order where it is already topological (Keras writes one): each step
+    // takes the first layer in file order whose inputs are all placed.
+    let mut placed = vec![false; entries.len()];
+    let mut sorted = Vec::with_capacity(entries.len());
+    let mut remaining: Vec<usize> = (0..entries.len()).collect();
+    remaining.retain(|&i| i != output);
+    sorted.push(input);
+    placed[input] = true;
+    while sorted.len() < entries.len() - 1 {
+        let next = remaining
+            .iter()
+            .copied()
+            .find(|&i| !placed[i] && entries[i].inbound.iter().all(|n| placed[position[n]]));
+        let Some(i) = next else {
+            // Cannot happen after the walk above; `order` is a topological order.
+            sorted = order.clone();
+            sorted.retain(|&i| i != output);
+            break;
+        };
+        placed[i] = true;
+        sorted.push(i);
+    }
+    sorted.push(output);
+
+    let input_entry = &entries[input];
+    let shape = input_shape(input_entry.cfg).ok_or_else(|| ConfigError {
+        layer: Some(input_entry.name.clone()),
+        index: Some(input),
+        message: "no input shape (batch_shape) or not an image or a vector".into(),
+    })?;
+    let mut net = Network::new(model_name, shape);
+    let mut built: HashMap<&str, usize> = HashMap::new();
+    for &i in &sorted {
+        let e = &entries[i];
+        let err = |m: String| ConfigError {
+            layer: Some(e.name.clone()),
+            index: Some(i),
+            message: m,
+        };
+        let sources: Vec<Source> = match e.class {
+            "InputLayer" => vec![Source::Input],
+            _ if e.inbound.is_empty() => {
+                return Err(err("takes nothing (no inbound_nodes)".into()))
+            }
+            _ => e
+                .inbound
+                .iter()
+                .map(|n| Source::Layer(built[n.as_str()]))
+                .collect(),
+        };
+        let kind = match e.class {
+            "InputLayer" => LayerKind::Input,
+            class => {
+                let first = Some(net.shape_of(sources[0]));
+                layer_kind(class, e.cfg, first).map_err(err)?
+            }
+        };
+        net.connect(e.name.clone(), kind, &sources)
+            .map_err(|m| ConfigError {
+                layer: None,
+                index: Some(i),
+                message: m.to_string(),
+            })?;
+        if e.cfg.get("trainable").and_then(Value::as_bool) == Some(false) {
+            net.set_trainable(&e.name, false)
+                .map_err(|m| err(m.to_string()))?;
+        }
+        built.insert(e.name.as_str(), net.layers().len() - 1);
+    }
+    net.set_functional(true);
+    Ok(net)
 }
 
 /// How a weight of `layer` is laid out in Keras, relative to ours.
@@ -518,15 +1081,18 @@ pub enum KerasLayout {
 }
 
 /// The layout of each layer's kernel; biases are always the same.
-pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
+pub fn kernel_layout(spec: &Network, index: usize) -> KerasLayout {
     let layers = spec.layers();
     match layers[index].kind {
         LayerKind::Conv2d(_) => KerasLayout::ConvKernel,
         LayerKind::Dense(_) => {
-            // Walk back over layers that keep the flat order (Dropout) to a Flatten.
-            for l in layers[..index].iter().rev() {
+            // Walk back through what the Dense takes, over layers that keep the flat order
+            // (Dropout), to a Flatten.
+            let mut source = layers[index].sources.first().copied();
+            while let Some(Source::Layer(j)) = source {
+                let l = &layers[j];
                 match l.kind {
-                    LayerKind::Dropout(_) | LayerKind::Input => continue,
+                    LayerKind::Dropout(_) | LayerKind::Input => source = l.sources.first().copied(),
                     LayerKind::Flatten => {
                         if let FeatureShape::Image {
                             channels,
@@ -552,7 +1118,7 @@ pub fn kernel_layout(spec: &Sequential, index: usize) -> KerasLayout {
 }
 
 /// The layout of one of the model's weights: its layer's kernel layout, or `Same` for biases.
-pub fn weight_layout(spec: &Sequential, weight: &simplecnn_model::NamedWeight) -> KerasLayout {
+pub fn weight_layout(spec: &Network, weight: &simplecnn_model::NamedWeight) -> KerasLayout {
     match spec.layers().iter().position(|l| l.name == weight.layer) {
         Some(index) if weight.role == WeightRole::Kernel => kernel_layout(spec, index),
         _ => KerasLayout::Same,
@@ -692,7 +1258,7 @@ mod tests {
     #[test]
     fn model_config_round_trips() {
         let spec = zoo::simple_cnn();
-        let back = sequential_from_config(&model_config(&spec)).unwrap();
+        let back = network_from_config(&model_config(&spec)).unwrap();
         assert_eq!(back.summary(), spec.summary());
     }
 
@@ -704,7 +1270,7 @@ mod tests {
         let layers = config["config"]["layers"].as_array().unwrap();
         assert_eq!(layers[1]["config"]["trainable"], json!(false));
         assert_eq!(layers[2]["config"]["trainable"], json!(true));
-        let back = sequential_from_config(&config).unwrap();
+        let back = network_from_config(&config).unwrap();
         assert!(!back.layers()[0].trainable && back.layers()[1].trainable);
         // conv2d_1: 3x3x3x32 + 32.
         assert_eq!(back.param_count() - back.trainable_param_count(), 896);
@@ -716,7 +1282,7 @@ mod tests {
         let cfg = json!({"class_name": "Sequential", "config": {"name": "s", "layers": [
             {"class_name": "InputLayer", "config": {"batch_shape": [null, 8, 8, 3], "name": "in"}},
             {"class_name": "LSTM", "config": {"name": "lstm_1"}}]}});
-        let e = sequential_from_config(&cfg).unwrap_err();
+        let e = network_from_config(&cfg).unwrap_err();
         assert!(
             e.to_string().contains("lstm_1") && e.to_string().contains("LSTM"),
             "{e}"

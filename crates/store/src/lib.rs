@@ -4,7 +4,7 @@
 //!
 //! # Brief overview
 //! * [`save_model`] writes `keras_version`, `backend`, `model_config` (Keras' JSON for the
-//!   Sequential), `training_config`, `/model_weights/<layer>/<layer>/kernel:0` in Keras'
+//!   Network), `training_config`, `/model_weights/<layer>/<layer>/kernel:0` in Keras'
 //!   layouts (conv kernels `(kh, kw, in, out)`, the first Dense after a Flatten with its rows in
 //!   NHWC order) and optionally `/optimizer_weights` ([`AdamState`]); atomically.
 //! * [`load_model`] rebuilds the network from `model_config` and loads the weights;

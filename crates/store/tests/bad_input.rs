@@ -99,7 +99,7 @@ fn a_failed_save_leaves_the_old_file_alone() {
     let good = saved(dir.path());
     let before = std::fs::read(&good).unwrap();
     // A model whose layer name cannot be written as ASCII makes the save fail midway.
-    let mut spec = simplecnn_model::Sequential::new("s", simplecnn_model::FeatureShape::Flat(4));
+    let mut spec = simplecnn_model::Network::new("s", simplecnn_model::FeatureShape::Flat(4));
     spec.add_named(
         "dénse",
         simplecnn_model::LayerKind::dense(2, simplecnn_model::Activation::Linear),

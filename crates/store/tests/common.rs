@@ -7,11 +7,11 @@ use candle_core::Tensor;
 use simplecnn_model::{Mode, Model};
 use std::process::Command;
 
-use simplecnn_model::{Activation, Conv2dConfig, FeatureShape, LayerKind, Padding, Sequential};
+use simplecnn_model::{Activation, Conv2dConfig, FeatureShape, LayerKind, Network, Padding};
 
 /// The network of tests/python/keras_h5.py, with Keras 2's default names.
-pub fn small_cnn() -> Sequential {
-    let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
+pub fn small_cnn() -> Network {
+    let mut s = Network::new("sequential_1", FeatureShape::image(3, 8, 8));
     s.add(LayerKind::Conv2d(Conv2dConfig::new(
         4,
         3,
@@ -92,4 +92,40 @@ pub fn predict(model: &Model, x: &Tensor) -> Vec<Vec<f32>> {
         .unwrap()
         .to_vec2()
         .unwrap()
+}
+
+/// A batch of NHWC images from Keras' JSON (`x.tolist()`), as an NCHW tensor.
+pub fn nhwc_batch(v: &serde_json::Value) -> Tensor {
+    let dims = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+    let (n, h, w, c) = (dims(v), dims(&v[0]), dims(&v[0][0]), dims(&v[0][0][0]));
+    let values: Vec<f32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a.as_array().unwrap())
+        .flat_map(|a| a.as_array().unwrap())
+        .flat_map(|a| a.as_array().unwrap())
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    Tensor::from_vec(values, (n, h, w, c), &candle_core::Device::Cpu)
+        .unwrap()
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+}
+
+/// Rows of numbers from JSON (`predictions.tolist()`).
+pub fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
 }

@@ -33,34 +33,8 @@ struct Expected {
 fn expected() -> Expected {
     let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let nhwc: Vec<f32> = v["input_nhwc"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|a| a.as_array().unwrap())
-        .flat_map(|a| a.as_array().unwrap())
-        .flat_map(|a| a.as_array().unwrap())
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
-    let n = v["input_nhwc"].as_array().unwrap().len();
-    let input = Tensor::from_vec(nhwc, (n, 8, 8, 3), &Device::Cpu)
-        .unwrap()
-        .permute((0, 3, 1, 2))
-        .unwrap()
-        .contiguous()
-        .unwrap();
-    let predictions = v["predictions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect();
+    let input = common::nhwc_batch(&v["input_nhwc"]);
+    let predictions = common::rows(&v["predictions"]);
     Expected {
         input,
         predictions,

@@ -113,13 +113,13 @@ fn a_file_without_optimizer_state_says_so() {
 /// config keys, and come back predicting the same.
 #[test]
 fn global_pooling_layers_round_trip() {
-    use simplecnn_model::{Activation, FeatureShape, LayerKind, Padding, Sequential};
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Network, Padding};
     let dir = tempfile::tempdir().unwrap();
     for (kind, class) in [
-        (LayerKind::GlobalAvgPool2d, "GlobalAveragePooling2D"),
-        (LayerKind::GlobalMaxPool2d, "GlobalMaxPooling2D"),
+        (LayerKind::global_avg_pool(), "GlobalAveragePooling2D"),
+        (LayerKind::global_max_pool(), "GlobalMaxPooling2D"),
     ] {
-        let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
+        let mut s = Network::new("sequential_1", FeatureShape::image(3, 8, 8));
         s.add(LayerKind::conv2d(6, 3, Padding::Same, Activation::Relu))
             .unwrap();
         s.add(kind.clone()).unwrap();
@@ -148,10 +148,10 @@ fn global_pooling_layers_round_trip() {
 #[test]
 fn batch_normalization_without_scale_round_trips() {
     use simplecnn_model::{
-        Activation, BatchNormConfig, DropoutRng, FeatureShape, LayerKind, Padding, Sequential,
+        Activation, BatchNormConfig, DropoutRng, FeatureShape, LayerKind, Network, Padding,
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 8, 8));
+    let mut s = Network::new("sequential_1", FeatureShape::image(3, 8, 8));
     // airbench's convolutions have no bias.
     let conv = simplecnn_model::Conv2dConfig::new(4, 3, Padding::Same, Activation::Linear);
     s.add(LayerKind::Conv2d(conv.without_bias())).unwrap();
@@ -201,11 +201,9 @@ fn batch_normalization_without_scale_round_trips() {
 /// 1/9), computes `x·scale + offset`, and goes through .h5 as Keras' `Rescaling` config.
 #[test]
 fn rescaling_normalises_and_round_trips() {
-    use simplecnn_model::{
-        Activation, FeatureShape, LayerKind, Padding, RescalingConfig, Sequential,
-    };
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Network, Padding, RescalingConfig};
     let (mean, std) = ([0.4914f32, 0.4822, 0.4465], [0.2470f32, 0.2435, 0.2616]);
-    let mut s = Sequential::new("sequential_1", FeatureShape::image(3, 4, 4));
+    let mut s = Network::new("sequential_1", FeatureShape::image(3, 4, 4));
     s.add(LayerKind::Rescaling(RescalingConfig::normalize(
         &mean, &std,
     )))
@@ -220,7 +218,7 @@ fn rescaling_normalises_and_round_trips() {
     }
     s.add(LayerKind::conv2d(5, 3, Padding::Same, Activation::Relu))
         .unwrap();
-    s.add(LayerKind::GlobalMaxPool2d).unwrap();
+    s.add(LayerKind::global_max_pool()).unwrap();
     s.add(LayerKind::dense(4, Activation::Linear)).unwrap();
     s.add(LayerKind::Rescaling(RescalingConfig::uniform(
         1.0 / 9.0,
@@ -236,7 +234,7 @@ fn rescaling_normalises_and_round_trips() {
     let p = |m: &Model| values(&m.forward(&x, Mode::Inference).unwrap());
     assert_eq!(p(&model), p(&back));
     // Three scales for a one-channel input is a shape error naming the layer.
-    let mut bad = Sequential::new("s", FeatureShape::image(1, 4, 4));
+    let mut bad = Network::new("s", FeatureShape::image(1, 4, 4));
     let err = bad
         .add(LayerKind::Rescaling(RescalingConfig::normalize(
             &mean, &std,

@@ -243,7 +243,7 @@ pub fn predict(model: &Model, data: &LabeledImages, batch_size: usize) -> Result
 mod tests {
     use super::*;
     use candle_core::Device;
-    use simplecnn_model::{Activation, FeatureShape, LayerKind, Sequential};
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Network};
 
     /// A Dense layer whose kernel is set by hand: every pixel is 1, every kernel row of class
     /// `c` is `c / 3072`, so class `c` gets logit `c` and the ranking is 6, 5, …, 0 with
@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn top_k_and_mistakes_follow_a_model_whose_answers_are_known() {
         let classes = 7;
-        let mut s = Sequential::new("m", FeatureShape::image(3, 32, 32));
+        let mut s = Network::new("m", FeatureShape::image(3, 32, 32));
         s.add(LayerKind::Flatten).unwrap();
         s.add(LayerKind::dense(classes, Activation::Softmax))
             .unwrap();
@@ -290,7 +290,7 @@ mod tests {
     /// averaged by hand with airbench's weights and reflect padding.
     #[test]
     fn tta_averages_the_views_with_airbench_weights() {
-        let mut s = Sequential::new("m", FeatureShape::image(1, 4, 5));
+        let mut s = Network::new("m", FeatureShape::image(1, 4, 5));
         s.add(LayerKind::Flatten).unwrap();
         s.add(LayerKind::dense(3, Activation::Linear)).unwrap();
         let model = Model::new(s, &Device::Cpu, 1).unwrap();

@@ -6,7 +6,10 @@ use super::{cannot_take, FeatureShape, ForwardCtx, Layer};
 use crate::error::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GlobalAveragePooling2D;
+pub struct GlobalAveragePooling2D {
+    /// Keras' `keepdims`: a `(1, 1, C)` image instead of `C` values (squeeze-and-excite).
+    pub keepdims: bool,
+}
 
 impl Layer for GlobalAveragePooling2D {
     fn class_name(&self) -> &'static str {
@@ -19,12 +22,19 @@ impl Layer for GlobalAveragePooling2D {
 
     fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String> {
         match input {
+            FeatureShape::Image { channels, .. } if self.keepdims => {
+                Ok(FeatureShape::image(*channels, 1, 1))
+            }
             FeatureShape::Image { channels, .. } => Ok(FeatureShape::Flat(*channels)),
             _ => Err(cannot_take(self.class_name(), input)),
         }
     }
 
     fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        Ok(x.flatten_from(2)?.mean(2)?)
+        let y = x.flatten_from(2)?.mean(2)?;
+        Ok(match self.keepdims {
+            true => y.unsqueeze(2)?.unsqueeze(3)?,
+            false => y,
+        })
     }
 }

@@ -6,8 +6,10 @@
 //! [`LayerKind`] and its arm in [`LayerKind::layer`], then its Keras mapping in `store`.
 
 mod activation;
+mod add;
 mod average_pooling2d;
 mod batch_normalization;
+mod concatenate;
 mod conv2d;
 mod dense;
 mod dropout;
@@ -16,15 +18,20 @@ mod global_average_pooling2d;
 mod global_max_pooling2d;
 mod input;
 mod max_pooling2d;
+mod multiply;
+mod relu;
 mod rescaling;
+mod zero_padding2d;
 
 use std::fmt;
 
 use candle_core::{Tensor, Var};
 
 pub use activation::ActivationConfig;
+pub use add::Add;
 pub use average_pooling2d::AveragePooling2D;
 pub use batch_normalization::BatchNormConfig;
+pub use concatenate::Concatenate;
 pub use conv2d::Conv2dConfig;
 pub use dense::DenseConfig;
 pub use dropout::DropoutConfig;
@@ -33,7 +40,10 @@ pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use input::InputLayer;
 pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
+pub use multiply::Multiply;
+pub use relu::ReluConfig;
 pub use rescaling::RescalingConfig;
+pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
 use crate::error::{ModelError, Result};
 use crate::model::DropoutRng;
@@ -119,6 +129,16 @@ pub enum Activation {
     Softmax,
     /// The exact GELU, `x·Φ(x)` (Keras' `gelu` with `approximate=False`, PyTorch's `nn.GELU()`).
     Gelu,
+    Sigmoid,
+    Tanh,
+    /// `x · sigmoid(x)` (Keras' `swish`, also called `silu`).
+    Swish,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// Keras 3's `relu6(x + 3) / 6` (Keras 2's `0.2x + 0.5`, clipped, is another function).
+    HardSigmoid,
+    /// `x · hard_sigmoid(x)` (Keras' `hard_silu`, also called `hard_swish`).
+    HardSilu,
 }
 
 impl Activation {
@@ -128,16 +148,34 @@ impl Activation {
             Activation::Relu => "relu",
             Activation::Softmax => "softmax",
             Activation::Gelu => "gelu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Swish => "swish",
+            Activation::Relu6 => "relu6",
+            Activation::HardSigmoid => "hard_sigmoid",
+            Activation::HardSilu => "hard_silu",
         }
     }
 
     /// The activation Keras calls `name`.
     pub fn from_keras_name(name: &str) -> Option<Self> {
+        use Activation::*;
+        let name = match name {
+            "silu" => "swish",
+            "hard_swish" => "hard_silu",
+            other => other,
+        };
         [
-            Activation::Linear,
-            Activation::Relu,
-            Activation::Softmax,
-            Activation::Gelu,
+            Linear,
+            Relu,
+            Softmax,
+            Gelu,
+            Sigmoid,
+            Tanh,
+            Swish,
+            Relu6,
+            HardSigmoid,
+            HardSilu,
         ]
         .into_iter()
         .find(|a| a.keras_name() == name)
@@ -151,8 +189,19 @@ impl Activation {
             Activation::Gelu => x.gelu_erf()?,
             Activation::Softmax if skip_softmax => x,
             Activation::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
+            Activation::Sigmoid => candle_nn::ops::sigmoid(&x)?,
+            Activation::Tanh => x.tanh()?,
+            Activation::Swish => x.silu()?,
+            Activation::Relu6 => x.relu()?.minimum(6f32)?,
+            Activation::HardSigmoid => hard_sigmoid(&x)?,
+            Activation::HardSilu => (&x * hard_sigmoid(&x)?)?,
         })
     }
+}
+
+/// Keras 3's `hard_sigmoid`: `relu6(x + 3) / 6`.
+fn hard_sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+    (x + 3.0)?.relu()?.minimum(6f32)? / 6.0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,6 +363,21 @@ pub trait Layer {
     /// The output shape for `input`, or why the layer cannot take it.
     fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String>;
 
+    /// The output shape for all its inputs: one, unless the layer joins several (`Add`).
+    fn output_shape_of(
+        &self,
+        inputs: &[FeatureShape],
+    ) -> std::result::Result<FeatureShape, String> {
+        match inputs {
+            [one] => self.output_shape(one),
+            _ => Err(format!(
+                "{} takes one input, not {}",
+                self.class_name(),
+                inputs.len()
+            )),
+        }
+    }
+
     /// The weights for `input`, in Keras' order (kernel before bias).
     fn weights(&self, _input: &FeatureShape) -> Vec<WeightSpec> {
         Vec::new()
@@ -322,6 +386,17 @@ pub trait Layer {
     /// The forward pass on candle's ops for an NCHW (or NF) batch; `weights` come in the order
     /// of [`Layer::weights`].
     fn forward(&self, x: &Tensor, weights: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor>;
+
+    /// The forward pass on all its inputs, in the order the layer takes them; layers that
+    /// join several (`Add`, `Concatenate`) override it.
+    fn forward_all(
+        &self,
+        xs: &[Tensor],
+        weights: &[Var],
+        ctx: &mut ForwardCtx<'_>,
+    ) -> Result<Tensor> {
+        self.forward(&xs[0], weights, ctx)
+    }
 
     /// Multiply-adds of one example's forward pass (the products that dominate: convolutions
     /// and dense layers; zero for the rest), for throughput figures in GFLOP/s.
@@ -342,10 +417,15 @@ pub enum LayerKind {
     Flatten,
     Dense(DenseConfig),
     BatchNorm(BatchNormConfig),
-    GlobalAvgPool2d,
-    GlobalMaxPool2d,
+    GlobalAvgPool2d(GlobalAveragePooling2D),
+    GlobalMaxPool2d(GlobalMaxPooling2D),
     Rescaling(RescalingConfig),
     Activation(ActivationConfig),
+    Add,
+    Multiply,
+    Concatenate,
+    ZeroPadding2d(ZeroPadding2D),
+    Relu(ReluConfig),
 }
 
 impl LayerKind {
@@ -360,10 +440,15 @@ impl LayerKind {
             LayerKind::Flatten => &Flatten,
             LayerKind::Dense(d) => d,
             LayerKind::BatchNorm(b) => b,
-            LayerKind::GlobalAvgPool2d => &GlobalAveragePooling2D,
-            LayerKind::GlobalMaxPool2d => &GlobalMaxPooling2D,
+            LayerKind::GlobalAvgPool2d(p) => p,
+            LayerKind::GlobalMaxPool2d(p) => p,
             LayerKind::Rescaling(r) => r,
             LayerKind::Activation(a) => a,
+            LayerKind::Add => &Add,
+            LayerKind::Multiply => &Multiply,
+            LayerKind::Concatenate => &Concatenate,
+            LayerKind::ZeroPadding2d(z) => z,
+            LayerKind::Relu(r) => r,
         }
     }
 
@@ -375,6 +460,16 @@ impl LayerKind {
     /// `MaxPooling2D(pool)`, strides equal to the pool.
     pub fn max_pool(pool: usize) -> Self {
         LayerKind::MaxPool2d(MaxPooling2D(Pool2dConfig::new(pool)))
+    }
+
+    /// `GlobalAveragePooling2D()`: each channel's mean, as a vector.
+    pub fn global_avg_pool() -> Self {
+        LayerKind::GlobalAvgPool2d(GlobalAveragePooling2D { keepdims: false })
+    }
+
+    /// `GlobalMaxPooling2D()`: each channel's maximum, as a vector.
+    pub fn global_max_pool() -> Self {
+        LayerKind::GlobalMaxPool2d(GlobalMaxPooling2D { keepdims: false })
     }
 
     /// `Dropout(rate)`.
@@ -414,12 +509,12 @@ impl LayerKind {
             .sum()
     }
 
-    /// The output shape for `input`, or an error naming the layer and saying why.
-    pub fn output_shape(&self, name: &str, input: &FeatureShape) -> Result<FeatureShape> {
+    /// The output shape for `inputs`, or an error naming the layer and saying why.
+    pub fn output_shape(&self, name: &str, inputs: &[FeatureShape]) -> Result<FeatureShape> {
         let layer = self.layer();
         layer
             .validate()
-            .and_then(|()| layer.output_shape(input))
+            .and_then(|()| layer.output_shape_of(inputs))
             .map_err(|message| ModelError::Shape {
                 layer: name.to_string(),
                 message,
@@ -432,6 +527,43 @@ pub(crate) fn channel_dims(x: &Tensor) -> Result<Vec<usize>> {
     let mut shape = vec![1; x.rank()];
     shape[1] = x.dim(1)?;
     Ok(shape)
+}
+
+/// The shape of an element-wise join (`add`, `multiply`) of `inputs`: equal shapes, or images
+/// whose sides and channels are each equal or 1 (broadcast, as Keras 3 broadcasts).
+pub(crate) fn broadcast_shapes(
+    what: &str,
+    inputs: &[FeatureShape],
+) -> std::result::Result<FeatureShape, String> {
+    let first = *inputs.first().ok_or("takes no input")?;
+    inputs.iter().skip(1).try_fold(first, |acc, s| {
+        let dim = |a: usize, b: usize| match (a, b) {
+            _ if a == b => Some(a),
+            (1, b) => Some(b),
+            (a, 1) => Some(a),
+            _ => None,
+        };
+        let joined = match (acc, *s) {
+            (FeatureShape::Flat(a), FeatureShape::Flat(b)) => dim(a, b).map(FeatureShape::Flat),
+            (
+                FeatureShape::Image {
+                    channels: c1,
+                    height: h1,
+                    width: w1,
+                },
+                FeatureShape::Image {
+                    channels: c2,
+                    height: h2,
+                    width: w2,
+                },
+            ) => match (dim(c1, c2), dim(h1, h2), dim(w1, w2)) {
+                (Some(c), Some(h), Some(w)) => Some(FeatureShape::image(c, h, w)),
+                _ => None,
+            },
+            _ => None,
+        };
+        joined.ok_or_else(|| format!("cannot {what} {acc} and {s}"))
+    })
 }
 
 /// The error a layer gives for an input it cannot take.

@@ -109,7 +109,7 @@ impl Callback for Lookahead {
 mod tests {
     use super::*;
     use candle_core::Device;
-    use simplecnn_model::{Activation, FeatureShape, LayerKind, Model, Sequential};
+    use simplecnn_model::{Activation, FeatureShape, LayerKind, Model, Network};
 
     fn batch_end(model: &Model, step: u64) -> BatchEnd<'_> {
         BatchEnd {
@@ -128,7 +128,7 @@ mod tests {
     /// steps, the model reset to it; untouched between; the model is the average at the end.
     #[test]
     fn averages_every_k_steps_and_ends_on_the_average() {
-        let mut s = Sequential::new("m", FeatureShape::Flat(2));
+        let mut s = Network::new("m", FeatureShape::Flat(2));
         s.add(LayerKind::dense(1, Activation::Linear)).unwrap();
         let model = Model::new(s, &Device::Cpu, 0).unwrap();
         let kernel = || model.weight("dense_1", "kernel").unwrap().var.clone();

@@ -1,0 +1,102 @@
+"""Writes the functional-model files store's tests read (crates/store/tests/data/graphs/):
+
+    target/reference-venv/keras/bin/python benches/reference/keras_graph_fixtures.py crates/store/tests/data/graphs
+
+One small graph with every joining layer and the graph-era layers the workbench has — a
+residual join (Add), a squeeze-and-excite gate (Multiply of a 1x1 image against the
+features), Concatenate, ZeroPadding2D, ReLU(max_value=6) and the newer activations — with
+BatchNormalization's moving statistics set to random values so inference-mode normalisation
+is exercised. Saved twice:
+- by Keras 3 (`keras`): `keras3.keras` and `keras3.h5` (its legacy writer: Keras 3's node
+  serialisation inside an .h5);
+- by Keras 2 (`tf_keras`, PyPI's tf-keras): `keras2.h5` (Keras 2's `inbound_nodes` lists).
+`expected.json` holds the input batch and each model's predictions.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+
+
+def build(k, activations):
+    """The same graph with Keras module `k` (keras or tf_keras)."""
+    L = k.layers
+    inp = k.Input((8, 8, 3))
+    stem = L.Conv2D(6, 3, padding="same", name="stem")(inp)
+    x = L.BatchNormalization(name="bn1")(stem)
+    x = L.ReLU(max_value=6.0, name="relu6")(x)
+    x = L.Conv2D(6, 3, padding="same", use_bias=False, name="conv_b")(x)
+    x = L.BatchNormalization(name="bn2")(x)
+    x = L.Add(name="join")([stem, x])
+    x = L.Activation("relu", name="post")(x)
+    # Squeeze and excite: a (1, 1, C) gate times the features.
+    se = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x) if activations else None
+    if se is None:
+        se = L.AveragePooling2D(8, name="squeeze")(x)
+    se = L.Conv2D(6, 1, activation="swish" if activations else "relu", name="se_reduce")(se)
+    se = L.Conv2D(6, 1, activation="sigmoid", name="se_expand")(se)
+    x = L.Multiply(name="excite")([x, se])
+    p = L.ZeroPadding2D(((1, 0), (0, 1)), name="pad")(x)
+    p = L.Conv2D(4, 2, strides=2, activation="tanh", name="down")(p)
+    q = L.MaxPooling2D(2, name="pool")(x)
+    q = L.Conv2D(3, 1, activation="hard_silu" if activations else "relu", name="side")(q)
+    x = L.Concatenate(name="cat")([p, q])
+    x = L.ReLU(negative_slope=0.1, threshold=0.05, name="leaky")(x)
+    x = L.Flatten(name="flat")(x)
+    out = L.Dense(5, activation="softmax", name="probs")(x)
+    m = k.Model(inp, out, name="graph")
+    rng = np.random.default_rng(11)
+    for layer in m.layers:
+        if "bn" in layer.name:
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+                    rng.normal(0, 0.2, beta.shape).astype(np.float32),
+                    rng.normal(0, 0.5, mean.shape).astype(np.float32),
+                    rng.uniform(0.5, 2.0, var.shape).astype(np.float32),
+                ]
+            )
+    return m
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(3)
+    x = rng.random((4, 8, 8, 3), dtype=np.float32)
+    expected = {"input_nhwc": x.tolist()}
+
+    import keras
+
+    keras.utils.set_random_seed(7)
+    m3 = build(keras, activations=True)
+    m3.save(os.path.join(out, "keras3.keras"))
+    m3.save(os.path.join(out, "keras3.h5"))
+    expected["keras3"] = {
+        "version": keras.__version__,
+        "predictions": m3.predict(x, verbose=0).tolist(),
+    }
+
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(7)
+    # Keras 2.x has no keepdims pooling before 2.6 nor hard_silu: the same graph with an
+    # AveragePooling2D squeeze and ReLUs there.
+    m2 = build(tf_keras, activations=False)
+    m2.save(os.path.join(out, "keras2.h5"))
+    expected["keras2"] = {
+        "version": tf_keras.__version__,
+        "predictions": m2.predict(x, verbose=0).tolist(),
+    }
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

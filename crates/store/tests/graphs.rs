@@ -1,0 +1,206 @@
+//! Functional models (graphs) against files Keras wrote (`tests/data/graphs/`, made by
+//! `benches/reference/keras_graph_fixtures.py`): one small graph with a residual Add, a
+//! squeeze-and-excite Multiply, Concatenate, ZeroPadding2D, ReLU(6) and random BatchNorm
+//! statistics, saved by Keras 3.15.1 as `.keras` and `.h5` (Keras 3's node form) and by
+//! tf-keras 2.21 as `.h5` (Keras 2's `inbound_nodes` lists). Each loads and predicts what
+//! Keras predicted; what we write lists the layers in Keras' own order and loads back the
+//! same; bad graphs are errors naming the layer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde_json::{json, Value};
+use simplecnn_store::layout::{model_config, network_from_config};
+use simplecnn_store::{load_model, read_model_config, save_model};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/graphs")
+        .join(name)
+}
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn graphs_keras_wrote_predict_what_keras_predicted() {
+    let v = expected();
+    let x = common::nhwc_batch(&v["input_nhwc"]);
+    for (file, writer) in [
+        ("keras3.keras", "keras3"),
+        ("keras3.h5", "keras3"),
+        ("keras2.h5", "keras2"),
+    ] {
+        let model = load_model(&fixture(file), &Device::Cpu).unwrap();
+        assert!(model.spec().is_functional(), "{file}");
+        let ours = common::predict(&model, &x);
+        let diff = common::max_diff(&ours, &common::rows(&v[writer]["predictions"]));
+        assert!(diff < 1e-5, "{file}: max difference {diff}");
+    }
+}
+
+#[test]
+fn the_summary_is_keras_functional_table() {
+    let model = load_model(&fixture("keras2.h5"), &Device::Cpu).unwrap();
+    let summary = model.summary();
+    let lines: Vec<&str> = summary.lines().collect();
+    assert!(lines[1].trim_end().ends_with("Connected to"), "{summary}");
+    assert!(lines.iter().all(|l| l.chars().count() <= 98));
+    // The join takes the stem and the second BatchNormalization: one row each.
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("join (Add)"))
+        .unwrap();
+    assert!(
+        lines[at].trim_end().ends_with("stem[0][0]"),
+        "{}",
+        lines[at]
+    );
+    assert!(lines[at + 1].trim_start().starts_with("bn2[0][0]"));
+    assert!(lines[at + 1].starts_with("    "));
+    // tf-keras 2.21's count for this graph (`model.count_params()`).
+    assert_eq!(model.spec().param_count(), 1310);
+    assert!(summary.contains("Total params: 1,310"), "{summary}");
+}
+
+/// The names of a config's layers, in the order it lists them.
+fn layer_order(config: &Value) -> Vec<String> {
+    config["config"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["config"]["name"]
+                .as_str()
+                .or(l["name"].as_str())
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn what_we_write_lists_layers_in_keras_order_and_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = expected();
+    let x = common::nhwc_batch(&v["input_nhwc"]);
+    for fixture_file in ["keras3.keras", "keras2.h5"] {
+        let keras_config = read_model_config(&fixture(fixture_file)).unwrap();
+        let model = load_model(&fixture(fixture_file), &Device::Cpu).unwrap();
+        // Keras pairs weights by its layer order, which it derives from the graph: ours
+        // must be the same, whatever order we hold the layers in.
+        assert_eq!(
+            layer_order(&model_config(model.spec())),
+            layer_order(&keras_config),
+            "{fixture_file}"
+        );
+        let before = common::predict(&model, &x);
+        for ext in ["h5", "keras"] {
+            let path = dir.path().join(format!("graph.{ext}"));
+            save_model(&model, &path, None).unwrap();
+            let written = read_model_config(&path).unwrap();
+            assert_eq!(written["class_name"], "Functional");
+            assert_eq!(layer_order(&written), layer_order(&keras_config));
+            let back = load_model(&path, &Device::Cpu).unwrap();
+            assert_eq!(back.summary(), model.summary());
+            assert_eq!(
+                common::predict(&back, &x),
+                before,
+                "{fixture_file} → .{ext}"
+            );
+        }
+    }
+}
+
+/// A functional config in Keras 2's form: (name, class, config, inputs).
+fn graph(layers: &[(&str, &str, Value, &[&str])]) -> Value {
+    let mut list = vec![
+        json!({"class_name": "InputLayer", "name": "in", "inbound_nodes": [],
+        "config": {"name": "in", "batch_input_shape": [null, 4, 4, 2]}}),
+    ];
+    for (name, class, config, inputs) in layers {
+        let mut config = config.clone();
+        config["name"] = json!(name);
+        let node: Vec<Value> = inputs.iter().map(|i| json!([i, 0, 0, {}])).collect();
+        list.push(json!({"class_name": class, "name": name, "config": config,
+                         "inbound_nodes": [node]}));
+    }
+    let last = layers.last().map_or("in", |l| l.0);
+    json!({"class_name": "Functional", "config": {"name": "g", "layers": list,
+        "input_layers": [["in", 0, 0]], "output_layers": [[last, 0, 0]]}})
+}
+
+fn conv(filters: usize) -> Value {
+    json!({"filters": filters, "kernel_size": 1})
+}
+
+#[test]
+fn bad_graphs_are_errors_naming_the_layer() {
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            graph(&[
+                ("a", "Conv2D", conv(2), &["b"]),
+                ("b", "Conv2D", conv(2), &["a"]),
+            ]),
+            "a",
+            "cycle",
+        ),
+        (
+            graph(&[("a", "Conv2D", conv(2), &["nowhere"])]),
+            "a",
+            "\"nowhere\"",
+        ),
+        (
+            graph(&[
+                ("a", "Conv2D", conv(2), &["in"]),
+                ("b", "Conv2D", conv(3), &["in"]),
+                ("sum", "Add", json!({}), &["a", "b"]),
+            ]),
+            "sum",
+            "cannot add",
+        ),
+        (
+            graph(&[
+                ("a", "Conv2D", conv(2), &["in"]),
+                ("p", "MaxPooling2D", json!({}), &["in"]),
+                ("cat", "Concatenate", json!({}), &["a", "p"]),
+            ]),
+            "cat",
+            "cannot concatenate",
+        ),
+        (graph(&[("a", "LSTM", json!({}), &["in"])]), "a", "LSTM"),
+        (
+            graph(&[
+                ("a", "Conv2D", conv(2), &["in"]),
+                ("stray", "Conv2D", conv(2), &["in"]),
+                ("b", "Conv2D", conv(2), &["a"]),
+            ]),
+            "stray",
+            "does not lead to the model's output",
+        ),
+    ];
+    for (config, layer, why) in cases {
+        let e = network_from_config(&config).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("layer {layer}")) && e.contains(why),
+            "{e}"
+        );
+    }
+    // A layer called twice shares its weights: refused by name.
+    let mut shared = graph(&[("a", "Conv2D", conv(2), &["in"])]);
+    shared["config"]["layers"][1]["inbound_nodes"] =
+        json!([[["in", 0, 0, {}]], [["in", 0, 0, {}]]]);
+    let e = network_from_config(&shared).unwrap_err().to_string();
+    assert!(e.contains("layer a") && e.contains("shared weights"), "{e}");
+    // Two inputs.
+    let mut two = graph(&[("a", "Conv2D", conv(2), &["in"])]);
+    let second = json!({"class_name": "InputLayer", "name": "in2", "inbound_nodes": [],
+        "config": {"name": "in2", "batch_input_shape": [null, 4, 4, 2]}});
+    two["config"]["layers"].as_array_mut().unwrap().push(second);
+    let e = network_from_config(&two).unwrap_err().to_string();
+    assert!(e.contains("2 inputs") && e.contains("in2"), "{e}");
+}
