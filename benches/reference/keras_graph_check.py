@@ -3,7 +3,7 @@
     target/reference-venv/keras/bin/python benches/reference/keras_graph_check.py \
         crates/store/tests/data/graphs/expected.json keras3 ours.keras [ours.h5 ...]
 
-`keras3`/`keras2` picks the expected predictions (those of the fixture the files came from).
+`keras3`/`keras2`/`more3`/`more2` picks the expected predictions (those of the fixture the files came from).
 Prints the largest absolute difference per file; exits 1 when one is over 1e-5.
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 
 def main(expected_path, which, files):
     expected = json.load(open(expected_path))
-    x = np.array(expected["input_nhwc"], dtype=np.float32)
+    inputs = "more_input_nhwc" if which.startswith("more") else "input_nhwc"
+    x = np.array(expected[inputs], dtype=np.float32)
     want = np.array(expected[which]["predictions"], dtype=np.float32)
     worst = 0.0
     for f in files:

@@ -10,7 +10,9 @@ is exercised. Saved twice:
 - by Keras 3 (`keras`): `keras3.keras` and `keras3.h5` (its legacy writer: Keras 3's node
   serialisation inside an .h5);
 - by Keras 2 (`tf_keras`, PyPI's tf-keras): `keras2.h5` (Keras 2's `inbound_nodes` lists).
-`expected.json` holds the input batch and each model's predictions.
+A second graph (`more3.keras`, `more3.h5`, `more2.h5`) has the layers MobileNet and Xception
+add: DepthwiseConv2D, SeparableConv2D, Reshape, pooling with padding="same".
+`expected.json` holds the input batches and each model's predictions.
 """
 
 import json
@@ -65,6 +67,36 @@ def build(k, activations):
     return m
 
 
+def build_more(k):
+    """The layers MobileNet and Xception add: DepthwiseConv2D (multiplier 2, stride 2),
+    SeparableConv2D, Reshape both ways, pooling with padding="same", he_normal kernels."""
+    L = k.layers
+    inp = k.Input((9, 9, 3))
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, name="dw")(inp)
+    x = L.BatchNormalization(name="bn_dw")(x)
+    x = L.ReLU(6.0, name="relu_dw")(x)
+    y = L.SeparableConv2D(5, 3, padding="same", depth_multiplier=2, name="sep",
+                          activation="relu")(x)
+    y = L.MaxPooling2D(3, strides=2, padding="same", name="maxpool")(y)
+    z = L.AveragePooling2D(3, strides=2, padding="same", name="avgpool")(x)
+    z = L.Conv2D(5, 1, kernel_initializer="he_normal", name="proj")(z)
+    x = L.Add(name="join")([y, z])
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Reshape((1, 1, 5), name="to_image")(x)
+    x = L.Conv2D(4, 1, name="head")(x)
+    x = L.Reshape((4,), name="to_vector")(x)
+    out = L.Activation("softmax", name="probs")(x)
+    m = k.Model(inp, out, name="more")
+    rng = np.random.default_rng(12)
+    bn = m.get_layer("bn_dw")
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+                    rng.normal(0, 0.2, beta.shape).astype(np.float32),
+                    rng.normal(0, 0.5, mean.shape).astype(np.float32),
+                    rng.uniform(0.5, 2.0, var.shape).astype(np.float32)])
+    return m
+
+
 def main(out):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(3)
@@ -81,6 +113,13 @@ def main(out):
         "version": keras.__version__,
         "predictions": m3.predict(x, verbose=0).tolist(),
     }
+    more_x = rng.random((4, 9, 9, 3), dtype=np.float32)
+    expected["more_input_nhwc"] = more_x.tolist()
+    keras.utils.set_random_seed(8)
+    more3 = build_more(keras)
+    more3.save(os.path.join(out, "more3.keras"))
+    more3.save(os.path.join(out, "more3.h5"))
+    expected["more3"] = {"predictions": more3.predict(more_x, verbose=0).tolist()}
 
     import tf_keras
 
@@ -93,6 +132,10 @@ def main(out):
         "version": tf_keras.__version__,
         "predictions": m2.predict(x, verbose=0).tolist(),
     }
+    tf_keras.utils.set_random_seed(8)
+    more2 = build_more(tf_keras)
+    more2.save(os.path.join(out, "more2.h5"))
+    expected["more2"] = {"predictions": more2.predict(more_x, verbose=0).tolist()}
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
         f.write("\n")

@@ -169,9 +169,10 @@ pub fn build_model(
     Ok(model)
 }
 
-/// The experiment's architecture; on a `model.base`, the base's from its file or the zoo.
-pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Network> {
-    let base_config = match &experiment.model.base {
+/// The `model_config` of the experiment's `model.base` (from its file, or VGG-16's from the
+/// zoo), if it has one.
+fn base_config(experiment: &Experiment) -> Result<Option<serde_json::Value>> {
+    Ok(match &experiment.model.base {
         Some(BaseSpec {
             file: Some(file), ..
         }) => Some(simplecnn_store::read_model_config(file)?),
@@ -182,7 +183,12 @@ pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Network> {
             Some(simplecnn_store::layout::model_config(&vgg))
         }
         _ => None,
-    };
+    })
+}
+
+/// The experiment's architecture; on a `model.base`, the base's from its file or the zoo.
+pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Network> {
+    let base_config = base_config(experiment)?;
     let spec = experiment
         .build_spec_on(base_config.as_ref())
         .and_then(|spec| experiment.check_spec(&spec).map(|()| spec))
@@ -195,10 +201,19 @@ fn load_base_weights(experiment: &Experiment, model: &Model) -> Result<()> {
     let Some(base) = &experiment.model.base else {
         return Ok(());
     };
-    let layers = model.spec().layers();
-    let kept: Vec<String> = layers[..layers.len() - experiment.model.layers.len()]
+    // The base's layers are those its config names (the head's names cannot repeat them).
+    let config = base_config(experiment)?.unwrap_or_default();
+    let base_names: std::collections::HashSet<&str> = config["config"]["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["config"]["name"].as_str())
+        .collect();
+    let kept: Vec<String> = model
+        .spec()
+        .layers()
         .iter()
-        .filter(|l| l.param_count() > 0)
+        .filter(|l| l.param_count() > 0 && base_names.contains(l.name.as_str()))
         .map(|l| l.name.clone())
         .collect();
     match (&base.file, base.weights.as_deref()) {

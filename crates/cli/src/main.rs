@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -34,9 +34,11 @@ struct Cli {
 enum Command {
     /// Download CIFAR-10 (binary version) into the data folder, MD5-checked.
     Data(data::DataArgs),
-    /// Print Keras' summary table of a model (both when none is named).
+    /// Print Keras' summary table of a model: `simple-cnn`, `vgg16` (both when none is named),
+    /// a model file (.h5, .keras) or an experiment (a name or a .toml): a graph's table has
+    /// Keras' "Connected to" column.
     Summary {
-        model: Option<ModelName>,
+        model: Option<String>,
         /// Also write the model graph as Graphviz DOT to this file (and SVG beside it when `dot` is installed).
         #[arg(long)]
         dot: Option<PathBuf>,
@@ -70,10 +72,19 @@ enum H5Command {
     Inspect { file: PathBuf },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum ModelName {
-    SimpleCnn,
-    Vgg16,
+/// The architecture in a model file (its config only: no weights are read) or an experiment.
+fn summary_of(name: &str) -> anyhow::Result<simplecnn_model::Network> {
+    let path = std::path::Path::new(name);
+    let is_model_file = path
+        .extension()
+        .is_some_and(|e| e == "h5" || e == "keras" || e == "hdf5");
+    if is_model_file {
+        let config = simplecnn_store::read_model_config(path)?;
+        return simplecnn_store::layout::network_from_config(&config)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    let loaded = experiment::load(name, &[])?;
+    experiment::build_spec(&loaded.experiment)
 }
 
 /// Errors are printed as one line with their causes (`error: a: b`), never with a backtrace:
@@ -101,9 +112,10 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Data(args) => data::run(args),
         Command::Summary { model, dot } => {
-            let models = match model {
-                Some(ModelName::SimpleCnn) => vec![simplecnn_model::zoo::simple_cnn()],
-                Some(ModelName::Vgg16) => vec![simplecnn_model::zoo::vgg16()],
+            let models = match model.as_deref() {
+                Some("simple-cnn" | "simple_cnn") => vec![simplecnn_model::zoo::simple_cnn()],
+                Some("vgg16") => vec![simplecnn_model::zoo::vgg16()],
+                Some(other) => vec![summary_of(other)?],
                 None => vec![
                     simplecnn_model::zoo::simple_cnn(),
                     simplecnn_model::zoo::vgg16(),

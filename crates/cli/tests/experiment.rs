@@ -1387,6 +1387,12 @@ fn resnet20_from_its_experiment_file_trains_and_saves_a_graph() {
         let o = xtask(&["h5", "inspect", run.join(file).to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("stage2a_shortcut"));
+        // `summary` reads the file's graph and prints Keras' functional table.
+        let o = xtask(&["summary", run.join(file).to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let table = String::from_utf8_lossy(&o.stdout);
+        assert!(table.contains("stage3a_shortcut[0][0]"), "{table}");
+        assert!(table.contains("Total params: 274,442"), "{table}");
     }
     let image = data.join("test/cat/0.png");
     let o = xtask(&[

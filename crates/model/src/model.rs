@@ -135,6 +135,18 @@ impl Model {
                         let limit = (3.0 * scale.value() / fan_in as f64).sqrt() as f32;
                         (0..n).map(|_| rng.random_range(-limit..limit)).collect()
                     }
+                    Init::TruncatedNormal { scale, fan_average } => {
+                        let (fan_in, fan_out) = fans(&w.shape);
+                        let fan = match fan_average {
+                            true => (fan_in + fan_out) as f64 / 2.0,
+                            false => fan_in as f64,
+                        };
+                        // Keras' constant: the standard deviation of a unit normal cut at ±2.
+                        let std = (scale.value() / fan).sqrt() / 0.879_625_661_034_239_8;
+                        (0..n)
+                            .map(|_| (truncated_normal(&mut rng) * std) as f32)
+                            .collect()
+                    }
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
                 };
@@ -518,6 +530,18 @@ fn gather(values: &[Option<Tensor>], ids: &[usize]) -> Result<Vec<Tensor>> {
 /// Index of the largest value in each row of `(N, classes)` probabilities or logits.
 pub fn argmax(x: &Tensor) -> Result<Tensor> {
     Ok(x.argmax(D::Minus1)?)
+}
+
+/// A standard normal draw (Box–Muller) redrawn until it lies within ±2.
+fn truncated_normal(rng: &mut ChaCha8Rng) -> f64 {
+    loop {
+        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.random_range(0.0..1.0);
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        if z.abs() <= 2.0 {
+            return z;
+        }
+    }
 }
 
 /// Glorot's fan-in and fan-out for a kernel in candle's layout.

@@ -186,7 +186,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                 let conv = conv_shape(l, cfg, chw)?;
                 let relu = cfg.activation == Activation::Relu;
                 let pool = sole(i).and_then(|j| match &layers[j].kind {
-                    LayerKind::MaxPool2d(p) => Some((j, p)),
+                    LayerKind::MaxPool2d(p) if p.padding == crate::Padding::Valid => Some((j, p)),
                     _ => None,
                 });
                 match pool {
@@ -249,7 +249,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                 };
                 (op, covered, ImageLayout::Nchw)
             }
-            (LayerKind::MaxPool2d(p), Some((_, h, w))) => {
+            (LayerKind::MaxPool2d(p), Some((_, h, w))) if p.padding == crate::Padding::Valid => {
                 let op = Op::MaxPool {
                     layer: i,
                     shape: pool_shape(l, p, (h, w))?,

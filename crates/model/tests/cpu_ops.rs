@@ -8,38 +8,8 @@ use simplecnn_model::{zoo, DropoutRng, Kernels, Mode, Model};
 
 const CPU: Device = Device::Cpu;
 
-fn rand(dims: &[usize], seed: u64) -> Tensor {
-    // A cheap deterministic generator, so proptest's shrinking sees the same values.
-    let n: usize = dims.iter().product();
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, dims, &CPU).unwrap()
-}
-
-/// `max |a - b| <= tol * max(1, max |b|)`.
-fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f32) {
-    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(
-        diff <= tol * scale,
-        "{what}: max difference {diff} (scale {scale})"
-    );
-}
+mod common;
+use common::{assert_close, rand};
 
 /// candle's ops: explicit zero padding, a stride-1 convolution, every s-th row and column.
 fn reference_conv(
@@ -345,33 +315,44 @@ fn simple_cnn_trains_the_same_with_either_kernels() {
 
 #[test]
 fn the_candle_path_pools_with_the_right_gradient() {
-    // A pool alone on 2 channels of 5x7 (not a multiple of the 2x2 pool: Keras drops the rest).
-    let mut spec =
-        simplecnn_model::Network::new("pool", simplecnn_model::FeatureShape::image(2, 5, 7));
-    spec.add_named(
-        "pool",
-        simplecnn_model::LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(
-            simplecnn_model::Pool2dConfig {
-                pool_size: (2, 2),
-                strides: (2, 2),
-            },
-        )),
-    )
-    .unwrap();
-    let x = rand(&[3, 2, 5, 7], 5);
-    let grads = |kernels: Kernels| {
-        let mut model = Model::new(spec.clone(), &CPU, 0).unwrap();
-        model.set_kernels(kernels).unwrap();
-        let xv = Var::from_tensor(&x).unwrap();
-        let y = model.forward(xv.as_tensor(), Mode::Inference).unwrap();
-        let r = rand(y.dims(), 6);
-        let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        (y, g.get(&xv).unwrap().clone())
-    };
-    let ((fast, fast_grad), (candle, candle_grad)) = (grads(Kernels::Fast), grads(Kernels::Candle));
-    assert_eq!(candle.dims(), [3, 2, 2, 3]);
-    assert_close("pooled", &candle, &fast, 0.0);
-    assert_close("input gradient", &candle_grad, &fast_grad, 0.0);
+    // A pool alone on 2 channels of 7x9 (not a multiple of the pool: Keras drops the rest),
+    // with windows that tile, and that overlap (ResNet's 3x3 stride 2).
+    for (pool_size, strides) in [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (1, 2))] {
+        let mut spec =
+            simplecnn_model::Network::new("pool", simplecnn_model::FeatureShape::image(2, 7, 9));
+        spec.add_named(
+            "pool",
+            simplecnn_model::LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(
+                simplecnn_model::Pool2dConfig {
+                    pool_size,
+                    strides,
+                    padding: simplecnn_model::Padding::Valid,
+                },
+            )),
+        )
+        .unwrap();
+        let x = rand(&[3, 2, 7, 9], 5);
+        let grads = |kernels: Kernels| {
+            let mut model = Model::new(spec.clone(), &CPU, 0).unwrap();
+            model.set_kernels(kernels).unwrap();
+            let xv = Var::from_tensor(&x).unwrap();
+            let y = model.forward(xv.as_tensor(), Mode::Inference).unwrap();
+            let r = rand(y.dims(), 6);
+            let g = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&xv).unwrap().clone())
+        };
+        let ((fast, fast_grad), (candle, candle_grad)) =
+            (grads(Kernels::Fast), grads(Kernels::Candle));
+        assert_eq!(candle.dims(), fast.dims());
+        let what = format!("pool {pool_size:?} stride {strides:?}");
+        assert_close(&format!("{what}: pooled"), &candle, &fast, 0.0);
+        assert_close(
+            &format!("{what}: input gradient"),
+            &candle_grad,
+            &fast_grad,
+            0.0,
+        );
+    }
 }
 
 proptest! {
@@ -450,10 +431,7 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
     };
     let mut spec = Network::new("chain", FeatureShape::image(3, 12, 12));
     let conv = |f, p, a| LayerKind::Conv2d(Conv2dConfig::new(f, 3, p, a));
-    let pool = LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(Pool2dConfig {
-        pool_size: (2, 2),
-        strides: (2, 2),
-    }));
+    let pool = LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(Pool2dConfig::new(2)));
     spec.add(conv(8, Padding::Same, Activation::Relu)).unwrap();
     spec.add(conv(9, Padding::Same, Activation::Relu)).unwrap();
     spec.add(pool).unwrap();
@@ -467,6 +445,7 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
         Pool2dConfig {
             pool_size: (1, 2),
             strides: (1, 2),
+            padding: Padding::Valid,
         },
     )))
     .unwrap();

@@ -46,7 +46,7 @@ proptest! {
     fn pool_shapes(c in 1usize..4, h in 2usize..14, w in 2usize..14, ph in 1usize..4, pw in 1usize..4,
                    sh in 1usize..4, sw in 1usize..4, max in any::<bool>()) {
         prop_assume!(h >= ph && w >= pw);
-        let cfg = Pool2dConfig { pool_size: (ph, pw), strides: (sh, sw) };
+        let cfg = Pool2dConfig { pool_size: (ph, pw), strides: (sh, sw), padding: simplecnn_model::Padding::Valid };
         let kind = if max { LayerKind::MaxPool2d(simplecnn_model::MaxPooling2D(cfg)) } else { LayerKind::AvgPool2d(simplecnn_model::AveragePooling2D(cfg)) };
         let input = FeatureShape::image(c, h, w);
         let (reported, actual) = run_one(input, kind).unwrap();

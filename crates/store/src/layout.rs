@@ -5,10 +5,10 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use simplecnn_model::{
-    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, DenseConfig, FanInScale,
-    FeatureShape, GlobalAveragePooling2D, GlobalMaxPooling2D, Init, LayerKind, LayerSpec,
-    MaxPooling2D, Network, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Source,
-    WeightRole, ZeroPadding2D,
+    Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, Cropping2D, DenseConfig,
+    DepthwiseConv2dConfig, FanInScale, FeatureShape, GlobalAveragePooling2D, GlobalMaxPooling2D,
+    Init, LayerKind, LayerSpec, MaxPooling2D, Network, Padding, Padding2d, Pool2dConfig,
+    ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -40,12 +40,22 @@ fn initializer_config(init: Init) -> Value {
         Init::Zeros => json!({"class_name": "Zeros", "config": {}}),
         Init::Ones => json!({"class_name": "Ones", "config": {}}),
         Init::GlorotUniform => json!({"class_name": "GlorotUniform", "config": {"seed": null}}),
+        Init::TruncatedNormal { scale, fan_average } => {
+            json!({"class_name": "VarianceScaling", "config": {
+            "scale": scale.value(), "mode": if fan_average { "fan_avg" } else { "fan_in" },
+            "distribution": "truncated_normal", "seed": null}})
+        }
     }
 }
 
 /// Reads `kernel_initializer`: a name (`"glorot_uniform"`) or `{class_name, config}`.
 fn kernel_initializer(cfg: &Value) -> Result<Init, String> {
-    let Some(v) = cfg.get("kernel_initializer") else {
+    initializer_at(cfg, "kernel_initializer")
+}
+
+/// Reads the initializer at `key`: a name (`"glorot_uniform"`) or `{class_name, config}`.
+fn initializer_at(cfg: &Value, key: &str) -> Result<Init, String> {
+    let Some(v) = cfg.get(key) else {
         return Ok(Init::GlorotUniform);
     };
     let (class, config) = match v {
@@ -54,7 +64,7 @@ fn kernel_initializer(cfg: &Value) -> Result<Init, String> {
             o.get("class_name").and_then(Value::as_str).unwrap_or(""),
             o.get("config").cloned().unwrap_or(Value::Null),
         ),
-        _ => return Err("kernel_initializer must be a name or {class_name, config}".into()),
+        _ => return Err(format!("{key} must be a name or {{class_name, config}}")),
     };
     let fan_in = |scale: f64| {
         [FanInScale::Torch, FanInScale::Lecun, FanInScale::He]
@@ -62,22 +72,36 @@ fn kernel_initializer(cfg: &Value) -> Result<Init, String> {
             .find(|s| (s.value() - scale).abs() < 1e-6)
             .map(Init::FanInUniform)
     };
+    let normal = |scale: f64, fan_average: bool| {
+        [FanInScale::Torch, FanInScale::Lecun, FanInScale::He]
+            .into_iter()
+            .find(|s| (s.value() - scale).abs() < 1e-6)
+            .map(|scale| Init::TruncatedNormal { scale, fan_average })
+    };
     let found = match class {
         "GlorotUniform" | "glorot_uniform" => Some(Init::GlorotUniform),
         "HeUniform" | "he_uniform" => fan_in(2.0),
         "LecunUniform" | "lecun_uniform" => fan_in(1.0),
+        "HeNormal" | "he_normal" => normal(2.0, false),
+        "LecunNormal" | "lecun_normal" => normal(1.0, false),
+        "GlorotNormal" | "glorot_normal" => normal(1.0, true),
         "VarianceScaling" | "variance_scaling" => {
             let get = |k: &str| config.get(k).and_then(Value::as_str);
-            let uniform = get("distribution") == Some("uniform") && get("mode") == Some("fan_in");
             let scale = config.get("scale").and_then(Value::as_f64).unwrap_or(1.0);
-            uniform.then(|| fan_in(scale)).flatten()
+            match (get("distribution"), get("mode")) {
+                (Some("uniform"), Some("fan_in")) => fan_in(scale),
+                (Some("truncated_normal"), Some("fan_in")) => normal(scale, false),
+                (Some("truncated_normal"), Some("fan_avg")) => normal(scale, true),
+                _ => None,
+            }
         }
         _ => None,
     };
     found.ok_or_else(|| {
         format!(
-            "kernel_initializer {v} is not supported (glorot_uniform, he_uniform, \
-             lecun_uniform, or VarianceScaling fan_in uniform with scale 1/3, 1 or 2)"
+            "{key} {v} is not supported (glorot_uniform/normal, he_uniform/normal, \
+             lecun_uniform/normal, or VarianceScaling fan_in uniform or truncated_normal with \
+             scale 1/3, 1 or 2)"
         )
     })
 }
@@ -121,7 +145,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
         LayerKind::MaxPool2d(MaxPooling2D(p)) | LayerKind::AvgPool2d(AveragePooling2D(p)) => merge(
             base,
             json!({
-                "pool_size": [p.pool_size.0, p.pool_size.1], "padding": "valid",
+                "pool_size": [p.pool_size.0, p.pool_size.1], "padding": p.padding.keras_name(),
                 "strides": [p.strides.0, p.strides.1], "data_format": "channels_last"
             }),
         ),
@@ -164,6 +188,37 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 "beta_constraint": null, "gamma_constraint": null
             }),
         ),
+        LayerKind::DepthwiseConv2d(d) => merge(
+            base,
+            json!({
+                "kernel_size": [d.kernel_size.0, d.kernel_size.1],
+                "strides": [d.strides.0, d.strides.1], "padding": d.padding.keras_name(),
+                "data_format": "channels_last", "dilation_rate": [1, 1],
+                "depth_multiplier": d.depth_multiplier,
+                "activation": d.activation.keras_name(), "use_bias": d.use_bias,
+                "depthwise_initializer": initializer_config(d.depthwise_initializer),
+                "bias_initializer": {"class_name": "Zeros", "config": {}},
+                "depthwise_regularizer": null, "bias_regularizer": null,
+                "activity_regularizer": null, "depthwise_constraint": null, "bias_constraint": null
+            }),
+        ),
+        LayerKind::SeparableConv2d(c) => merge(
+            base,
+            json!({
+                "filters": c.filters, "kernel_size": [c.kernel_size.0, c.kernel_size.1],
+                "strides": [c.strides.0, c.strides.1], "padding": c.padding.keras_name(),
+                "data_format": "channels_last", "dilation_rate": [1, 1],
+                "depth_multiplier": c.depth_multiplier,
+                "activation": c.activation.keras_name(), "use_bias": c.use_bias,
+                "depthwise_initializer": initializer_config(Init::GlorotUniform),
+                "pointwise_initializer": initializer_config(Init::GlorotUniform),
+                "bias_initializer": {"class_name": "Zeros", "config": {}},
+                "depthwise_regularizer": null, "pointwise_regularizer": null,
+                "bias_regularizer": null, "activity_regularizer": null,
+                "depthwise_constraint": null, "pointwise_constraint": null, "bias_constraint": null
+            }),
+        ),
+        LayerKind::Reshape(r) => merge(base, json!({"target_shape": r.target.keras_dims()})),
         LayerKind::Add | LayerKind::Multiply => base,
         LayerKind::Concatenate => merge(base, json!({"axis": -1})),
         LayerKind::ZeroPadding2d(z) => {
@@ -171,6 +226,13 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             merge(
                 base,
                 json!({"padding": [[top, bottom], [left, right]], "data_format": "channels_last"}),
+            )
+        }
+        LayerKind::Cropping2d(c) => {
+            let ((top, bottom), (left, right)) = c.cropping;
+            merge(
+                base,
+                json!({"cropping": [[top, bottom], [left, right]], "data_format": "channels_last"}),
             )
         }
         LayerKind::Relu(r) => merge(
@@ -464,15 +526,7 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             if pair(cfg, "dilation_rate")?.is_some_and(|d| d != (1, 1)) {
                 return Err("dilated convolutions are not supported".into());
             }
-            let padding = match cfg
-                .get("padding")
-                .and_then(Value::as_str)
-                .unwrap_or("valid")
-            {
-                "same" => Padding::Same,
-                "valid" => Padding::Valid,
-                p => return Err(format!("padding {p:?} is not supported")),
-            };
+            let padding = conv_padding(cfg)?;
             LayerKind::Conv2d(Conv2dConfig {
                 filters: size(cfg, "filters")?,
                 kernel_size: pair(cfg, "kernel_size")?.ok_or("no kernel_size")?,
@@ -484,17 +538,11 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             })
         }
         "MaxPooling2D" | "AveragePooling2D" => {
-            if cfg
-                .get("padding")
-                .and_then(Value::as_str)
-                .is_some_and(|p| p != "valid")
-            {
-                return Err("pooling with padding other than valid is not supported".into());
-            }
             let pool_size = pair(cfg, "pool_size")?.unwrap_or((2, 2));
             let p = Pool2dConfig {
                 pool_size,
                 strides: pair(cfg, "strides")?.unwrap_or(pool_size),
+                padding: conv_padding(cfg)?,
             };
             if class == "MaxPooling2D" {
                 LayerKind::MaxPool2d(MaxPooling2D(p))
@@ -567,6 +615,58 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             use_bias: use_bias(cfg),
             kernel_initializer: kernel_initializer(cfg)?,
         }),
+        "DepthwiseConv2D" | "SeparableConv2D" => {
+            if pair(cfg, "dilation_rate")?.is_some_and(|d| d != (1, 1)) {
+                return Err("dilated convolutions are not supported".into());
+            }
+            let kernel_size = pair(cfg, "kernel_size")?.ok_or("no kernel_size")?;
+            let strides = pair(cfg, "strides")?.unwrap_or((1, 1));
+            let padding = conv_padding(cfg)?;
+            let depth_multiplier = match cfg.get("depth_multiplier") {
+                None => 1,
+                Some(v) => size_value(v, "depth_multiplier")?,
+            };
+            let activation = activation(cfg)?;
+            match class {
+                "DepthwiseConv2D" => LayerKind::DepthwiseConv2d(DepthwiseConv2dConfig {
+                    kernel_size,
+                    strides,
+                    padding,
+                    depth_multiplier,
+                    activation,
+                    use_bias: use_bias(cfg),
+                    depthwise_initializer: initializer_at(cfg, "depthwise_initializer")?,
+                }),
+                _ => LayerKind::SeparableConv2d(SeparableConv2dConfig {
+                    filters: size(cfg, "filters")?,
+                    kernel_size,
+                    strides,
+                    padding,
+                    depth_multiplier,
+                    activation,
+                    use_bias: use_bias(cfg),
+                }),
+            }
+        }
+        "Reshape" => {
+            let dims: Vec<usize> = cfg
+                .get("target_shape")
+                .and_then(Value::as_array)
+                .ok_or("no target_shape")?
+                .iter()
+                .map(|v| size_value(v, "target_shape"))
+                .collect::<Result<_, _>>()?;
+            let target = match dims.as_slice() {
+                [h, w, c] => FeatureShape::image(*c, *h, *w),
+                [f] => FeatureShape::Flat(*f),
+                _ => {
+                    return Err(format!(
+                        "Reshape to {dims:?} is not supported (an image [h, w, c] or a vector)"
+                    ))
+                }
+            };
+            LayerKind::Reshape(Reshape { target })
+        }
         "Add" => LayerKind::Add,
         "Multiply" => LayerKind::Multiply,
         "Concatenate" => {
@@ -583,7 +683,10 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             LayerKind::Concatenate
         }
         "ZeroPadding2D" => LayerKind::ZeroPadding2d(ZeroPadding2D {
-            padding: padding_2d(cfg)?,
+            padding: padding_2d(cfg, "padding")?,
+        }),
+        "Cropping2D" => LayerKind::Cropping2d(Cropping2D {
+            cropping: padding_2d(cfg, "cropping")?,
         }),
         "ReLU" => {
             let number = |key: &str| cfg.get(key).and_then(Value::as_f64);
@@ -597,8 +700,22 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
     })
 }
 
-/// `ZeroPadding2D`'s `padding`: one size, `[rows, columns]` or `[[top, bottom], [left, right]]`.
-fn padding_2d(cfg: &Value) -> Result<Padding2d, String> {
+/// A convolution's `padding`: `valid` (the default) or `same`.
+fn conv_padding(cfg: &Value) -> Result<Padding, String> {
+    match cfg
+        .get("padding")
+        .and_then(Value::as_str)
+        .unwrap_or("valid")
+    {
+        "same" => Ok(Padding::Same),
+        "valid" => Ok(Padding::Valid),
+        p => Err(format!("padding {p:?} is not supported")),
+    }
+}
+
+/// `ZeroPadding2D`'s `padding` or `Cropping2D`'s `cropping` (`key`): one size, `[rows,
+/// columns]` or `[[top, bottom], [left, right]]`.
+fn padding_2d(cfg: &Value, key: &str) -> Result<Padding2d, String> {
     let amount = |v: &Value| match v.as_u64() {
         Some(n) if n <= MAX_CONFIG_SIZE => Ok(n as usize),
         _ => Err(format!(
@@ -609,8 +726,10 @@ fn padding_2d(cfg: &Value) -> Result<Padding2d, String> {
         Value::Array(a) if a.len() == 2 => Ok((amount(&a[0])?, amount(&a[1])?)),
         v => amount(v).map(|n| (n, n)),
     };
-    match cfg.get("padding") {
-        None => Ok(((1, 1), (1, 1))),
+    match cfg.get(key) {
+        // Keras' defaults: ZeroPadding2D pads 1, Cropping2D crops nothing.
+        None if key == "padding" => Ok(((1, 1), (1, 1))),
+        None => Ok(((0, 0), (0, 0))),
         Some(Value::Array(a)) if a.len() == 2 => Ok((side(&a[0])?, side(&a[1])?)),
         Some(v @ Value::Number(_)) => {
             let n = amount(v)?;
@@ -1072,6 +1191,10 @@ pub enum KerasLayout {
     Same,
     /// Conv kernel: ours `(out, in, kh, kw)`, Keras `(kh, kw, in, out)`.
     ConvKernel,
+    /// Depthwise kernel: ours `(in · multiplier, 1, kh, kw)`, Keras `(kh, kw, in, multiplier)`.
+    DepthwiseKernel {
+        multiplier: usize,
+    },
     /// First Dense after a Flatten of an image: rows in NCHW order for us, NHWC for Keras.
     FlattenedDense {
         channels: usize,
@@ -1121,6 +1244,15 @@ pub fn kernel_layout(spec: &Network, index: usize) -> KerasLayout {
 pub fn weight_layout(spec: &Network, weight: &simplecnn_model::NamedWeight) -> KerasLayout {
     match spec.layers().iter().position(|l| l.name == weight.layer) {
         Some(index) if weight.role == WeightRole::Kernel => kernel_layout(spec, index),
+        Some(_) if weight.role == WeightRole::PointwiseKernel => KerasLayout::ConvKernel,
+        Some(index) if weight.role == WeightRole::DepthwiseKernel => {
+            let multiplier = match &spec.layers()[index].kind {
+                LayerKind::DepthwiseConv2d(d) => d.depth_multiplier,
+                LayerKind::SeparableConv2d(c) => c.depth_multiplier,
+                _ => 1,
+            };
+            KerasLayout::DepthwiseKernel { multiplier }
+        }
         _ => KerasLayout::Same,
     }
 }
@@ -1130,6 +1262,12 @@ pub fn to_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor> 
     match layout {
         KerasLayout::Same => Ok(t.clone()),
         KerasLayout::ConvKernel => t.permute((2, 3, 1, 0))?.contiguous(),
+        KerasLayout::DepthwiseKernel { multiplier } => {
+            let (out, _, kh, kw) = t.dims4()?;
+            t.reshape((out / multiplier, multiplier, kh, kw))?
+                .permute((2, 3, 0, 1))?
+                .contiguous()
+        }
         KerasLayout::FlattenedDense {
             channels,
             height,
@@ -1149,6 +1287,12 @@ pub fn from_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor
     match layout {
         KerasLayout::Same => Ok(t.clone()),
         KerasLayout::ConvKernel => t.permute((3, 2, 0, 1))?.contiguous(),
+        KerasLayout::DepthwiseKernel { .. } => {
+            let (kh, kw, inputs, multiplier) = t.dims4()?;
+            t.permute((2, 3, 0, 1))?
+                .contiguous()?
+                .reshape((inputs * multiplier, 1, kh, kw))
+        }
         KerasLayout::FlattenedDense {
             channels,
             height,
@@ -1167,6 +1311,9 @@ pub fn from_keras(t: &Tensor, layout: KerasLayout) -> candle_core::Result<Tensor
 pub fn keras_dims(dims: &[usize], layout: KerasLayout) -> Vec<usize> {
     match (layout, dims) {
         (KerasLayout::ConvKernel, [o, i, kh, kw]) => vec![*kh, *kw, *i, *o],
+        (KerasLayout::DepthwiseKernel { multiplier }, [o, _, kh, kw]) => {
+            vec![*kh, *kw, o / multiplier.max(1), multiplier]
+        }
         _ => dims.to_vec(),
     }
 }

@@ -1,8 +1,9 @@
 //! Functional models (graphs) against files Keras wrote (`tests/data/graphs/`, made by
 //! `benches/reference/keras_graph_fixtures.py`): one small graph with a residual Add, a
 //! squeeze-and-excite Multiply, Concatenate, ZeroPadding2D, ReLU(6) and random BatchNorm
-//! statistics, saved by Keras 3.15.1 as `.keras` and `.h5` (Keras 3's node form) and by
-//! tf-keras 2.21 as `.h5` (Keras 2's `inbound_nodes` lists). Each loads and predicts what
+//! statistics, and one with DepthwiseConv2D, SeparableConv2D, Reshape and `same` pooling,
+//! each saved by Keras 3.15.1 as `.keras` and `.h5` (Keras 3's node form) and by tf-keras
+//! 2.21 as `.h5` (Keras 2's `inbound_nodes` lists). Each loads and predicts what
 //! Keras predicted; what we write lists the layers in Keras' own order and loads back the
 //! same; bad graphs are errors naming the layer.
 
@@ -30,14 +31,22 @@ fn expected() -> Value {
 fn graphs_keras_wrote_predict_what_keras_predicted() {
     let v = expected();
     let x = common::nhwc_batch(&v["input_nhwc"]);
+    let more_x = common::nhwc_batch(&v["more_input_nhwc"]);
     for (file, writer) in [
         ("keras3.keras", "keras3"),
         ("keras3.h5", "keras3"),
         ("keras2.h5", "keras2"),
+        ("more3.keras", "more3"),
+        ("more3.h5", "more3"),
+        ("more2.h5", "more2"),
     ] {
         let model = load_model(&fixture(file), &Device::Cpu).unwrap();
         assert!(model.spec().is_functional(), "{file}");
-        let ours = common::predict(&model, &x);
+        let input = match file.starts_with("more") {
+            true => &more_x,
+            false => &x,
+        };
+        let ours = common::predict(&model, input);
         let diff = common::max_diff(&ours, &common::rows(&v[writer]["predictions"]));
         assert!(diff < 1e-5, "{file}: max difference {diff}");
     }
@@ -87,8 +96,11 @@ fn layer_order(config: &Value) -> Vec<String> {
 fn what_we_write_lists_layers_in_keras_order_and_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     let v = expected();
-    let x = common::nhwc_batch(&v["input_nhwc"]);
-    for fixture_file in ["keras3.keras", "keras2.h5"] {
+    for fixture_file in ["keras3.keras", "keras2.h5", "more3.keras", "more2.h5"] {
+        let x = match fixture_file.starts_with("more") {
+            true => common::nhwc_batch(&v["more_input_nhwc"]),
+            false => common::nhwc_batch(&v["input_nhwc"]),
+        };
         let keras_config = read_model_config(&fixture(fixture_file)).unwrap();
         let model = load_model(&fixture(fixture_file), &Device::Cpu).unwrap();
         // Keras pairs weights by its layer order, which it derives from the graph: ours

@@ -1,10 +1,10 @@
-//! Keras' `AveragePooling2D(pool_size, strides)` with `valid` padding (Keras' default).
+//! Keras' `AveragePooling2D(pool_size, strides, padding)`: `valid` (Keras' default) or `same`.
 
 use std::ops::Deref;
 
 use candle_core::{Tensor, Var};
 
-use super::{FeatureShape, ForwardCtx, Layer, Pool2dConfig};
+use super::{FeatureShape, ForwardCtx, Layer, Padding, Pool2dConfig};
 use crate::error::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,17 @@ impl Layer for AveragePooling2D {
         self.0.output_shape(self.class_name(), input)
     }
 
+    /// `same` padding divides by the positions inside the image only, as Keras does (NASNet
+    /// relies on it): the mean over the padded window over the mean of a mask of ones.
     fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        Ok(x.avg_pool2d_with_stride(self.pool_size, self.strides)?)
+        match self.padding {
+            Padding::Valid => Ok(x.avg_pool2d_with_stride(self.pool_size, self.strides)?),
+            Padding::Same => {
+                let (xp, inside) = self.padded_with_mask(x)?;
+                let sums = xp.avg_pool2d_with_stride(self.pool_size, self.strides)?;
+                let counts = inside.avg_pool2d_with_stride(self.pool_size, self.strides)?;
+                Ok((sums / counts)?)
+            }
+        }
     }
 }

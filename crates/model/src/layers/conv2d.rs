@@ -119,20 +119,7 @@ impl Layer for Conv2dConfig {
     }
 
     fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let kernel = w[0].as_tensor();
-        let (_, _, h, wd) = x.dims4()?;
-        let ((_, top, bottom), (_, left, right)) = self
-            .geometry(h, wd)
-            .expect("checked when the layer was added");
-        let y = if top == bottom && left == right && top == left {
-            conv(x, kernel, top, self.strides)?
-        } else {
-            // Asymmetric or unequal padding: pad explicitly, candle pads symmetrically.
-            let xp = x
-                .pad_with_zeros(2, top, bottom)?
-                .pad_with_zeros(3, left, right)?;
-            conv(&xp, kernel, 0, self.strides)?
-        };
+        let y = padded_conv(self, x, w[0].as_tensor(), 1)?;
         let y = match w.get(1) {
             Some(bias) => y.broadcast_add(&bias.as_tensor().reshape((1, self.filters, 1, 1))?)?,
             None => y,
@@ -141,13 +128,42 @@ impl Layer for Conv2dConfig {
     }
 }
 
-fn conv(x: &Tensor, kernel: &Tensor, padding: usize, strides: (usize, usize)) -> Result<Tensor> {
+/// `x` convolved with `kernel` in `groups` groups on candle's ops, padded and strided as
+/// `geometry` says (the kernel's size and the padding; its filters are the kernel's).
+pub(crate) fn padded_conv(
+    geometry: &Conv2dConfig,
+    x: &Tensor,
+    kernel: &Tensor,
+    groups: usize,
+) -> Result<Tensor> {
+    let (_, _, h, wd) = x.dims4()?;
+    let ((_, top, bottom), (_, left, right)) = geometry
+        .geometry(h, wd)
+        .expect("checked when the layer was added");
+    if top == bottom && left == right && top == left {
+        conv(x, kernel, top, geometry.strides, groups)
+    } else {
+        // Asymmetric or unequal padding: pad explicitly, candle pads symmetrically.
+        let xp = x
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?;
+        conv(&xp, kernel, 0, geometry.strides, groups)
+    }
+}
+
+fn conv(
+    x: &Tensor,
+    kernel: &Tensor,
+    padding: usize,
+    strides: (usize, usize),
+    groups: usize,
+) -> Result<Tensor> {
     if strides.0 == strides.1 {
-        return Ok(x.conv2d(kernel, padding, strides.0, 1, 1)?);
+        return Ok(x.conv2d(kernel, padding, strides.0, 1, groups)?);
     }
     // candle takes one stride for both axes: for unequal strides, convolve with stride 1 and
     // keep every s-th row and column (exact, only slower).
-    let y = x.conv2d(kernel, padding, 1, 1, 1)?;
+    let y = x.conv2d(kernel, padding, 1, 1, groups)?;
     let (_, _, h, w) = y.dims4()?;
     let rows: Vec<u32> = (0..h).step_by(strides.0).map(|i| i as u32).collect();
     let cols: Vec<u32> = (0..w).step_by(strides.1).map(|i| i as u32).collect();

@@ -1,4 +1,5 @@
-//! Keras' `MaxPooling2D(pool_size, strides)` with `valid` padding (Keras' default).
+//! Keras' `MaxPooling2D(pool_size, strides, padding)`: `valid` (Keras' default) drops what does
+//! not fill a window; `same` pads, and padded positions never win the maximum.
 
 use std::ops::Deref;
 
@@ -12,6 +13,7 @@ use crate::error::Result;
 pub struct Pool2dConfig {
     pub pool_size: (usize, usize),
     pub strides: (usize, usize),
+    pub padding: Padding,
 }
 
 impl Pool2dConfig {
@@ -19,6 +21,7 @@ impl Pool2dConfig {
         Self {
             pool_size: (pool, pool),
             strides: (pool, pool),
+            padding: Padding::Valid,
         }
     }
 
@@ -45,15 +48,45 @@ impl Pool2dConfig {
         else {
             return Err(cannot_take(class, input));
         };
-        let h = Padding::Valid.output_len(height, self.pool_size.0, self.strides.0);
-        let w = Padding::Valid.output_len(width, self.pool_size.1, self.strides.1);
+        let h = self
+            .padding
+            .output_len(height, self.pool_size.0, self.strides.0);
+        let w = self
+            .padding
+            .output_len(width, self.pool_size.1, self.strides.1);
         match (h, w) {
-            (Some((h, _, _)), Some((w, _, _))) => Ok(FeatureShape::image(channels, h, w)),
+            (Some((h, _, _)), Some((w, _, _))) if h > 0 && w > 0 => {
+                Ok(FeatureShape::image(channels, h, w))
+            }
             _ => Err(format!(
                 "pool {:?} stride {:?} does not fit input {height}x{width}",
                 self.pool_size, self.strides
             )),
         }
+    }
+
+    /// `(top, bottom), (left, right)` padding for an `h x w` input (none when `valid`).
+    pub(crate) fn pads(&self, h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
+        let side = |len, pool, stride| {
+            self.padding
+                .output_len(len, pool, stride)
+                .map_or((0, 0), |(_, before, after)| (before, after))
+        };
+        (
+            side(h, self.pool_size.0, self.strides.0),
+            side(w, self.pool_size.1, self.strides.1),
+        )
+    }
+
+    /// `x` zero-padded as `same` asks, and a mask of ones where `x` was (zeros in the padding).
+    pub(crate) fn padded_with_mask(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (_, _, h, w) = x.dims4()?;
+        let ((top, bottom), (left, right)) = self.pads(h, w);
+        let pad = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.pad_with_zeros(2, top, bottom)?
+                .pad_with_zeros(3, left, right)?)
+        };
+        Ok((pad(x)?, pad(&x.ones_like()?)?))
     }
 }
 
@@ -85,21 +118,56 @@ impl Layer for MaxPooling2D {
     }
 
     /// candle 0.11.1's `max_pool2d` backward divides the gradient by the window size and
-    /// misplaces it when the input is not a multiple of the pool (tests/cpu_ops.rs pins both).
-    /// Windows that do not overlap are a crop to whole windows (Keras' "valid" pooling drops
-    /// the rest), a reshape and two max reductions, whose backward sends the gradient to the
-    /// maxima; overlapping windows keep candle's op.
+    /// misplaces it when the input is not a multiple of the pool (tests/cpu_ops.rs pins both):
+    /// see [`max_pool_valid`]. `same` padding pads with values that never win (the mask picks
+    /// `f32::MIN` there).
     fn forward(&self, x: &Tensor, _: &[Var], _: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let ((ph, pw), (sh, sw)) = (self.pool_size, self.strides);
-        let (n, c, h, w) = x.dims4()?;
-        if (ph, pw) != (sh, sw) {
-            return Ok(x.max_pool2d_with_stride((ph, pw), (sh, sw))?);
-        }
-        let (oh, ow) = (h / ph, w / pw);
-        Ok(x.narrow(2, 0, oh * ph)?
-            .narrow(3, 0, ow * pw)?
-            .reshape((n, c, oh, ph, ow, pw))?
-            .max(5)?
-            .max(3)?)
+        let x = match self.padding {
+            Padding::Valid => x.clone(),
+            Padding::Same => {
+                let (xp, inside) = self.padded_with_mask(x)?;
+                let floor = xp.ones_like()?.affine(f32::MIN as f64, 0.0)?;
+                inside.ge(0.5)?.where_cond(&xp, &floor)?
+            }
+        };
+        max_pool_valid(&x, self.pool_size, self.strides)
     }
+}
+
+/// Max pooling without padding on candle's ops, with a right gradient. Windows that do not
+/// overlap are a crop to whole windows (Keras' "valid" pooling drops the rest), a reshape and
+/// two max reductions, whose backward sends the gradient to the maxima. Overlapping windows
+/// (ResNet's 3x3 stride 2) are the element-wise maximum of the window's `ph·pw` strided views
+/// (each an `index_select`, whose backward scatters back).
+fn max_pool_valid(
+    x: &Tensor,
+    (ph, pw): (usize, usize),
+    (sh, sw): (usize, usize),
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if (ph, pw) != (sh, sw) {
+        let (oh, ow) = ((h - ph) / sh + 1, (w - pw) / sw + 1);
+        let rows = |start: usize, count: usize, stride: usize| -> Result<Tensor> {
+            let index: Vec<u32> = (0..count).map(|k| (start + k * stride) as u32).collect();
+            Ok(Tensor::from_vec(index, count, x.device())?)
+        };
+        let mut out: Option<Tensor> = None;
+        for di in 0..ph {
+            let band = x.index_select(&rows(di, oh, sh)?, 2)?;
+            for dj in 0..pw {
+                let view = band.index_select(&rows(dj, ow, sw)?, 3)?;
+                out = Some(match out {
+                    None => view,
+                    Some(m) => m.maximum(&view)?,
+                });
+            }
+        }
+        return Ok(out.expect("a pool of at least 1x1"));
+    }
+    let (oh, ow) = (h / ph, w / pw);
+    Ok(x.narrow(2, 0, oh * ph)?
+        .narrow(3, 0, ow * pw)?
+        .reshape((n, c, oh, ph, ow, pw))?
+        .max(5)?
+        .max(3)?)
 }

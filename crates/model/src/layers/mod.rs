@@ -11,7 +11,9 @@ mod average_pooling2d;
 mod batch_normalization;
 mod concatenate;
 mod conv2d;
+mod cropping2d;
 mod dense;
+mod depthwise_conv2d;
 mod dropout;
 mod flatten;
 mod global_average_pooling2d;
@@ -21,6 +23,8 @@ mod max_pooling2d;
 mod multiply;
 mod relu;
 mod rescaling;
+mod reshape;
+mod separable_conv2d;
 mod zero_padding2d;
 
 use std::fmt;
@@ -33,7 +37,9 @@ pub use average_pooling2d::AveragePooling2D;
 pub use batch_normalization::BatchNormConfig;
 pub use concatenate::Concatenate;
 pub use conv2d::Conv2dConfig;
+pub use cropping2d::Cropping2D;
 pub use dense::DenseConfig;
+pub use depthwise_conv2d::DepthwiseConv2dConfig;
 pub use dropout::DropoutConfig;
 pub use flatten::Flatten;
 pub use global_average_pooling2d::GlobalAveragePooling2D;
@@ -43,6 +49,8 @@ pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
 pub use multiply::Multiply;
 pub use relu::ReluConfig;
 pub use rescaling::RescalingConfig;
+pub use reshape::Reshape;
+pub use separable_conv2d::SeparableConv2dConfig;
 pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
 use crate::error::{ModelError, Result};
@@ -246,6 +254,10 @@ impl Padding {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightRole {
     Kernel,
+    /// A depthwise convolution's kernel (`DepthwiseConv2D`, `SeparableConv2D`'s first).
+    DepthwiseKernel,
+    /// `SeparableConv2D`'s 1x1 kernel.
+    PointwiseKernel,
     Bias,
     Gamma,
     Beta,
@@ -258,6 +270,8 @@ impl WeightRole {
     pub fn keras_name(self) -> &'static str {
         match self {
             WeightRole::Kernel => "kernel",
+            WeightRole::DepthwiseKernel => "depthwise_kernel",
+            WeightRole::PointwiseKernel => "pointwise_kernel",
             WeightRole::Bias => "bias",
             WeightRole::Gamma => "gamma",
             WeightRole::Beta => "beta",
@@ -269,9 +283,18 @@ impl WeightRole {
     /// The role Keras calls `name`.
     pub fn from_keras_name(name: &str) -> Option<Self> {
         use WeightRole::*;
-        [Kernel, Bias, Gamma, Beta, MovingMean, MovingVariance]
-            .into_iter()
-            .find(|r| r.keras_name() == name)
+        [
+            Kernel,
+            DepthwiseKernel,
+            PointwiseKernel,
+            Bias,
+            Gamma,
+            Beta,
+            MovingMean,
+            MovingVariance,
+        ]
+        .into_iter()
+        .find(|r| r.keras_name() == name)
     }
 
     /// Whether gradients train it: BatchNormalization's moving statistics are updated by the
@@ -289,6 +312,14 @@ pub enum Init {
     /// Keras' `VarianceScaling(scale, mode="fan_in", distribution="uniform")`: uniform in
     /// `±sqrt(3 · scale / fan_in)`.
     FanInUniform(FanInScale),
+    /// Keras' `VarianceScaling(scale, mode, distribution="truncated_normal")`: a normal with
+    /// standard deviation `sqrt(scale / n) / 0.8796…`, redrawn beyond two of them, where `n`
+    /// is the fan-in (`he_normal`: scale 2, `lecun_normal`: 1) or the fans' mean
+    /// (`glorot_normal`: 1).
+    TruncatedNormal {
+        scale: FanInScale,
+        fan_average: bool,
+    },
     Zeros,
     Ones,
 }
@@ -426,6 +457,10 @@ pub enum LayerKind {
     Concatenate,
     ZeroPadding2d(ZeroPadding2D),
     Relu(ReluConfig),
+    DepthwiseConv2d(DepthwiseConv2dConfig),
+    SeparableConv2d(SeparableConv2dConfig),
+    Reshape(Reshape),
+    Cropping2d(Cropping2D),
 }
 
 impl LayerKind {
@@ -449,6 +484,10 @@ impl LayerKind {
             LayerKind::Concatenate => &Concatenate,
             LayerKind::ZeroPadding2d(z) => z,
             LayerKind::Relu(r) => r,
+            LayerKind::DepthwiseConv2d(d) => d,
+            LayerKind::SeparableConv2d(s) => s,
+            LayerKind::Reshape(r) => r,
+            LayerKind::Cropping2d(c) => c,
         }
     }
 

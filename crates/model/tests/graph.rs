@@ -1,0 +1,202 @@
+//! A graph that branches and joins: its forward pass against the same computation written out
+//! by hand with candle's ops, on either kernels; the gradients of its new layers (Add,
+//! Multiply with broadcasting, Concatenate, ZeroPadding2D, ReLU with max_value, slope and
+//! threshold, keepdims pooling) against finite differences; and a value dropped after its
+//! last use.
+
+mod common;
+
+use candle_core::{Tensor, Var};
+use common::{assert_close, rand, CPU};
+use simplecnn_model::{
+    Activation, ActivationConfig, Conv2dConfig, DenseConfig, FeatureShape, GlobalAveragePooling2D,
+    Kernels, LayerKind, Mode, Model, Network, Padding, ReluConfig, Source, ZeroPadding2D,
+};
+
+/// input ─ a: conv 3x3 same ─ b: ReLU(6, slope 0.1, threshold 0.05) ─┐
+///    └─ pad (1,1) ─ c: conv 3x3 valid (linear) ───────────────────── add ─ sum
+/// sum ─ squeeze (GAP keepdims) ─ gate (sigmoid) ─┐
+/// sum ─────────────────────────────────────────── multiply ─ cat [multiply, a] ─ flatten ─ dense
+fn branchy() -> Network {
+    let mut s = Network::new("branchy", FeatureShape::image(2, 5, 5));
+    let conv = |filters, padding| {
+        LayerKind::Conv2d(Conv2dConfig::new(filters, 3, padding, Activation::Linear))
+    };
+    s.add_named("a", conv(3, Padding::Same)).unwrap();
+    let relu = ReluConfig {
+        max_value: Some(6.0),
+        negative_slope: 0.1,
+        threshold: 0.05,
+    };
+    s.add_named("b", LayerKind::Relu(relu)).unwrap();
+    let pad = ZeroPadding2D {
+        padding: ((1, 1), (1, 1)),
+    };
+    s.connect("pad", LayerKind::ZeroPadding2d(pad), &[Source::Input])
+        .unwrap();
+    s.add_named("c", conv(3, Padding::Valid)).unwrap();
+    s.connect("sum", LayerKind::Add, &[Source::Layer(1), Source::Layer(3)])
+        .unwrap();
+    let gap = GlobalAveragePooling2D { keepdims: true };
+    s.add_named("squeeze", LayerKind::GlobalAvgPool2d(gap))
+        .unwrap();
+    s.add_named(
+        "gate",
+        LayerKind::Activation(ActivationConfig {
+            activation: Activation::Sigmoid,
+        }),
+    )
+    .unwrap();
+    s.connect(
+        "excite",
+        LayerKind::Multiply,
+        &[Source::Layer(4), Source::Layer(6)],
+    )
+    .unwrap();
+    s.connect(
+        "cat",
+        LayerKind::Concatenate,
+        &[Source::Layer(7), Source::Layer(0)],
+    )
+    .unwrap();
+    s.add_named("flat", LayerKind::Flatten).unwrap();
+    let dense = DenseConfig::default_for(4, Activation::Linear);
+    s.add_named("out", LayerKind::Dense(dense)).unwrap();
+    s
+}
+
+fn weight(model: &Model, layer: &str, name: &str) -> Tensor {
+    model.weight(layer, name).unwrap().var.as_tensor().clone()
+}
+
+/// The same network with candle's ops, written out.
+fn by_hand(model: &Model, x: &Tensor) -> Tensor {
+    let conv = |x: &Tensor, layer: &str, pad: usize| {
+        x.conv2d(&weight(model, layer, "kernel"), pad, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&weight(model, layer, "bias").reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+    };
+    let a = conv(x, "a", 1);
+    // ReLU(max 6, slope 0.1, threshold 0.05): x ≥ 0.05 → min(x, 6), else 0.1 (x − 0.05).
+    let above = a.ge(0.05).unwrap();
+    let below = ((&a - 0.05).unwrap() * 0.1).unwrap();
+    let b = above.where_cond(&a, &below).unwrap().minimum(6f32).unwrap();
+    let c = conv(
+        &x.pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .pad_with_zeros(3, 1, 1)
+            .unwrap(),
+        "c",
+        0,
+    );
+    let sum = (&b + &c).unwrap();
+    let squeeze = sum.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap();
+    let gate = candle_nn::ops::sigmoid(&squeeze).unwrap();
+    let excite = sum.broadcast_mul(&gate).unwrap();
+    let cat = Tensor::cat(&[&excite, &a], 1).unwrap();
+    cat.flatten_from(1)
+        .unwrap()
+        .matmul(&weight(model, "out", "kernel"))
+        .unwrap()
+        .broadcast_add(&weight(model, "out", "bias"))
+        .unwrap()
+}
+
+#[test]
+fn a_branching_graph_computes_what_it_says_on_either_kernels() {
+    let spec = branchy();
+    assert!(spec.is_functional());
+    let x = rand(&[3, 2, 5, 5], 1);
+    for kernels in [Kernels::Fast, Kernels::Candle] {
+        let mut model = Model::new(spec.clone(), &CPU, 7).unwrap();
+        model.set_kernels(kernels).unwrap();
+        let ours = model.forward(&x, Mode::Inference).unwrap();
+        assert_close(&format!("{kernels:?}"), &ours, &by_hand(&model, &x), 1e-5);
+    }
+}
+
+#[test]
+fn gradients_through_the_joins_match_finite_differences() {
+    let model = Model::new(branchy(), &CPU, 3).unwrap();
+    let x = rand(&[2, 2, 5, 5], 4);
+    let r = rand(&[2, 4], 5);
+    let loss = |x: &Tensor| -> f64 {
+        let y = model.forward(x, Mode::Inference).unwrap();
+        (y * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = model
+        .logits_with(xv.as_tensor(), Mode::Inference, true)
+        .unwrap();
+    let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let analytic: Vec<f32> = grads
+        .get(&xv)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let values: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    // Small enough that no ReLU input crosses its threshold (where Keras' ReLU jumps).
+    let eps = 1e-3f32;
+    for i in (0..values.len()).step_by(3) {
+        let at = |d: f32| {
+            let mut v = values.clone();
+            v[i] += d;
+            loss(&Tensor::from_vec(v, x.dims(), &CPU).unwrap())
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        let a = analytic[i] as f64;
+        assert!(
+            (numeric - a).abs() <= 2e-2 * numeric.abs().max(1.0),
+            "input {i}: finite difference {numeric}, gradient {a}"
+        );
+    }
+    // The kernel of the branch that only feeds the join.
+    let kernel = model.weight("c", "kernel").unwrap().var.clone();
+    let k = grads.get(&kernel).unwrap();
+    assert!(
+        k.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+}
+
+/// Pooling with `padding="same"`: averages divide by the positions inside the image (Keras'
+/// rule: a constant image stays constant at the borders), and padding never wins a maximum
+/// (an all-negative image keeps negative borders).
+#[test]
+fn same_padding_pools_count_only_the_image() {
+    use simplecnn_model::{AveragePooling2D, MaxPooling2D, Pool2dConfig};
+    let pool = Pool2dConfig {
+        pool_size: (3, 3),
+        strides: (2, 2),
+        padding: Padding::Same,
+    };
+    for (kind, fill, want) in [
+        (LayerKind::AvgPool2d(AveragePooling2D(pool)), 2.5f32, 2.5f32),
+        (LayerKind::MaxPool2d(MaxPooling2D(pool)), -1.5, -1.5),
+    ] {
+        let mut s = Network::new("p", FeatureShape::image(2, 5, 6));
+        s.add(kind).unwrap();
+        assert_eq!(s.output_shape(), FeatureShape::image(2, 3, 3));
+        let x = Tensor::full(fill, (1, 2, 5, 6), &CPU).unwrap();
+        for kernels in [Kernels::Fast, Kernels::Candle] {
+            let mut model = Model::new(s.clone(), &CPU, 0).unwrap();
+            model.set_kernels(kernels).unwrap();
+            let y = model.forward(&x, Mode::Inference).unwrap();
+            let values: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(values.iter().all(|v| (v - want).abs() < 1e-6), "{values:?}");
+        }
+    }
+}
