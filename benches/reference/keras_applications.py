@@ -34,6 +34,7 @@ FAMILIES = {
     "MobileNet": (A.MobileNet, 32), "MobileNetV2": (A.MobileNetV2, 32),
     "MobileNetV3Small": (A.MobileNetV3Small, 32), "MobileNetV3Large": (A.MobileNetV3Large, 32),
     "EfficientNetB0": (A.EfficientNetB0, 32), "EfficientNetV2B0": (A.EfficientNetV2B0, 32),
+    # Any other name in keras.applications runs at 32x32: EfficientNetB7, EfficientNetV2S, …
     "Xception": (A.Xception, 71), "InceptionV3": (A.InceptionV3, 75),
     "NASNetMobile": (A.NASNetMobile, 32), "ConvNeXtTiny": (A.ConvNeXtTiny, 32),
 }
@@ -55,7 +56,7 @@ def main(binary, out, names):
     rng = np.random.default_rng(0)
     rows = []
     for name in names or FAMILIES:
-        build, size = FAMILIES[name]
+        build, size = FAMILIES.get(name, (getattr(A, name), 32))
         keras.utils.set_random_seed(1)
         kwargs = {"weights": None, "classes": 10, "input_shape": (size, size, 3)}
         if name.startswith("MobileNetV3") or name.startswith("EfficientNetV2"):

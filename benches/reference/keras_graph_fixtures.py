@@ -10,8 +10,9 @@ is exercised. Saved twice:
 - by Keras 3 (`keras`): `keras3.keras` and `keras3.h5` (its legacy writer: Keras 3's node
   serialisation inside an .h5);
 - by Keras 2 (`tf_keras`, PyPI's tf-keras): `keras2.h5` (Keras 2's `inbound_nodes` lists).
-A second graph (`more3.keras`, `more3.h5`, `more2.h5`) has the layers MobileNet and Xception
-add: DepthwiseConv2D, SeparableConv2D, Reshape, pooling with padding="same".
+A second graph (`more3.keras`, `more3.h5`, `more2.h5`) has the layers MobileNet, Xception and
+EfficientNet add: Normalization, DepthwiseConv2D, SeparableConv2D, Reshape, pooling with
+padding="same", Dropout with noise_shape.
 `expected.json` holds the input batches and each model's predictions.
 """
 
@@ -68,11 +69,14 @@ def build(k, activations):
 
 
 def build_more(k):
-    """The layers MobileNet and Xception add: DepthwiseConv2D (multiplier 2, stride 2),
-    SeparableConv2D, Reshape both ways, pooling with padding="same", he_normal kernels."""
+    """The layers MobileNet, Xception and EfficientNet add: Normalization (fixed in the config,
+    and with weights), DepthwiseConv2D (multiplier 2, stride 2), SeparableConv2D, Reshape both
+    ways, pooling with padding="same", Dropout per example, he_normal kernels."""
     L = k.layers
     inp = k.Input((9, 9, 3))
-    x = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, name="dw")(inp)
+    x = L.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.05, 0.06, 0.07], name="fixed_norm")(inp)
+    x = L.Normalization(name="stats_norm")(x)
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, name="dw")(x)
     x = L.BatchNormalization(name="bn_dw")(x)
     x = L.ReLU(6.0, name="relu_dw")(x)
     y = L.SeparableConv2D(5, 3, padding="same", depth_multiplier=2, name="sep",
@@ -81,6 +85,7 @@ def build_more(k):
     z = L.AveragePooling2D(3, strides=2, padding="same", name="avgpool")(x)
     z = L.Conv2D(5, 1, kernel_initializer="he_normal", name="proj")(z)
     x = L.Add(name="join")([y, z])
+    x = L.Dropout(0.3, noise_shape=(None, 1, 1, 1), name="drop_path")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Reshape((1, 1, 5), name="to_image")(x)
     x = L.Conv2D(4, 1, name="head")(x)
@@ -88,6 +93,14 @@ def build_more(k):
     out = L.Activation("softmax", name="probs")(x)
     m = k.Model(inp, out, name="more")
     rng = np.random.default_rng(12)
+    norm = m.get_layer("stats_norm")
+    norm.set_weights([rng.normal(0, 0.5, (3,)).astype(np.float32),
+                      rng.uniform(0.5, 2.0, (3,)).astype(np.float32),
+                      np.array(100, dtype=np.int64)])
+    # Keras 3 computes the statistics it normalises with when the layer is built; weights set
+    # afterwards take effect at finalize_state (as loading a file does).
+    if hasattr(norm, "finalize_state"):
+        norm.finalize_state()
     bn = m.get_layer("bn_dw")
     gamma, beta, mean, var = bn.get_weights()
     bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),

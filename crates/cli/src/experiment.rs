@@ -201,19 +201,29 @@ fn load_base_weights(experiment: &Experiment, model: &Model) -> Result<()> {
     let Some(base) = &experiment.model.base else {
         return Ok(());
     };
-    // The base's layers are those its config names (the head's names cannot repeat them).
+    // The base's layers: `until` and every layer it depends on (the head's layers take it),
+    // or, without `until`, every layer its config names.
     let config = base_config(experiment)?.unwrap_or_default();
-    let base_names: std::collections::HashSet<&str> = config["config"]["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["config"]["name"].as_str())
-        .collect();
+    let base_names: std::collections::HashSet<String> = match &base.until {
+        Some(until) => model
+            .spec()
+            .truncated(until)?
+            .layers()
+            .iter()
+            .map(|l| l.name.clone())
+            .collect(),
+        None => config["config"]["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["config"]["name"].as_str().map(str::to_string))
+            .collect(),
+    };
     let kept: Vec<String> = model
         .spec()
         .layers()
         .iter()
-        .filter(|l| l.param_count() > 0 && base_names.contains(l.name.as_str()))
+        .filter(|l| l.param_count() > 0 && base_names.contains(&l.name))
         .map(|l| l.name.clone())
         .collect();
     match (&base.file, base.weights.as_deref()) {

@@ -1402,4 +1402,66 @@ fn resnet20_from_its_experiment_file_trains_and_saves_a_graph() {
         image.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+
+    // Fine-tuning from the graph: its layers up to stage 2's output (and what they depend
+    // on, the shortcuts too), frozen, under a new head.
+    let file = tmp.path().join("on_resnet.toml");
+    let base = run.join("model.keras");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "on_resnet"
+[model]
+base = {{ file = "{}", until = "stage2b_2_out", trainable = false }}
+layers = [
+  {{ class_name = "GlobalAveragePooling2D", name = "gap" }},
+  {{ class_name = "Dense", name = "head", units = 10, activation = "softmax" }},
+]
+[optimizer]
+kind = "adam"
+[fit]
+epochs = 1
+batch_size = 10
+[outputs]
+save = ["model.keras"]
+"#,
+            base.display()
+        ),
+    )
+    .unwrap();
+    let out2 = tmp.path().join("out2");
+    let o = xtask(&[
+        "experiment",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tuned_path = out2
+        .join("latest")
+        .canonicalize()
+        .unwrap()
+        .join("model.keras");
+    let tuned = simplecnn_store::load_model(&tuned_path, &candle_core::Device::Cpu).unwrap();
+    let names: Vec<&str> = tuned
+        .spec()
+        .layers()
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert!(names.contains(&"stage2a_shortcut") && names.contains(&"head"));
+    assert!(!names.iter().any(|n| n.starts_with("stage3")), "{names:?}");
+    // The base's weights came from the file and stayed (frozen).
+    let before = saved_weights(&base);
+    let after = saved_weights(&tuned_path);
+    let conv = |w: &[(String, Vec<f32>)]| {
+        w.iter()
+            .find(|(n, _)| n == "stage2a_shortcut/kernel")
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(conv(&before), conv(&after));
 }

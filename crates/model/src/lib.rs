@@ -39,10 +39,10 @@ pub use error::{ModelError, Result};
 pub use layers::{
     Activation, ActivationConfig, Add, AveragePooling2D, BatchNormConfig, Concatenate,
     Conv2dConfig, Cropping2D, DenseConfig, DepthwiseConv2dConfig, DropoutConfig, FanInScale,
-    FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
-    InputLayer, Layer, LayerKind, MaxPooling2D, Multiply, Padding, Padding2d, Pool2dConfig,
-    ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig, WeightRole, WeightSpec,
-    ZeroPadding2D,
+    FanMode, FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
+    InputLayer, Layer, LayerKind, MaxPooling2D, Multiply, NormalizationConfig, Padding, Padding2d,
+    Pool2dConfig, ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig, WeightRole,
+    WeightSpec, ZeroPadding2D,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use network::{

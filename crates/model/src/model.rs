@@ -135,12 +135,14 @@ impl Model {
                         let limit = (3.0 * scale.value() / fan_in as f64).sqrt() as f32;
                         (0..n).map(|_| rng.random_range(-limit..limit)).collect()
                     }
-                    Init::TruncatedNormal { scale, fan_average } => {
+                    Init::FanOutUniform(scale) => {
+                        let (_, fan_out) = fans(&w.shape);
+                        let limit = (3.0 * scale.value() / fan_out as f64).sqrt() as f32;
+                        (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+                    }
+                    Init::TruncatedNormal { scale, mode } => {
                         let (fan_in, fan_out) = fans(&w.shape);
-                        let fan = match fan_average {
-                            true => (fan_in + fan_out) as f64 / 2.0,
-                            false => fan_in as f64,
-                        };
+                        let fan = mode.fan(fan_in, fan_out);
                         // Keras' constant: the standard deviation of a unit normal cut at ±2.
                         let std = (scale.value() / fan).sqrt() / 0.879_625_661_034_239_8;
                         (0..n)

@@ -174,7 +174,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
         // The op, the layers it covers (this one and the sole consumers it fuses) and the
         // layout of its output.
         let (op, covered, out_layout) = match (&l.kind, image) {
-            (LayerKind::Dropout(d), _) => (
+            (LayerKind::Dropout(d), _) if !d.per_example => (
                 Op::Dropout {
                     layer: i,
                     rate: d.rate,
@@ -193,7 +193,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                     Some((j, p)) => {
                         let pool = pool_shape(&layers[j], p, (conv.out_h, conv.out_w))?;
                         let dropout = sole(j).and_then(|k| match &layers[k].kind {
-                            LayerKind::Dropout(d) => Some((k, d.rate)),
+                            LayerKind::Dropout(d) if !d.per_example => Some((k, d.rate)),
                             _ => None,
                         });
                         let last = dropout.map_or(j, |(k, _)| k);

@@ -1,22 +1,25 @@
-//! Keras' truncated-normal initialisers (`he_normal`, `lecun_normal`, `glorot_normal`): the
-//! spread Keras gives them, cut at two of Keras' standard deviations.
+//! Keras' truncated-normal initialisers (`he_normal`, `lecun_normal`, `glorot_normal`, and
+//! EfficientNet's fan-out one): the spread Keras gives them, cut at two of Keras' standard
+//! deviations.
 
 use candle_core::Device;
 use simplecnn_model::{
-    Activation, Conv2dConfig, FanInScale, FeatureShape, Init, LayerKind, Model, Network, Padding,
+    Activation, Conv2dConfig, FanInScale, FanMode, FeatureShape, Init, LayerKind, Model, Network,
+    Padding,
 };
 
 #[test]
 fn truncated_normal_kernels_have_keras_spread() {
     // A 3x3 convolution from 64 to 128 channels: fan-in 576, fan-out 1152.
-    for (scale, fan_average, n) in [
-        (FanInScale::He, false, 576.0),
-        (FanInScale::Lecun, false, 576.0),
-        (FanInScale::Lecun, true, 864.0),
+    for (scale, mode, n) in [
+        (FanInScale::He, FanMode::In, 576.0),
+        (FanInScale::Lecun, FanMode::In, 576.0),
+        (FanInScale::Lecun, FanMode::Average, 864.0),
+        (FanInScale::He, FanMode::Out, 1152.0),
     ] {
         let mut s = Network::new("m", FeatureShape::image(64, 8, 8));
         let conv = Conv2dConfig {
-            kernel_initializer: Init::TruncatedNormal { scale, fan_average },
+            kernel_initializer: Init::TruncatedNormal { scale, mode },
             ..Conv2dConfig::new(128, 3, Padding::Same, Activation::Linear)
         };
         s.add(LayerKind::Conv2d(conv)).unwrap();

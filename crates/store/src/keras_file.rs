@@ -268,7 +268,12 @@ pub(crate) fn check_dataset(
     let dtype = ds.dtype().and_then(|t| t.to_descriptor()).at(path, || {
         format!("layer {layer}: dataset {name}: unreadable type")
     })?;
-    if !matches!(dtype, TypeDescriptor::Float(_)) {
+    // Floats; or one integer (Normalization's `count`), read as a float.
+    let scalar_integer = matches!(
+        dtype,
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_)
+    ) && ds.shape().is_empty();
+    if !matches!(dtype, TypeDescriptor::Float(_)) && !scalar_integer {
         return fail(
             path,
             format!("layer {layer}: dataset {name} holds {dtype}, not floating-point weights"),

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 
 use simplecnn_model::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, Cropping2D, DenseConfig,
-    DepthwiseConv2dConfig, FanInScale, FeatureShape, GlobalAveragePooling2D, GlobalMaxPooling2D,
-    Init, LayerKind, LayerSpec, MaxPooling2D, Network, Padding, Padding2d, Pool2dConfig,
-    ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
+    DepthwiseConv2dConfig, FanInScale, FanMode, FeatureShape, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, Init, LayerKind, LayerSpec, MaxPooling2D, Network, NormalizationConfig,
+    Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig,
+    Source, WeightRole, ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -40,11 +41,13 @@ fn initializer_config(init: Init) -> Value {
         Init::Zeros => json!({"class_name": "Zeros", "config": {}}),
         Init::Ones => json!({"class_name": "Ones", "config": {}}),
         Init::GlorotUniform => json!({"class_name": "GlorotUniform", "config": {"seed": null}}),
-        Init::TruncatedNormal { scale, fan_average } => {
+        Init::TruncatedNormal { scale, mode } => {
             json!({"class_name": "VarianceScaling", "config": {
-            "scale": scale.value(), "mode": if fan_average { "fan_avg" } else { "fan_in" },
+            "scale": scale.value(), "mode": mode.keras_name(),
             "distribution": "truncated_normal", "seed": null}})
         }
+        Init::FanOutUniform(scale) => json!({"class_name": "VarianceScaling", "config": {
+            "scale": scale.value(), "mode": "fan_out", "distribution": "uniform", "seed": null}}),
     }
 }
 
@@ -72,26 +75,34 @@ fn initializer_at(cfg: &Value, key: &str) -> Result<Init, String> {
             .find(|s| (s.value() - scale).abs() < 1e-6)
             .map(Init::FanInUniform)
     };
-    let normal = |scale: f64, fan_average: bool| {
+    let scale_of = |scale: f64| {
         [FanInScale::Torch, FanInScale::Lecun, FanInScale::He]
             .into_iter()
             .find(|s| (s.value() - scale).abs() < 1e-6)
-            .map(|scale| Init::TruncatedNormal { scale, fan_average })
+    };
+    let normal = |scale: f64, mode: FanMode| {
+        scale_of(scale).map(|scale| Init::TruncatedNormal { scale, mode })
     };
     let found = match class {
         "GlorotUniform" | "glorot_uniform" => Some(Init::GlorotUniform),
         "HeUniform" | "he_uniform" => fan_in(2.0),
         "LecunUniform" | "lecun_uniform" => fan_in(1.0),
-        "HeNormal" | "he_normal" => normal(2.0, false),
-        "LecunNormal" | "lecun_normal" => normal(1.0, false),
-        "GlorotNormal" | "glorot_normal" => normal(1.0, true),
+        "HeNormal" | "he_normal" => normal(2.0, FanMode::In),
+        "LecunNormal" | "lecun_normal" => normal(1.0, FanMode::In),
+        "GlorotNormal" | "glorot_normal" => normal(1.0, FanMode::Average),
         "VarianceScaling" | "variance_scaling" => {
             let get = |k: &str| config.get(k).and_then(Value::as_str);
             let scale = config.get("scale").and_then(Value::as_f64).unwrap_or(1.0);
-            match (get("distribution"), get("mode")) {
-                (Some("uniform"), Some("fan_in")) => fan_in(scale),
-                (Some("truncated_normal"), Some("fan_in")) => normal(scale, false),
-                (Some("truncated_normal"), Some("fan_avg")) => normal(scale, true),
+            let mode = match get("mode") {
+                Some("fan_in") => Some(FanMode::In),
+                Some("fan_out") => Some(FanMode::Out),
+                Some("fan_avg") => Some(FanMode::Average),
+                _ => None,
+            };
+            match (get("distribution"), mode) {
+                (Some("uniform"), Some(FanMode::In)) => fan_in(scale),
+                (Some("uniform"), Some(FanMode::Out)) => scale_of(scale).map(Init::FanOutUniform),
+                (Some("truncated_normal"), Some(mode)) => normal(scale, mode),
                 _ => None,
             }
         }
@@ -100,8 +111,8 @@ fn initializer_at(cfg: &Value, key: &str) -> Result<Init, String> {
     found.ok_or_else(|| {
         format!(
             "{key} {v} is not supported (glorot_uniform/normal, he_uniform/normal, \
-             lecun_uniform/normal, or VarianceScaling fan_in uniform or truncated_normal with \
-             scale 1/3, 1 or 2)"
+             lecun_uniform/normal, or VarianceScaling with scale 1/3, 1 or 2: uniform on \
+             fan_in or fan_out, truncated_normal on any)"
         )
     })
 }
@@ -149,10 +160,31 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 "strides": [p.strides.0, p.strides.1], "data_format": "channels_last"
             }),
         ),
-        LayerKind::Dropout(d) => merge(
-            base,
-            json!({"rate": d.rate as f64, "noise_shape": null, "seed": null}),
-        ),
+        LayerKind::Dropout(d) => {
+            let noise_shape = match d.per_example {
+                true => {
+                    let mut dims = vec![Value::Null];
+                    dims.extend(layer.input.keras_dims().iter().map(|_| json!(1)));
+                    Value::Array(dims)
+                }
+                false => Value::Null,
+            };
+            merge(
+                base,
+                json!({"rate": d.rate as f64, "noise_shape": noise_shape, "seed": null}),
+            )
+        }
+        LayerKind::Normalization(n) => {
+            let list = |v: &[f32]| json!(v.iter().map(|x| *x as f64).collect::<Vec<_>>());
+            let (mean, variance) = match &n.fixed {
+                Some((m, v)) => (list(m), list(v)),
+                None => (Value::Null, Value::Null),
+            };
+            merge(
+                base,
+                json!({"axis": -1, "mean": mean, "variance": variance, "invert": n.invert}),
+            )
+        }
         LayerKind::Flatten => merge(base, json!({"data_format": "channels_last"})),
         LayerKind::Activation(a) => merge(base, json!({"activation": a.activation.keras_name()})),
         LayerKind::Rescaling(r) => {
@@ -551,7 +583,59 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             }
         }
         "Dropout" => {
-            LayerKind::dropout(cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32)
+            let rate = cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0) as f32;
+            // Keras' noise_shape: none (one draw per value) or 1 on every axis but the
+            // batch's (one per example).
+            let per_example = match cfg.get("noise_shape") {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(a))
+                    if a.len() > 1 && a[0].is_null() && a[1..].iter().all(|d| d == 1) =>
+                {
+                    true
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "noise_shape {other} is not supported (none, or [null, 1, …])"
+                    ))
+                }
+            };
+            LayerKind::Dropout(simplecnn_model::DropoutConfig { rate, per_example })
+        }
+        "Normalization" => {
+            let axis = match cfg.get("axis") {
+                Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+                Some(v) => v.as_i64(),
+                None => Some(-1),
+            };
+            let rank = match input {
+                Some(FeatureShape::Image { .. }) => 4,
+                _ => 2,
+            };
+            if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
+                return Err(format!(
+                    "Normalization over axis {axis:?} is not supported (only the channels)"
+                ));
+            }
+            let numbers = |key: &str| -> Result<Option<Vec<f32>>, String> {
+                match cfg.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::Number(n)) => Ok(Some(vec![n.as_f64().unwrap_or(f64::NAN) as f32])),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_f64().map(|x| x as f32))
+                        .collect::<Option<Vec<_>>>()
+                        .map(Some)
+                        .ok_or_else(|| format!("{key} must be numbers")),
+                    Some(other) => Err(format!("{key} {other} is not a number or a list")),
+                }
+            };
+            let fixed = match (numbers("mean")?, numbers("variance")?) {
+                (Some(m), Some(v)) => Some((m, v)),
+                (None, None) => None,
+                _ => return Err("Normalization needs both mean and variance, or neither".into()),
+            };
+            let invert = cfg.get("invert").and_then(Value::as_bool).unwrap_or(false);
+            LayerKind::Normalization(NormalizationConfig { invert, fixed })
         }
         "Flatten" => LayerKind::Flatten,
         "Activation" => LayerKind::Activation(simplecnn_model::ActivationConfig {

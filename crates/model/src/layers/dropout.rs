@@ -1,5 +1,6 @@
 //! Keras' `Dropout`: in training, each value is zeroed with probability `rate` and the rest
-//! scaled by `1 / (1 - rate)`; in inference, nothing.
+//! scaled by `1 / (1 - rate)`; in inference, nothing. With Keras' `noise_shape=(None, 1, 1,
+//! 1)` (EfficientNet's stochastic depth) each example is kept or dropped whole.
 
 use candle_core::{Tensor, Var};
 
@@ -9,6 +10,25 @@ use crate::error::Result;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutConfig {
     pub rate: f32,
+    /// One draw per example (`noise_shape` 1 on every axis but the batch).
+    pub per_example: bool,
+}
+
+impl DropoutConfig {
+    /// The keep-mask for a batch of `dims`, drawn from `rng`.
+    pub(crate) fn mask(&self, rng: &mut crate::model::DropoutRng, dims: &[usize]) -> Vec<f32> {
+        let len: usize = dims.iter().product();
+        match (self.per_example, dims.first()) {
+            (true, Some(&n)) if n > 0 => {
+                let per = len / n;
+                rng.mask(n, self.rate)
+                    .into_iter()
+                    .flat_map(|m| std::iter::repeat_n(m, per))
+                    .collect()
+            }
+            _ => rng.mask(len, self.rate),
+        }
+    }
 }
 
 impl Layer for DropoutConfig {
@@ -34,7 +54,7 @@ impl Layer for DropoutConfig {
     fn forward(&self, x: &Tensor, _: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
         match ctx.training.as_deref_mut() {
             Some(rng) if self.rate > 0.0 => {
-                let mask = rng.mask(x.elem_count(), self.rate);
+                let mask = self.mask(rng, x.dims());
                 let mask = Tensor::from_vec(mask, x.dims(), x.device())?;
                 Ok((x * mask)?)
             }

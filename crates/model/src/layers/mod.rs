@@ -21,6 +21,7 @@ mod global_max_pooling2d;
 mod input;
 mod max_pooling2d;
 mod multiply;
+mod normalization;
 mod relu;
 mod rescaling;
 mod reshape;
@@ -47,6 +48,7 @@ pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use input::InputLayer;
 pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
 pub use multiply::Multiply;
+pub use normalization::NormalizationConfig;
 pub use relu::ReluConfig;
 pub use rescaling::RescalingConfig;
 pub use reshape::Reshape;
@@ -263,6 +265,10 @@ pub enum WeightRole {
     Beta,
     MovingMean,
     MovingVariance,
+    /// Normalization's fixed statistics and the count of examples they came from.
+    Mean,
+    Variance,
+    Count,
 }
 
 impl WeightRole {
@@ -277,6 +283,9 @@ impl WeightRole {
             WeightRole::Beta => "beta",
             WeightRole::MovingMean => "moving_mean",
             WeightRole::MovingVariance => "moving_variance",
+            WeightRole::Mean => "mean",
+            WeightRole::Variance => "variance",
+            WeightRole::Count => "count",
         }
     }
 
@@ -292,6 +301,9 @@ impl WeightRole {
             Beta,
             MovingMean,
             MovingVariance,
+            Mean,
+            Variance,
+            Count,
         ]
         .into_iter()
         .find(|r| r.keras_name() == name)
@@ -300,7 +312,14 @@ impl WeightRole {
     /// Whether gradients train it: BatchNormalization's moving statistics are updated by the
     /// layer itself, never by an optimizer (Keras' non-trainable weights).
     pub fn trainable(self) -> bool {
-        !matches!(self, WeightRole::MovingMean | WeightRole::MovingVariance)
+        !matches!(
+            self,
+            WeightRole::MovingMean
+                | WeightRole::MovingVariance
+                | WeightRole::Mean
+                | WeightRole::Variance
+                | WeightRole::Count
+        )
     }
 }
 
@@ -312,16 +331,46 @@ pub enum Init {
     /// Keras' `VarianceScaling(scale, mode="fan_in", distribution="uniform")`: uniform in
     /// `±sqrt(3 · scale / fan_in)`.
     FanInUniform(FanInScale),
+    /// Keras' `VarianceScaling(scale, mode="fan_out", distribution="uniform")`: uniform in
+    /// `±sqrt(3 · scale / fan_out)` (EfficientNet's Dense).
+    FanOutUniform(FanInScale),
     /// Keras' `VarianceScaling(scale, mode, distribution="truncated_normal")`: a normal with
     /// standard deviation `sqrt(scale / n) / 0.8796…`, redrawn beyond two of them, where `n`
-    /// is the fan-in (`he_normal`: scale 2, `lecun_normal`: 1) or the fans' mean
-    /// (`glorot_normal`: 1).
+    /// is the fan-in (`he_normal`: scale 2, `lecun_normal`: 1), the fan-out (EfficientNet's
+    /// convolutions) or the fans' mean (`glorot_normal`: 1).
     TruncatedNormal {
         scale: FanInScale,
-        fan_average: bool,
+        mode: FanMode,
     },
     Zeros,
     Ones,
+}
+
+/// Which fan a variance-scaling initialiser divides by (Keras' `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FanMode {
+    In,
+    Out,
+    Average,
+}
+
+impl FanMode {
+    pub fn keras_name(self) -> &'static str {
+        match self {
+            FanMode::In => "fan_in",
+            FanMode::Out => "fan_out",
+            FanMode::Average => "fan_avg",
+        }
+    }
+
+    /// The fan for a kernel with these fans.
+    pub fn fan(self, fan_in: usize, fan_out: usize) -> f64 {
+        match self {
+            FanMode::In => fan_in as f64,
+            FanMode::Out => fan_out as f64,
+            FanMode::Average => (fan_in + fan_out) as f64 / 2.0,
+        }
+    }
 }
 
 /// The scales of `FanInUniform` that have names.
@@ -461,6 +510,7 @@ pub enum LayerKind {
     SeparableConv2d(SeparableConv2dConfig),
     Reshape(Reshape),
     Cropping2d(Cropping2D),
+    Normalization(NormalizationConfig),
 }
 
 impl LayerKind {
@@ -488,6 +538,7 @@ impl LayerKind {
             LayerKind::SeparableConv2d(s) => s,
             LayerKind::Reshape(r) => r,
             LayerKind::Cropping2d(c) => c,
+            LayerKind::Normalization(n) => n,
         }
     }
 
@@ -513,7 +564,10 @@ impl LayerKind {
 
     /// `Dropout(rate)`.
     pub fn dropout(rate: f32) -> Self {
-        LayerKind::Dropout(DropoutConfig { rate })
+        LayerKind::Dropout(DropoutConfig {
+            rate,
+            per_example: false,
+        })
     }
 
     /// `Dense(units, activation)`.
