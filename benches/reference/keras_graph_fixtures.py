@@ -4,7 +4,7 @@
 
 One small graph with every joining layer and the graph-era layers the workbench has — a
 residual join (Add), a squeeze-and-excite gate (Multiply of a 1x1 image against the
-features), Concatenate, ZeroPadding2D, ReLU(max_value=6) and the newer activations — with
+features; in Keras 3's copy with operation nodes, `x + 3.0`, `1.5 - x`, `x / 2`), Concatenate, ZeroPadding2D, ReLU(max_value=6) and the newer activations — with
 BatchNormalization's moving statistics set to random values so inference-mode normalisation
 is exercised. Saved twice:
 - by Keras 3 (`keras`): `keras3.keras` and `keras3.h5` (its legacy writer: Keras 3's node
@@ -43,6 +43,11 @@ def build(k, activations):
         se = L.AveragePooling2D(8, name="squeeze")(x)
     se = L.Conv2D(6, 1, activation="swish" if activations else "relu", name="se_reduce")(se)
     se = L.Conv2D(6, 1, activation="sigmoid", name="se_expand")(se)
+    if activations:
+        # Keras 3's operation nodes: arithmetic on a tensor and a number (MobileNetV3's
+        # `ReLU(6.0)(x + 3.0) * (1.0 / 6.0)`), and the number first.
+        se = L.ReLU(6.0, name="hs_relu")(se + 3.0) * (1.0 / 6.0)
+        se = (1.5 - se) / 2.0
     x = L.Multiply(name="excite")([x, se])
     p = L.ZeroPadding2D(((1, 0), (0, 1)), name="pad")(x)
     p = L.Conv2D(4, 2, strides=2, activation="tanh", name="down")(p)

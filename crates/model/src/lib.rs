@@ -41,8 +41,8 @@ pub use layers::{
     Conv2dConfig, Cropping2D, DenseConfig, DepthwiseConv2dConfig, DropoutConfig, FanInScale,
     FanMode, FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
     InputLayer, Layer, LayerKind, MaxPooling2D, Multiply, NormalizationConfig, Padding, Padding2d,
-    Pool2dConfig, ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig, WeightRole,
-    WeightSpec, ZeroPadding2D,
+    Pool2dConfig, ReluConfig, RescalingConfig, Reshape, ScalarOp, ScalarOpKind,
+    SeparableConv2dConfig, WeightRole, WeightSpec, ZeroPadding2D,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use network::{

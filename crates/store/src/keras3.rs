@@ -17,8 +17,8 @@ use crate::error::{fail, Context, Result};
 use crate::h5::{write_scalar, write_string};
 use crate::keras_file::{check_dataset, set_layer_weights, tmp_path, AdamState, FileLayer};
 use crate::layout::{
-    input_layer_name, keras_dims, keras_order, layer_config, snake_case, source_names, to_keras,
-    weight_layout, MAX_CONFIG_SIZE,
+    input_layer_name, is_op_node, keras_dims, keras_order, layer_config, op_node_entry, snake_case,
+    source_names, to_keras, weight_layout, MAX_CONFIG_SIZE,
 };
 
 /// The Keras version our `.keras` files say they follow (the one they are tested against).
@@ -79,6 +79,10 @@ pub(crate) fn layer_paths(spec: &Network) -> Vec<(String, String)> {
     }
     for i in keras_order(spec) {
         let l = &spec.layers()[i];
+        // Operation nodes are not layers to Keras: no place in the tree.
+        if matches!(l.kind, LayerKind::ScalarOp(_)) {
+            continue;
+        }
         if functional || l.kind != LayerKind::Input {
             out.push((l.name.clone(), path_for(l.kind.class_name())));
         }
@@ -111,7 +115,7 @@ pub(crate) fn paths_from_config(config: &Value) -> Vec<(String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|l| l["class_name"] != "InputLayer")
+        .filter(|l| l["class_name"] != "InputLayer" && !is_op_node(l))
         .map(|l| {
             let base = snake_case(l["class_name"].as_str().unwrap_or(""));
             let n = used.entry(base.clone()).or_insert(0);
@@ -593,6 +597,10 @@ pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
             if spec.is_functional() {
                 layers.push(input_layer.clone());
             }
+            continue;
+        }
+        if let LayerKind::ScalarOp(op) = &l.kind {
+            layers.push(op_node_entry(spec, l, op));
             continue;
         }
         let shapes: Vec<Value> = l

@@ -165,6 +165,8 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, options: &SaveOptions<'_>)
             .iter()
             .map(|&i| &spec.layers()[i])
             .filter(|l| spec.is_functional() || l.kind != LayerKind::Input)
+            // Operation nodes are not layers to Keras: no weights group.
+            .filter(|l| !matches!(l.kind, LayerKind::ScalarOp(_)))
             .map(|l| l.name.clone()),
     );
     write_string_list(&weights, "layer_names", &layers, path)?;

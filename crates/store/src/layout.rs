@@ -8,8 +8,8 @@ use simplecnn_model::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, Cropping2D, DenseConfig,
     DepthwiseConv2dConfig, FanInScale, FanMode, FeatureShape, GlobalAveragePooling2D,
     GlobalMaxPooling2D, Init, LayerKind, LayerSpec, MaxPooling2D, Network, NormalizationConfig,
-    Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape, SeparableConv2dConfig,
-    Source, WeightRole, ZeroPadding2D,
+    Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape, ScalarOp, ScalarOpKind,
+    SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -252,6 +252,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
         ),
         LayerKind::Reshape(r) => merge(base, json!({"target_shape": r.target.keras_dims()})),
         LayerKind::Add | LayerKind::Multiply => base,
+        LayerKind::ScalarOp(_) => json!({"name": layer.name}),
         LayerKind::Concatenate => merge(base, json!({"axis": -1})),
         LayerKind::ZeroPadding2d(z) => {
             let ((top, bottom), (left, right)) = z.padding;
@@ -404,6 +405,11 @@ fn functional_config(spec: &Network) -> Value {
     }
     for i in keras_order(spec) {
         let l = &spec.layers()[i];
+        if let LayerKind::ScalarOp(op) = &l.kind {
+            // Keras 2 has no such node; Keras 3 reads each node in its own form.
+            layers.push(op_node_entry(spec, l, op));
+            continue;
+        }
         let mut entry = layer_config(l);
         entry["name"] = json!(l.name);
         entry["inbound_nodes"] = match l.kind {
@@ -909,6 +915,85 @@ fn inbound_names(entry: &Value) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Whether a functional entry is an operation node: Keras 3's arithmetic on tensors
+/// (`x + 3.0`), saved under `keras.src.ops.numpy` with a layer's class name (`Add`), or, in
+/// Keras 3's `.h5` (which drops `module`), told apart by a config that holds only its name.
+pub fn is_op_node(entry: &Value) -> bool {
+    match entry.get("module").and_then(Value::as_str) {
+        Some(m) => m.starts_with("keras.src.ops"),
+        None => {
+            entry["config"]
+                .as_object()
+                .is_some_and(|c| c.len() == 1 && c.contains_key("name"))
+                && entry.get("inbound_nodes").is_some_and(|n| {
+                    n.as_array()
+                        .and_then(|n| n.first())
+                        .is_some_and(Value::is_object)
+                })
+        }
+    }
+}
+
+/// An operation node's kind: a tensor and a number (`Add`, `Subtract`, `Multiply`,
+/// `TrueDivide`) or two tensors (`Add`, `Multiply`: the joining layers); `None` for a layer.
+fn op_node(entry: &Value) -> Result<Option<LayerKind>, String> {
+    if !is_op_node(entry) {
+        return Ok(None);
+    }
+    let class = entry["class_name"].as_str().unwrap_or("?");
+    let unsupported = || format!("the operation {class} on tensors is not supported");
+    let kind = ScalarOpKind::from_keras_name(class).ok_or_else(unsupported)?;
+    let args = entry["inbound_nodes"][0]["args"]
+        .as_array()
+        .ok_or("an operation node without args")?;
+    let is_tensor = |v: &Value| v["class_name"] == "__keras_tensor__";
+    match args.as_slice() {
+        [a, b] if is_tensor(a) && is_tensor(b) => match kind {
+            ScalarOpKind::Add => Ok(Some(LayerKind::Add)),
+            ScalarOpKind::Multiply => Ok(Some(LayerKind::Multiply)),
+            _ => Err(unsupported()),
+        },
+        [a, b] if is_tensor(a) || is_tensor(b) => {
+            let number = if is_tensor(a) { b } else { a };
+            let value = number
+                .as_f64()
+                .ok_or_else(|| format!("{class} of a tensor and {number}, not a number"))?;
+            Ok(Some(LayerKind::ScalarOp(ScalarOp {
+                op: kind,
+                value: value as f32,
+                number_first: !is_tensor(a),
+            })))
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+/// An operation node as Keras 3 writes it (in `.keras` and `.h5` alike): its tensor and its
+/// number in order.
+pub fn op_node_entry(spec: &Network, layer: &LayerSpec, op: &ScalarOp) -> Value {
+    let source = layer.sources[0];
+    let mut shape = vec![Value::Null];
+    shape.extend(
+        spec.shape_of(source)
+            .keras_dims()
+            .into_iter()
+            .map(Value::from),
+    );
+    let tensor = json!({"class_name": "__keras_tensor__", "config": {
+        "shape": shape, "dtype": "float32",
+        "keras_history": [source_names(spec, layer)[0], 0, 0]}});
+    let number = json!(op.value as f64);
+    let args = match op.number_first {
+        true => json!([number, tensor]),
+        false => json!([tensor, number]),
+    };
+    json!({
+        "module": "keras.src.ops.numpy", "class_name": op.op.keras_name(),
+        "config": {"name": layer.name}, "registered_name": op.op.keras_name(),
+        "name": layer.name, "inbound_nodes": [{"args": args, "kwargs": {}}]
+    })
+}
+
 /// The one layer named by `input_layers` / `output_layers`: `["name", 0, 0]`, `[["name", 0,
 /// 0]]` or Keras 3's dict form; several are refused (one input, one output).
 fn endpoint(inner: &Value, key: &str) -> Result<Option<String>, String> {
@@ -1059,6 +1144,8 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
         cfg: &'a Value,
         name: String,
         inbound: Vec<String>,
+        /// An operation node's kind (arithmetic on tensors, not a layer).
+        op: Option<LayerKind>,
     }
     let mut entries = Vec::with_capacity(layers.len());
     let mut position: HashMap<String, usize> = HashMap::new();
@@ -1074,15 +1161,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
             index: Some(index),
             message: m,
         };
-        if layer
-            .get("module")
-            .and_then(Value::as_str)
-            .is_some_and(|m| m.starts_with("keras.src.ops"))
-        {
-            return Err(err(format!(
-                "an operation node ({class} on tensors, not a layer) is not supported"
-            )));
-        }
+        let op = op_node(layer).map_err(err)?;
         let inbound = inbound_names(layer).map_err(err)?;
         if position.insert(name.clone(), index).is_some() {
             return Err(err("the name is used twice".into()));
@@ -1092,6 +1171,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
             cfg,
             name,
             inbound,
+            op,
         });
     }
     for (index, e) in entries.iter().enumerate() {
@@ -1247,6 +1327,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
                 .collect(),
         };
         let kind = match e.class {
+            _ if e.op.is_some() => e.op.clone().expect("checked"),
             "InputLayer" => LayerKind::Input,
             class => {
                 let first = Some(net.shape_of(sources[0]));

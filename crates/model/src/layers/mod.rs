@@ -25,6 +25,7 @@ mod normalization;
 mod relu;
 mod rescaling;
 mod reshape;
+mod scalar_op;
 mod separable_conv2d;
 mod zero_padding2d;
 
@@ -52,6 +53,7 @@ pub use normalization::NormalizationConfig;
 pub use relu::ReluConfig;
 pub use rescaling::RescalingConfig;
 pub use reshape::Reshape;
+pub use scalar_op::{ScalarOp, ScalarOpKind};
 pub use separable_conv2d::SeparableConv2dConfig;
 pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
@@ -511,6 +513,8 @@ pub enum LayerKind {
     Reshape(Reshape),
     Cropping2d(Cropping2D),
     Normalization(NormalizationConfig),
+    /// Keras 3's arithmetic on a tensor and a number (an operation node, not a layer).
+    ScalarOp(ScalarOp),
 }
 
 impl LayerKind {
@@ -539,6 +543,7 @@ impl LayerKind {
             LayerKind::Reshape(r) => r,
             LayerKind::Cropping2d(c) => c,
             LayerKind::Normalization(n) => n,
+            LayerKind::ScalarOp(o) => o,
         }
     }
 
