@@ -74,9 +74,10 @@ def build(k, activations):
 
 
 def build_more(k):
-    """The layers MobileNet, Xception and EfficientNet add: Normalization (fixed in the config,
-    and with weights), DepthwiseConv2D (multiplier 2, stride 2), SeparableConv2D, Reshape both
-    ways, pooling with padding="same", Dropout per example, he_normal kernels."""
+    """The layers MobileNet, Xception, EfficientNet and ConvNeXt add: Normalization (fixed in
+    the config, and with weights), DepthwiseConv2D (multiplier 2, stride 2), SeparableConv2D,
+    Reshape both ways, pooling with padding="same", Dropout per example, grouped Conv2D,
+    LayerNormalization, Dense on an image, he_normal kernels."""
     L = k.layers
     inp = k.Input((9, 9, 3))
     x = L.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.05, 0.06, 0.07], name="fixed_norm")(inp)
@@ -91,6 +92,10 @@ def build_more(k):
     z = L.Conv2D(5, 1, kernel_initializer="he_normal", name="proj")(z)
     x = L.Add(name="join")([y, z])
     x = L.Dropout(0.3, noise_shape=(None, 1, 1, 1), name="drop_path")(x)
+    # ConvNeXt's: a grouped convolution, LayerNormalization, Dense on every pixel.
+    x = L.Conv2D(10, 3, padding="same", groups=5, name="grouped")(x)
+    x = L.LayerNormalization(epsilon=1e-6, name="ln")(x)
+    x = L.Dense(5, activation="gelu", name="pointwise")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     x = L.Reshape((1, 1, 5), name="to_image")(x)
     x = L.Conv2D(4, 1, name="head")(x)
@@ -106,6 +111,9 @@ def build_more(k):
     # afterwards take effect at finalize_state (as loading a file does).
     if hasattr(norm, "finalize_state"):
         norm.finalize_state()
+    ln = m.get_layer("ln")
+    ln.set_weights([rng.uniform(0.5, 1.5, (10,)).astype(np.float32),
+                    rng.normal(0, 0.2, (10,)).astype(np.float32)])
     bn = m.get_layer("bn_dw")
     gamma, beta, mean, var = bn.get_weights()
     bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),

@@ -361,6 +361,19 @@ impl Experiment {
     /// The checks that need the built architecture: frozen weights and layers, and the
     /// initialisations, name what the model has.
     pub fn check_spec(&self, spec: &Network) -> Check {
+        // A classifier ends in one score per class (an image out, e.g. a Dense on every pixel
+        // with no Flatten or pooling before it, cannot be trained on labels).
+        ensure(
+            matches!(spec.output_shape(), FeatureShape::Flat(_)),
+            "model.layers",
+            || {
+                format!(
+                    "the model's output {} is not a vector of class scores (add a Flatten or a \
+                     global pooling before the last Dense)",
+                    spec.output_shape()
+                )
+            },
+        )?;
         let weights: Vec<String> = spec
             .layers()
             .iter()

@@ -474,11 +474,21 @@ mod tests {
     }
 
     #[test]
-    fn dense_on_an_image_is_a_shape_error() {
+    fn dense_on_an_image_works_on_the_channels_and_bad_shapes_name_the_layer() {
+        // Keras' Dense on an image: every pixel's channels.
         let mut s = Network::new("m", FeatureShape::image(3, 8, 8));
-        let err = s
-            .add(LayerKind::dense(4, crate::Activation::Relu))
-            .unwrap_err();
-        assert!(err.to_string().contains("dense_1"), "{err}");
+        s.add(LayerKind::dense(4, crate::Activation::Relu)).unwrap();
+        assert_eq!(s.output_shape(), FeatureShape::image(4, 8, 8));
+        assert_eq!(s.param_count(), 3 * 4 + 4);
+        let err = s.add(LayerKind::global_avg_pool()).and_then(|s| {
+            s.add(LayerKind::Conv2d(crate::Conv2dConfig::new(
+                2,
+                3,
+                crate::Padding::Same,
+                crate::Activation::Relu,
+            )))
+        });
+        let err = err.unwrap_err();
+        assert!(err.to_string().contains("conv2d_1"), "{err}");
     }
 }

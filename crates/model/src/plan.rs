@@ -136,7 +136,7 @@ fn sole_consumer(spec: &Network, consumers: &[Vec<usize>], i: usize) -> Option<u
 /// Whether a Conv2D can take channels-last images: one with a linear or ReLU activation, on
 /// its own or fused with its pool.
 fn takes_channels_last(layer: Option<&LayerSpec>) -> bool {
-    matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if fuses(c.activation))
+    matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if c.groups == 1 && fuses(c.activation))
 }
 
 /// The steps for f32 on the CPU: Conv2D → MaxPool2D (→ Dropout) fused, single Conv2D,
@@ -182,7 +182,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                 vec![i],
                 ImageLayout::Nchw,
             ),
-            (LayerKind::Conv2d(cfg), Some(chw)) if fuses(cfg.activation) => {
+            (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 && fuses(cfg.activation) => {
                 let conv = conv_shape(l, cfg, chw)?;
                 let relu = cfg.activation == Activation::Relu;
                 let pool = sole(i).and_then(|j| match &layers[j].kind {
@@ -227,7 +227,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                     }
                 }
             }
-            (LayerKind::Conv2d(cfg), Some(chw)) => {
+            (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 => {
                 let op = Op::ConvThen {
                     layer: i,
                     shape: conv_shape(l, cfg, chw)?,

@@ -116,13 +116,14 @@ fn a_branching_graph_computes_what_it_says_on_either_kernels() {
     }
 }
 
-#[test]
-fn gradients_through_the_joins_match_finite_differences() {
-    let model = Model::new(branchy(), &CPU, 3).unwrap();
-    let x = rand(&[2, 2, 5, 5], 4);
-    let r = rand(&[2, 4], 5);
+/// The input gradient of `sum(logits · r)` against central differences, at every third value.
+fn check_input_gradient(spec: Network, input: &[usize], seed: u64) -> Model {
+    let model = Model::new(spec, &CPU, seed).unwrap();
+    let x = rand(input, seed + 1);
+    let out = model.forward(&x, Mode::Inference).unwrap();
+    let r = rand(out.dims(), seed + 2);
     let loss = |x: &Tensor| -> f64 {
-        let y = model.forward(x, Mode::Inference).unwrap();
+        let y = model.logits(x, Mode::Inference).unwrap();
         (y * &r)
             .unwrap()
             .sum_all()
@@ -158,7 +159,16 @@ fn gradients_through_the_joins_match_finite_differences() {
             "input {i}: finite difference {numeric}, gradient {a}"
         );
     }
-    // The kernel of the branch that only feeds the join.
+    model
+}
+
+#[test]
+fn gradients_through_the_joins_match_finite_differences() {
+    let model = check_input_gradient(branchy(), &[2, 2, 5, 5], 3);
+    // The kernel of the branch that only feeds the join gets a gradient too.
+    let x = rand(&[2, 2, 5, 5], 4);
+    let y = model.logits_with(&x, Mode::Inference, true).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
     let kernel = model.weight("c", "kernel").unwrap().var.clone();
     let k = grads.get(&kernel).unwrap();
     assert!(
@@ -170,6 +180,95 @@ fn gradients_through_the_joins_match_finite_differences() {
             .unwrap()
             > 0.0
     );
+}
+
+/// The layers keras.applications brought, in one chain: Normalization, DepthwiseConv2D (x2),
+/// same-padded pools, SeparableConv2D, grouped Conv2D, LayerNormalization, Dense on every
+/// pixel, a number added (an operation node), Cropping2D, Reshape both ways.
+fn newer_layers() -> Network {
+    use simplecnn_model::{
+        AveragePooling2D, Cropping2D, DepthwiseConv2dConfig, Init, LayerNormConfig, MaxPooling2D,
+        NormalizationConfig, Pool2dConfig, Reshape, ScalarOp, ScalarOpKind, SeparableConv2dConfig,
+    };
+    let mut s = Network::new("newer", FeatureShape::image(2, 7, 7));
+    let norm = NormalizationConfig {
+        invert: false,
+        fixed: Some((vec![0.1, -0.2], vec![0.5, 2.0])),
+    };
+    s.add(LayerKind::Normalization(norm)).unwrap();
+    let dw = DepthwiseConv2dConfig {
+        kernel_size: (3, 3),
+        strides: (2, 2),
+        padding: Padding::Same,
+        depth_multiplier: 2,
+        activation: Activation::Tanh,
+        use_bias: true,
+        depthwise_initializer: Init::GlorotUniform,
+    };
+    s.add(LayerKind::DepthwiseConv2d(dw)).unwrap();
+    let pool = Pool2dConfig {
+        pool_size: (3, 3),
+        strides: (1, 1),
+        padding: Padding::Same,
+    };
+    s.add(LayerKind::AvgPool2d(AveragePooling2D(pool))).unwrap();
+    s.add(LayerKind::MaxPool2d(MaxPooling2D(pool))).unwrap();
+    let sep = SeparableConv2dConfig {
+        filters: 6,
+        kernel_size: (2, 2),
+        strides: (1, 1),
+        padding: Padding::Same,
+        depth_multiplier: 1,
+        activation: Activation::Swish,
+        use_bias: true,
+    };
+    s.add(LayerKind::SeparableConv2d(sep)).unwrap();
+    let grouped = Conv2dConfig {
+        groups: 3,
+        ..Conv2dConfig::new(6, 3, Padding::Same, Activation::Linear)
+    };
+    s.add(LayerKind::Conv2d(grouped)).unwrap();
+    let ln = LayerNormConfig {
+        epsilon: 1e-3,
+        center: true,
+        scale: true,
+    };
+    s.add(LayerKind::LayerNorm(ln)).unwrap();
+    s.add(LayerKind::Dense(DenseConfig::default_for(
+        4,
+        Activation::Gelu,
+    )))
+    .unwrap();
+    let op = ScalarOp {
+        op: ScalarOpKind::Divide,
+        value: 2.0,
+        number_first: false,
+    };
+    s.add(LayerKind::ScalarOp(op)).unwrap();
+    let crop = Cropping2D {
+        cropping: ((1, 0), (0, 1)),
+    };
+    s.add(LayerKind::Cropping2d(crop)).unwrap();
+    let flat = Reshape {
+        target: FeatureShape::Flat(4 * 3 * 3),
+    };
+    s.add(LayerKind::Reshape(flat)).unwrap();
+    let back = Reshape {
+        target: FeatureShape::image(4, 3, 3),
+    };
+    s.add(LayerKind::Reshape(back)).unwrap();
+    s.add(LayerKind::Flatten).unwrap();
+    s.add(LayerKind::Dense(DenseConfig::default_for(
+        3,
+        Activation::Linear,
+    )))
+    .unwrap();
+    s
+}
+
+#[test]
+fn gradients_through_the_newer_layers_match_finite_differences() {
+    check_input_gradient(newer_layers(), &[2, 2, 7, 7], 9);
 }
 
 /// Pooling with `padding="same"`: averages divide by the positions inside the image (Keras'

@@ -33,7 +33,7 @@ proptest! {
         let cfg = Conv2dConfig {
             filters: f, kernel_size: (kh, kw), strides: (sh, sw),
             padding: if same { Padding::Same } else { Padding::Valid }, activation: Activation::Linear, use_bias: true,
-            kernel_initializer: simplecnn_model::Init::GlorotUniform,
+            kernel_initializer: simplecnn_model::Init::GlorotUniform, groups: 1,
         };
         let input = FeatureShape::image(c, h, w);
         let (reported, actual) = run_one(input, LayerKind::Conv2d(cfg)).unwrap();

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use simplecnn_model::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, Cropping2D, DenseConfig,
     DepthwiseConv2dConfig, FanInScale, FanMode, FeatureShape, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, Init, LayerKind, LayerSpec, MaxPooling2D, Network, NormalizationConfig,
-    Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape, ScalarOp, ScalarOpKind,
-    SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
+    GlobalMaxPooling2D, Init, LayerKind, LayerNormConfig, LayerSpec, MaxPooling2D, Network,
+    NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape,
+    ScalarOp, ScalarOpKind, SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -147,7 +147,7 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
                 json!({
                     "filters": c.filters, "kernel_size": [c.kernel_size.0, c.kernel_size.1],
                     "strides": [c.strides.0, c.strides.1], "padding": c.padding.keras_name(),
-                    "data_format": "channels_last", "dilation_rate": [1, 1], "groups": 1,
+                    "data_format": "channels_last", "dilation_rate": [1, 1], "groups": c.groups,
                     "activation": c.activation.keras_name(), "use_bias": c.use_bias
                 }),
             ),
@@ -253,6 +253,17 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
         LayerKind::Reshape(r) => merge(base, json!({"target_shape": r.target.keras_dims()})),
         LayerKind::Add | LayerKind::Multiply => base,
         LayerKind::ScalarOp(_) => json!({"name": layer.name}),
+        LayerKind::LayerNorm(l) => merge(
+            base,
+            json!({
+                "axis": -1, "epsilon": l.epsilon as f64, "center": l.center, "scale": l.scale,
+                "rms_scaling": false,
+                "beta_initializer": {"class_name": "Zeros", "config": {}},
+                "gamma_initializer": {"class_name": "Ones", "config": {}},
+                "beta_regularizer": null, "gamma_regularizer": null,
+                "beta_constraint": null, "gamma_constraint": null
+            }),
+        ),
         LayerKind::Concatenate => merge(base, json!({"axis": -1})),
         LayerKind::ZeroPadding2d(z) => {
             let ((top, bottom), (left, right)) = z.padding;
@@ -573,6 +584,10 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
                 activation: activation(cfg)?,
                 use_bias: use_bias(cfg),
                 kernel_initializer: kernel_initializer(cfg)?,
+                groups: match cfg.get("groups") {
+                    None => 1,
+                    Some(v) => size_value(v, "groups")?,
+                },
             })
         }
         "MaxPooling2D" | "AveragePooling2D" => {
@@ -606,6 +621,31 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
                 }
             };
             LayerKind::Dropout(simplecnn_model::DropoutConfig { rate, per_example })
+        }
+        "LayerNormalization" => {
+            let axis = match cfg.get("axis") {
+                Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+                Some(v) => v.as_i64(),
+                None => Some(-1),
+            };
+            let rank = match input {
+                Some(FeatureShape::Image { .. }) => 4,
+                _ => 2,
+            };
+            if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
+                return Err(format!(
+                    "LayerNormalization over axis {axis:?} is not supported (only the channels)"
+                ));
+            }
+            if cfg.get("rms_scaling").and_then(Value::as_bool) == Some(true) {
+                return Err("LayerNormalization with rms_scaling is not supported".into());
+            }
+            let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
+            LayerKind::LayerNorm(LayerNormConfig {
+                epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
+                center: flag("center"),
+                scale: flag("scale"),
+            })
         }
         "Normalization" => {
             let axis = match cfg.get("axis") {

@@ -22,6 +22,9 @@ pub struct Conv2dConfig {
     pub use_bias: bool,
     /// Keras' `kernel_initializer` (Glorot-uniform by default).
     pub kernel_initializer: Init,
+    /// Keras' `groups`: input and output channels split into this many independent
+    /// convolutions (1 by default; ConvNeXt's depthwise convolution is `groups = channels`).
+    pub groups: usize,
 }
 
 impl Conv2dConfig {
@@ -35,6 +38,7 @@ impl Conv2dConfig {
             activation,
             use_bias: true,
             kernel_initializer: Init::GlorotUniform,
+            groups: 1,
         }
     }
 
@@ -61,7 +65,7 @@ impl Conv2dConfig {
 impl Layer for Conv2dConfig {
     fn forward_macs(&self, input: &FeatureShape, output: &FeatureShape) -> u64 {
         let (kh, kw) = self.kernel_size;
-        (output.elem_count() * kh * kw * input.channels()) as u64
+        (output.elem_count() * kh * kw * input.channels() / self.groups.max(1)) as u64
     }
 
     fn class_name(&self) -> &'static str {
@@ -76,6 +80,12 @@ impl Layer for Conv2dConfig {
         if self.filters == 0 {
             return Err("filters must be at least 1".into());
         }
+        if self.groups == 0 || !self.filters.is_multiple_of(self.groups) {
+            return Err(format!(
+                "groups {} must divide the {} filters",
+                self.groups, self.filters
+            ));
+        }
         if self.strides.0 == 0 || self.strides.1 == 0 {
             return Err(format!("strides {:?} must be at least 1", self.strides));
         }
@@ -89,9 +99,20 @@ impl Layer for Conv2dConfig {
     }
 
     fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String> {
-        let FeatureShape::Image { height, width, .. } = *input else {
+        let FeatureShape::Image {
+            height,
+            width,
+            channels,
+        } = *input
+        else {
             return Err(cannot_take(self.class_name(), input));
         };
+        if !channels.is_multiple_of(self.groups) {
+            return Err(format!(
+                "groups {} must divide the input's {channels} channels",
+                self.groups
+            ));
+        }
         let (h, w) = self.geometry(height, width).ok_or_else(|| {
             format!(
                 "kernel {:?} does not fit input {height}x{width}",
@@ -105,7 +126,7 @@ impl Layer for Conv2dConfig {
         let (kh, kw) = self.kernel_size;
         let mut w = vec![WeightSpec::new(
             WeightRole::Kernel,
-            vec![self.filters, input.channels(), kh, kw],
+            vec![self.filters, input.channels() / self.groups.max(1), kh, kw],
             self.kernel_initializer,
         )];
         if self.use_bias {
@@ -119,7 +140,7 @@ impl Layer for Conv2dConfig {
     }
 
     fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let y = padded_conv(self, x, w[0].as_tensor(), 1)?;
+        let y = padded_conv(self, x, w[0].as_tensor(), self.groups)?;
         let y = match w.get(1) {
             Some(bias) => y.broadcast_add(&bias.as_tensor().reshape((1, self.filters, 1, 1))?)?,
             None => y,

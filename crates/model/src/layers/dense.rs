@@ -1,10 +1,10 @@
-//! Keras' `Dense(units, activation)` on flat inputs; the kernel is `(in, units)` as in Keras.
+//! Keras' `Dense(units, activation)`; the kernel is `(in, units)` as in Keras. On an image it
+//! works on the last axis, as Keras' does: every pixel's channels → `units` channels (ConvNeXt's
+//! pointwise layers).
 
 use candle_core::{Tensor, Var};
 
-use super::{
-    cannot_take, Activation, FeatureShape, ForwardCtx, Init, Layer, WeightRole, WeightSpec,
-};
+use super::{Activation, FeatureShape, ForwardCtx, Init, Layer, WeightRole, WeightSpec};
 use crate::error::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,14 +50,16 @@ impl Layer for DenseConfig {
     }
 
     fn output_shape(&self, input: &FeatureShape) -> std::result::Result<FeatureShape, String> {
-        match input {
+        match *input {
             FeatureShape::Flat(_) => Ok(FeatureShape::Flat(self.units)),
-            _ => Err(cannot_take(self.class_name(), input)),
+            FeatureShape::Image { height, width, .. } => {
+                Ok(FeatureShape::image(self.units, height, width))
+            }
         }
     }
 
     fn weights(&self, input: &FeatureShape) -> Vec<WeightSpec> {
-        let n = input.elem_count();
+        let n = input.channels();
         let mut w = vec![WeightSpec::new(
             WeightRole::Kernel,
             vec![n, self.units],
@@ -74,9 +76,25 @@ impl Layer for DenseConfig {
     }
 
     fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
-        let y = x.matmul(w[0].as_tensor())?;
+        // An image: its pixels as rows, channels last, and back to NCHW after.
+        let image = match x.dims() {
+            &[n, c, h, wd] => Some((n, c, h, wd)),
+            _ => None,
+        };
+        let rows = match image {
+            Some((n, c, h, wd)) => x.permute((0, 2, 3, 1))?.reshape((n * h * wd, c))?,
+            None => x.clone(),
+        };
+        let y = rows.matmul(w[0].as_tensor())?;
         let y = match w.get(1) {
             Some(bias) => y.broadcast_add(bias.as_tensor())?,
+            None => y,
+        };
+        let y = match image {
+            Some((n, _, h, wd)) => y
+                .reshape((n, h, wd, self.units))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?,
             None => y,
         };
         self.activation.apply(y, ctx.skip_softmax)

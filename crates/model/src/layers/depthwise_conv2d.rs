@@ -35,6 +35,7 @@ impl DepthwiseConv2dConfig {
             activation: self.activation,
             use_bias: self.use_bias,
             kernel_initializer: self.depthwise_initializer,
+            groups: 1,
         }
     }
 }

@@ -137,8 +137,7 @@ impl Layer for MaxPooling2D {
 /// Max pooling without padding on candle's ops, with a right gradient. Windows that do not
 /// overlap are a crop to whole windows (Keras' "valid" pooling drops the rest), a reshape and
 /// two max reductions, whose backward sends the gradient to the maxima. Overlapping windows
-/// (ResNet's 3x3 stride 2) are the element-wise maximum of the window's `ph·pw` strided views
-/// (each an `index_select`, whose backward scatters back).
+/// (ResNet's 3x3 stride 2) are the element-wise maximum of the window's strided views.
 fn max_pool_valid(
     x: &Tensor,
     (ph, pw): (usize, usize),
@@ -146,23 +145,9 @@ fn max_pool_valid(
 ) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     if (ph, pw) != (sh, sw) {
-        let (oh, ow) = ((h - ph) / sh + 1, (w - pw) / sw + 1);
-        let rows = |start: usize, count: usize, stride: usize| -> Result<Tensor> {
-            let index: Vec<u32> = (0..count).map(|k| (start + k * stride) as u32).collect();
-            Ok(Tensor::from_vec(index, count, x.device())?)
-        };
-        let mut out: Option<Tensor> = None;
-        for di in 0..ph {
-            let band = x.index_select(&rows(di, oh, sh)?, 2)?;
-            for dj in 0..pw {
-                let view = band.index_select(&rows(dj, ow, sw)?, 3)?;
-                out = Some(match out {
-                    None => view,
-                    Some(m) => m.maximum(&view)?,
-                });
-            }
-        }
-        return Ok(out.expect("a pool of at least 1x1"));
+        let mut views = window_views(x, (ph, pw), (sh, sw))?.into_iter();
+        let first = views.next().expect("a pool of at least 1x1");
+        return views.try_fold(first, |m, v| Ok(m.maximum(&v)?));
     }
     let (oh, ow) = (h / ph, w / pw);
     Ok(x.narrow(2, 0, oh * ph)?
@@ -170,4 +155,29 @@ fn max_pool_valid(
         .reshape((n, c, oh, ph, ow, pw))?
         .max(5)?
         .max(3)?)
+}
+
+/// The `ph·pw` views of `x` a pooling window sees, each `(N, C, out_h, out_w)`: view `(i, j)`
+/// holds every window's value at offset `(i, j)`. Each is two `index_select`s, whose backward
+/// scatters the gradient back to where the value came from, so any reduction over them (max,
+/// mean) has a right gradient even where windows overlap (candle's pools lack one there).
+pub(crate) fn window_views(
+    x: &Tensor,
+    (ph, pw): (usize, usize),
+    (sh, sw): (usize, usize),
+) -> Result<Vec<Tensor>> {
+    let (_, _, h, w) = x.dims4()?;
+    let (oh, ow) = ((h - ph) / sh + 1, (w - pw) / sw + 1);
+    let rows = |start: usize, count: usize, stride: usize| -> Result<Tensor> {
+        let index: Vec<u32> = (0..count).map(|k| (start + k * stride) as u32).collect();
+        Ok(Tensor::from_vec(index, count, x.device())?)
+    };
+    let mut views = Vec::with_capacity(ph * pw);
+    for di in 0..ph {
+        let band = x.index_select(&rows(di, oh, sh)?, 2)?;
+        for dj in 0..pw {
+            views.push(band.index_select(&rows(dj, ow, sw)?, 3)?);
+        }
+    }
+    Ok(views)
 }

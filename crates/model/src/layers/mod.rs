@@ -19,6 +19,7 @@ mod flatten;
 mod global_average_pooling2d;
 mod global_max_pooling2d;
 mod input;
+mod layer_normalization;
 mod max_pooling2d;
 mod multiply;
 mod normalization;
@@ -47,6 +48,7 @@ pub use flatten::Flatten;
 pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use input::InputLayer;
+pub use layer_normalization::LayerNormConfig;
 pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
 pub use multiply::Multiply;
 pub use normalization::NormalizationConfig;
@@ -515,6 +517,7 @@ pub enum LayerKind {
     Normalization(NormalizationConfig),
     /// Keras 3's arithmetic on a tensor and a number (an operation node, not a layer).
     ScalarOp(ScalarOp),
+    LayerNorm(LayerNormConfig),
 }
 
 impl LayerKind {
@@ -544,6 +547,7 @@ impl LayerKind {
             LayerKind::Cropping2d(c) => c,
             LayerKind::Normalization(n) => n,
             LayerKind::ScalarOp(o) => o,
+            LayerKind::LayerNorm(l) => l,
         }
     }
 

@@ -34,6 +34,7 @@ impl SeparableConv2dConfig {
             activation: self.activation,
             use_bias: self.use_bias,
             kernel_initializer: Init::GlorotUniform,
+            groups: 1,
         }
     }
 }
