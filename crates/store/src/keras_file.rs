@@ -123,7 +123,7 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, options: &SaveOptions<'_>)
     let optimizer = options.optimizer;
     let file = hdf5::File::create(tmp).at(path, || format!("cannot create {}", tmp.display()))?;
     let spec = model.spec();
-    write_string(&file, "keras_version", KERAS_FORMAT_VERSION, path)?;
+    write_string(&file, "keras_version", written_keras_version(spec), path)?;
     if let Some(names) = options.class_names {
         let json = serde_json::to_string(names).at(path, || CLASS_NAMES_ATTRIBUTE.into())?;
         write_string(&file, CLASS_NAMES_ATTRIBUTE, &json, path)?;
@@ -171,7 +171,7 @@ fn write_file(model: &Model, tmp: &Path, path: &Path, options: &SaveOptions<'_>)
     );
     write_string_list(&weights, "layer_names", &layers, path)?;
     write_string(&weights, "backend", "tensorflow", path)?;
-    write_string(&weights, "keras_version", KERAS_FORMAT_VERSION, path)?;
+    write_string(&weights, "keras_version", written_keras_version(spec), path)?;
     let model_weights: Vec<_> = model.weights().collect();
     for name in &layers {
         let g = weights
@@ -527,7 +527,35 @@ pub fn read_model_config(path: &Path) -> Result<serde_json::Value> {
     }
     let file = open(path)?;
     let config_text = read_string(&file, "model_config", path)?;
-    serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())
+    let config: serde_json::Value =
+        serde_json::from_str(&config_text).at(path, || "model_config is not JSON".into())?;
+    // `hard_sigmoid` is clip(0.2x + 0.5, 0, 1) in Keras 2 and relu6(x + 3) / 6 in Keras 3 (ours):
+    // a Keras 2 file using it would compute something else here, so it is refused.
+    let version = read_string(&file, "keras_version", path).unwrap_or_default();
+    if version.starts_with("2.") && config_text.contains("\"hard_sigmoid\"") {
+        return fail(
+            path,
+            format!(
+                "written by Keras {version}, whose hard_sigmoid (clip(0.2x + 0.5, 0, 1)) is not \
+                 supported: this workbench's is Keras 3's, relu6(x + 3) / 6"
+            ),
+        );
+    }
+    Ok(config)
+}
+
+/// The `keras_version` our `.h5` claims: Keras 2.9's layout, or Keras 3's when the model uses
+/// an activation whose meaning changed in Keras 3 (`hard_sigmoid`, and `hard_silu` built on
+/// it), so that no reader takes it for Keras 2's.
+fn written_keras_version(spec: &Network) -> &'static str {
+    let keras3_only = spec.layers().iter().any(|l| {
+        let json = crate::layout::layer_config(l).to_string();
+        json.contains("\"hard_sigmoid\"") || json.contains("\"hard_silu\"")
+    });
+    match keras3_only {
+        true => crate::keras3::KERAS3_FORMAT_VERSION,
+        false => KERAS_FORMAT_VERSION,
+    }
 }
 
 /// [`load_model`] with a `Rescaling(scale)` layer named `input_scale` put before the file's

@@ -216,3 +216,43 @@ fn bad_graphs_are_errors_naming_the_layer() {
     let e = network_from_config(&two).unwrap_err().to_string();
     assert!(e.contains("2 inputs") && e.contains("in2"), "{e}");
 }
+
+/// `hard_sigmoid` means clip(0.2x + 0.5) in Keras 2 and relu6(x + 3) / 6 in Keras 3 (ours):
+/// our `.h5` of a model using it says Keras 3 wrote it and loads back; a Keras 2 file using it
+/// is refused by name rather than computed the other way.
+#[test]
+fn hard_sigmoid_follows_the_keras_version_that_wrote_the_file() {
+    use simplecnn_model::{Activation, ActivationConfig, FeatureShape, LayerKind, Network};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Network::new("hs", FeatureShape::Flat(3));
+    let hard = ActivationConfig {
+        activation: Activation::HardSigmoid,
+    };
+    spec.add(LayerKind::Activation(hard)).unwrap();
+    let model = simplecnn_model::Model::new(spec, &Device::Cpu, 0).unwrap();
+    let path = dir.path().join("hs.h5");
+    save_model(&model, &path, None).unwrap();
+    let version = |p: &Path| -> String {
+        let f = hdf5::File::open(p).unwrap();
+        let v: hdf5::types::VarLenUnicode = f.attr("keras_version").unwrap().read_scalar().unwrap();
+        v.as_str().to_string()
+    };
+    assert!(version(&path).starts_with("3."), "{}", version(&path));
+    let x = candle_core::Tensor::new(&[[-4f32, 0.0, 1.5]], &Device::Cpu).unwrap();
+    let back = load_model(&path, &Device::Cpu).unwrap();
+    // relu6(x + 3) / 6: 0, 0.5, 0.75 (Keras 2's would give 0, 0.5, 0.8).
+    assert_eq!(common::predict(&back, &x), [vec![0.0, 0.5, 0.75]]);
+    {
+        let f = hdf5::File::open_rw(&path).unwrap();
+        f.delete_attr("keras_version").unwrap();
+        let v: hdf5::types::VarLenUnicode = "2.9.0".parse().unwrap();
+        f.new_attr::<hdf5::types::VarLenUnicode>()
+            .shape(())
+            .create("keras_version")
+            .unwrap()
+            .write_scalar(&v)
+            .unwrap();
+    }
+    let e = load_model(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("hs.h5") && e.contains("hard_sigmoid"), "{e}");
+}
