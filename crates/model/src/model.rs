@@ -435,6 +435,21 @@ impl Model {
                 self.batch_norm_step(layer, x, activation, training, track_gradients)?
             }
             Op::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
+            Op::Depthwise { layer, shape } => {
+                let LayerKind::DepthwiseConv2d(d) = &layers[layer].kind else {
+                    return Err(ModelError::Config(format!(
+                        "layer {}: internal error, not a DepthwiseConv2D",
+                        layers[layer].name
+                    )));
+                };
+                let ws = &self.weights[layer];
+                let y = ops::depthwise_conv2d(x, ws[0].var.as_tensor(), shape)?;
+                let y = match ws.get(1) {
+                    Some(b) => y.broadcast_add(&b.var.as_tensor().reshape((1, (), 1, 1))?)?,
+                    None => y,
+                };
+                d.activation.apply(y, skip_final_softmax && layer == last)?
+            }
             Op::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,
                 None => x.clone(),

@@ -46,6 +46,11 @@ pub(crate) enum Op {
         layer: usize,
         rate: f32,
     },
+    /// A DepthwiseConv2D on [`ops::depthwise_conv2d`], its bias and activation after.
+    Depthwise {
+        layer: usize,
+        shape: ops::DepthwiseShape,
+    },
 }
 
 /// A value of the forward pass: the model's input (0) or layer `i`'s output (`i + 1`).
@@ -248,6 +253,37 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                     activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
                 };
                 (op, covered, ImageLayout::Nchw)
+            }
+            (LayerKind::DepthwiseConv2d(d), Some((c, h, w))) => {
+                let geometry = d.kernel_size;
+                let conv = crate::Conv2dConfig {
+                    kernel_size: geometry,
+                    strides: d.strides,
+                    padding: d.padding,
+                    ..crate::Conv2dConfig::new(1, 1, d.padding, Activation::Linear)
+                };
+                let ((out_h, pad_top, _), (out_w, pad_left, _)) =
+                    conv.geometry(h, w).ok_or_else(|| ModelError::Shape {
+                        layer: l.name.clone(),
+                        message: format!("input {h}x{w} is too small"),
+                    })?;
+                let shape = ops::DepthwiseShape {
+                    channels: c,
+                    multiplier: d.depth_multiplier,
+                    in_h: h,
+                    in_w: w,
+                    kernel: d.kernel_size,
+                    strides: d.strides,
+                    pad_top,
+                    pad_left,
+                    out_h,
+                    out_w,
+                };
+                (
+                    Op::Depthwise { layer: i, shape },
+                    vec![i],
+                    ImageLayout::Nchw,
+                )
             }
             (LayerKind::MaxPool2d(p), Some((_, h, w))) if p.padding == crate::Padding::Valid => {
                 let op = Op::MaxPool {

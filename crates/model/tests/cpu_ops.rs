@@ -656,3 +656,43 @@ fn a_frozen_batch_norm_uses_and_keeps_its_moving_statistics() {
         assert!(diff.to_scalar::<f32>().unwrap() > 1e-3);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The depthwise kernel against candle's grouped convolution on the padded input: values,
+    /// input gradient and kernel gradient, any multiplier, stride and padding.
+    #[test]
+    fn depthwise_conv2d_matches_candle(
+        n in 1usize..3, c in 1usize..4, m in 1usize..3, h in 3usize..9, w in 3usize..9,
+        kh in 1usize..4, kw in 1usize..4, sh in 1usize..3, sw in 1usize..3,
+        pads in (0usize..2, 0usize..2, 0usize..2, 0usize..2), seed in 0u64..1000,
+    ) {
+        let (top, bottom, left, right) = pads;
+        let (ph, pw) = (h + top + bottom, w + left + right);
+        prop_assume!(ph >= kh && pw >= kw);
+        let (out_h, out_w) = ((ph - kh) / sh + 1, (pw - kw) / sw + 1);
+        let shape = ops::DepthwiseShape {
+            channels: c, multiplier: m, in_h: h, in_w: w, kernel: (kh, kw), strides: (sh, sw),
+            pad_top: top, pad_left: left, out_h, out_w,
+        };
+        let x = Var::from_tensor(&rand(&[n, c, h, w], seed)).unwrap();
+        let k = Var::from_tensor(&rand(&[c * m, 1, kh, kw], seed + 1)).unwrap();
+        let r = rand(&[n, c * m, out_h, out_w], seed + 2);
+        let ours = ops::depthwise_conv2d(x.as_tensor(), k.as_tensor(), shape).unwrap();
+        let padded = x.as_tensor().pad_with_zeros(2, top, bottom).unwrap()
+            .pad_with_zeros(3, left, right).unwrap();
+        // candle takes one stride: stride 1, then every s-th row and column.
+        let full = padded.conv2d(k.as_tensor(), 0, 1, 1, c).unwrap();
+        let rows: Vec<u32> = (0..out_h).map(|i| (i * sh) as u32).collect();
+        let cols: Vec<u32> = (0..out_w).map(|i| (i * sw) as u32).collect();
+        let reference = full
+            .index_select(&Tensor::new(rows.as_slice(), &CPU).unwrap(), 2).unwrap()
+            .index_select(&Tensor::new(cols.as_slice(), &CPU).unwrap(), 3).unwrap();
+        assert_close("depthwise output", &ours, &reference, 1e-5);
+        let grads = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g1, g2) = (grads(&ours), grads(&reference));
+        assert_close("input gradient", g1.get(&x).unwrap(), g2.get(&x).unwrap(), 1e-5);
+        assert_close("kernel gradient", g1.get(&k).unwrap(), g2.get(&k).unwrap(), 1e-5);
+    }
+}

@@ -13,6 +13,8 @@
 //! * [`conv_pool`]: Conv2D → ReLU → MaxPool2D (→ Dropout) in one op, never materialising the
 //!   convolution's full-size output.
 //! * [`dropout`]: a mask multiply, forward and backward.
+//! * [`depthwise_conv2d`]: DepthwiseConv2D as direct loops (candle's grouped convolution is one
+//!   small convolution per channel).
 //! * [`batch_norm`]: BatchNormalization (batch or fixed statistics) with the activation after it,
 //!   and [`gelu`] alone, in plain loops with two backward passes.
 //!
@@ -21,6 +23,7 @@
 
 mod block;
 mod conv;
+mod depthwise;
 mod dropout;
 mod gemm;
 mod lowering;
@@ -30,6 +33,7 @@ mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
 pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout};
+pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormStatistics};
 pub use pool::{max_pool2d, PoolShape};
