@@ -41,7 +41,14 @@ FAMILIES = {
 
 
 def randomise_batchnorm(model, rng):
+    """Random BatchNorm moving statistics; and random LayerNormalization and LayerScale
+    factors (ConvNeXt's start at 1e-6, which would make its blocks all but vanish)."""
     for layer in model.layers:
+        if type(layer).__name__ in ("LayerScale", "LayerNormalization"):
+            layer.set_weights([(rng.uniform(0.5, 1.5, w.shape) if i == 0 else
+                                rng.normal(0, 0.1, w.shape)).astype(np.float32)
+                               for i, w in enumerate(layer.get_weights())])
+            continue
         if isinstance(layer, keras.layers.BatchNormalization):
             ws = layer.get_weights()
             *affine, mean, var = ws
@@ -59,7 +66,7 @@ def main(binary, out, names):
         build, size = FAMILIES.get(name, (getattr(A, name), 32))
         keras.utils.set_random_seed(1)
         kwargs = {"weights": None, "classes": 10, "input_shape": (size, size, 3)}
-        if name.startswith("MobileNetV3") or name.startswith("EfficientNetV2"):
+        if name.startswith(("MobileNetV3", "EfficientNetV2", "ConvNeXt")):
             kwargs["include_preprocessing"] = True
         try:
             m = build(**kwargs)

@@ -13,6 +13,8 @@ is exercised. Saved twice:
 A second graph (`more3.keras`, `more3.h5`, `more2.h5`) has the layers MobileNet, Xception and
 EfficientNet add: Normalization, DepthwiseConv2D, SeparableConv2D, Reshape, pooling with
 padding="same", Dropout with noise_shape.
+A third (`nested3.keras`, Keras 3 only) nests a Sequential in the model and has ConvNeXt's
+LayerScale.
 `expected.json` holds the input batches and each model's predictions.
 """
 
@@ -139,6 +141,23 @@ def main(out):
         "version": keras.__version__,
         "predictions": m3.predict(x, verbose=0).tolist(),
     }
+    # ConvNeXt's pieces: a Sequential nested in the model, and its LayerScale.
+    from keras.src.applications.convnext import LayerScale
+
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((8, 8, 3))
+    stem = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(6, 2, strides=2, name="stem_conv"),
+         keras.layers.LayerNormalization(epsilon=1e-6, name="stem_ln")],
+        name="stem",
+    )
+    y = stem(inp)
+    y = keras.layers.Add(name="res")([y, LayerScale(0.5, 6, name="scale")(y)])
+    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
+    nested = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(y))
+    nested.save(os.path.join(out, "nested3.keras"))
+    expected["nested3"] = {"predictions": nested.predict(x, verbose=0).tolist()}
+
     more_x = rng.random((4, 9, 9, 3), dtype=np.float32)
     expected["more_input_nhwc"] = more_x.tolist()
     keras.utils.set_random_seed(8)

@@ -40,9 +40,9 @@ pub use layers::{
     Activation, ActivationConfig, Add, AveragePooling2D, BatchNormConfig, Concatenate,
     Conv2dConfig, Cropping2D, DenseConfig, DepthwiseConv2dConfig, DropoutConfig, FanInScale,
     FanMode, FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
-    InputLayer, Layer, LayerKind, LayerNormConfig, MaxPooling2D, Multiply, NormalizationConfig,
-    Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape, ScalarOp, ScalarOpKind,
-    SeparableConv2dConfig, WeightRole, WeightSpec, ZeroPadding2D,
+    InputLayer, Layer, LayerKind, LayerNormConfig, LayerScale, MaxPooling2D, Multiply,
+    NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape,
+    ScalarOp, ScalarOpKind, SeparableConv2dConfig, WeightRole, WeightSpec, ZeroPadding2D,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use network::{

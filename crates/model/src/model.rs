@@ -151,6 +151,7 @@ impl Model {
                     }
                     Init::Ones => vec![1.0; n],
                     Init::Zeros => vec![0.0; n],
+                    Init::Constant { bits } => vec![f32::from_bits(bits); n],
                 };
                 let var = Var::from_tensor(&Tensor::from_vec(values, w.shape, device)?)?;
                 ws.push(NamedWeight {

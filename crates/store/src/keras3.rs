@@ -110,23 +110,38 @@ fn read_vars(group: &hdf5::Group, label: &Path, what: &str) -> Result<Vec<(Strin
 
 /// Each layer of a `config.json` (the input aside) with its path in the weights tree.
 pub(crate) fn paths_from_config(config: &Value) -> Vec<(String, String)> {
+    paths_of_layers(
+        config["config"]["layers"]
+            .as_array()
+            .map_or(&[], Vec::as_slice),
+        "",
+    )
+}
+
+/// The tree paths of `layers` under `prefix`: each counted by its snake_case class, and a
+/// `Sequential` nested in the model (ConvNeXt's stem) as `<sequential_k>/layers/<its own>`.
+fn paths_of_layers(layers: &[Value], prefix: &str) -> Vec<(String, String)> {
     let mut used: HashMap<String, usize> = HashMap::new();
-    config["config"]["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut out = Vec::new();
+    for l in layers
+        .iter()
         .filter(|l| l["class_name"] != "InputLayer" && !is_op_node(l))
-        .map(|l| {
-            let base = snake_case(l["class_name"].as_str().unwrap_or(""));
-            let n = used.entry(base.clone()).or_insert(0);
-            let path = match *n {
-                0 => base.clone(),
-                k => format!("{base}_{k}"),
-            };
-            *n += 1;
-            (l["config"]["name"].as_str().unwrap_or("").to_string(), path)
-        })
-        .collect()
+    {
+        let base = snake_case(l["class_name"].as_str().unwrap_or(""));
+        let n = used.entry(base.clone()).or_insert(0);
+        let path = match *n {
+            0 => format!("{prefix}{base}"),
+            k => format!("{prefix}{base}_{k}"),
+        };
+        *n += 1;
+        match l["config"]["layers"].as_array() {
+            Some(inner) if l["class_name"] == "Sequential" => {
+                out.extend(paths_of_layers(inner, &format!("{path}/layers/")));
+            }
+            _ => out.push((l["config"]["name"].as_str().unwrap_or("").to_string(), path)),
+        }
+    }
+    out
 }
 
 /// Each layer group of a weights tree with the layer name its `vars` group records.
@@ -557,11 +572,16 @@ pub(crate) fn open_archive(path: &Path) -> Result<KerasArchive> {
 /// The Sequential's config as Keras 3 writes `config.json`, with `compile_config` for Adam.
 pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
     let wrap = |layer: Value, input: Option<Value>| {
+        // ConvNeXt's LayerScale lives in its application's module, registered by name.
+        let (module, registered) = match layer["class_name"].as_str() {
+            Some("LayerScale") => ("keras.src.applications.convnext", json!("LayerScale")),
+            _ => ("keras.layers", Value::Null),
+        };
         let mut v = json!({
-            "module": "keras.layers",
+            "module": module,
             "class_name": layer["class_name"],
             "config": layer["config"],
-            "registered_name": null,
+            "registered_name": registered,
         });
         if let Some(shape) = input {
             v["build_config"] = json!({"input_shape": shape});

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use simplecnn_model::{
     Activation, AveragePooling2D, BatchNormConfig, Conv2dConfig, Cropping2D, DenseConfig,
     DepthwiseConv2dConfig, FanInScale, FanMode, FeatureShape, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, Init, LayerKind, LayerNormConfig, LayerSpec, MaxPooling2D, Network,
-    NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape,
-    ScalarOp, ScalarOpKind, SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
+    GlobalMaxPooling2D, Init, LayerKind, LayerNormConfig, LayerScale, LayerSpec, MaxPooling2D,
+    Network, NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig,
+    Reshape, ScalarOp, ScalarOpKind, SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -40,6 +40,9 @@ fn initializer_config(init: Init) -> Value {
             "scale": scale.value(), "mode": "fan_in", "distribution": "uniform", "seed": null}}),
         Init::Zeros => json!({"class_name": "Zeros", "config": {}}),
         Init::Ones => json!({"class_name": "Ones", "config": {}}),
+        Init::Constant { bits } => {
+            json!({"class_name": "Constant", "config": {"value": f32::from_bits(bits) as f64}})
+        }
         Init::GlorotUniform => json!({"class_name": "GlorotUniform", "config": {"seed": null}}),
         Init::TruncatedNormal { scale, mode } => {
             json!({"class_name": "VarianceScaling", "config": {
@@ -253,6 +256,10 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
         LayerKind::Reshape(r) => merge(base, json!({"target_shape": r.target.keras_dims()})),
         LayerKind::Add | LayerKind::Multiply => base,
         LayerKind::ScalarOp(_) => json!({"name": layer.name}),
+        LayerKind::LayerScale(l) => merge(
+            base,
+            json!({"init_values": l.init_values as f64, "projection_dim": l.projection_dim}),
+        ),
         LayerKind::LayerNorm(l) => merge(
             base,
             json!({
@@ -299,7 +306,13 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             initializers(*kernel_initializer),
         ),
     };
-    json!({"class_name": layer.kind.class_name(), "config": config})
+    let mut entry = json!({"class_name": layer.kind.class_name(), "config": config});
+    if let LayerKind::LayerScale(_) = layer.kind {
+        // Not a layer of keras.layers: Keras finds it by its module (its legacy .h5 loader too).
+        entry["module"] = json!("keras.src.applications.convnext");
+        entry["registered_name"] = json!("LayerScale");
+    }
+    entry
 }
 
 fn keras_batch_shape(shape: &FeatureShape) -> Value {
@@ -622,6 +635,13 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             };
             LayerKind::Dropout(simplecnn_model::DropoutConfig { rate, per_example })
         }
+        "LayerScale" => LayerKind::LayerScale(LayerScale {
+            init_values: cfg
+                .get("init_values")
+                .and_then(Value::as_f64)
+                .ok_or("no init_values")? as f32,
+            projection_dim: size(cfg, "projection_dim")?,
+        }),
         "LayerNormalization" => {
             let axis = match cfg.get("axis") {
                 Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
@@ -1169,7 +1189,59 @@ fn sequential_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
 /// comes after what it takes (Keras' file order is one; a file need not be), the one input
 /// layer first and the output layer last. Names that do not exist, cycles, layers that lead
 /// nowhere and shapes that do not join are errors naming the layer.
+/// A `Sequential` nested in a functional model (ConvNeXt's stem and downsampling layers)
+/// flattened into it: its layers (each with the nested entry's position) chained, the first
+/// taking what the nested model takes; the map renames the nested model to its last layer
+/// for the layers that take it. A nested functional model is refused by name.
+type Flattened = (Vec<(usize, Value)>, HashMap<String, String>);
+
+fn flatten_nested(layers: &[Value]) -> Result<Flattened, ConfigError> {
+    let mut out = Vec::with_capacity(layers.len());
+    let mut renames = HashMap::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let (class, cfg, name) = entry_parts(layer);
+        let nested = cfg.get("layers").and_then(Value::as_array);
+        match (class, nested) {
+            ("Sequential", Some(inner)) => {
+                let name = name.unwrap_or_default();
+                let mut previous: Option<String> = None;
+                for l in inner.iter().filter(|l| l["class_name"] != "InputLayer") {
+                    let mut entry = l.clone();
+                    let inner_name = entry_parts(l).2.ok_or_else(|| ConfigError {
+                        layer: Some(name.clone()),
+                        index: Some(index),
+                        message: "a layer of the nested model has no name".into(),
+                    })?;
+                    entry["name"] = json!(inner_name);
+                    entry["inbound_nodes"] = match &previous {
+                        None => layer["inbound_nodes"].clone(),
+                        Some(p) => json!([[[p, 0, 0, {}]]]),
+                    };
+                    previous = Some(inner_name);
+                    out.push((index, entry));
+                }
+                let last = previous.ok_or_else(|| ConfigError {
+                    layer: Some(name.clone()),
+                    index: Some(index),
+                    message: "the nested model has no layers".into(),
+                })?;
+                renames.insert(name, last);
+            }
+            ("Functional" | "Model", Some(_)) => {
+                return Err(ConfigError {
+                    layer: name,
+                    index: Some(index),
+                    message: "a functional model nested in the model is not supported".into(),
+                })
+            }
+            _ => out.push((index, layer.clone())),
+        }
+    }
+    Ok((out, renames))
+}
+
 fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, ConfigError> {
+    let (flat, renames) = flatten_nested(layers)?;
     let top = |m: String| ConfigError {
         layer: None,
         index: None,
@@ -1187,9 +1259,12 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
         /// An operation node's kind (arithmetic on tensors, not a layer).
         op: Option<LayerKind>,
     }
-    let mut entries = Vec::with_capacity(layers.len());
+    let mut entries = Vec::with_capacity(flat.len());
     let mut position: HashMap<String, usize> = HashMap::new();
-    for (index, layer) in layers.iter().enumerate() {
+    let mut origin = Vec::with_capacity(flat.len());
+    for (index, layer) in flat.iter() {
+        let (index, layer) = (*index, layer);
+        origin.push(index);
         let (class, cfg, name) = entry_parts(layer);
         let name = name.ok_or_else(|| ConfigError {
             layer: Some(class.to_string()),
@@ -1202,8 +1277,12 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
             message: m,
         };
         let op = op_node(layer).map_err(err)?;
-        let inbound = inbound_names(layer).map_err(err)?;
-        if position.insert(name.clone(), index).is_some() {
+        let inbound: Vec<String> = inbound_names(layer)
+            .map_err(err)?
+            .into_iter()
+            .map(|n| renames.get(&n).cloned().unwrap_or(n))
+            .collect();
+        if position.insert(name.clone(), entries.len()).is_some() {
             return Err(err("the name is used twice".into()));
         }
         entries.push(Entry {
@@ -1218,7 +1297,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
         if let Some(missing) = e.inbound.iter().find(|n| !position.contains_key(*n)) {
             return Err(ConfigError {
                 layer: Some(e.name.clone()),
-                index: Some(index),
+                index: Some(origin[index]),
                 message: format!("takes layer {missing:?}, which the model does not have"),
             });
         }
@@ -1249,11 +1328,13 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
     }
     // The output: the one `output_layers` names, or the one layer nothing takes.
     let output = match endpoint(inner, "output_layers").map_err(top)? {
-        Some(name) => *position.get(&name).ok_or_else(|| {
-            top(format!(
-                "output_layers names {name:?}, which the model does not have"
-            ))
-        })?,
+        Some(name) => *position
+            .get(renames.get(&name).unwrap_or(&name))
+            .ok_or_else(|| {
+                top(format!(
+                    "output_layers names {name:?}, which the model does not have"
+                ))
+            })?,
         None => {
             let taken: std::collections::HashSet<&str> = entries
                 .iter()
@@ -1293,7 +1374,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
                     Mark::Open => {
                         return Err(ConfigError {
                             layer: Some(entries[i].name.clone()),
-                            index: Some(i),
+                            index: Some(origin[i]),
                             message: format!("takes {name:?}, which depends on it: a cycle"),
                         })
                     }
@@ -1309,7 +1390,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
     if let Some(stray) = (0..entries.len()).find(|&i| mark[i] == Mark::New) {
         return Err(ConfigError {
             layer: Some(entries[stray].name.clone()),
-            index: Some(stray),
+            index: Some(origin[stray]),
             message: format!(
                 "does not lead to the model's output {}",
                 entries[output].name
@@ -1343,7 +1424,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
     let input_entry = &entries[input];
     let shape = input_shape(input_entry.cfg).ok_or_else(|| ConfigError {
         layer: Some(input_entry.name.clone()),
-        index: Some(input),
+        index: Some(origin[input]),
         message: "no input shape (batch_shape) or not an image or a vector".into(),
     })?;
     let mut net = Network::new(model_name, shape);
@@ -1352,7 +1433,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
         let e = &entries[i];
         let err = |m: String| ConfigError {
             layer: Some(e.name.clone()),
-            index: Some(i),
+            index: Some(origin[i]),
             message: m,
         };
         let sources: Vec<Source> = match e.class {
@@ -1377,7 +1458,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
         net.connect(e.name.clone(), kind, &sources)
             .map_err(|m| ConfigError {
                 layer: None,
-                index: Some(i),
+                index: Some(origin[i]),
                 message: m.to_string(),
             })?;
         if e.cfg.get("trainable").and_then(Value::as_bool) == Some(false) {

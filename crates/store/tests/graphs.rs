@@ -39,6 +39,7 @@ fn graphs_keras_wrote_predict_what_keras_predicted() {
         ("more3.keras", "more3"),
         ("more3.h5", "more3"),
         ("more2.h5", "more2"),
+        ("nested3.keras", "nested3"),
     ] {
         let model = load_model(&fixture(file), &Device::Cpu).unwrap();
         assert!(model.spec().is_functional(), "{file}");
@@ -97,6 +98,8 @@ fn what_we_write_lists_layers_in_keras_order_and_loads_back() {
     let dir = tempfile::tempdir().unwrap();
     let v = expected();
     for fixture_file in ["keras3.keras", "keras2.h5", "more3.keras", "more2.h5"] {
+        // (nested3.keras is written back flattened: its layer order differs from Keras' by design;
+        // it is checked below.)
         let x = match fixture_file.starts_with("more") {
             true => common::nhwc_batch(&v["more_input_nhwc"]),
             false => common::nhwc_batch(&v["input_nhwc"]),
@@ -125,6 +128,35 @@ fn what_we_write_lists_layers_in_keras_order_and_loads_back() {
                 "{fixture_file} → .{ext}"
             );
         }
+    }
+}
+
+/// A Sequential nested in the model (ConvNeXt's stem) is flattened into it: its layers join the
+/// graph under their own names, take their weights from the nested tree, and the flattened
+/// model saves and loads back the same.
+#[test]
+fn a_nested_sequential_is_flattened_into_the_graph() {
+    let v = expected();
+    let x = common::nhwc_batch(&v["input_nhwc"]);
+    let model = load_model(&fixture("nested3.keras"), &Device::Cpu).unwrap();
+    let names: Vec<&str> = model
+        .spec()
+        .layers()
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"stem_conv") && names.contains(&"stem_ln"),
+        "{names:?}"
+    );
+    assert!(!names.contains(&"stem"));
+    let before = common::predict(&model, &x);
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["keras", "h5"] {
+        let path = dir.path().join(format!("flat.{ext}"));
+        save_model(&model, &path, None).unwrap();
+        let back = load_model(&path, &Device::Cpu).unwrap();
+        assert_eq!(common::predict(&back, &x), before, ".{ext}");
     }
 }
 

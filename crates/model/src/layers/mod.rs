@@ -20,6 +20,7 @@ mod global_average_pooling2d;
 mod global_max_pooling2d;
 mod input;
 mod layer_normalization;
+mod layer_scale;
 mod max_pooling2d;
 mod multiply;
 mod normalization;
@@ -49,6 +50,7 @@ pub use global_average_pooling2d::GlobalAveragePooling2D;
 pub use global_max_pooling2d::GlobalMaxPooling2D;
 pub use input::InputLayer;
 pub use layer_normalization::LayerNormConfig;
+pub use layer_scale::LayerScale;
 pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
 pub use multiply::Multiply;
 pub use normalization::NormalizationConfig;
@@ -348,6 +350,20 @@ pub enum Init {
     },
     Zeros,
     Ones,
+    /// Keras' `Constant(value)`, held as the f32's bits (so that `Init` stays `Eq`): see
+    /// [`Init::constant`].
+    Constant {
+        bits: u32,
+    },
+}
+
+impl Init {
+    /// Keras' `Constant(value)` (ConvNeXt's LayerScale starts at 1e-6).
+    pub fn constant(value: f32) -> Self {
+        Init::Constant {
+            bits: value.to_bits(),
+        }
+    }
 }
 
 /// Which fan a variance-scaling initialiser divides by (Keras' `mode`).
@@ -518,6 +534,8 @@ pub enum LayerKind {
     /// Keras 3's arithmetic on a tensor and a number (an operation node, not a layer).
     ScalarOp(ScalarOp),
     LayerNorm(LayerNormConfig),
+    /// ConvNeXt's `LayerScale` (`keras.src.applications.convnext`).
+    LayerScale(LayerScale),
 }
 
 impl LayerKind {
@@ -548,6 +566,7 @@ impl LayerKind {
             LayerKind::Normalization(n) => n,
             LayerKind::ScalarOp(o) => o,
             LayerKind::LayerNorm(l) => l,
+            LayerKind::LayerScale(l) => l,
         }
     }
 
