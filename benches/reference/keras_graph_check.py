@@ -3,7 +3,7 @@
     target/reference-venv/keras/bin/python benches/reference/keras_graph_check.py \
         crates/store/tests/data/graphs/expected.json keras3 ours.keras [ours.h5 ...]
 
-`keras3`/`keras2`/`more3`/`more2` picks the expected predictions (those of the fixture the files came from).
+`keras3`/`keras2`/`more3`/`more2`/`nested3` picks the expected predictions (those of the fixture the files came from).
 Prints the largest absolute difference per file; exits 1 when one is over 1e-5.
 """
 

@@ -14,7 +14,7 @@ A second graph (`more3.keras`, `more3.h5`, `more2.h5`) has the layers MobileNet,
 EfficientNet add: Normalization, DepthwiseConv2D, SeparableConv2D, Reshape, pooling with
 padding="same", Dropout with noise_shape.
 A third (`nested3.keras`, Keras 3 only) nests a Sequential in the model and has ConvNeXt's
-LayerScale.
+LayerScale and StochasticDepth.
 `expected.json` holds the input batches and each model's predictions.
 """
 
@@ -142,7 +142,7 @@ def main(out):
         "predictions": m3.predict(x, verbose=0).tolist(),
     }
     # ConvNeXt's pieces: a Sequential nested in the model, and its LayerScale.
-    from keras.src.applications.convnext import LayerScale
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
 
     keras.utils.set_random_seed(9)
     inp = keras.Input((8, 8, 3))
@@ -152,7 +152,8 @@ def main(out):
         name="stem",
     )
     y = stem(inp)
-    y = keras.layers.Add(name="res")([y, LayerScale(0.5, 6, name="scale")(y)])
+    branch = StochasticDepth(0.2, name="drop_path")(LayerScale(0.5, 6, name="scale")(y))
+    y = keras.layers.Add(name="res")([y, branch])
     y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
     nested = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="out")(y))
     nested.save(os.path.join(out, "nested3.keras"))

@@ -42,7 +42,8 @@ pub use layers::{
     FanMode, FeatureShape, Flatten, ForwardCtx, GlobalAveragePooling2D, GlobalMaxPooling2D, Init,
     InputLayer, Layer, LayerKind, LayerNormConfig, LayerScale, MaxPooling2D, Multiply,
     NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape,
-    ScalarOp, ScalarOpKind, SeparableConv2dConfig, WeightRole, WeightSpec, ZeroPadding2D,
+    ScalarOp, ScalarOpKind, SeparableConv2dConfig, StochasticDepth, WeightRole, WeightSpec,
+    ZeroPadding2D,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use network::{

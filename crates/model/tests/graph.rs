@@ -299,3 +299,35 @@ fn same_padding_pools_count_only_the_image() {
         }
     }
 }
+
+/// ConvNeXt's StochasticDepth (Keras' Dropout with noise_shape (None, 1, 1, 1)): in training
+/// each example is kept whole, scaled by 1 / (1 - rate), or dropped whole; in inference it is
+/// the identity.
+#[test]
+fn stochastic_depth_keeps_or_drops_whole_examples() {
+    use simplecnn_model::{DropoutRng, StochasticDepth};
+    let mut s = Network::new("sd", FeatureShape::image(3, 4, 4));
+    let sd = StochasticDepth {
+        drop_path_rate: 0.5,
+    };
+    s.add(LayerKind::StochasticDepth(sd)).unwrap();
+    let model = Model::new(s, &CPU, 0).unwrap();
+    let x = (rand(&[64, 3, 4, 4], 3).abs().unwrap() + 0.1).unwrap();
+    let mut rng = DropoutRng::new(1);
+    let y = model.forward(&x, Mode::Training(&mut rng)).unwrap();
+    let ratio: Vec<Vec<f32>> = (y / &x)
+        .unwrap()
+        .flatten_from(1)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let kept = ratio
+        .iter()
+        .filter(|r| r.iter().all(|v| (v - 2.0).abs() < 1e-5))
+        .count();
+    let dropped = ratio.iter().filter(|r| r.iter().all(|v| *v == 0.0)).count();
+    assert_eq!(kept + dropped, 64, "every example kept or dropped whole");
+    assert!((16..=48).contains(&kept), "{kept} of 64 kept at rate 0.5");
+    let same = model.forward(&x, Mode::Inference).unwrap();
+    assert_close("inference", &same, &x, 0.0);
+}

@@ -572,9 +572,11 @@ pub(crate) fn open_archive(path: &Path) -> Result<KerasArchive> {
 /// The Sequential's config as Keras 3 writes `config.json`, with `compile_config` for Adam.
 pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
     let wrap = |layer: Value, input: Option<Value>| {
-        // ConvNeXt's LayerScale lives in its application's module, registered by name.
+        // ConvNeXt's LayerScale and StochasticDepth live in its application's module.
         let (module, registered) = match layer["class_name"].as_str() {
-            Some("LayerScale") => ("keras.src.applications.convnext", json!("LayerScale")),
+            Some(c @ ("LayerScale" | "StochasticDepth")) => {
+                ("keras.src.applications.convnext", json!(c))
+            }
             _ => ("keras.layers", Value::Null),
         };
         let mut v = json!({

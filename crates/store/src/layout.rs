@@ -9,7 +9,8 @@ use simplecnn_model::{
     DepthwiseConv2dConfig, FanInScale, FanMode, FeatureShape, GlobalAveragePooling2D,
     GlobalMaxPooling2D, Init, LayerKind, LayerNormConfig, LayerScale, LayerSpec, MaxPooling2D,
     Network, NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig,
-    Reshape, ScalarOp, ScalarOpKind, SeparableConv2dConfig, Source, WeightRole, ZeroPadding2D,
+    Reshape, ScalarOp, ScalarOpKind, SeparableConv2dConfig, Source, StochasticDepth, WeightRole,
+    ZeroPadding2D,
 };
 
 /// The Keras version whose `.h5` layout we write (Keras 2.9's; Keras 3 reads it too).
@@ -260,6 +261,9 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
             base,
             json!({"init_values": l.init_values as f64, "projection_dim": l.projection_dim}),
         ),
+        LayerKind::StochasticDepth(d) => {
+            merge(base, json!({"drop_path_rate": d.drop_path_rate as f64}))
+        }
         LayerKind::LayerNorm(l) => merge(
             base,
             json!({
@@ -307,10 +311,11 @@ pub fn layer_config(layer: &LayerSpec) -> Value {
         ),
     };
     let mut entry = json!({"class_name": layer.kind.class_name(), "config": config});
-    if let LayerKind::LayerScale(_) = layer.kind {
-        // Not a layer of keras.layers: Keras finds it by its module (its legacy .h5 loader too).
+    if let LayerKind::LayerScale(_) | LayerKind::StochasticDepth(_) = layer.kind {
+        // Not layers of keras.layers: Keras finds them by their module (its legacy .h5 loader
+        // too).
         entry["module"] = json!("keras.src.applications.convnext");
-        entry["registered_name"] = json!("LayerScale");
+        entry["registered_name"] = json!(layer.kind.class_name());
     }
     entry
 }
@@ -635,6 +640,12 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             };
             LayerKind::Dropout(simplecnn_model::DropoutConfig { rate, per_example })
         }
+        "StochasticDepth" => LayerKind::StochasticDepth(StochasticDepth {
+            drop_path_rate: cfg
+                .get("drop_path_rate")
+                .and_then(Value::as_f64)
+                .ok_or("no drop_path_rate")? as f32,
+        }),
         "LayerScale" => LayerKind::LayerScale(LayerScale {
             init_values: cfg
                 .get("init_values")

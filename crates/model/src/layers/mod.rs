@@ -29,6 +29,7 @@ mod rescaling;
 mod reshape;
 mod scalar_op;
 mod separable_conv2d;
+mod stochastic_depth;
 mod zero_padding2d;
 
 use std::fmt;
@@ -59,6 +60,7 @@ pub use rescaling::RescalingConfig;
 pub use reshape::Reshape;
 pub use scalar_op::{ScalarOp, ScalarOpKind};
 pub use separable_conv2d::SeparableConv2dConfig;
+pub use stochastic_depth::StochasticDepth;
 pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
 use crate::error::{ModelError, Result};
@@ -536,6 +538,8 @@ pub enum LayerKind {
     LayerNorm(LayerNormConfig),
     /// ConvNeXt's `LayerScale` (`keras.src.applications.convnext`).
     LayerScale(LayerScale),
+    /// ConvNeXt's `StochasticDepth`.
+    StochasticDepth(StochasticDepth),
 }
 
 impl LayerKind {
@@ -567,6 +571,7 @@ impl LayerKind {
             LayerKind::ScalarOp(o) => o,
             LayerKind::LayerNorm(l) => l,
             LayerKind::LayerScale(l) => l,
+            LayerKind::StochasticDepth(s) => s,
         }
     }
 
