@@ -5,7 +5,7 @@
 //! layers it takes (topological), the model's one output is the last layer's. It holds no
 //! weights (see [`crate::Model`]), so even VGG-16's table costs nothing to print.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use crate::error::{ModelError, Result};
@@ -110,6 +110,11 @@ pub struct Network {
     layers: Vec<LayerSpec>,
     name_counts: HashMap<&'static str, usize>,
     functional: bool,
+    /// The layers' names, so that adding a layer costs no scan of the others (a graph from a
+    /// file may have 100 000 of them).
+    names: HashSet<String>,
+    /// Every layer so far takes exactly the one before it.
+    chain: bool,
 }
 
 impl Network {
@@ -121,6 +126,8 @@ impl Network {
             layers: Vec::new(),
             name_counts: HashMap::new(),
             functional: false,
+            names: HashSet::new(),
+            chain: true,
         }
     }
 
@@ -154,13 +161,7 @@ impl Network {
 
     /// Every layer takes exactly the one before it (the first, the model's input).
     pub fn is_chain(&self) -> bool {
-        self.layers.iter().enumerate().all(|(i, l)| {
-            l.sources
-                == [match i {
-                    0 => Source::Input,
-                    _ => Source::Layer(i - 1),
-                }]
-        })
+        self.chain
     }
 
     /// The index of the layer called `name`.
@@ -176,6 +177,21 @@ impl Network {
             .filter(|(_, l)| l.sources.contains(&Source::Layer(index)))
             .map(|(i, _)| i)
             .collect()
+    }
+
+    /// Every layer's consumers ([`Network::consumers`]) in one pass over the graph.
+    pub fn all_consumers(&self) -> Vec<Vec<usize>> {
+        let mut out = vec![Vec::new(); self.layers.len()];
+        for (i, l) in self.layers.iter().enumerate() {
+            for s in &l.sources {
+                if let Source::Layer(j) = s {
+                    if out[*j].last() != Some(&i) {
+                        out[*j].push(i);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The shape `source` gives.
@@ -194,7 +210,7 @@ impl Network {
         loop {
             *count += 1;
             let name = format!("{stem}_{count}");
-            if !self.layers.iter().any(|l| l.name == name) {
+            if !self.names.contains(&name) {
                 break name;
             }
         }
@@ -224,7 +240,7 @@ impl Network {
         sources: &[Source],
     ) -> Result<&mut Self> {
         let name = name.into();
-        if self.layers.iter().any(|l| l.name == name) {
+        if self.names.contains(&name) {
             return Err(ModelError::Config(format!(
                 "layer name {name} is used twice"
             )));
@@ -254,6 +270,12 @@ impl Network {
         for w in kind.weights(&input) {
             check_size(&name, w.role.keras_name(), &w.shape)?;
         }
+        let next_in_chain = match self.layers.len() {
+            0 => Source::Input,
+            n => Source::Layer(n - 1),
+        };
+        self.chain = self.chain && sources == [next_in_chain];
+        self.names.insert(name.clone());
         self.layers.push(LayerSpec {
             name,
             kind,
@@ -262,7 +284,7 @@ impl Network {
             output,
             trainable: true,
         });
-        if !self.is_chain() {
+        if !self.chain {
             self.functional = true;
         }
         Ok(self)

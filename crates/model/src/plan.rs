@@ -151,7 +151,7 @@ fn takes_channels_last(layer: Option<&LayerSpec>) -> bool {
 /// images, to a Conv2D that is their sole consumer.
 pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
     let layers = spec.layers();
-    let consumers: Vec<Vec<usize>> = (0..layers.len()).map(|i| spec.consumers(i)).collect();
+    let consumers = spec.all_consumers();
     let sole = |i: usize| sole_consumer(spec, &consumers, i);
     let layout_after = |i: usize| match takes_channels_last(sole(i).map(|j| &layers[j])) {
         true => ImageLayout::Nhwc,

@@ -1369,7 +1369,6 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
         Done,
     }
     let mut mark = vec![Mark::New; entries.len()];
-    let mut order = Vec::with_capacity(entries.len());
     let mut stack = vec![(output, 0usize)];
     mark[output] = Mark::Open;
     while let Some((i, k)) = stack.pop() {
@@ -1392,10 +1391,7 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
                     Mark::Done => {}
                 }
             }
-            None => {
-                mark[i] = Mark::Done;
-                order.push(i);
-            }
+            None => mark[i] = Mark::Done,
         }
     }
     if let Some(stray) = (0..entries.len()).find(|&i| mark[i] == Mark::New) {
@@ -1408,29 +1404,35 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
             ),
         });
     }
-    // Keep the file's order where it is already topological (Keras writes one): each step
-    // takes the first layer in file order whose inputs are all placed.
-    let mut placed = vec![false; entries.len()];
-    let mut sorted = Vec::with_capacity(entries.len());
-    let mut remaining: Vec<usize> = (0..entries.len()).collect();
-    remaining.retain(|&i| i != output);
-    sorted.push(input);
-    placed[input] = true;
-    while sorted.len() < entries.len() - 1 {
-        let next = remaining
-            .iter()
-            .copied()
-            .find(|&i| !placed[i] && entries[i].inbound.iter().all(|n| placed[position[n]]));
-        let Some(i) = next else {
-            // Cannot happen after the walk above; `order` is a topological order.
-            sorted = order.clone();
-            sorted.retain(|&i| i != output);
-            break;
-        };
-        placed[i] = true;
-        sorted.push(i);
+    // Keep the file's order where it is already topological (Keras writes one): Kahn's
+    // algorithm taking the earliest ready layer in file order (a heap: a graph from a file may
+    // have 100 000 layers, listed in any order). Every layer leads to the output (checked
+    // above), so the output comes last.
+    let mut waiting: Vec<usize> = entries.iter().map(|e| e.inbound.len()).collect();
+    let mut takers: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        for n in &e.inbound {
+            takers[position[n]].push(i);
+        }
     }
-    sorted.push(output);
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..entries.len())
+        .filter(|&i| waiting[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut sorted = Vec::with_capacity(entries.len());
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        sorted.push(i);
+        for &t in &takers[i] {
+            waiting[t] -= 1;
+            if waiting[t] == 0 {
+                ready.push(std::cmp::Reverse(t));
+            }
+        }
+    }
+    if sorted.len() != entries.len() {
+        // Cannot happen after the walk above, which finds every cycle.
+        return Err(top("the graph has a cycle".into()));
+    }
 
     let input_entry = &entries[input];
     let shape = input_shape(input_entry.cfg).ok_or_else(|| ConfigError {

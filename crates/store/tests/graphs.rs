@@ -288,3 +288,41 @@ fn hard_sigmoid_follows_the_keras_version_that_wrote_the_file() {
     let e = load_model(&path, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("hs.h5") && e.contains("hard_sigmoid"), "{e}");
 }
+
+/// A graph of 100 000 layers listed in reverse (not topological) order, each naming the one
+/// before it, with a layer that names itself as the one error: reading it is linear in the
+/// layers (no scan per layer), and the self-reference is a cycle named by the layer.
+#[test]
+fn a_hundred_thousand_layers_in_any_order() {
+    const N: usize = 100_000;
+    let mut layers: Vec<Value> = (0..N)
+        .map(|i| {
+            let source = match i {
+                0 => "in".to_string(),
+                _ => format!("a{}", i - 1),
+            };
+            json!({"class_name": "Activation", "name": format!("a{i}"),
+                   "config": {"name": format!("a{i}"), "activation": "relu"},
+                   "inbound_nodes": [[[source, 0, 0, {}]]]})
+        })
+        .collect();
+    layers.push(
+        json!({"class_name": "InputLayer", "name": "in", "inbound_nodes": [],
+        "config": {"name": "in", "batch_input_shape": [null, 4]}}),
+    );
+    layers.reverse();
+    let last = format!("a{}", N - 1);
+    let config = json!({"class_name": "Functional", "config": {"name": "long",
+        "layers": layers, "input_layers": [["in", 0, 0]], "output_layers": [[last, 0, 0]]}});
+    let net = network_from_config(&config).unwrap();
+    assert_eq!(net.layers().len(), N + 1);
+    assert_eq!(net.layers()[1].name, "a0");
+    assert_eq!(net.layers()[N].name, last);
+    assert!(net.is_chain());
+    let mut selfish = config.clone();
+    selfish["config"]["layers"][3]["inbound_nodes"] = json!([[["a99997", 0, 0, {}]]]);
+    let name = selfish["config"]["layers"][3]["name"].clone();
+    assert_eq!(name, "a99997");
+    let e = network_from_config(&selfish).unwrap_err().to_string();
+    assert!(e.contains("layer a99997") && e.contains("cycle"), "{e}");
+}
