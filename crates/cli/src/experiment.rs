@@ -159,12 +159,14 @@ pub fn build_model(
     dev: &Device,
     train: &simplecnn_cifar::LabeledImages,
 ) -> Result<Model> {
-    let mut model = Model::new(build_spec(experiment)?, dev, experiment.init_seed())?;
+    let base = base_config(experiment)?;
+    let spec = spec_on(experiment, base.as_ref())?;
+    let mut model = Model::new(spec, dev, experiment.init_seed())?;
     model.set_kernels(match experiment.fit.kernels {
         KernelsName::Fast => Kernels::Fast,
         KernelsName::Candle => Kernels::Candle,
     })?;
-    load_base_weights(experiment, &model)?;
+    load_base_weights(experiment, &model, base.as_ref())?;
     apply_init(experiment, &model, train)?;
     Ok(model)
 }
@@ -188,22 +190,33 @@ fn base_config(experiment: &Experiment) -> Result<Option<serde_json::Value>> {
 
 /// The experiment's architecture; on a `model.base`, the base's from its file or the zoo.
 pub fn build_spec(experiment: &Experiment) -> Result<simplecnn_model::Network> {
-    let base_config = base_config(experiment)?;
+    spec_on(experiment, base_config(experiment)?.as_ref())
+}
+
+/// [`build_spec`] with the base's `model_config` already read ([`base_config`]).
+fn spec_on(
+    experiment: &Experiment,
+    base_config: Option<&serde_json::Value>,
+) -> Result<simplecnn_model::Network> {
     let spec = experiment
-        .build_spec_on(base_config.as_ref())
+        .build_spec_on(base_config)
         .and_then(|spec| experiment.check_spec(&spec).map(|()| spec))
         .map_err(|(key, why)| anyhow::anyhow!("{key}: {why}"))?;
     Ok(spec)
 }
 
-/// The base's layers (all but the `model.layers` on top) get their weights from its file.
-fn load_base_weights(experiment: &Experiment, model: &Model) -> Result<()> {
-    let Some(base) = &experiment.model.base else {
+/// The base's layers (all but the `model.layers` on top) get their weights from its file;
+/// `config` is the base's `model_config` ([`base_config`]).
+fn load_base_weights(
+    experiment: &Experiment,
+    model: &Model,
+    config: Option<&serde_json::Value>,
+) -> Result<()> {
+    let (Some(base), Some(config)) = (&experiment.model.base, config) else {
         return Ok(());
     };
     // The base's layers: `until` and every layer it depends on (the head's layers take it),
     // or, without `until`, every layer its config names.
-    let config = base_config(experiment)?.unwrap_or_default();
     let base_names: std::collections::HashSet<String> = match &base.until {
         Some(until) => model
             .spec()
@@ -636,7 +649,8 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     fit_config.validate(data.train.len())?;
     let train_images = fit_config.split_at(data.train.len());
     fit_config.max_steps = experiment.max_steps(fit_config.steps_per_epoch(train_images));
-    let spec = build_spec(&experiment)?;
+    let base = base_config(&experiment)?;
+    let spec = spec_on(&experiment, base.as_ref())?;
     let classes = spec.output_shape().elem_count();
     if classes != data.train.num_classes() {
         bail!(
@@ -668,7 +682,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         KernelsName::Candle => Kernels::Candle,
     })?;
     if !resuming {
-        load_base_weights(&experiment, &model)?;
+        load_base_weights(&experiment, &model, base.as_ref())?;
         apply_init(&experiment, &model, &data.train)?;
     }
     let summary = model.summary();

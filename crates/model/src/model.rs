@@ -445,11 +445,8 @@ impl Model {
                 };
                 let ws = &self.weights[layer];
                 let y = ops::depthwise_conv2d(x, ws[0].var.as_tensor(), shape)?;
-                let y = match ws.get(1) {
-                    Some(b) => y.broadcast_add(&b.var.as_tensor().reshape((1, (), 1, 1))?)?,
-                    None => y,
-                };
-                d.activation.apply(y, skip_final_softmax && layer == last)?
+                let bias = ws.get(1).map(|b| b.var.as_tensor());
+                d.finish(y, bias, skip_final_softmax && layer == last)?
             }
             Op::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,

@@ -169,17 +169,7 @@ impl Network {
         self.layers.iter().position(|l| l.name == name)
     }
 
-    /// The layers that take layer `index`'s output, in order.
-    pub fn consumers(&self, index: usize) -> Vec<usize> {
-        self.layers
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.sources.contains(&Source::Layer(index)))
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    /// Every layer's consumers ([`Network::consumers`]) in one pass over the graph.
+    /// Per layer, the layers that take its output, in order (one pass over the graph).
     pub fn all_consumers(&self) -> Vec<Vec<usize>> {
         let mut out = vec![Vec::new(); self.layers.len()];
         for (i, l) in self.layers.iter().enumerate() {

@@ -255,15 +255,10 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                 (op, covered, ImageLayout::Nchw)
             }
             (LayerKind::DepthwiseConv2d(d), Some((c, h, w))) => {
-                let geometry = d.kernel_size;
-                let conv = crate::Conv2dConfig {
-                    kernel_size: geometry,
-                    strides: d.strides,
-                    padding: d.padding,
-                    ..crate::Conv2dConfig::new(1, 1, d.padding, Activation::Linear)
-                };
-                let ((out_h, pad_top, _), (out_w, pad_left, _)) =
-                    conv.geometry(h, w).ok_or_else(|| ModelError::Shape {
+                let ((out_h, pad_top, _), (out_w, pad_left, _)) = d
+                    .as_conv()
+                    .geometry(h, w)
+                    .ok_or_else(|| ModelError::Shape {
                         layer: l.name.clone(),
                         message: format!("input {h}x{w} is too small"),
                     })?;

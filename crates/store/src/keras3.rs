@@ -56,17 +56,7 @@ pub(crate) fn is_weights_tree(file: &hdf5::File) -> bool {
 /// Each of the model's layers with its path in Keras 3's weights tree, in Keras' layer order:
 /// a Sequential's without its input, a graph's with it (Keras keeps `layers/input_layer`).
 pub(crate) fn layer_paths(spec: &Network) -> Vec<(String, String)> {
-    let mut used: HashMap<String, usize> = HashMap::new();
-    let mut path_for = |class: &str| {
-        let base = snake_case(class);
-        let n = used.entry(base.clone()).or_insert(0);
-        let path = match *n {
-            0 => base.clone(),
-            k => format!("{base}_{k}"),
-        };
-        *n += 1;
-        path
-    };
+    let mut names = TreeNames::default();
     let mut out = Vec::new();
     let functional = spec.is_functional();
     if functional
@@ -75,7 +65,7 @@ pub(crate) fn layer_paths(spec: &Network) -> Vec<(String, String)> {
             .first()
             .is_none_or(|l| l.kind != LayerKind::Input)
     {
-        out.push((input_layer_name(spec), path_for("InputLayer")));
+        out.push((input_layer_name(spec), names.next("InputLayer", "")));
     }
     for i in keras_order(spec) {
         let l = &spec.layers()[i];
@@ -84,10 +74,28 @@ pub(crate) fn layer_paths(spec: &Network) -> Vec<(String, String)> {
             continue;
         }
         if functional || l.kind != LayerKind::Input {
-            out.push((l.name.clone(), path_for(l.kind.class_name())));
+            out.push((l.name.clone(), names.next(l.kind.class_name(), "")));
         }
     }
     out
+}
+
+/// Keras' names in a weights tree: the snake_case class, then `_1`, `_2`, … for later layers
+/// of the same class (counted within one container).
+#[derive(Default)]
+struct TreeNames(HashMap<String, usize>);
+
+impl TreeNames {
+    fn next(&mut self, class: &str, prefix: &str) -> String {
+        let base = snake_case(class);
+        let n = self.0.entry(base.clone()).or_insert(0);
+        let path = match *n {
+            0 => format!("{prefix}{base}"),
+            k => format!("{prefix}{base}_{k}"),
+        };
+        *n += 1;
+        path
+    }
 }
 
 /// The numbered datasets `0, 1, …` of a `vars` group, in order, each checked and read.
@@ -121,19 +129,13 @@ pub(crate) fn paths_from_config(config: &Value) -> Vec<(String, String)> {
 /// The tree paths of `layers` under `prefix`: each counted by its snake_case class, and a
 /// `Sequential` nested in the model (ConvNeXt's stem) as `<sequential_k>/layers/<its own>`.
 fn paths_of_layers(layers: &[Value], prefix: &str) -> Vec<(String, String)> {
-    let mut used: HashMap<String, usize> = HashMap::new();
+    let mut names = TreeNames::default();
     let mut out = Vec::new();
     for l in layers
         .iter()
         .filter(|l| l["class_name"] != "InputLayer" && !is_op_node(l))
     {
-        let base = snake_case(l["class_name"].as_str().unwrap_or(""));
-        let n = used.entry(base.clone()).or_insert(0);
-        let path = match *n {
-            0 => format!("{prefix}{base}"),
-            k => format!("{prefix}{base}_{k}"),
-        };
-        *n += 1;
+        let path = names.next(l["class_name"].as_str().unwrap_or(""), prefix);
         match l["config"]["layers"].as_array() {
             Some(inner) if l["class_name"] == "Sequential" => {
                 out.extend(paths_of_layers(inner, &format!("{path}/layers/")));

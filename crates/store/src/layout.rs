@@ -654,20 +654,7 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             projection_dim: size(cfg, "projection_dim")?,
         }),
         "LayerNormalization" => {
-            let axis = match cfg.get("axis") {
-                Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
-                Some(v) => v.as_i64(),
-                None => Some(-1),
-            };
-            let rank = match input {
-                Some(FeatureShape::Image { .. }) => 4,
-                _ => 2,
-            };
-            if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
-                return Err(format!(
-                    "LayerNormalization over axis {axis:?} is not supported (only the channels)"
-                ));
-            }
+            channel_axis_only(cfg, input, class)?;
             if cfg.get("rms_scaling").and_then(Value::as_bool) == Some(true) {
                 return Err("LayerNormalization with rms_scaling is not supported".into());
             }
@@ -679,34 +666,12 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             })
         }
         "Normalization" => {
-            let axis = match cfg.get("axis") {
-                Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
-                Some(v) => v.as_i64(),
-                None => Some(-1),
+            channel_axis_only(cfg, input, class)?;
+            let given = |key: &str| match cfg.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => numbers(v, key).map(Some),
             };
-            let rank = match input {
-                Some(FeatureShape::Image { .. }) => 4,
-                _ => 2,
-            };
-            if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
-                return Err(format!(
-                    "Normalization over axis {axis:?} is not supported (only the channels)"
-                ));
-            }
-            let numbers = |key: &str| -> Result<Option<Vec<f32>>, String> {
-                match cfg.get(key) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::Number(n)) => Ok(Some(vec![n.as_f64().unwrap_or(f64::NAN) as f32])),
-                    Some(Value::Array(a)) => a
-                        .iter()
-                        .map(|v| v.as_f64().map(|x| x as f32))
-                        .collect::<Option<Vec<_>>>()
-                        .map(Some)
-                        .ok_or_else(|| format!("{key} must be numbers")),
-                    Some(other) => Err(format!("{key} {other} is not a number or a list")),
-                }
-            };
-            let fixed = match (numbers("mean")?, numbers("variance")?) {
+            let fixed = match (given("mean")?, given("variance")?) {
                 (Some(m), Some(v)) => Some((m, v)),
                 (None, None) => None,
                 _ => return Err("Normalization needs both mean and variance, or neither".into()),
@@ -719,21 +684,13 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             activation: activation(cfg)?,
         }),
         "Rescaling" => {
-            let numbers = |key: &str, default: f64| -> Result<Vec<f32>, String> {
-                match cfg.get(key) {
-                    None => Ok(vec![default as f32]),
-                    Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(f64::NAN) as f32]),
-                    Some(Value::Array(a)) => a
-                        .iter()
-                        .map(|v| v.as_f64().map(|x| x as f32))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| format!("{key} must be numbers")),
-                    Some(_) => Err(format!("{key} must be a number or a list of numbers")),
-                }
+            let or_default = |key: &str, default: f32| match cfg.get(key) {
+                None => Ok(vec![default]),
+                Some(v) => numbers(v, key),
             };
             LayerKind::Rescaling(RescalingConfig {
-                scale: numbers("scale", 1.0)?,
-                offset: numbers("offset", 0.0)?,
+                scale: or_default("scale", 1.0)?,
+                offset: or_default("offset", 0.0)?,
             })
         }
         "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
@@ -746,22 +703,7 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
             }
         }
         "BatchNormalization" => {
-            // Keras 2 writes the axis as 3 or [3] for NHWC images, Keras 3 as -1: all mean
-            // the channels, the only axis we normalise over.
-            let rank = match input {
-                Some(FeatureShape::Image { .. }) => 4,
-                _ => 2,
-            };
-            let axis = match cfg.get("axis") {
-                Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
-                Some(v) => v.as_i64(),
-                None => Some(-1),
-            };
-            if !matches!(axis, Some(a) if a == -1 || a == rank - 1) {
-                return Err(format!(
-                    "BatchNormalization over axis {axis:?} is not supported (only the channels)"
-                ));
-            }
+            channel_axis_only(cfg, input, class)?;
             let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
             LayerKind::BatchNorm(BatchNormConfig {
                 epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32,
@@ -859,6 +801,40 @@ fn layer_kind(class: &str, cfg: &Value, input: Option<FeatureShape>) -> Result<L
         }
         other => return Err(format!("layer class {other} is not supported")),
     })
+}
+
+/// Checks that a normalising layer's `axis` is the channels: Keras 2 writes it as 3 or [3]
+/// for NHWC images (1 for vectors), Keras 3 as -1; the channels are the only axis we
+/// normalise over.
+fn channel_axis_only(cfg: &Value, input: Option<FeatureShape>, class: &str) -> Result<(), String> {
+    let rank = match input {
+        Some(FeatureShape::Image { .. }) => 4,
+        _ => 2,
+    };
+    let axis = match cfg.get("axis") {
+        Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+        Some(v) => v.as_i64(),
+        None => Some(-1),
+    };
+    match axis {
+        Some(a) if a == -1 || a == rank - 1 => Ok(()),
+        _ => Err(format!(
+            "{class} over axis {axis:?} is not supported (only the channels)"
+        )),
+    }
+}
+
+/// A number or a list of numbers from a config (`Rescaling`'s scale, `Normalization`'s mean).
+fn numbers(v: &Value, key: &str) -> Result<Vec<f32>, String> {
+    match v {
+        Value::Number(n) => Ok(vec![n.as_f64().unwrap_or(f64::NAN) as f32]),
+        Value::Array(a) => a
+            .iter()
+            .map(|v| v.as_f64().map(|x| x as f32))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format!("{key} must be numbers")),
+        _ => Err(format!("{key} must be a number or a list of numbers")),
+    }
 }
 
 /// A convolution's `padding`: `valid` (the default) or `same`.
@@ -1460,10 +1436,10 @@ fn functional_from_layers(inner: &Value, layers: &[Value]) -> Result<Network, Co
                 .map(|n| Source::Layer(built[n.as_str()]))
                 .collect(),
         };
-        let kind = match e.class {
-            _ if e.op.is_some() => e.op.clone().expect("checked"),
-            "InputLayer" => LayerKind::Input,
-            class => {
+        let kind = match (&e.op, e.class) {
+            (Some(op), _) => op.clone(),
+            (None, "InputLayer") => LayerKind::Input,
+            (None, class) => {
                 let first = Some(net.shape_of(sources[0]));
                 layer_kind(class, e.cfg, first).map_err(err)?
             }

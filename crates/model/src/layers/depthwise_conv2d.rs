@@ -26,7 +26,7 @@ pub struct DepthwiseConv2dConfig {
 
 impl DepthwiseConv2dConfig {
     /// The geometry as a convolution's (its filters do not matter here).
-    fn as_conv(&self) -> Conv2dConfig {
+    pub(crate) fn as_conv(&self) -> Conv2dConfig {
         Conv2dConfig {
             filters: 1,
             kernel_size: self.kernel_size,
@@ -92,10 +92,22 @@ impl Layer for DepthwiseConv2dConfig {
     fn forward(&self, x: &Tensor, w: &[Var], ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
         let channels = x.dim(1)?;
         let y = padded_conv(&self.as_conv(), x, w[0].as_tensor(), channels)?;
-        let y = match w.get(1) {
-            Some(bias) => y.broadcast_add(&bias.as_tensor().reshape((1, (), 1, 1))?)?,
+        self.finish(y, w.get(1).map(Var::as_tensor), ctx.skip_softmax)
+    }
+}
+
+impl DepthwiseConv2dConfig {
+    /// The bias and the activation after the convolution, on candle's ops or the CPU kernel.
+    pub(crate) fn finish(
+        &self,
+        y: Tensor,
+        bias: Option<&Tensor>,
+        skip_softmax: bool,
+    ) -> Result<Tensor> {
+        let y = match bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?,
             None => y,
         };
-        self.activation.apply(y, ctx.skip_softmax)
+        self.activation.apply(y, skip_softmax)
     }
 }
