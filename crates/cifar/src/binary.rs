@@ -62,7 +62,7 @@ pub fn read_batch_file(path: &Path, expected_records: Option<usize>) -> Result<L
         }
         _ => {}
     }
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = simplecnn_files::read(path).map_err(io_err(path))?;
     parse_batch(path, &bytes, expected_records)
 }
 
@@ -162,7 +162,7 @@ fn read_meta(path: &Path) -> Result<Vec<String>> {
     if !path.is_file() {
         return Ok(CLASS_NAMES.iter().map(|s| s.to_string()).collect());
     }
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = simplecnn_files::read_to_string(path).map_err(io_err(path))?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)

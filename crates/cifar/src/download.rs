@@ -27,7 +27,20 @@ pub fn download_binary(url: &str, md5: &str, dest: &Path, progress: bool) -> Res
         .tempdir_in(dest)
         .map_err(io_err(dest))?;
     let archive = staging.path().join("cifar-10-binary.tar.gz");
-    let digest = fetch(url, &archive, progress)?;
+    let by_hand = format!(
+        "it would be unpacked into {}. Without network access, fetch cifar-10-binary.tar.gz \
+         (MD5 {md5}) elsewhere and unpack it (tar xzf) into {}, or point --data / CIFAR10_DIR \
+         at an existing copy (binary layout or train/ and test/ image folders)",
+        dest.join(BATCHES_DIR).display(),
+        dest.display()
+    );
+    let digest = fetch(
+        url,
+        &archive,
+        progress,
+        "CIFAR-10's binary archive",
+        &by_hand,
+    )?;
     if !digest.eq_ignore_ascii_case(md5) {
         return Err(CifarError::Other(format!(
             "{url}: MD5 {digest} does not match the published {md5}; the download is corrupt \
@@ -52,8 +65,15 @@ pub fn download_binary(url: &str, md5: &str, dest: &Path, progress: bool) -> Res
 
 /// Downloads `url` to the file `dest` (e.g. pretrained weights into a cache folder) unless a
 /// file with the `md5` is already there: fetched into a temporary file beside it, checked, and
-/// renamed, so a failed or corrupt download never leaves a file at `dest`.
-pub fn download_file(url: &str, md5: &str, dest: &Path, progress: bool) -> Result<PathBuf> {
+/// renamed, so a failed or corrupt download never leaves a file at `dest`. `what` names the
+/// file in errors ("VGG-16's ImageNet weights").
+pub fn download_file(
+    url: &str,
+    md5: &str,
+    dest: &Path,
+    what: &str,
+    progress: bool,
+) -> Result<PathBuf> {
     if dest.is_file() {
         let digest = md5_of_file(dest)?;
         if digest.eq_ignore_ascii_case(md5) {
@@ -71,7 +91,12 @@ pub fn download_file(url: &str, md5: &str, dest: &Path, progress: bool) -> Resul
         .prefix(".download-")
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
-    let digest = fetch(url, staging.path(), progress)?;
+    let by_hand = format!(
+        "it would be saved as {}. Without network access, fetch that file elsewhere (MD5 \
+         {md5}) and copy it there",
+        dest.display()
+    );
+    let digest = fetch(url, staging.path(), progress, what, &by_hand)?;
     if !digest.eq_ignore_ascii_case(md5) {
         return Err(CifarError::Other(format!(
             "{url}: MD5 {digest} does not match the published {md5}; the download is corrupt \
@@ -96,17 +121,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Streams `url` into `path`, returning the hex MD5 of what arrived.
-fn fetch(url: &str, path: &Path, progress: bool) -> Result<String> {
+/// Streams `url` into `path`, returning the hex MD5 of what arrived. A failure says `what` was
+/// being fetched and, in `by_hand`, where it goes and how to put a copy there by hand.
+fn fetch(url: &str, path: &Path, progress: bool, what: &str, by_hand: &str) -> Result<String> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(Duration::from_secs(60))
         .build();
     let offline = |e: String| {
         CifarError::Other(format!(
-            "cannot download {url}: {e}\nWithout network access, fetch cifar-10-binary.tar.gz \
-             elsewhere, unpack it (tar xzf) into the data folder, or point --data / CIFAR10_DIR \
-             at an existing copy (binary layout or train/ and test/ image folders)"
+            "cannot download {what} from {url}: {e}\n{}{}",
+            by_hand[..1].to_uppercase(),
+            &by_hand[1..]
         ))
     };
     let response = agent.get(url).call().map_err(|e| offline(e.to_string()))?;

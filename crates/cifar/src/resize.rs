@@ -77,7 +77,7 @@ pub(crate) fn decode_bounded(path: &Path) -> Result<image::DynamicImage> {
             meta.len()
         )));
     }
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = simplecnn_files::read(path).map_err(io_err(path))?;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| fail(e.to_string()))?;

@@ -109,7 +109,43 @@ fn unreachable_server_fails_fast_with_instructions() {
     )
     .unwrap_err();
     assert!(started.elapsed().as_secs() < 15);
-    assert!(err.to_string().contains("CIFAR10_DIR"), "{err}");
+    let says = err.to_string();
+    assert!(says.contains("CIFAR-10's binary archive"), "{says}");
+    assert!(says.contains(&dest.path().display().to_string()), "{says}");
+    assert!(says.contains("CIFAR10_DIR"), "{says}");
+}
+
+/// A failed file download says what it fetched, where it would go and how to put it there by
+/// hand, not the data set's advice.
+#[test]
+fn a_failed_file_download_names_the_file_its_place_and_the_way_by_hand() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("models/vgg16_notop.h5");
+    let err = download::download_file(
+        &format!("http://127.0.0.1:{port}/vgg16_notop.h5"),
+        &"0".repeat(32),
+        &dest,
+        "VGG-16's ImageNet weights",
+        false,
+    )
+    .unwrap_err();
+    let says = err.to_string();
+    assert!(
+        says.contains("cannot download VGG-16's ImageNet weights from"),
+        "{says}"
+    );
+    assert!(says.contains(&dest.display().to_string()), "{says}");
+    assert!(says.contains("copy it there"), "{says}");
+    assert!(
+        !says.contains("CIFAR") && !says.contains("tar xzf"),
+        "{says}"
+    );
+    assert!(!dest.exists());
 }
 
 #[test]
@@ -119,22 +155,35 @@ fn a_file_download_is_md5_checked_and_a_good_copy_is_kept() {
     let dest = tmp.path().join("cache/models/weights.h5");
     let url = serve(body.clone(), 2);
     // Wrong MD5: an error naming the URL, and nothing at dest or beside it.
-    let err = download::download_file(&url, &"0".repeat(32), &dest, false).unwrap_err();
+    let err =
+        download::download_file(&url, &"0".repeat(32), &dest, "the weights", false).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
     assert!(!dest.exists());
     assert_eq!(
         std::fs::read_dir(dest.parent().unwrap()).unwrap().count(),
         0
     );
-    let got = download::download_file(&url, &md5_hex(&body), &dest, false).unwrap();
+    let got = download::download_file(&url, &md5_hex(&body), &dest, "the weights", false).unwrap();
     assert_eq!(std::fs::read(&got).unwrap(), body);
     // Already there with the right MD5: no request is made (the server has served both).
-    let again = download::download_file("http://127.0.0.1:9/x", &md5_hex(&body), &dest, false);
+    let again = download::download_file(
+        "http://127.0.0.1:9/x",
+        &md5_hex(&body),
+        &dest,
+        "the weights",
+        false,
+    );
     assert_eq!(again.unwrap(), dest);
     // A damaged copy in the cache is named, not used.
     std::fs::write(&dest, b"truncated").unwrap();
-    let err =
-        download::download_file("http://127.0.0.1:9/x", &md5_hex(&body), &dest, false).unwrap_err();
+    let err = download::download_file(
+        "http://127.0.0.1:9/x",
+        &md5_hex(&body),
+        &dest,
+        "the weights",
+        false,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("weights.h5") && err.to_string().contains("delete it"),
         "{err}"

@@ -59,10 +59,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
     let names: Vec<&str> = asked.iter().map(|d| d.as_str()).collect();
-    let dir = experiment::unique_dir(
+    let dir = experiment::create_unique_dir(
         &args.out,
         &format!("{}-{}", provenance::utc_stamp(), names.join("-")),
-    );
+    )?;
     let mut outcomes = Vec::new();
     for &device in &devices {
         println!("== {} ==", device.as_str());

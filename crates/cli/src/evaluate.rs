@@ -81,11 +81,40 @@ fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
             )
         })?;
     let config = run.join("config.json");
-    let loaded = crate::experiment::load(&config.display().to_string(), &[])?;
+    let loaded = simplecnn_experiment::load_run_config(&config)?;
     let spec = crate::experiment::build_spec(&loaded.experiment)?;
     let model = simplecnn_model::Model::new(spec, &candle_core::Device::Cpu, 0)?;
     simplecnn_train::load_checkpoint_weights(path, &model)?;
     Ok(model)
+}
+
+/// The data's classes in the model's order. Where the model names its classes, the data's
+/// names must be the same: in the same order, or all found (the labels are then matched by
+/// name); otherwise scoring by position would count against shifted labels.
+fn match_classes(
+    data: simplecnn_cifar::Cifar10,
+    model_names: Option<&[String]>,
+    model_path: &Path,
+) -> Result<simplecnn_cifar::Cifar10> {
+    let Some(names) = model_names else {
+        return Ok(data);
+    };
+    if names == data.class_names.as_slice() {
+        return Ok(data);
+    }
+    let all_found =
+        names.len() == data.class_names.len() && names.iter().all(|n| data.class_names.contains(n));
+    if all_found {
+        return Ok(data.keep_classes(names)?);
+    }
+    anyhow::bail!(
+        "{}: the model's classes are not the data's: the model names [{}], the data in {} \
+         names [{}]",
+        model_path.display(),
+        names.join(", "),
+        data.source.display(),
+        data.class_names.join(", ")
+    )
 }
 
 pub fn run(args: EvaluateArgs) -> Result<()> {
@@ -100,6 +129,8 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let data_dir = data_dir(args.data);
     let data = simplecnn_cifar::load(&data_dir)?;
     let classes = model.spec().output_shape().elem_count();
+    let stored = crate::predict::stored_class_names(&args.model, classes)?;
+    let data = match_classes(data, stored.as_deref(), &args.model)?;
     if classes != data.test.num_classes() {
         anyhow::bail!(
             "{}: the model predicts {classes} classes, the data in {} has {}",
@@ -108,6 +139,11 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
             data.test.num_classes()
         );
     }
+    let batch = (args.batch_size as usize).min(data.test.len());
+    simplecnn_model::memory::check_memory(
+        &simplecnn_model::memory::MemoryNeed::inference(model.spec(), batch),
+        &format!("evaluating {}", args.model.display()),
+    )?;
     let test = simplecnn_train::evaluate(&model, &data.test, args.batch_size as usize)?;
     print!("{}", report_lines(&test, &data.class_names));
     let out = match args.out {

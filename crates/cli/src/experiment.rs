@@ -254,6 +254,7 @@ fn load_base_weights(
 }
 
 pub fn run(args: ExperimentArgs) -> Result<()> {
+    crate::stop::install()?;
     if let Some(dir) = &args.resume {
         return resume_run(dir);
     }
@@ -353,7 +354,7 @@ fn resume_run(dir: &Path) -> Result<()> {
             last.display()
         );
     }
-    let loaded = simplecnn_experiment::load(&config, &[])?;
+    let loaded = simplecnn_experiment::load_run_config(&config)?;
     run_in(loaded.experiment, RunFolder::Resume(dir.to_path_buf())).map(|_| ())
 }
 
@@ -410,33 +411,40 @@ fn make_run_dir(out: &Path, device: DeviceName) -> Result<PathBuf> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let stamp = provenance::utc_stamp();
-    let dir = unique_dir(out, &format!("{stamp}-{}", device.as_str()));
-    std::fs::create_dir(&dir)
-        .with_context(|| format!("cannot write to output folder {}", out.display()))?;
-    Ok(dir)
+    create_unique_dir(out, &format!("{stamp}-{}", device.as_str()))
 }
 
-/// `out/base`, or `out/base-2`, `-3`, … when that exists already.
-pub fn unique_dir(out: &Path, base: &str) -> PathBuf {
-    let mut dir = out.join(base);
+/// Makes `out/base`, or `out/base-2`, `-3`, … when that exists already. Each name is taken by
+/// creating it (which fails if it exists), not by looking first: runs started at the same
+/// moment (a sweep, K at a time) get different folders.
+pub fn create_unique_dir(out: &Path, base: &str) -> Result<PathBuf> {
     let mut n = 1;
-    while dir.exists() {
-        n += 1;
-        dir = out.join(format!("{base}-{n}"));
+    loop {
+        let dir = match n {
+            1 => out.join(base),
+            n => out.join(format!("{base}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot write to output folder {}", out.display()))
+            }
+        }
     }
-    dir
 }
 
 /// Points `<out>/latest` at `run_dir` (a relative symlink, replaced atomically).
 fn update_latest(out: &Path, run_dir: &Path) -> Result<()> {
     let name = run_dir.file_name().context("run folder has a name")?;
-    let tmp = out.join(".latest.tmp");
-    let _ = std::fs::remove_file(&tmp);
+    let latest = out.join("latest");
+    // A name of this process' own: runs ending at the same moment must not share it.
+    let tmp = simplecnn_files::temporary_name(&latest);
     #[cfg(unix)]
     std::os::unix::fs::symlink(name, &tmp)?;
     #[cfg(not(unix))]
     std::fs::write(&tmp, name.to_string_lossy().as_bytes())?;
-    let latest = out.join("latest");
     if std::fs::symlink_metadata(&latest).is_ok_and(|m| m.is_dir()) {
         let _ = std::fs::remove_file(&tmp);
         bail!(
@@ -506,13 +514,65 @@ fn frozen_at_end(
         .collect()
 }
 
+/// Refuses, before anything is allocated, a run whose weights, optimizer state and batch
+/// activations cannot fit in the memory this process may use.
+fn check_run_memory(
+    experiment: &Experiment,
+    spec: &simplecnn_model::Network,
+    batch: usize,
+) -> Result<()> {
+    let optimizer_slots = match experiment.optimizer {
+        OptimizerSpec::Adam { .. } => 2,
+        OptimizerSpec::Sgd { momentum, .. } => usize::from(momentum > 0.0),
+    };
+    // Lookahead keeps a copy of the weights.
+    let lookahead = experiment
+        .callbacks
+        .iter()
+        .filter(|c| matches!(c, CallbackSpec::Lookahead { .. }))
+        .count();
+    let need =
+        simplecnn_model::memory::MemoryNeed::training(spec, batch, optimizer_slots + lookahead);
+    simplecnn_model::memory::check_memory(&need, &format!("experiment {:?}", experiment.name))?;
+    Ok(())
+}
+
+/// The resume command for a run folder.
+fn resume_command(run_dir: &Path) -> String {
+    format!("cargo xtask experiment --resume {}", run_dir.display())
+}
+
+/// An error as it ends the run: [`crate::stop::Interrupted`] if a signal was received (the
+/// training error is then only its consequence), else itself.
+fn interrupted_or(e: anyhow::Error, run_dir: &Path) -> anyhow::Error {
+    match crate::stop::received() {
+        Some(signal) => crate::stop::Interrupted {
+            signal,
+            resume: format!(
+                "the run is resumable from its last finished epoch: {}",
+                resume_command(run_dir)
+            ),
+        }
+        .into(),
+        None => e,
+    }
+}
+
+/// Ends the run between its phases (training, saving, testing) once a signal came.
+fn stop_if_signalled(run_dir: &Path) -> Result<()> {
+    match crate::stop::received() {
+        Some(_) => Err(interrupted_or(anyhow::anyhow!("stopped"), run_dir)),
+        None => Ok(()),
+    }
+}
+
 /// Marks `run_dir` unfinished until the run ends: a killed run keeps the marker, which says
 /// how to go on.
 fn write_marker(run_dir: &Path) -> Result<()> {
     let text = format!(
         "This run has not finished (or was killed). Continue it from its last checkpoint with\n  \
-         cargo xtask experiment --resume {}\n",
-        run_dir.display()
+         {}\n",
+        resume_command(run_dir)
     );
     crate::files::write_atomic(&run_dir.join(INCOMPLETE), |tmp| {
         Ok(std::fs::write(tmp, text)?)
@@ -659,6 +719,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
             data.train.num_classes()
         );
     }
+    check_run_memory(&experiment, &spec, fit_config.batch_size.min(train_images))?;
     let out = experiment.output_dir();
     let (run_dir, make_latest, resuming) = match folder {
         RunFolder::At(dir) => {
@@ -669,6 +730,14 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         RunFolder::New => (make_run_dir(&out, experiment.fit.device)?, true, false),
         RunFolder::Resume(dir) => (dir, true, true),
     };
+    // One process in a run folder at a time; the lock lasts until this function returns.
+    let _lock = simplecnn_files::FolderLock::acquire(&run_dir)?;
+    if resuming && !run_dir.join(INCOMPLETE).is_file() {
+        bail!(
+            "{}: the run finished while this process waited to start",
+            run_dir.display()
+        );
+    }
     let out = match resuming {
         // `latest` goes beside the run, wherever it was moved.
         true => run_dir.parent().map_or(out, Path::to_path_buf),
@@ -725,6 +794,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
                 .expect("non-printing callbacks are built by the experiment"),
         })
         .collect();
+    callbacks.push(Box::new(crate::stop::StopOnSignal));
     let history = match resuming {
         false => fit(
             &model,
@@ -733,7 +803,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
             &data.train,
             &fit_config,
             &mut callbacks,
-        )?,
+        ),
         true => {
             let checkpoints = run_dir.join("checkpoints");
             println!("Resuming from {}", checkpoints.display());
@@ -745,10 +815,12 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
                 &fit_config,
                 &mut callbacks,
                 &checkpoints,
-            )?
+            )
         }
     };
+    let history = history.map_err(|e| interrupted_or(e.into(), &run_dir))?;
     drop(callbacks);
+    stop_if_signalled(&run_dir)?;
     if let Some(reason) = &history.stopped {
         println!("{reason}");
     }
@@ -789,6 +861,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         simplecnn_store::save_model_with(&model, &run_dir.join(name), &save_options)?;
     }
 
+    stop_if_signalled(&run_dir)?;
     let all: Vec<usize> = (0..data.test.len()).collect();
     let tta = experiment.test.tta;
     let test = evaluate_with(&model, &data.test, &all, fit_config.batch_size, tta)?;

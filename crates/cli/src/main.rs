@@ -12,6 +12,7 @@ mod predict;
 mod provenance;
 mod selftest;
 mod show;
+mod stop;
 mod weights;
 
 use std::path::PathBuf;
@@ -93,10 +94,16 @@ fn summary_of(name: &str) -> anyhow::Result<simplecnn_model::Network> {
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<stop::Interrupted>() {
+            Some(stopped) => {
+                eprintln!("{stopped}");
+                std::process::ExitCode::from(stopped.exit_code())
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 

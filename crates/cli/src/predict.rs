@@ -93,10 +93,11 @@ fn image_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The names of a model's classes: from the model file, else from the run folder it sits in
-/// (`config.json` or `test.json`), else CIFAR-10's when it has 10 outputs, else the indices.
-pub fn class_names(model_path: &Path, classes: usize) -> Result<Vec<String>> {
-    let check = |names: Vec<String>, from: &Path| -> Result<Vec<String>> {
+/// The names a model's classes were given where it was made: in the model file, else in the
+/// run folder it sits in (`config.json` or `test.json`; a checkpoint's run folder is the one
+/// above `checkpoints/`). `None` when nothing names them.
+pub fn stored_class_names(model_path: &Path, classes: usize) -> Result<Option<Vec<String>>> {
+    let check = |names: Vec<String>, from: &Path| -> Result<Option<Vec<String>>> {
         if names.len() != classes {
             bail!(
                 "{}: lists {} class names, the model has {classes} outputs",
@@ -104,16 +105,27 @@ pub fn class_names(model_path: &Path, classes: usize) -> Result<Vec<String>> {
                 names.len()
             );
         }
-        Ok(names)
+        Ok(Some(names))
     };
-    if let Some(names) = simplecnn_store::read_class_names(model_path)? {
-        return check(names, model_path);
+    let is_model_file = model_path
+        .extension()
+        .is_some_and(|e| e == "h5" || e == "keras" || e == "hdf5");
+    if is_model_file {
+        if let Some(names) = simplecnn_store::read_class_names(model_path)? {
+            return check(names, model_path);
+        }
     }
     let dir = model_path.parent().unwrap_or(Path::new("."));
+    let run = match dir.file_name() {
+        Some(n) if n == "checkpoints" => dir.parent().unwrap_or(dir),
+        _ => dir,
+    };
     for file in ["config.json", "test.json"] {
-        let path = dir.join(file);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
+        let path = run.join(file);
+        let text = match simplecnn_files::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => bail!("{}: {e}", path.display()),
         };
         let json: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
@@ -124,6 +136,15 @@ pub fn class_names(model_path: &Path, classes: usize) -> Result<Vec<String>> {
             return check(names, &path);
         }
     }
+    Ok(None)
+}
+
+/// The names of a model's classes: [`stored_class_names`], else CIFAR-10's when it has 10
+/// outputs, else the indices.
+pub fn class_names(model_path: &Path, classes: usize) -> Result<Vec<String>> {
+    if let Some(names) = stored_class_names(model_path, classes)? {
+        return Ok(names);
+    }
     Ok(match classes {
         10 => simplecnn_cifar::CLASS_NAMES
             .iter()
@@ -132,6 +153,9 @@ pub fn class_names(model_path: &Path, classes: usize) -> Result<Vec<String>> {
         n => (0..n).map(|i| i.to_string()).collect(),
     })
 }
+
+/// Images decoded and predicted together.
+const PREDICT_BATCH: usize = 64;
 
 /// Class probabilities of each image file for `model`, in the files' order.
 pub fn probabilities(model: &Model, files: &[PathBuf]) -> Result<Vec<Vec<f32>>> {
@@ -148,7 +172,7 @@ pub fn probabilities(model: &Model, files: &[PathBuf]) -> Result<Vec<Vec<f32>>> 
     };
     let mut out = Vec::with_capacity(files.len());
     // A few images at a time: memory stays bounded however many files are named.
-    for chunk in files.chunks(64) {
+    for chunk in files.chunks(PREDICT_BATCH) {
         let mut pixels = Vec::with_capacity(chunk.len() * channels * height * width);
         for file in chunk {
             pixels.extend(simplecnn_cifar::resize::load_image_for_model(
@@ -170,6 +194,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let classes = model.spec().output_shape().elem_count();
     let names = class_names(&args.model, classes)?;
     let files = image_files(&args.images)?;
+    let batch = files.len().min(PREDICT_BATCH);
+    simplecnn_model::memory::check_memory(
+        &simplecnn_model::memory::MemoryNeed::inference(model.spec(), batch),
+        &format!("predicting with {}", args.model.display()),
+    )?;
     let probabilities = probabilities(&model, &files)?;
     let k = (args.top as usize).min(classes);
     let predictions: Vec<Prediction> = files

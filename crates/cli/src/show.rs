@@ -85,7 +85,11 @@ pub fn run(args: ShowArgs) -> Result<()> {
         root.present()?;
     }
     save_png(
-        &args.out.join(format!("{split}-{}-{class}.png", args.index)),
+        &args.out.join(format!(
+            "{split}-{}-{}.png",
+            args.index,
+            file_name_part(class)
+        )),
         buf,
         w,
         h,
@@ -130,4 +134,25 @@ pub fn run(args: ShowArgs) -> Result<()> {
         gw,
         gh,
     )
+}
+
+/// A class name (from the data's own files) as part of a file name: letters, digits, `-` and
+/// `_` kept, anything else (`/`, `..`'s dots) made `_`, so the picture stays in the folder
+/// the user chose.
+fn file_name_part(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.is_alphanumeric() || c == '-' || c == '_' {
+            true => c,
+            false => '_',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn class_names_cannot_climb_out_of_the_folder() {
+        assert_eq!(super::file_name_part("../../etc/x"), "______etc_x");
+        assert_eq!(super::file_name_part("automobile"), "automobile");
+    }
 }

@@ -34,6 +34,7 @@ pub fn vgg16_imagenet_notop() -> Result<PathBuf> {
         VGG16_NOTOP_URL,
         VGG16_NOTOP_MD5,
         &dest,
+        "VGG-16's ImageNet weights (Keras' notop file)",
         true,
     )?)
 }

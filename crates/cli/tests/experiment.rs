@@ -615,7 +615,21 @@ fn config_json_replays_the_run_exactly() {
     ]);
     assert!(first.status.success(), "{}", stderr(&first));
     let run1 = out.join("latest").canonicalize().unwrap();
-    let replay = xtask(&["experiment", run1.join("config.json").to_str().unwrap()]);
+    // The recorded outputs.dir is a folder outside this one: a file may not choose it, the
+    // command line may.
+    let config_path = run1.join("config.json");
+    let refused = xtask(&["experiment", config_path.to_str().unwrap()]);
+    assert!(
+        stderr(&refused).contains("outputs.dir") && stderr(&refused).contains("--out"),
+        "{}",
+        stderr(&refused)
+    );
+    let replay = xtask(&[
+        "experiment",
+        config_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(replay.status.success(), "{}", stderr(&replay));
     let run2 = out.join("latest").canonicalize().unwrap();
     assert_ne!(run1, run2, "the replay is a run of its own");
@@ -638,7 +652,14 @@ fn config_json_replays_the_run_exactly() {
     config["provenance"]["git_commit"] = "0123456789abcdef".into();
     let old = tmp.path().join("old-config.json");
     std::fs::write(&old, config.to_string()).unwrap();
-    let o = xtask(&["experiment", old.to_str().unwrap(), "--epochs", "1"]);
+    let o = xtask(&[
+        "experiment",
+        old.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("0123456789abcdef"), "{}", stderr(&o));
     let run3 = out.join("latest").canonicalize().unwrap();
@@ -815,7 +836,49 @@ fn image_folders_of_another_size_train_with_data_resize() {
 /// checkpoint is written (during its second epoch), then resumed with `--resume`; checks that
 /// both end with the same epochs.csv (timing aside) and model weights. Returns both run
 /// folders, or `None` when the run finished before the kill.
+/// How a run is stopped: SIGKILL (nothing runs after it), or a signal the run handles.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Signal(&'static str, i32),
+}
+
 fn kill_and_resume(tmp: &Path, args: &[&str], epochs: u64) -> Option<(PathBuf, PathBuf)> {
+    stop_and_resume(tmp, args, epochs, Stop::Kill)
+}
+
+/// Waits for the first run folder under `out` with a checkpoint.
+fn first_checkpointed_run(out: &Path) -> PathBuf {
+    let start = std::time::Instant::now();
+    loop {
+        let found = std::fs::read_dir(out).ok().and_then(|mut d| {
+            d.find_map(|e| {
+                let p = e.ok()?.path();
+                p.join("checkpoints/last.json").is_file().then_some(p)
+            })
+        });
+        if let Some(run) = found {
+            return run;
+        }
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+fn send(signal: &str, pid: u32) {
+    let o = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
+
+fn stop_and_resume(
+    tmp: &Path,
+    args: &[&str],
+    epochs: u64,
+    stop: Stop,
+) -> Option<(PathBuf, PathBuf)> {
     let whole = tmp.join("whole");
     let mut whole_args = vec!["experiment"];
     whole_args.extend(args);
@@ -832,25 +895,35 @@ fn kill_and_resume(tmp: &Path, args: &[&str], epochs: u64) -> Option<(PathBuf, P
         .args(["--out", killed.to_str().unwrap()])
         .env_remove("CIFAR10_DIR")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    let run = loop {
-        let found = std::fs::read_dir(&killed).ok().and_then(|mut d| {
-            d.find_map(|e| {
-                let p = e.ok()?.path();
-                p.join("checkpoints/last.json").is_file().then_some(p)
-            })
-        });
-        if let Some(run) = found {
-            break run;
+    let run = first_checkpointed_run(&killed);
+    match stop {
+        Stop::Kill => {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
         }
-        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+        Stop::Signal(name, number) => {
+            let stopped_at = std::time::Instant::now();
+            send(name, child.id());
+            let o = child.wait_with_output().unwrap();
+            let err = stderr(&o);
+            // A run that finished before the signal came exits 0.
+            if o.status.code() != Some(0) {
+                assert_eq!(o.status.code(), Some(128 + number), "{err}");
+                assert!(
+                    err.contains(&format!("stopped by SIG{name}"))
+                        && err.contains(&format!("--resume {}", run.display())),
+                    "{err}"
+                );
+                assert!(
+                    stopped_at.elapsed().as_secs() < 30,
+                    "ended within about a batch"
+                );
+            }
+        }
+    }
     let last: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap())
             .unwrap();
@@ -903,6 +976,90 @@ fn a_killed_run_resumes_to_the_same_result() {
     let o = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("finished"), "{}", stderr(&o));
+}
+
+/// Ctrl-C (SIGINT) ends a run at a batch's end with status 130 and the resume command; the
+/// resumed run ends as an uninterrupted one does.
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 40);
+    let args = [
+        "baseline",
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+    ];
+    stop_and_resume(tmp.path(), &args, 4, Stop::Signal("INT", 2));
+}
+
+/// While a run works in its folder, a second process (`--resume` of the same run) is refused
+/// naming the holder; SIGTERM (what `kill` and Slurm's scancel send) ends the run with 143,
+/// resumable; runs started at the same moment into one folder each get their own.
+#[test]
+fn one_process_per_run_folder_and_sigterm_leaves_it_resumable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 40);
+    let out = tmp.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_simplecnn"))
+        .args(["experiment", "baseline", "--data", data.to_str().unwrap()])
+        .args(["--epochs", "200", "--batch-size", "4"])
+        .args(["--out", out.to_str().unwrap()])
+        .env_remove("CIFAR10_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = first_checkpointed_run(&out);
+    let second = xtask(&["experiment", "--resume", run.to_str().unwrap()]);
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another process is working in this folder")
+            && err.contains(&format!("pid {} on", child.id())),
+        "{err}"
+    );
+    send("TERM", child.id());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stopped by SIGTERM"), "{}", stderr(&o));
+    assert!(run.join("INCOMPLETE").is_file());
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap())
+            .unwrap();
+    assert!(last["epoch"].as_u64().unwrap() >= 1);
+    assert!(!run.join("run.json").exists() && !run.join("model.h5").exists());
+
+    // Three runs at once into one folder: three folders, all finished.
+    let together = tmp.path().join("together");
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_simplecnn"))
+                .args(["experiment", "baseline", "--data", data.to_str().unwrap()])
+                .args(["--epochs", "1", "--batch-size", "64"])
+                .args(["--out", together.to_str().unwrap()])
+                .env_remove("CIFAR10_DIR")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let c = c.wait_with_output().unwrap();
+        assert!(c.status.success(), "{}", stderr(&c));
+    }
+    let finished = std::fs::read_dir(&together)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.is_symlink() && p.join("test.json").is_file())
+        .count();
+    assert_eq!(finished, 3);
 }
 
 /// airbench94 killed and resumed: every piece of its training state comes back (lookahead's

@@ -9,11 +9,18 @@ use candle_core::Device;
 use simplecnn_model::{zoo, Model};
 
 /// Runs the CLI with its address space limited to 3 GiB (`ulimit -v`), so an allocation of
-/// what a crafted file claims fails the test instead of succeeding on a large machine.
+/// what a crafted file claims fails the test instead of succeeding on a large machine, and
+/// its time to 120 s, so a read that blocks fails the test (status 124) instead of hanging it.
 fn limited(args: &[&str]) -> Output {
+    limited_in(Path::new("."), args)
+}
+
+/// [`limited`] in the folder `dir`.
+fn limited_in(dir: &Path, args: &[&str]) -> Output {
     Command::new("bash")
+        .current_dir(dir)
         .arg("-c")
-        .arg("ulimit -v 3145728 && exec \"$0\" \"$@\"")
+        .arg("ulimit -v 3145728 && exec timeout 120 \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_simplecnn"))
         .args(args)
         .env("RUST_BACKTRACE", "1")
@@ -257,19 +264,7 @@ fn show_bounds_its_sizes() {
 #[test]
 fn a_folder_named_latest_is_named_in_the_error() {
     let tmp = tempfile::tempdir().unwrap();
-    for split in ["train", "test"] {
-        for (c, class) in simplecnn_cifar::CLASS_NAMES.iter().enumerate() {
-            let d = tmp.path().join("data").join(split).join(class);
-            std::fs::create_dir_all(&d).unwrap();
-            for i in 0..2u32 {
-                image::RgbImage::from_fn(32, 32, |x, y| {
-                    image::Rgb([(c * 25) as u8, (x * 8) as u8, (y + i) as u8])
-                })
-                .save(d.join(format!("{i}.png")))
-                .unwrap();
-            }
-        }
-    }
+    tiny_data(&tmp.path().join("data"), &simplecnn_cifar::CLASS_NAMES, 2);
     let out = tmp.path().join("out");
     std::fs::create_dir_all(out.join("latest")).unwrap();
     let o = limited(&[
@@ -289,4 +284,255 @@ fn a_folder_named_latest_is_named_in_the_error() {
         .filter(|p| p.join("test.json").is_file())
         .collect();
     assert_eq!(runs.len(), 1, "the run itself finished");
+}
+
+/// A tiny data set as image folders, `per_class` 32x32 PNGs of each class in both splits.
+fn tiny_data(root: &Path, classes: &[&str], per_class: u32) {
+    for split in ["train", "test"] {
+        for (c, class) in classes.iter().enumerate() {
+            let d = root.join(split).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..per_class {
+                image::RgbImage::from_fn(32, 32, |x, y| {
+                    image::Rgb([(c * 25) as u8, (x * 8) as u8, (y + i) as u8])
+                })
+                .save(d.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let o = Command::new("mkfifo").arg(path).output().unwrap();
+    assert!(o.status.success());
+}
+
+/// FIFOs (which a plain open waits on for a writer, forever) and devices named as a model, a
+/// base, an experiment or an image: refused by what they are, at once.
+#[test]
+fn fifos_and_devices_named_as_files_are_refused_not_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for name in ["fifo.h5", "fifo.keras", "fifo.toml", "fifo.png"] {
+        mkfifo(&dir.join(name));
+    }
+    let model = dir.join("m.h5");
+    drop_after(hdf5_here(), || {
+        let m = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
+        simplecnn_store::save_model(&m, &model, None).unwrap()
+    });
+    let s = |p: &str| dir.join(p).display().to_string();
+    let base_toml = dir.join("base.toml");
+    std::fs::write(
+        &base_toml,
+        format!(
+            "name = \"b\"\n[model]\nbase = {{ file = {:?}, until = \"flatten_1\" }}\n\
+             layers = [{{ class_name = \"Dense\", units = 10, activation = \"softmax\" }}]\n\
+             [optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 4\n",
+            s("fifo.h5")
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    tiny_data(&data, &simplecnn_cifar::CLASS_NAMES, 1);
+    let cases: Vec<(Vec<String>, String, &str)> = vec![
+        (
+            vec!["evaluate".into(), "--model".into(), s("fifo.h5")],
+            s("fifo.h5"),
+            "a FIFO (named pipe), not a regular file",
+        ),
+        (
+            vec!["evaluate".into(), "--model".into(), s("fifo.keras")],
+            s("fifo.keras"),
+            "a FIFO",
+        ),
+        (
+            vec!["summary".into(), s("fifo.keras")],
+            s("fifo.keras"),
+            "a FIFO",
+        ),
+        (vec!["summary".into(), s("fifo.h5")], s("fifo.h5"), "a FIFO"),
+        (
+            vec!["predict".into(), "--model".into(), s("fifo.h5"), s("m.h5")],
+            s("fifo.h5"),
+            "a FIFO",
+        ),
+        (
+            vec!["predict".into(), "--model".into(), s("m.h5"), s("fifo.png")],
+            s("fifo.png"),
+            "not a regular file",
+        ),
+        (
+            vec!["experiment".into(), s("fifo.toml")],
+            s("fifo.toml"),
+            "a FIFO",
+        ),
+        (
+            vec![
+                "experiment".into(),
+                base_toml.display().to_string(),
+                "--data".into(),
+                data.display().to_string(),
+            ],
+            s("fifo.h5"),
+            "a FIFO",
+        ),
+        (
+            vec!["evaluate".into(), "--model".into(), "/dev/zero".into()],
+            "/dev/zero".into(),
+            "a character device, not a regular file",
+        ),
+    ];
+    for (args, names, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let o = limited(&args);
+        assert_clean_error(&o, &names, says);
+        assert!(started.elapsed().as_secs() < 60, "{args:?} took too long");
+    }
+}
+
+/// An experiment's name, or its outputs.dir, written to climb out of the results folder: refused
+/// naming the key, and nothing is written outside.
+#[test]
+fn names_from_a_file_cannot_write_outside_the_chosen_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let baseline = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../experiments/baseline.toml"
+    ))
+    .unwrap();
+    let cases = [
+        (
+            baseline.replace("name = \"baseline\"", "name = \"../../escaped\""),
+            "name: \"../../escaped\" must be a plain name",
+        ),
+        (
+            baseline.replace("# dir = \"results/baseline\"", "dir = \"../escaped\""),
+            "outputs.dir: \"../escaped\" is outside the folder this runs in",
+        ),
+        (
+            baseline.replace(
+                "# dir = \"results/baseline\"",
+                "dir = \"/tmp/escaped-simplecnn\"",
+            ),
+            "outputs.dir: \"/tmp/escaped-simplecnn\" is outside",
+        ),
+    ];
+    for (text, says) in cases {
+        std::fs::write(work.join("shared.toml"), &text).unwrap();
+        let o = limited_in(&work, &["experiment", "shared.toml", "--epochs", "1"]);
+        assert_clean_error(&o, "shared.toml", says);
+    }
+    assert!(!tmp.path().join("escaped").exists());
+    assert!(!Path::new("/tmp/escaped-simplecnn").exists());
+    assert!(!work.join("results").exists());
+}
+
+/// Where the model names its classes, evaluate's data must name the same ones: a renamed class
+/// folder is an error listing both; the same names in another order are matched by name.
+#[test]
+fn evaluate_refuses_data_whose_class_names_differ_from_the_model_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = simplecnn_cifar::CLASS_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut reversed = names.clone();
+    reversed.reverse();
+    let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0).unwrap();
+    let (plain, backwards) = (tmp.path().join("plain.h5"), tmp.path().join("reversed.h5"));
+    drop_after(hdf5_here(), || {
+        for (path, names) in [(&plain, &names), (&backwards, &reversed)] {
+            let options = simplecnn_store::SaveOptions {
+                optimizer: None,
+                class_names: Some(names),
+            };
+            simplecnn_store::save_model_with(&model, path, &options).unwrap();
+        }
+    });
+    let mut renamed: Vec<&str> = simplecnn_cifar::CLASS_NAMES.to_vec();
+    renamed[3] = "kitten";
+    let (good, bad) = (tmp.path().join("good"), tmp.path().join("bad"));
+    tiny_data(&good, &simplecnn_cifar::CLASS_NAMES, 2);
+    tiny_data(&bad, &renamed, 2);
+    let evaluate = |model: &Path, data: &Path| {
+        limited(&[
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            tmp.path().join("pictures").to_str().unwrap(),
+        ])
+    };
+    let o = evaluate(&plain, &bad);
+    assert_clean_error(&o, "plain.h5", "the model's classes are not the data's");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("kitten") && err.contains("cat,"), "{err}");
+    for model in [&plain, &backwards] {
+        let o = evaluate(model, &good);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // Matched by name: the model's first output is "truck", and its row comes first.
+    let o = evaluate(&backwards, &good);
+    let report = String::from_utf8_lossy(&o.stdout);
+    let first_class = report.lines().nth(1).unwrap_or_default().trim().to_string();
+    assert!(first_class.starts_with("truck"), "{report}");
+}
+
+/// Weights each within the per-tensor limit that together are more than the process may use:
+/// refused before they are allocated, with how much is needed and how much there is, for a
+/// model file and for a run.
+#[test]
+fn a_model_too_big_for_memory_is_refused_before_it_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    // SimpleCNN with four more ~1 GiB Dense layers (each under the 2^28-value limit).
+    let path = crafted_model(tmp.path(), "huge.h5", |c| {
+        let dense = layer(c, "dense_1");
+        let layers = c["config"]["layers"].as_array_mut().unwrap();
+        let at = layers
+            .iter()
+            .position(|l| l["config"]["name"] == "dense_1")
+            .unwrap();
+        for (i, units) in [60_000, 4096, 60_000, 4096].into_iter().enumerate() {
+            let mut extra = dense.clone();
+            extra["config"]["name"] = serde_json::json!(format!("huge_{i}"));
+            extra["config"]["units"] = serde_json::json!(units);
+            layers.insert(at + 1 + i, extra);
+        }
+    });
+    let o = limited(&["evaluate", "--model", &path]);
+    assert_clean_error(&o, "huge.h5", "needs about");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("this process may use (ulimit -v"), "{err}");
+
+    let data = tmp.path().join("data");
+    tiny_data(&data, &simplecnn_cifar::CLASS_NAMES, 1);
+    let experiment = tmp.path().join("huge.toml");
+    std::fs::write(
+        &experiment,
+        "name = \"huge\"\n[model]\ninput = [32, 32, 3]\nlayers = [\n\
+         { class_name = \"Flatten\" },\n\
+         { class_name = \"Dense\", units = 60000 },\n{ class_name = \"Dense\", units = 4096 },\n\
+         { class_name = \"Dense\", units = 60000 },\n\
+         { class_name = \"Dense\", units = 10, activation = \"softmax\" },\n]\n\
+         [optimizer]\nkind = \"adam\"\n[fit]\nepochs = 1\nbatch_size = 4\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = limited(&[
+        "experiment",
+        experiment.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "experiment \"huge\" needs about", "optimizer slots");
+    assert!(!out.exists(), "refused before the run folder is made");
 }

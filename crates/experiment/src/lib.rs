@@ -56,7 +56,7 @@ pub struct Loaded {
 /// Reads an experiment from a `.toml` file or a run's `config.json`, applies `overrides`
 /// (`fit.epochs=2`, values in TOML syntax, bare words as strings) and checks it.
 pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded> {
-    let text = std::fs::read_to_string(file).map_err(|e| ExperimentError {
+    let text = simplecnn_files::read_to_string(file).map_err(|e| ExperimentError {
         file: file.to_path_buf(),
         key: None,
         message: e.to_string(),
@@ -85,8 +85,33 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     ),
 ];
 
+/// A run's own `config.json`, read to resume or inspect that run in its folder: [`load`], except that the
+/// recorded `outputs.dir` is dropped (the run continues in the folder the user named, and
+/// `latest` goes beside it), so a run made with `--out` anywhere resumes.
+pub fn load_run_config(file: &Path) -> Result<Loaded> {
+    let text = simplecnn_files::read_to_string(file).map_err(|e| ExperimentError {
+        file: file.to_path_buf(),
+        key: None,
+        message: e.to_string(),
+    })?;
+    load_value(&text, file, &[], Resolve::ToResume)
+}
+
+/// How a file's `outputs.dir` is taken.
+#[derive(Clone, Copy, PartialEq)]
+enum Resolve {
+    /// As a file written by someone else: a relative folder that does not climb.
+    AsWritten,
+    /// Dropped: a resumed run writes where its folder is.
+    ToResume,
+}
+
 /// [`load`] for text that `file` names (its extension says TOML or JSON).
 pub fn load_text(text: &str, file: &Path, overrides: &[String]) -> Result<Loaded> {
+    load_value(text, file, overrides, Resolve::AsWritten)
+}
+
+fn load_value(text: &str, file: &Path, overrides: &[String], resolve: Resolve) -> Result<Loaded> {
     let err = |key: Option<String>, message: String| ExperimentError {
         file: file.to_path_buf(),
         key,
@@ -110,6 +135,20 @@ pub fn load_text(text: &str, file: &Path, overrides: &[String]) -> Result<Loaded
             None,
         )
     };
+    match resolve {
+        // The command line may choose any folder; a file's choice counts only when it stands.
+        Resolve::AsWritten if !overrides.iter().any(|o| sets_key(o, "outputs.dir")) => {
+            if let Some(dir) = value.pointer("/outputs/dir").and_then(Value::as_str) {
+                check_dir_from_file(dir).map_err(|m| err(Some("outputs.dir".into()), m))?;
+            }
+        }
+        Resolve::AsWritten => {}
+        Resolve::ToResume => {
+            if let Some(outputs) = value.get_mut("outputs").and_then(Value::as_object_mut) {
+                outputs.remove("dir");
+            }
+        }
+    }
     for o in overrides {
         apply_override(&mut value, o).map_err(|(k, m)| err(k, m))?;
     }
@@ -122,6 +161,17 @@ pub fn load_text(text: &str, file: &Path, overrides: &[String]) -> Result<Loaded
         experiment,
         file: file.to_path_buf(),
         recorded_commit,
+    })
+}
+
+/// Whether the override `text` (`key=value`) sets `key` or a table holding it.
+fn sets_key(text: &str, key: &str) -> bool {
+    text.split_once('=').is_some_and(|(k, _)| {
+        let k = k.trim();
+        k == key
+            || key
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.starts_with('.'))
     })
 }
 
@@ -191,6 +241,24 @@ fn parse_value(raw: &str) -> Value {
 
 type Check = std::result::Result<(), (String, String)>;
 
+/// Where a file (an experiment shared with the user, a run's config.json) may send a run's
+/// results: a relative folder that does not climb (`..`), so under the folder the user runs in.
+/// Anywhere else is the user's to choose, with `--out` or `--set outputs.dir=…`.
+fn check_dir_from_file(dir: &str) -> std::result::Result<(), String> {
+    use std::path::Component;
+    let path = Path::new(dir);
+    let climbs = path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    match climbs {
+        false => Ok(()),
+        true => Err(format!(
+            "{dir:?} is outside the folder this runs in (absolute, or climbing with ..); a \
+             file may not send results there: give it on the command line (--out {dir})"
+        )),
+    }
+}
+
 /// A name without folders: what the run folder can hold.
 fn is_file_name(name: &str) -> bool {
     Path::new(name).file_name().is_some_and(|n| n == name)
@@ -207,6 +275,12 @@ impl Experiment {
     /// Values no run could use, as `(key, why)`: checked before any data is read.
     pub fn check(&self) -> Check {
         ensure(!self.name.trim().is_empty(), "name", || "is empty".into())?;
+        ensure(is_file_name(&self.name), "name", || {
+            format!(
+                "{:?} must be a plain name without folders or '..' (results go in results/<name>/)",
+                self.name
+            )
+        })?;
         let epochs = self.fit.epochs;
         ensure(epochs.is_finite() && epochs > 0.0, "fit.epochs", || {
             format!("{epochs} must be a positive number")
@@ -905,8 +979,15 @@ fn graph_layers(mut layers: Vec<Value>) -> std::result::Result<Vec<Value>, (Stri
 /// `name` as a file (`path/to/x.toml`, a run's `config.json`) or as `<dir>/<name>.toml`.
 pub fn find(name: &str, dir: &Path) -> std::result::Result<PathBuf, String> {
     let as_path = Path::new(name);
-    if as_path.is_file() {
-        return Ok(as_path.to_path_buf());
+    match std::fs::metadata(as_path) {
+        Ok(m) if m.is_file() => return Ok(as_path.to_path_buf()),
+        // A FIFO or a device is named for what it is, never read (it could block).
+        Ok(m) if !m.is_dir() => {
+            if let Err(e) = simplecnn_files::check_regular(as_path) {
+                return Err(format!("{name}: {e}"));
+            }
+        }
+        _ => {}
     }
     let named = dir.join(format!("{name}.toml"));
     if named.is_file() {
@@ -1132,6 +1213,44 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("model.frozen.0"));
+    }
+
+    #[test]
+    fn names_and_folders_from_a_file_stay_inside_the_folder_the_user_chose() {
+        let msg = |o: &[&str]| baseline(o).unwrap_err().to_string();
+        for name in ["../../escaped", "a/b", "..", ".", "/tmp/x"] {
+            let says = msg(&[&format!("name={name:?}")]);
+            assert!(
+                says.starts_with("baseline.toml: name: ") && says.contains("plain name"),
+                "{says}"
+            );
+        }
+        // outputs.dir written in the file: relative and not climbing; the command line may
+        // choose any folder.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shared.toml");
+        for bad in ["../outside", "/tmp/elsewhere", "results/../../x"] {
+            let text = BUILT_IN[0]
+                .1
+                .replace("# dir = \"results/baseline\"", &format!("dir = {bad:?}"));
+            assert_ne!(text, BUILT_IN[0].1);
+            std::fs::write(&file, &text).unwrap();
+            let says = load(&file, &[]).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                says.contains("outputs.dir") && says.contains("--out"),
+                "{says}"
+            );
+        }
+        let e = baseline(&["outputs.dir=\"/tmp/chosen\""])
+            .unwrap()
+            .experiment;
+        assert_eq!(e.output_dir(), Path::new("/tmp/chosen"));
+        let mut e = serde_json::to_value(baseline(&[]).unwrap().experiment).unwrap();
+        e["name"] = json!("x/../../y");
+        let config = json!({ "experiment": e });
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        assert!(load(&path, &[]).unwrap_err().to_string().contains("name"));
     }
 
     #[test]

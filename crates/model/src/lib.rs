@@ -29,6 +29,7 @@
 mod error;
 pub mod init;
 mod layers;
+pub mod memory;
 mod model;
 mod network;
 pub mod ops;

@@ -118,6 +118,11 @@ impl Model {
     /// for gamma and the moving variance), drawn in layer order from a generator seeded with
     /// `seed`.
     pub fn new(spec: Network, device: &Device, seed: u64) -> Result<Self> {
+        // Each weight is within the per-tensor limit; all of them must fit too.
+        crate::memory::check_memory(
+            &crate::memory::MemoryNeed::weights_of(&spec),
+            &format!("model {:?}", spec.name()),
+        )?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut weights = Vec::with_capacity(spec.layers().len());
         for layer in spec.layers() {

@@ -39,7 +39,7 @@ const BOMB_RATIO: u64 = 100;
 /// Whether the file at `path` starts as a zip does.
 pub(crate) fn is_zip(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
+    simplecnn_files::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
         .is_ok_and(|_| &magic == b"PK\x03\x04")
 }
@@ -479,7 +479,7 @@ fn read_entry<R: Read + std::io::Seek>(
 /// Opens a `.keras` zip, checking every entry's name and size before anything is unpacked.
 pub(crate) fn open_archive(path: &Path) -> Result<KerasArchive> {
     crate::keras_file::check_regular_file(path)?;
-    let file = std::fs::File::open(path).at(path, || "cannot open".into())?;
+    let file = simplecnn_files::open(path).at(path, || "cannot open".into())?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).at(path, || {
         "not a .keras file (not a readable zip archive)".into()
     })?;

@@ -244,8 +244,7 @@ pub(crate) fn check_regular_file(path: &Path) -> Result<()> {
         }
         Err(e) => fail(path, e.to_string()),
         Ok(m) if m.is_dir() => fail(path, "a folder, not a model file"),
-        Ok(m) if !m.is_file() => fail(path, "not a regular file (a device, pipe or socket?)"),
-        Ok(_) => Ok(()),
+        Ok(_) => simplecnn_files::check_regular(path).or_else(|e| fail(path, e.to_string())),
     }
 }
 

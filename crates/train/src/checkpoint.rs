@@ -93,7 +93,8 @@ pub fn load_checkpoint_weights(
     tensors_path: &Path,
     model: &Model,
 ) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(tensors_path).map_err(|e| file_err(tensors_path)(e.to_string()))?;
+    let bytes =
+        simplecnn_files::read(tensors_path).map_err(|e| file_err(tensors_path)(e.to_string()))?;
     load_weights_from(tensors_path, &bytes, model)
 }
 
@@ -155,11 +156,12 @@ pub fn load_checkpoint(
     optimizer: &mut dyn Optimizer,
 ) -> Result<LoadedCheckpoint> {
     let (tensors_path, meta_path) = checkpoint_paths(dir, stem);
-    let bytes = std::fs::read(&tensors_path).map_err(|e| file_err(&tensors_path)(e.to_string()))?;
+    let bytes =
+        simplecnn_files::read(&tensors_path).map_err(|e| file_err(&tensors_path)(e.to_string()))?;
     let (meta, record_path) = match record_in(&tensors_path, &bytes)? {
         Some(meta) => (meta, tensors_path.clone()),
         None => {
-            let text = std::fs::read_to_string(&meta_path)
+            let text = simplecnn_files::read_to_string(&meta_path)
                 .map_err(|e| file_err(&meta_path)(e.to_string()))?;
             let meta =
                 serde_json::from_str(&text).map_err(|e| file_err(&meta_path)(e.to_string()))?;

@@ -12,6 +12,9 @@ pub enum TrainError {
     Tensor(#[from] candle_core::Error),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+    /// A callback ended training at once (the CLI's, on SIGINT or SIGTERM).
+    #[error("training stopped by {0}")]
+    Stopped(String),
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
@@ -22,9 +25,14 @@ pub(crate) fn write_atomic(
     path: &std::path::Path,
     write: impl FnOnce(&std::path::Path) -> Result<()>,
 ) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path)(e.to_string()))
+    // Unique to the process: two processes writing one run's checkpoints never share it.
+    let tmp = simplecnn_files::temporary_name(path);
+    let written = write(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| file_err(path)(e.to_string())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 pub(crate) fn file_err(path: &std::path::Path) -> impl FnOnce(String) -> TrainError + '_ {
