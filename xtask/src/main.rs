@@ -9,6 +9,8 @@
 //! * `cargo xtask setup` → only the installs above (and the test venv);
 //! * `cargo xtask test [ARGS]` → sets up `target/py-venv` (Pillow, h5py, numpy for the
 //!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
+//! * `cargo xtask tensorboard [DIR]` → the real TensorBoard (from `target/py-venv`) on
+//!   localhost over `DIR` (default `results/`), printing its address;
 //! * `cargo xtask bench --reference …` → also sets up `target/reference-venv/{keras,torch}`
 //!   (pip, only when asked) for the reference scripts in `benches/reference/`;
 //! * `cargo xtask setup --cuda` → also CUDA 13.0's compiler, headers and libraries (and cuDNN
@@ -25,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const HDF5_PACKAGES: &[&str] = &["libhdf5-dev", "pkg-config"];
-const PYTHON_PACKAGES: &[&str] = &["pillow", "h5py", "numpy"];
+/// The test venv: the shared data's converter (Pillow), the interop tests (h5py, numpy) and
+/// the real TensorBoard (its reader checks our event files; `xtask tensorboard` serves them).
+const PYTHON_PACKAGES: &[&str] = &["pillow", "h5py", "numpy", "tensorboard"];
 /// CUDA 13.0, the GPU machine's (driver 580 loads PTX from nvcc up to 13.0, not newer).
 const CUDA_PACKAGES: &[&str] = &[
     "nvidia-cuda-nvcc==13.0.*",
@@ -154,7 +158,7 @@ fn ensure_venv(venv: &Path, probe: &str, packages: &[&str]) -> PathBuf {
 fn ensure_python_venv(root: &Path) -> PathBuf {
     ensure_venv(
         &root.join("target/py-venv"),
-        "import PIL, h5py, numpy",
+        "import PIL, h5py, numpy, tensorboard",
         PYTHON_PACKAGES,
     )
 }
@@ -426,6 +430,26 @@ fn main() {
     if args.first().map(String::as_str) == Some("gpu-pack") {
         gpu_pack(&root);
         return;
+    }
+    if args.first().map(String::as_str) == Some("tensorboard") {
+        let venv = ensure_python_venv(&root);
+        let dir = args
+            .get(1)
+            .map_or_else(|| root.join("results"), PathBuf::from);
+        if !dir.is_dir() {
+            eprintln!("xtask: {}: no such folder of runs", dir.display());
+            exit(1);
+        }
+        // TensorBoard prints its address ("TensorBoard 2.x at http://localhost:6006/") itself.
+        eprintln!(
+            "xtask: TensorBoard over {} (runs with the `tensorboard` callback; Ctrl-C stops it)",
+            dir.display()
+        );
+        run(Command::new(venv.join("bin/tensorboard"))
+            .arg("--logdir")
+            .arg(&dir)
+            .args(["--host", "localhost"])
+            .args(&args[2..]));
     }
     if args.first().map(String::as_str) == Some("test") {
         let venv = ensure_python_venv(&root);

@@ -783,9 +783,13 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
 
     let mut optimizer = experiment.build_optimizer(&model)?;
     let schedule = experiment.build_schedule(fit_config.total_steps(split_at));
-    let mut callbacks: Vec<Box<dyn Callback>> = experiment
-        .callbacks
-        .iter()
+    // TensorBoard logs an epoch before a checkpoint records it as done (a run killed between
+    // the two then logs that epoch again on resume, where its logs are trimmed, rather than
+    // never).
+    let mut specs: Vec<&CallbackSpec> = experiment.callbacks.iter().collect();
+    specs.sort_by_key(|c| !matches!(c, CallbackSpec::Tensorboard { .. }));
+    let mut callbacks: Vec<Box<dyn Callback>> = specs
+        .into_iter()
         .map(|c| match c {
             CallbackSpec::KerasLog {} => Box::new(KerasLog { epochs: 0 }) as Box<dyn Callback>,
             CallbackSpec::ProgressBar {} => Box::new(ProgressBar::new()),
@@ -881,6 +885,20 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
     );
     if experiment.outputs.plots {
         crate::evaluate::write_pictures(&run_dir, &data.test, &test, &data.class_names)?;
+    }
+    let logs_tensorboard = experiment
+        .callbacks
+        .iter()
+        .any(|c| matches!(c, CallbackSpec::Tensorboard { .. }));
+    if logs_tensorboard {
+        let last_epoch = history.epochs.len().saturating_sub(1) as i64;
+        crate::tensorboard::write_test_images(
+            &run_dir.join(simplecnn_experiment::LOG_DIR),
+            last_epoch,
+            &data.test,
+            &test,
+            &data.class_names,
+        )?;
     }
     let report = TestReport {
         loss: test.loss,

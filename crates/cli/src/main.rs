@@ -13,6 +13,7 @@ mod provenance;
 mod selftest;
 mod show;
 mod stop;
+mod tensorboard;
 mod weights;
 
 use std::path::PathBuf;

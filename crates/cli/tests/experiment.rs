@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use simplecnn_train::History;
 
+mod common;
+use common::{first_checkpointed_run, tiny_folders};
+
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simplecnn"))
         .args(args)
@@ -18,22 +21,6 @@ fn xtask(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A tiny data set as image folders: 10 classes, `per_class` 32x32 PNGs per split.
-fn tiny_folders(root: &Path, per_class: usize) {
-    for split in ["train", "test"] {
-        for (c, class) in simplecnn_cifar::CLASS_NAMES.iter().enumerate() {
-            let d = root.join(split).join(class);
-            std::fs::create_dir_all(&d).unwrap();
-            for i in 0..per_class {
-                let img = image::RgbImage::from_fn(32, 32, |x, y| {
-                    image::Rgb([(c * 25) as u8, (x * 8) as u8, (y + i as u32) as u8])
-                });
-                img.save(d.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
 }
 
 /// The epochs.csv rows without the timing columns (`seconds`, `images_per_second`).
@@ -845,24 +832,6 @@ enum Stop {
 
 fn kill_and_resume(tmp: &Path, args: &[&str], epochs: u64) -> Option<(PathBuf, PathBuf)> {
     stop_and_resume(tmp, args, epochs, Stop::Kill)
-}
-
-/// Waits for the first run folder under `out` with a checkpoint.
-fn first_checkpointed_run(out: &Path) -> PathBuf {
-    let start = std::time::Instant::now();
-    loop {
-        let found = std::fs::read_dir(out).ok().and_then(|mut d| {
-            d.find_map(|e| {
-                let p = e.ok()?.path();
-                p.join("checkpoints/last.json").is_file().then_some(p)
-            })
-        });
-        if let Some(run) = found {
-            return run;
-        }
-        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
 }
 
 fn send(signal: &str, pid: u32) {

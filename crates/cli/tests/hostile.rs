@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 use candle_core::Device;
 use simplecnn_model::{zoo, Model};
 
+mod common;
+use common::tiny_folders_of;
+
 /// Runs the CLI with its address space limited to 3 GiB (`ulimit -v`), so an allocation of
 /// what a crafted file claims fails the test instead of succeeding on a large machine, and
 /// its time to 120 s, so a read that blocks fails the test (status 124) instead of hanging it.
@@ -264,7 +267,7 @@ fn show_bounds_its_sizes() {
 #[test]
 fn a_folder_named_latest_is_named_in_the_error() {
     let tmp = tempfile::tempdir().unwrap();
-    tiny_data(&tmp.path().join("data"), &simplecnn_cifar::CLASS_NAMES, 2);
+    tiny_folders_of(&tmp.path().join("data"), &simplecnn_cifar::CLASS_NAMES, 2);
     let out = tmp.path().join("out");
     std::fs::create_dir_all(out.join("latest")).unwrap();
     let o = limited(&[
@@ -284,23 +287,6 @@ fn a_folder_named_latest_is_named_in_the_error() {
         .filter(|p| p.join("test.json").is_file())
         .collect();
     assert_eq!(runs.len(), 1, "the run itself finished");
-}
-
-/// A tiny data set as image folders, `per_class` 32x32 PNGs of each class in both splits.
-fn tiny_data(root: &Path, classes: &[&str], per_class: u32) {
-    for split in ["train", "test"] {
-        for (c, class) in classes.iter().enumerate() {
-            let d = root.join(split).join(class);
-            std::fs::create_dir_all(&d).unwrap();
-            for i in 0..per_class {
-                image::RgbImage::from_fn(32, 32, |x, y| {
-                    image::Rgb([(c * 25) as u8, (x * 8) as u8, (y + i) as u8])
-                })
-                .save(d.join(format!("{i}.png")))
-                .unwrap();
-            }
-        }
-    }
 }
 
 fn mkfifo(path: &Path) {
@@ -335,7 +321,7 @@ fn fifos_and_devices_named_as_files_are_refused_not_waited_on() {
     )
     .unwrap();
     let data = dir.join("data");
-    tiny_data(&data, &simplecnn_cifar::CLASS_NAMES, 1);
+    tiny_folders_of(&data, &simplecnn_cifar::CLASS_NAMES, 1);
     let cases: Vec<(Vec<String>, String, &str)> = vec![
         (
             vec!["evaluate".into(), "--model".into(), s("fifo.h5")],
@@ -457,8 +443,8 @@ fn evaluate_refuses_data_whose_class_names_differ_from_the_model_s() {
     let mut renamed: Vec<&str> = simplecnn_cifar::CLASS_NAMES.to_vec();
     renamed[3] = "kitten";
     let (good, bad) = (tmp.path().join("good"), tmp.path().join("bad"));
-    tiny_data(&good, &simplecnn_cifar::CLASS_NAMES, 2);
-    tiny_data(&bad, &renamed, 2);
+    tiny_folders_of(&good, &simplecnn_cifar::CLASS_NAMES, 2);
+    tiny_folders_of(&bad, &renamed, 2);
     let evaluate = |model: &Path, data: &Path| {
         limited(&[
             "evaluate",
@@ -512,7 +498,7 @@ fn a_model_too_big_for_memory_is_refused_before_it_is_allocated() {
     assert!(err.contains("this process may use (ulimit -v"), "{err}");
 
     let data = tmp.path().join("data");
-    tiny_data(&data, &simplecnn_cifar::CLASS_NAMES, 1);
+    tiny_folders_of(&data, &simplecnn_cifar::CLASS_NAMES, 1);
     let experiment = tmp.path().join("huge.toml");
     std::fs::write(
         &experiment,

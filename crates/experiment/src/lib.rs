@@ -29,7 +29,7 @@ use simplecnn_train::{
 pub use spec::{
     BaseSpec, BlockSpec, CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec,
     KernelsName, LossSpec, ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec,
-    TestSpec,
+    TestSpec, UpdateFreq,
 };
 
 /// What is wrong with an experiment: the file, the key (`fit.epochs`) when one is to blame,
@@ -241,6 +241,9 @@ fn parse_value(raw: &str) -> Value {
 
 type Check = std::result::Result<(), (String, String)>;
 
+/// The TensorBoard callback's folder in a run folder, as Keras' `log_dir` default.
+pub const LOG_DIR: &str = "logs";
+
 /// Where a file (an experiment shared with the user, a run's config.json) may send a run's
 /// results: a relative folder that does not climb (`..`), so under the folder the user runs in.
 /// Anywhere else is the user's to choose, with `--out` or `--set outputs.dir=…`.
@@ -379,6 +382,11 @@ impl Experiment {
                 ensure(power.is_finite() && *power >= 0.0, &key, || {
                     format!("power {power} is negative")
                 })?;
+            }
+            if let CallbackSpec::Tensorboard { update_freq, .. } = c {
+                update_freq
+                    .steps()
+                    .map_err(|why| (format!("callbacks.{i}.update_freq"), why))?;
             }
             if let CallbackSpec::CsvLogger { filename } = c {
                 ensure(
@@ -828,6 +836,14 @@ impl Experiment {
                 decay,
                 power,
             } => Box::new(simplecnn_train::Lookahead::new(every, decay, power)),
+            CallbackSpec::Tensorboard {
+                ref update_freq,
+                histogram_freq,
+            } => Box::new(simplecnn_train::TensorBoard::new(
+                run_dir.join(LOG_DIR),
+                update_freq.steps().expect("checked when the file was read"),
+                histogram_freq,
+            )),
         })
     }
 
@@ -1251,6 +1267,34 @@ mod tests {
         let path = dir.path().join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
         assert!(load(&path, &[]).unwrap_err().to_string().contains("name"));
+    }
+
+    #[test]
+    fn the_tensorboard_callback_takes_keras_update_freq() {
+        let with = |freq: &str| {
+            let text = format!(
+                "{}\n[[callbacks]]\nkind = \"tensorboard\"\nupdate_freq = {freq}\n",
+                BUILT_IN[0].1
+            );
+            load_text(&text, Path::new("tb.toml"), &[])
+        };
+        for (freq, steps) in [
+            ("\"epoch\"", None),
+            ("\"batch\"", Some(1)),
+            ("25", Some(25)),
+        ] {
+            let e = with(freq).unwrap().experiment;
+            match e.callbacks.last() {
+                Some(CallbackSpec::Tensorboard { update_freq, .. }) => {
+                    assert_eq!(update_freq.steps(), Ok(steps))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for bad in ["\"weekly\"", "0"] {
+            let says = with(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(says.contains("callbacks.5.update_freq"), "{says}");
+        }
     }
 
     #[test]

@@ -409,6 +409,45 @@ pub enum CallbackSpec {
         #[serde(default)]
         min_delta: f64,
     },
+    /// Keras' `TensorBoard`: event files in `<run>/logs/train/` and `logs/validation/`
+    /// (`cargo xtask tensorboard` shows them).
+    Tensorboard {
+        /// `"epoch"` (scalars per epoch), `"batch"` or a number N (batch scalars every N steps
+        /// as well).
+        #[serde(default)]
+        update_freq: UpdateFreq,
+        /// Weight histograms every this many epochs; 0: none.
+        #[serde(default)]
+        histogram_freq: usize,
+    },
+}
+
+/// Keras' `update_freq`: `"epoch"`, `"batch"` (every step) or a number of steps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UpdateFreq {
+    Steps(u64),
+    Named(String),
+}
+
+impl Default for UpdateFreq {
+    fn default() -> Self {
+        UpdateFreq::Named("epoch".into())
+    }
+}
+
+impl UpdateFreq {
+    /// Batch scalars every this many steps (`None`: per epoch only), or why it is not valid.
+    pub fn steps(&self) -> std::result::Result<Option<u64>, String> {
+        match self {
+            UpdateFreq::Named(w) if w == "epoch" => Ok(None),
+            UpdateFreq::Named(w) if w == "batch" => Ok(Some(1)),
+            UpdateFreq::Steps(n) if *n >= 1 => Ok(Some(*n)),
+            other => Err(format!(
+                "{other:?} is not \"epoch\", \"batch\" or a number of steps from 1"
+            )),
+        }
+    }
 }
 
 impl Default for ScheduleSpec {

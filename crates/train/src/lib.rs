@@ -45,7 +45,7 @@ mod step;
 pub use alloc::{keep_freed_memory, tune_cpu_runtime};
 pub use callbacks::{
     Callback, Control, CsvLogger, EarlyStopping, Lookahead, ModelCheckpoint, Monitor, MonitorMode,
-    TerminateOnNaN,
+    TensorBoard, TerminateOnNaN,
 };
 pub use checkpoint::{
     checkpoint_paths, load_checkpoint, load_checkpoint_weights, save_checkpoint, CheckpointMeta,

@@ -6,6 +6,7 @@ mod checkpoint;
 mod csv_logger;
 mod early_stopping;
 mod lookahead;
+mod tensorboard;
 mod terminate_on_nan;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ pub use checkpoint::{Mode as MonitorMode, ModelCheckpoint, Monitor};
 pub use csv_logger::CsvLogger;
 pub use early_stopping::EarlyStopping;
 pub use lookahead::Lookahead;
+pub use tensorboard::TensorBoard;
 pub use terminate_on_nan::TerminateOnNaN;
 
 /// Whether training goes on.
