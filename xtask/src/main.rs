@@ -27,9 +27,17 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const HDF5_PACKAGES: &[&str] = &["libhdf5-dev", "pkg-config"];
-/// The test venv: the shared data's converter (Pillow), the interop tests (h5py, numpy) and
-/// the real TensorBoard (its reader checks our event files; `xtask tensorboard` serves them).
-const PYTHON_PACKAGES: &[&str] = &["pillow", "h5py", "numpy", "tensorboard"];
+/// The test venv: the shared data's converter (Pillow), the interop tests (h5py, numpy), the
+/// real TensorBoard (its reader checks our event files; `xtask tensorboard` serves them) and
+/// ONNX's checker and runtime (they check and run what `export` writes).
+const PYTHON_PACKAGES: &[&str] = &[
+    "pillow",
+    "h5py",
+    "numpy",
+    "tensorboard",
+    "onnx",
+    "onnxruntime",
+];
 /// CUDA 13.0, the GPU machine's (driver 580 loads PTX from nvcc up to 13.0, not newer).
 const CUDA_PACKAGES: &[&str] = &[
     "nvidia-cuda-nvcc==13.0.*",
@@ -158,7 +166,7 @@ fn ensure_venv(venv: &Path, probe: &str, packages: &[&str]) -> PathBuf {
 fn ensure_python_venv(root: &Path) -> PathBuf {
     ensure_venv(
         &root.join("target/py-venv"),
-        "import PIL, h5py, numpy, tensorboard",
+        "import PIL, h5py, numpy, tensorboard, onnx, onnxruntime",
         PYTHON_PACKAGES,
     )
 }

@@ -68,7 +68,7 @@ pub fn write_pictures(
 
 /// A checkpoint of a run (`<run>/checkpoints/last.safetensors`): the model its `config.json`
 /// describes, with the checkpoint's weights.
-fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
+pub fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
     let run = path
         .parent()
         .and_then(Path::parent)

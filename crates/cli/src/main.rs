@@ -5,6 +5,7 @@ mod compare;
 mod data;
 mod evaluate;
 mod experiment;
+mod export;
 mod files;
 mod pictures;
 mod plots;
@@ -53,6 +54,8 @@ enum Command {
     /// Keras' `model.evaluate` on the test split for a saved model (ours or one Keras wrote):
     /// top-1, top-5 and per-class accuracy; writes confusion.png and mistakes.png.
     Evaluate(evaluate::EvaluateArgs),
+    /// A model (ours or Keras' .h5/.keras, a run's checkpoint) as an ONNX file for ONNX Runtime
+    Export(export::ExportArgs),
     /// The top classes a saved model gives your own images (PNG/JPEG files or folders).
     Predict(predict::PredictArgs),
     /// The baseline on several devices (`compare cpu cuda`), same seed and data, side by side.
@@ -140,6 +143,7 @@ fn run() -> Result<()> {
         Command::Show(args) => show::run(args),
         Command::Experiment(args) => experiment::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Export(args) => export::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Selftest(args) => selftest::run(args),

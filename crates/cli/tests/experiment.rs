@@ -368,19 +368,9 @@ fn cuda_without_the_feature_says_so() {
 /// The CI run the issue asks for: 2 000 real training images, one epoch, whole test split.
 #[test]
 fn baseline_on_the_shared_cifar_subset() {
-    let shared = std::env::var_os("SIMPLECNN_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    let tarball = shared.join("cifar10-jpg.tar.gz");
-    if !tarball.is_file() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs {}",
-            tarball.display()
-        );
-        eprintln!("skipping: no shared data at {}", shared.display());
+    let Some(tarball) = common::shared_cifar_tarball() else {
         return;
-    }
+    };
     let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xtask-cifar10-jpg");
     if !data.join(".unpacked").is_file() {
         let _ = std::fs::remove_dir_all(&data);

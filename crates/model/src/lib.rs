@@ -44,7 +44,7 @@ pub use layers::{
     InputLayer, Layer, LayerKind, LayerNormConfig, LayerScale, MaxPooling2D, Multiply,
     NormalizationConfig, Padding, Padding2d, Pool2dConfig, ReluConfig, RescalingConfig, Reshape,
     ScalarOp, ScalarOpKind, SeparableConv2dConfig, StochasticDepth, WeightRole, WeightSpec,
-    ZeroPadding2D,
+    ZeroPadding2D, NORMALIZATION_EPSILON,
 };
 pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
 pub use network::{

@@ -62,3 +62,22 @@ pub fn first_checkpointed_run(out: &Path) -> PathBuf {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// The shared CIFAR-10 JPEG tarball (`SIMPLECNN_SHARED_DATA`, else `../shared/data` beside the
+/// checkout); `None` (the test is skipped) outside CI when it is not there, a failure in CI.
+pub fn shared_cifar_tarball() -> Option<PathBuf> {
+    let shared = std::env::var_os("SIMPLECNN_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let tarball = shared.join("cifar10-jpg.tar.gz");
+    if tarball.is_file() {
+        return Some(tarball);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs {}",
+        tarball.display()
+    );
+    eprintln!("skipping: no shared data at {}", shared.display());
+    None
+}

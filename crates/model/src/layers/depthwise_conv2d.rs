@@ -26,7 +26,7 @@ pub struct DepthwiseConv2dConfig {
 
 impl DepthwiseConv2dConfig {
     /// The geometry as a convolution's (its filters do not matter here).
-    pub(crate) fn as_conv(&self) -> Conv2dConfig {
+    pub fn as_conv(&self) -> Conv2dConfig {
         Conv2dConfig {
             filters: 1,
             kernel_size: self.kernel_size,

@@ -54,7 +54,7 @@ pub use layer_normalization::LayerNormConfig;
 pub use layer_scale::LayerScale;
 pub use max_pooling2d::{MaxPooling2D, Pool2dConfig};
 pub use multiply::Multiply;
-pub use normalization::NormalizationConfig;
+pub use normalization::{NormalizationConfig, EPSILON as NORMALIZATION_EPSILON};
 pub use relu::ReluConfig;
 pub use rescaling::RescalingConfig;
 pub use reshape::Reshape;

@@ -10,7 +10,7 @@ use super::{channel_dims, FeatureShape, ForwardCtx, Init, Layer, WeightRole, Wei
 use crate::error::Result;
 
 /// Keras' `backend.epsilon()`.
-const EPSILON: f64 = 1e-7;
+pub const EPSILON: f64 = 1e-7;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct NormalizationConfig {
