@@ -14,6 +14,11 @@ RECORD = 1 + 3 * 32 * 32
 
 
 def args():
+    return args_parser().parse_args()
+
+
+def args_parser():
+    """The options every harness takes; a script may add its own before parsing."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", required=True, help="the cifar-10-batches-bin folder")
     p.add_argument("--batch-size", type=int, default=128)
@@ -23,7 +28,7 @@ def args():
     p.add_argument("--inference-batch", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="PyTorch's device (cpu, cuda)")
-    return p.parse_args()
+    return p
 
 
 def load(folder, names):

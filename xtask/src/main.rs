@@ -472,6 +472,11 @@ fn main() {
             .env("SIMPLECNN_PYTHON", venv.join("bin/python")));
     }
     let mut cli = Command::new(cargo());
+    let bench_onnx = args.first().map(String::as_str) == Some("bench")
+        && args
+            .iter()
+            .any(|a| a == "--reference" || a == "--onnxruntime")
+        && !args.iter().any(|a| a == "--python-onnx");
     cli.args(["run", "--quiet", "--release", "-p", "simplecnn-cli", "--"])
         .args(&args);
     if args.first().map(String::as_str) == Some("bench") && args.iter().any(|a| a == "--reference")
@@ -482,6 +487,13 @@ fn main() {
             }
         }
         cli.arg("--scripts").arg(root.join("benches/reference"));
+    } else if bench_onnx {
+        cli.arg("--scripts").arg(root.join("benches/reference"));
+    }
+    if bench_onnx {
+        // ONNX Runtime's inference row runs from the test venv.
+        let venv = ensure_python_venv(&root);
+        cli.arg("--python-onnx").arg(venv.join("bin/python"));
     }
     run(&mut cli);
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use simplecnn_bench::{BenchConfig, RawMeasurement, ThroughputReport, Workload};
-use simplecnn_model::Kernels;
+use simplecnn_model::{Kernels, Model};
 
 use crate::{data::data_dir, provenance};
 
@@ -59,13 +59,22 @@ pub struct BenchArgs {
     /// Runs of each framework, alternating between them.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
-    /// Also run Keras and PyTorch (benches/reference/) and report our ratio to each.
+    /// Also run Keras and PyTorch (benches/reference/) and report our ratio to each (and,
+    /// for the tutorial's model, ONNX Runtime's inference: `--onnxruntime`).
     #[arg(long)]
     pub reference: bool,
+    /// Also time ONNX Runtime predicting with our SimpleCNN exported to ONNX (inference only;
+    /// the binary layout). Implied by `--reference` for the tutorial's model.
+    #[arg(long, conflicts_with = "experiment")]
+    pub onnxruntime: bool,
     #[arg(long, default_value = "target/reference-venv/keras/bin/python")]
     pub python_keras: PathBuf,
     #[arg(long, default_value = "target/reference-venv/torch/bin/python")]
     pub python_torch: PathBuf,
+    /// A Python with onnxruntime, for the inference row of our exported SimpleCNN (the
+    /// tutorial's model only).
+    #[arg(long, default_value = "target/py-venv/bin/python")]
+    pub python_onnx: PathBuf,
     #[arg(long, default_value = "benches/reference")]
     pub scripts: PathBuf,
     /// Also run ours with candle's own convolution and pooling ops (the kernels' "before").
@@ -110,6 +119,9 @@ impl BenchArgs {
         }
         if self.candle_kernels {
             words.push("--candle-kernels".to_string());
+        }
+        if self.onnxruntime {
+            words.push("--onnxruntime".to_string());
         }
         if let Some(e) = &self.experiment {
             words.push(format!("--experiment {e}"));
@@ -234,28 +246,91 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
+    if args.onnxruntime || (args.reference && args.experiment.is_none()) {
+        let simplecnn_cifar::Layout::Binary(batches) = simplecnn_cifar::detect(&dir)? else {
+            bail!(
+                "{}: ONNX Runtime's harness reads the binary layout (cifar-10-batches-bin)",
+                dir.display()
+            );
+        };
+        entrants.push(onnx_runtime(&args, &batches)?);
+    }
+    let exported = args.out.join(EXPORTED_MODEL);
+    let runs = time_rounds(&args, &mut entrants);
+    let _ = std::fs::remove_file(&exported);
+    write_results(&args, &runs?)
+}
+
+/// Where the harness puts the SimpleCNN it exports for ONNX Runtime while it runs.
+const EXPORTED_MODEL: &str = ".bench-simple_cnn.onnx";
+
+/// ONNX Runtime predicting with our SimpleCNN exported (`export`'s graph; the weights of a
+/// fresh model, which inference speed does not depend on).
+fn onnx_runtime(args: &BenchArgs, batches: &Path) -> Result<Entrant> {
+    let script = args.scripts.join("onnxruntime_bench.py");
+    if !args.python_onnx.exists() {
+        bail!(
+            "{}: no Python for the ONNX Runtime row; `cargo xtask bench --reference` sets up \
+             its virtualenv",
+            args.python_onnx.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let model = Model::new(
+        simplecnn_model::zoo::simple_cnn(),
+        &candle_core::Device::Cpu,
+        0,
+    )?;
+    let options = simplecnn_onnx::ExportOptions {
+        class_names: None,
+        producer_version: env!("CARGO_PKG_VERSION"),
+    };
+    let bytes = simplecnn_onnx::export(&model, &options)?;
+    let path = args.out.join(EXPORTED_MODEL);
+    crate::files::write_atomic(&path, |tmp| Ok(std::fs::write(tmp, &bytes)?))?;
+    let mut command = Command::new(&args.python_onnx);
+    command
+        .arg(script)
+        .arg("--model")
+        .arg(&path)
+        .args(args.common_args(batches));
+    Ok(Entrant {
+        framework: "onnxruntime",
+        command,
+    })
+}
+
+/// Every entrant once per round, alternating.
+fn time_rounds(args: &BenchArgs, entrants: &mut [Entrant]) -> Result<Vec<(u32, WorkerOutput)>> {
     let mut runs: Vec<(u32, WorkerOutput)> = Vec::new();
     for round in 1..=args.rounds {
-        for e in &mut entrants {
+        for e in entrants.iter_mut() {
             eprintln!("round {round}/{}: {} …", args.rounds, e.framework);
             let out = run_worker(e)?;
             let r = out.raw.report();
+            let training = match r.train_step_ms_median.is_finite() {
+                true => format!(
+                    "{:.1} ms/step, {:.0} train img/s, {:.1} CPU-s/epoch, ",
+                    r.train_step_ms_median, r.train_images_per_s, r.cpu_s_per_epoch
+                ),
+                false => "inference only: ".to_string(),
+            };
             eprintln!(
-                "round {round}/{}: {} {:.1} ms/step, {:.0} train img/s, {:.1} CPU-s/epoch, {:.0} inference img/s",
-                args.rounds,
-                out.framework,
-                r.train_step_ms_median,
-                r.train_images_per_s,
-                r.cpu_s_per_epoch,
-                r.inference_images_per_s
+                "round {round}/{}: {} {training}{:.0} inference img/s",
+                args.rounds, out.framework, r.inference_images_per_s
             );
             runs.push((round, out));
         }
     }
+    Ok(runs)
+}
 
+/// The table on stdout, and `<date>-<host>[-simplecnn][-experiment].{csv,md}`.
+fn write_results(args: &BenchArgs, runs: &[(u32, WorkerOutput)]) -> Result<()> {
     let machine = provenance::collect();
-    let table = Summary::new(&runs);
-    let markdown = table.markdown(&machine, &args);
+    let table = Summary::new(runs);
+    let markdown = table.markdown(&machine, args);
     print!("{}", table.text());
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -272,7 +347,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let csv_path = args.out.join(format!("{stem}.csv"));
     let md_path = args.out.join(format!("{stem}.md"));
-    crate::files::write_atomic(&csv_path, |tmp| write_csv(tmp, &runs, &machine))?;
+    crate::files::write_atomic(&csv_path, |tmp| write_csv(tmp, runs, &machine))?;
     crate::files::write_atomic(&md_path, |tmp| Ok(std::fs::write(tmp, &markdown)?))?;
     println!("wrote {} and {}", csv_path.display(), md_path.display());
     Ok(())
@@ -457,13 +532,19 @@ impl Summary {
         self.rows
             .iter()
             .map(|(name, _, r)| {
+                // An inference-only entrant (ONNX Runtime) has no training figures.
+                let trains = r.train_step_ms_median.is_finite();
+                let train = |value: f64, digits: usize| match trains {
+                    true => format!("{value:.digits$}"),
+                    false => "—".to_string(),
+                };
                 [
                     name.clone(),
-                    format!("{:.0}", r.train_images_per_s),
-                    format!("{:.1}", r.train_step_ms_median),
-                    format!("{:.1}", r.train_cpu_ms_per_step),
-                    format!("{:.1}", r.cpu_s_per_epoch),
-                    format!("{:.1}", r.wall_s_per_epoch),
+                    train(r.train_images_per_s, 0),
+                    train(r.train_step_ms_median, 1),
+                    train(r.train_cpu_ms_per_step, 1),
+                    train(r.cpu_s_per_epoch, 1),
+                    train(r.wall_s_per_epoch, 1),
                     format!("{:.0}", r.inference_images_per_s),
                     format!("{:.0}", r.peak_rss_mib),
                 ]
@@ -490,6 +571,14 @@ impl Summary {
         self.rows[1..]
             .iter()
             .map(|(name, _, r)| {
+                if !r.train_step_ms_median.is_finite() {
+                    return format!(
+                        "vs {name}: inference {:.2}x their images/s, {:.2}x their CPU-seconds \
+                         per 1000 images",
+                        ours.inference_images_per_s / r.inference_images_per_s,
+                        ours.inference_cpu_ms_per_1000 / r.inference_cpu_ms_per_1000,
+                    );
+                }
                 format!(
                     "vs {name}: CPU-s per epoch {:.2}x theirs, training {:.2}x their images/s, \
                      inference {:.2}x their images/s, peak RSS {:.2}x theirs",

@@ -231,3 +231,72 @@ fn a_layer_onnx_cannot_take_is_named() {
     );
     assert!(!onnx.exists());
 }
+
+/// `bench --onnxruntime` times ONNX Runtime predicting with our exported SimpleCNN beside ours:
+/// an inference-only row (no training figures) in the CSV and the table.
+#[test]
+fn bench_times_onnx_runtime_beside_ours() {
+    let Some(py) = python_with("onnxruntime, numpy") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let batches = tmp.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&batches).unwrap();
+    let images = |n: usize| {
+        let pixels = (0..n * 3072).map(|i| (i % 251) as u8).collect();
+        let labels = (0..n).map(|i| (i % 10) as u8).collect();
+        simplecnn_cifar::LabeledImages::new(pixels, labels, 10).unwrap()
+    };
+    // The official layout: five training files and a test file of 10 000 records each.
+    let batch = images(10_000);
+    for file in simplecnn_cifar::binary::TRAIN_FILES
+        .iter()
+        .chain([&simplecnn_cifar::binary::TEST_FILE])
+    {
+        simplecnn_cifar::binary::write_batch_file(&batches.join(file), &batch).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/reference");
+    let o = cli(&[
+        "bench",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--inference-images",
+        "100",
+        "--rounds",
+        "1",
+        "--onnxruntime",
+        "--python-onnx",
+        &py,
+        "--scripts",
+        scripts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("simplecnn vs onnxruntime: inference"),
+        "{table}"
+    );
+    let csv = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "csv"))
+        .unwrap();
+    let mut reader = csv::Reader::from_path(csv).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let frameworks: Vec<&str> = rows.iter().map(|r| &r[col("framework")]).collect();
+    assert_eq!(frameworks, ["simplecnn", "onnxruntime"]);
+    let ort = &rows[1];
+    assert!(ort[col("inference_images_per_s")].parse::<f64>().unwrap() > 0.0);
+    assert!(ort[col("version")].starts_with("onnxruntime "));
+    // The exported model is removed after the run.
+    assert!(!out.join(".bench-simple_cnn.onnx").exists());
+}
