@@ -79,6 +79,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "resnet20",
         include_str!("../../../experiments/resnet20.toml"),
     ),
+    ("plain20", include_str!("../../../experiments/plain20.toml")),
     (
         "airbench94",
         include_str!("../../../experiments/airbench94.toml"),
@@ -1038,6 +1039,32 @@ mod tests {
     fn baseline(overrides: &[&str]) -> Result<Loaded> {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         load_text(BUILT_IN[0].1, Path::new("baseline.toml"), &overrides)
+    }
+
+    /// Plain-20 is ResNet-20 without its shortcuts: the same layers but the projections and
+    /// the Adds, a chain, and the same recipe.
+    #[test]
+    fn plain20_is_resnet20_without_shortcuts() {
+        let load = |name: &str| {
+            let text = BUILT_IN.iter().find(|(n, _)| *n == name).unwrap().1;
+            load_text(text, Path::new("x.toml"), &[])
+                .unwrap()
+                .experiment
+        };
+        let (plain, res) = (load("plain20"), load("resnet20"));
+        let (p, r) = (plain.build_spec().unwrap(), res.build_spec().unwrap());
+        assert!(p.is_chain());
+        assert_eq!(p.param_count(), 274_442 - (16 * 32 + 32) - (32 * 64 + 64));
+        let kinds = |s: &simplecnn_model::Network| -> Vec<&'static str> {
+            s.layers().iter().map(|l| l.kind.class_name()).collect()
+        };
+        let mut without: Vec<&str> = kinds(&r);
+        without.retain(|k| *k != "Add");
+        assert_eq!(without.len() - 2, kinds(&p).len(), "two projections fewer");
+        assert_eq!(plain.optimizer, res.optimizer);
+        assert_eq!(plain.schedule, res.schedule);
+        assert_eq!(plain.fit, res.fit);
+        assert_eq!(plain.augment, res.augment);
     }
 
     #[test]
