@@ -55,14 +55,20 @@ impl MemoryNeed {
     }
 
     /// Training on batches of `batch` images with an optimizer that keeps `slots` values per
-    /// trainable weight: the weights, a gradient and the slots per trainable weight, and every
-    /// layer's output kept for the backward pass with its gradient and a working copy.
+    /// trainable weight: the weights, a gradient and the slots per trainable weight, every
+    /// layer's output kept for the backward pass, and the gradients flowing back, which are
+    /// released as they go: about two of the largest output at a time. (airbench94 at batch
+    /// 1024: 1.8 GiB estimated against a measured peak RSS of 1 663 MiB, data included.)
     pub fn training(net: &Network, batch: usize, slots: usize) -> MemoryNeed {
         let trainable = net.trainable_param_count() as u64;
-        let per_image: u64 = std::iter::once(net.input_shape().elem_count() as u64)
+        let outputs: Vec<u64> = std::iter::once(net.input_shape().elem_count() as u64)
             .chain(net.layers().iter().map(|l| l.output.elem_count() as u64))
-            .fold(0u64, u64::saturating_add)
-            .saturating_mul(3);
+            .collect();
+        let largest = outputs.iter().copied().max().unwrap_or(0);
+        let per_image: u64 = outputs
+            .iter()
+            .fold(0u64, |a, &b| a.saturating_add(b))
+            .saturating_add(largest.saturating_mul(2));
         MemoryNeed {
             training_state: trainable
                 .saturating_mul(1 + slots as u64)
@@ -261,8 +267,11 @@ mod tests {
         let train = MemoryNeed::training(&net, 10, 2);
         assert_eq!(train.weights, params * 4);
         assert_eq!(train.training_state, params * 4 * 3);
-        // input, flatten, two dense outputs; each kept, its gradient and a working copy.
-        assert_eq!(train.activations, (3072 + 3072 + 100 + 100) * 3 * 10 * 4);
+        // input, flatten, two dense outputs kept, and two gradients of the largest (3072).
+        assert_eq!(
+            train.activations,
+            (3072 + 3072 + 100 + 100 + 2 * 3072) * 10 * 4
+        );
         let infer = MemoryNeed::inference(&net, 10);
         assert_eq!(infer.activations, (3072 + 3072) * 2 * 10 * 4);
     }
@@ -279,7 +288,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("training needs about 37.0 GiB (weights 9.2 GiB, "),
+            err.starts_with("training needs about 36.8 GiB (weights 9.2 GiB, "),
             "{err}"
         );
         assert!(
@@ -295,6 +304,16 @@ mod tests {
         )
         .unwrap();
         check_fits(&need, None, "training").unwrap();
+    }
+
+    /// The estimate must not refuse what runs: the tutorial's SimpleCNN at batch 128 peaks at
+    /// 457 MiB of RSS in a whole run (results/baseline/latest/run.json, the data set's 184 MB
+    /// and the runtime included); the estimate of what the model holds stays below that.
+    #[test]
+    fn the_estimate_stays_below_what_a_real_run_holds() {
+        let need = MemoryNeed::training(&crate::zoo::simple_cnn(), 128, 2);
+        assert!(need.total() < 457 << 20, "{}", human_bytes(need.total()));
+        assert!(need.total() > 20 << 20, "{}", human_bytes(need.total()));
     }
 
     #[test]
