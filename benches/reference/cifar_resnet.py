@@ -68,18 +68,5 @@ def bench(framework, shortcuts):
                           weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     train, test = common.data(a)
-
-    def train_step(x, y):
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    def predict(x):
-        model.eval()
-        with torch.no_grad():
-            return torch.softmax(model(torch.from_numpy(x).to(dev)), dim=1).cpu().numpy()
-
+    train_step, predict = common.torch_steps(model, opt, loss_fn, dev)
     common.run(a, framework, common.describe(torch, a.device), train_step, predict, train, test)

@@ -95,6 +95,13 @@ def run(a, framework, version, train_step, predict, train, test):
             losses.append(loss)
     train_cpu = cpu_seconds() - cpu_start
 
+    report(a, framework, version, step_ms, train_cpu, float(np.mean(losses)),
+           time_inference(a, predict, x_test))
+
+
+def time_inference(a, predict, x_test):
+    """`predict(x)` over `a.inference_images` test images in batches, timed as crates/bench
+    times ours: (wall ms per batch scaled to a full batch, images, CPU-seconds)."""
     batch_ms, predicted = [], 0
     cpu_start = cpu_seconds()
     while predicted < a.inference_images:
@@ -105,6 +112,12 @@ def run(a, framework, version, train_step, predict, train, test):
         predict(x)
         batch_ms.append((time.perf_counter() - start) * 1e3 * a.inference_batch / n)
         predicted += n
+    return batch_ms, predicted, cpu_seconds() - cpu_start
+
+
+def report(a, framework, version, step_ms, train_cpu, mean_loss, inference):
+    """Prints the `RawMeasurement` JSON line the Rust side reads."""
+    batch_ms, predicted, inference_cpu = inference
     print(json.dumps({
         "framework": framework,
         "version": version,
@@ -112,11 +125,34 @@ def run(a, framework, version, train_step, predict, train, test):
             "batch_size": a.batch_size,
             "step_ms": step_ms,
             "train_cpu_seconds": train_cpu,
-            "mean_train_loss": float(np.mean(losses)),
+            "mean_train_loss": mean_loss,
             "inference_batch": a.inference_batch,
             "batch_ms": batch_ms,
             "inference_images": predicted,
-            "inference_cpu_seconds": cpu_seconds() - cpu_start,
+            "inference_cpu_seconds": inference_cpu,
             "peak_rss_mib": peak_rss_mib(),
         },
     }))
+
+
+def torch_steps(model, opt, loss_fn, dev, softmax=True, loss_per_image=False):
+    """PyTorch's `train_step(x, y_onehot) -> loss` and `predict(x)` for `run`: the loss as the
+    loss function gives it (or divided by the batch, for a summed loss), the prediction as
+    probabilities (or as the model's output)."""
+    import torch
+
+    def train_step(x, y):
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+        loss.backward()
+        opt.step()
+        return loss.item() / len(x) if loss_per_image else loss.item()
+
+    def predict(x):
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(x).to(dev))
+            return (torch.softmax(out, dim=1) if softmax else out).cpu().numpy()
+
+    return train_step, predict

@@ -5,7 +5,6 @@ import common
 
 def main():
     a = common.args()
-    import numpy as np
     import torch
     from torch import nn
 
@@ -22,20 +21,7 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
     loss_fn = nn.CrossEntropyLoss()
     train, test = common.data(a)
-
-    def train_step(x, y):
-        model.train()
-        opt.zero_grad()
-        loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    def predict(x):
-        model.eval()
-        with torch.no_grad():
-            return torch.softmax(model(torch.from_numpy(x).to(dev)), dim=1).cpu().numpy()
-
+    train_step, predict = common.torch_steps(model, opt, loss_fn, dev)
     version = common.describe(torch, a.device)
     common.run(a, "pytorch", version, train_step, predict, train, test)
 

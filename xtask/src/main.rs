@@ -479,15 +479,16 @@ fn main() {
         && !args.iter().any(|a| a == "--python-onnx");
     cli.args(["run", "--quiet", "--release", "-p", "simplecnn-cli", "--"])
         .args(&args);
-    if args.first().map(String::as_str) == Some("bench") && args.iter().any(|a| a == "--reference")
-    {
+    let bench_reference = args.first().map(String::as_str) == Some("bench")
+        && args.iter().any(|a| a == "--reference");
+    if bench_reference {
         for (flag, venv) in ensure_reference_venvs(&root) {
             if !args.iter().any(|a| a == flag) {
                 cli.arg(flag).arg(venv.join("bin/python"));
             }
         }
-        cli.arg("--scripts").arg(root.join("benches/reference"));
-    } else if bench_onnx {
+    }
+    if bench_reference || bench_onnx {
         cli.arg("--scripts").arg(root.join("benches/reference"));
     }
     if bench_onnx {

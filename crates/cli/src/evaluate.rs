@@ -68,7 +68,7 @@ pub fn write_pictures(
 
 /// A checkpoint of a run (`<run>/checkpoints/last.safetensors`): the model its `config.json`
 /// describes, with the checkpoint's weights.
-pub fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
+fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
     let run = path
         .parent()
         .and_then(Path::parent)
@@ -117,15 +117,21 @@ fn match_classes(
     )
 }
 
-pub fn run(args: EvaluateArgs) -> Result<()> {
-    let model = match args.model.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => load_checkpoint_model(&args.model)?,
-        _ => simplecnn_store::load_model_scaled(
-            &args.model,
+/// A model file the commands take: a run's checkpoint (`.safetensors`, read with its run's
+/// config.json), else a Keras-layout `.h5`/`.keras` with `input_scale` before its layers.
+pub fn load_model_file(path: &Path, input_scale: f64) -> Result<simplecnn_model::Model> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => load_checkpoint_model(path),
+        _ => Ok(simplecnn_store::load_model_scaled(
+            path,
             &candle_core::Device::Cpu,
-            args.input_scale,
-        )?,
-    };
+            input_scale,
+        )?),
+    }
+}
+
+pub fn run(args: EvaluateArgs) -> Result<()> {
+    let model = load_model_file(&args.model, args.input_scale)?;
     let data_dir = data_dir(args.data);
     let data = simplecnn_cifar::load(&data_dir)?;
     let classes = model.spec().output_shape().elem_count();

@@ -27,14 +27,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let model = match args.model.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => crate::evaluate::load_checkpoint_model(&args.model)?,
-        _ => simplecnn_store::load_model_scaled(
-            &args.model,
-            &candle_core::Device::Cpu,
-            args.input_scale,
-        )?,
-    };
+    let model = crate::evaluate::load_model_file(&args.model, args.input_scale)?;
     let classes = model.spec().output_shape().elem_count();
     let names = crate::predict::stored_class_names(&args.model, classes)?;
     let options = simplecnn_onnx::ExportOptions {

@@ -11,37 +11,30 @@
 mod lock;
 mod write;
 
-pub use lock::{FolderLock, LockError};
+pub use lock::{host_name, FolderLock, LockError};
 pub use write::{temporary_name, write_atomic};
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::path::Path;
 
-/// What a path that is not a regular file is, in words, for the error.
-fn kind_of(meta: &Metadata) -> &'static str {
+/// The error for a path that is not a regular file, saying what it is when it is a kind with
+/// a name (a folder, a FIFO, a socket, a device).
+fn refuse(meta: &Metadata) -> io::Error {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
-    if t.is_dir() {
-        "a folder"
-    } else if t.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "not a regular file"
-    }
-}
-
-fn refuse(meta: &Metadata) -> io::Error {
-    let what = kind_of(meta);
-    let message = match what {
-        "not a regular file" => what.to_string(),
-        _ => format!("{what}, not a regular file"),
+    let kind = [
+        (t.is_dir(), "a folder"),
+        (t.is_fifo(), "a FIFO (named pipe)"),
+        (t.is_socket(), "a socket"),
+        (t.is_char_device(), "a character device"),
+        (t.is_block_device(), "a block device"),
+    ]
+    .into_iter()
+    .find_map(|(is, name)| is.then_some(name));
+    let message = match kind {
+        Some(what) => format!("{what}, not a regular file"),
+        None => "not a regular file".to_string(),
     };
     io::Error::new(io::ErrorKind::InvalidInput, message)
 }

@@ -44,15 +44,13 @@ impl std::fmt::Display for LockError {
 
 impl std::error::Error for LockError {}
 
-fn host_name() -> String {
+/// This machine's host name (`gethostname`), if it has one.
+pub fn host_name() -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer and its length are valid; gethostname NUL-terminates within them.
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
     let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-    match ok && end > 0 {
-        true => String::from_utf8_lossy(&buf[..end]).into_owned(),
-        false => "an unknown host".into(),
-    }
+    (ok && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 impl FolderLock {
@@ -84,7 +82,8 @@ impl FolderLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
-        let holder = format!("pid {} on {}", std::process::id(), host_name());
+        let host = host_name().unwrap_or_else(|| "an unknown host".into());
+        let holder = format!("pid {} on {host}", std::process::id());
         file.set_len(0).map_err(io_err)?;
         file.rewind().map_err(io_err)?;
         file.write_all(holder.as_bytes()).map_err(io_err)?;

@@ -42,9 +42,7 @@ impl MemoryNeed {
     /// their last use, about the two largest layer outputs (one read, one written) twice over
     /// (the kernels' working copies).
     pub fn inference(net: &Network, batch: usize) -> MemoryNeed {
-        let mut sizes: Vec<u64> = std::iter::once(net.input_shape().elem_count() as u64)
-            .chain(net.layers().iter().map(|l| l.output.elem_count() as u64))
-            .collect();
+        let mut sizes = value_sizes(net);
         sizes.sort_unstable_by(|a, b| b.cmp(a));
         let per_image: u64 = sizes.iter().take(2).sum::<u64>().saturating_mul(2);
         MemoryNeed {
@@ -61,9 +59,7 @@ impl MemoryNeed {
     /// 1024: 1.8 GiB estimated against a measured peak RSS of 1 663 MiB, data included.)
     pub fn training(net: &Network, batch: usize, slots: usize) -> MemoryNeed {
         let trainable = net.trainable_param_count() as u64;
-        let outputs: Vec<u64> = std::iter::once(net.input_shape().elem_count() as u64)
-            .chain(net.layers().iter().map(|l| l.output.elem_count() as u64))
-            .collect();
+        let outputs = value_sizes(net);
         let largest = outputs.iter().copied().max().unwrap_or(0);
         let per_image: u64 = outputs
             .iter()
@@ -78,6 +74,13 @@ impl MemoryNeed {
             ..Self::weights_of(net)
         }
     }
+}
+
+/// Values per image of every value of a forward pass: the input, then each layer's output.
+fn value_sizes(net: &Network) -> Vec<u64> {
+    std::iter::once(net.input_shape().elem_count() as u64)
+        .chain(net.layers().iter().map(|l| l.output.elem_count() as u64))
+        .collect()
 }
 
 /// How much memory this process may still use, and what says so.

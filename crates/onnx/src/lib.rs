@@ -321,6 +321,9 @@ fn not<T>(why: impl Into<String>) -> std::result::Result<T, Why> {
     Err(Why::Not(why.into()))
 }
 
+/// A weight's dims and its values, row-major.
+type DimsAndValues = (Vec<usize>, Vec<f32>);
+
 struct LayerExport<'a> {
     layer: &'a LayerSpec,
     w: &'a [(WeightRole, Tensor)],
@@ -328,24 +331,34 @@ struct LayerExport<'a> {
 }
 
 impl LayerExport<'_> {
-    fn weight(&mut self, role: WeightRole) -> std::result::Result<Option<String>, Why> {
+    /// The layer's weight in `role`: its dims and values, if the layer has it.
+    fn values(&self, role: WeightRole) -> std::result::Result<Option<DimsAndValues>, Why> {
         let Some((_, t)) = self.w.iter().find(|(r, _)| *r == role) else {
             return Ok(None);
         };
-        let dims = t.dims().to_vec();
-        let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let stem = format!("{}/{}", self.layer.name, role.keras_name());
+        Ok(Some((t.dims().to_vec(), t.flatten_all()?.to_vec1()?)))
+    }
+
+    fn stem(&self, role: WeightRole) -> String {
+        format!("{}/{}", self.layer.name, role.keras_name())
+    }
+
+    /// The weight in `role` as a constant of its own shape.
+    fn weight(&mut self, role: WeightRole) -> std::result::Result<Option<String>, Why> {
+        let Some((dims, values)) = self.values(role)? else {
+            return Ok(None);
+        };
+        let stem = self.stem(role);
         Ok(Some(self.g.constant(&stem, &dims, &values)))
     }
 
     /// A weight reshaped to broadcast over channels: `(1, C, 1, 1)` for an image, `(C)` for a
     /// vector.
     fn channel_weight(&mut self, role: WeightRole) -> std::result::Result<Option<String>, Why> {
-        let Some((_, t)) = self.w.iter().find(|(r, _)| *r == role) else {
+        let Some((_, values)) = self.values(role)? else {
             return Ok(None);
         };
-        let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
-        let stem = format!("{}/{}", self.layer.name, role.keras_name());
+        let stem = self.stem(role);
         Ok(Some(self.per_channel(&stem, &values)))
     }
 
@@ -547,8 +560,7 @@ impl LayerExport<'_> {
                     Some((m, v)) => (m.clone(), v.clone()),
                     None => {
                         let get = |role| -> std::result::Result<Vec<f32>, Why> {
-                            let (_, t) = self.w.iter().find(|(r, _)| *r == role).expect("stats");
-                            Ok(t.flatten_all()?.to_vec1()?)
+                            Ok(self.values(role)?.expect("learned statistics").1)
                         };
                         (get(WeightRole::Mean)?, get(WeightRole::Variance)?)
                     }

@@ -18,17 +18,11 @@ fn wall_time() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The host name as a file-name part.
 fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer and its length are valid; gethostname NUL-terminates within them.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-    let name = match ok && end > 0 {
-        true => String::from_utf8_lossy(&buf[..end]).into_owned(),
-        false => "localhost".into(),
-    };
-    // The name is a file-name part.
-    name.replace(['/', '\\'], "_")
+    simplecnn_files::host_name()
+        .unwrap_or_else(|| "localhost".into())
+        .replace(['/', '\\'], "_")
 }
 
 /// Whether `path` is an event file by its name (`events.out.tfevents.…`).

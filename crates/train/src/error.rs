@@ -25,14 +25,24 @@ pub(crate) fn write_atomic(
     path: &std::path::Path,
     write: impl FnOnce(&std::path::Path) -> Result<()>,
 ) -> Result<()> {
-    // Unique to the process: two processes writing one run's checkpoints never share it.
-    let tmp = simplecnn_files::temporary_name(path);
-    let written = write(&tmp)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| file_err(path)(e.to_string())));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    /// Why the write failed: the writer's error, or the rename's (named by the file).
+    enum Failed {
+        Write(TrainError),
+        Rename(std::io::Error),
     }
-    written
+    impl From<std::io::Error> for Failed {
+        fn from(e: std::io::Error) -> Self {
+            Failed::Rename(e)
+        }
+    }
+    // A temporary unique to the process: two processes writing one run's checkpoints never
+    // share it.
+    simplecnn_files::write_atomic(path, |tmp| write(tmp).map_err(Failed::Write)).map_err(
+        |f| match f {
+            Failed::Write(e) => e,
+            Failed::Rename(e) => file_err(path)(e.to_string()),
+        },
+    )
 }
 
 pub(crate) fn file_err(path: &std::path::Path) -> impl FnOnce(String) -> TrainError + '_ {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use simplecnn_tensorboard::{EventWriter, What};
 
 use super::{BatchEnd, Callback, Control, TrainBegin, TrainState};
-use crate::error::{Result, TrainError};
+use crate::error::{file_err, Result, TrainError};
 use crate::history::{EpochMetrics, History};
 
 /// TensorBoard's default number of histogram buckets.
@@ -32,10 +32,7 @@ pub struct TensorBoard {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::File {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
+    move |e| file_err(path)(e.to_string())
 }
 
 impl TensorBoard {
