@@ -11,6 +11,8 @@
 //!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
 //! * `cargo xtask tensorboard [DIR]` → the real TensorBoard (from `target/py-venv`) on
 //!   localhost over `DIR` (default `results/`), printing its address;
+//! * `cargo xtask slurm-up` → a one-node Slurm on this machine (`xtask/scripts/slurm-up.sh`:
+//!   Debian's slurm-wlm and munge, as root), for `simplecnn sweep --submit` and CI's Slurm test;
 //! * `cargo xtask bench --reference …` → also sets up `target/reference-venv/{keras,torch}`
 //!   (pip, only when asked) for the reference scripts in `benches/reference/`;
 //! * `cargo xtask setup --cuda` → also CUDA 13.0's compiler, headers and libraries (and cuDNN
@@ -438,6 +440,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("gpu-pack") {
         gpu_pack(&root);
         return;
+    }
+    if args.first().map(String::as_str) == Some("slurm-up") {
+        run(Command::new("bash").arg(root.join("xtask/scripts/slurm-up.sh")));
     }
     if args.first().map(String::as_str) == Some("tensorboard") {
         let venv = ensure_python_venv(&root);

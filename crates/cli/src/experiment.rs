@@ -10,6 +10,7 @@ use candle_core::Device;
 use serde::Serialize;
 use simplecnn_experiment::{
     BaseSpec, CallbackSpec, DeviceName, Experiment, InitSpec, KernelsName, Loaded, OptimizerSpec,
+    SweepRun,
 };
 use simplecnn_model::{FeatureShape, Kernels, Model};
 use simplecnn_store::MatchBy;
@@ -330,11 +331,11 @@ fn run_suite(folder: &Path, overrides: &[String], out_given: bool) -> Result<()>
 }
 
 /// The file a run keeps while it is unfinished: a killed run still has it.
-const INCOMPLETE: &str = "INCOMPLETE";
+pub const INCOMPLETE: &str = "INCOMPLETE";
 
 /// `experiment --resume RUN_DIR`: the run's own experiment, continued from
 /// `checkpoints/last.*` in the same folder.
-fn resume_run(dir: &Path) -> Result<()> {
+pub fn resume_run(dir: &Path) -> Result<()> {
     let config = dir.join("config.json");
     if !config.is_file() {
         bail!("{}: no config.json: not a run folder", dir.display());
@@ -355,7 +356,12 @@ fn resume_run(dir: &Path) -> Result<()> {
         );
     }
     let loaded = simplecnn_experiment::load_run_config(&config)?;
-    run_in(loaded.experiment, RunFolder::Resume(dir.to_path_buf())).map(|_| ())
+    run_in(
+        loaded.experiment,
+        RunFolder::Resume(dir.to_path_buf()),
+        None,
+    )
+    .map(|_| ())
 }
 
 /// Everything that decides the run's result, and where it ran.
@@ -371,6 +377,9 @@ struct RunConfig<'a> {
     train_images: usize,
     test_images: usize,
     provenance: provenance::Provenance,
+    /// The sweep this run belongs to, and which of its runs it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sweep: Option<&'a SweepRun>,
 }
 
 #[derive(Serialize)]
@@ -665,10 +674,24 @@ enum RunFolder {
 /// Runs `experiment` into a new folder under its output folder, or into exactly `run_dir`
 /// (made here, no `latest` link: for `compare`).
 pub fn run_experiment(experiment: Experiment, run_dir: Option<PathBuf>) -> Result<RunOutcome> {
-    run_in(experiment, run_dir.map_or(RunFolder::New, RunFolder::At))
+    run_in(
+        experiment,
+        run_dir.map_or(RunFolder::New, RunFolder::At),
+        None,
+    )
 }
 
-fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
+/// Runs `experiment`, run `tag.index` of a sweep, into a new folder under its output folder;
+/// its `config.json` records `tag`.
+pub fn run_sweep_member(experiment: Experiment, tag: &SweepRun) -> Result<RunOutcome> {
+    run_in(experiment, RunFolder::New, Some(tag))
+}
+
+fn run_in(
+    mut experiment: Experiment,
+    folder: RunFolder,
+    sweep: Option<&SweepRun>,
+) -> Result<RunOutcome> {
     // Every setting is checked (in `load`) before the data is read or a folder is made.
     let dev = device(experiment.fit.device)?;
     let explicit_data = experiment.data.dir.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
@@ -770,6 +793,7 @@ fn run_in(mut experiment: Experiment, folder: RunFolder) -> Result<RunOutcome> {
         train_images: data.train.len(),
         test_images: data.test.len(),
         provenance: provenance::collect(),
+        sweep,
     };
     if !resuming {
         write_json(&run_dir.join("config.json"), &config)?;

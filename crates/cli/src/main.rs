@@ -13,7 +13,10 @@ mod predict;
 mod provenance;
 mod selftest;
 mod show;
+mod slurm;
 mod stop;
+mod sweep;
+mod sweep_summary;
 mod tensorboard;
 mod weights;
 
@@ -48,6 +51,9 @@ enum Command {
     },
     /// Write images of the data set as upscaled PNGs with their class names.
     Show(show::ShowArgs),
+    /// Run a sweep file (an experiment over seeds and a grid of settings) here, one run of it
+    /// (`--index`), or as a Slurm job array (`--submit`); and summarise its runs.
+    Sweep(sweep::SweepArgs),
     /// Run an experiment file (experiments/<name>.toml, any .toml, or a run's config.json to
     /// replay it) and record everything under results/<name>/.
     Experiment(experiment::ExperimentArgs),
@@ -142,6 +148,7 @@ fn run() -> Result<()> {
         }
         Command::Show(args) => show::run(args),
         Command::Experiment(args) => experiment::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Export(args) => export::run(args),
         Command::Predict(args) => predict::run(args),

@@ -15,6 +15,8 @@
 
 mod graph;
 mod spec;
+pub mod sweep;
+pub use sweep::{Sweep, SweepRun};
 
 use std::path::{Path, PathBuf};
 
