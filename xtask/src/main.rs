@@ -8,7 +8,8 @@
 //!
 //! * `cargo xtask setup` → only the installs above (and the test venv);
 //! * `cargo xtask test [ARGS]` → sets up `target/py-venv` (Pillow, h5py, numpy for the
-//!   shared-data and interop tests) and runs `cargo test --workspace --release [ARGS]`;
+//!   shared-data and interop tests) and Open MPI (as root), and runs `cargo test --workspace
+//!   --release [--features simplecnn-collective/mpi] [ARGS]`;
 //! * `cargo xtask tensorboard [DIR]` → the real TensorBoard (from `target/py-venv`) on
 //!   localhost over `DIR` (default `results/`), printing its address;
 //! * `cargo xtask slurm-up` → a one-node Slurm on this machine (`xtask/scripts/slurm-up.sh`:
@@ -29,6 +30,9 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const HDF5_PACKAGES: &[&str] = &["libhdf5-dev", "pkg-config"];
+/// Open MPI (Debian's default MPI; its `mpirun` ends the whole job when a rank dies) with its
+/// development files, and libclang for rsmpi's bindings: the `mpi` feature's build needs them.
+const MPI_PACKAGES: &[&str] = &["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
 /// The test venv: the shared data's converter (Pillow), the interop tests (h5py, numpy), the
 /// real TensorBoard (its reader checks our event files; `xtask tensorboard` serves them) and
 /// ONNX's checker and runtime (they check and run what `export` writes).
@@ -124,6 +128,35 @@ fn ensure_hdf5() {
         eprintln!("xtask: `{install}` failed; install the HDF5 development package by hand");
         exit(1);
     }
+}
+
+fn mpi_present() -> bool {
+    let libclang = std::env::var_os("LIBCLANG_PATH").is_some()
+        || succeeds(Command::new("sh").args(["-c", "ls /usr/lib/llvm-*/lib/libclang*.so*"]));
+    libclang && succeeds(Command::new("mpicc").arg("--showme:version"))
+}
+
+/// Whether the `mpi` feature can be built here: Open MPI and libclang, installed with apt-get
+/// when running as root. Without them the tests run without MPI (and say so).
+fn ensure_mpi() -> bool {
+    if mpi_present() {
+        return true;
+    }
+    if !(is_root() && Path::new("/usr/bin/apt-get").is_file()) {
+        eprintln!(
+            "xtask: no MPI here: the data-parallel tests are skipped (install with: sudo apt-get install {})",
+            MPI_PACKAGES.join(" ")
+        );
+        return false;
+    }
+    eprintln!("xtask: installing {} with apt-get", MPI_PACKAGES.join(", "));
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(MPI_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    ok && mpi_present()
 }
 
 /// A virtualenv at `venv` in which `probe` (a Python import line) succeeds, made with pip and
@@ -427,6 +460,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("setup") {
         let venv = ensure_python_venv(&root);
         println!("xtask: HDF5 found; test venv ready at {}", venv.display());
+        if ensure_mpi() {
+            println!("xtask: Open MPI found (the `mpi` feature builds)");
+        }
         if args.iter().any(|a| a == "--cuda") {
             let home = ensure_cuda_home(&root);
             println!("xtask: CUDA 13.0 for building at {}", home.display());
@@ -469,9 +505,13 @@ fn main() {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![venv.join("bin")];
         paths.extend(std::env::split_paths(&path));
-        run(Command::new(cargo())
-            .current_dir(&root)
-            .args(["test", "--workspace", "--release"])
+        let mut test = Command::new(cargo());
+        test.current_dir(&root)
+            .args(["test", "--workspace", "--release"]);
+        if ensure_mpi() {
+            test.args(["--features", "simplecnn-collective/mpi"]);
+        }
+        run(test
             .args(&args[1..])
             .env("PATH", std::env::join_paths(paths).expect("valid PATH"))
             .env("SIMPLECNN_PYTHON", venv.join("bin/python")));

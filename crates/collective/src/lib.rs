@@ -1,0 +1,174 @@
+//! How the processes of one training run combine what each of them computed.
+//!
+//! A data-parallel run splits each global batch into fixed groups of images ("partials": a
+//! kernel gradient summed over a group, a BatchNorm layer's per-channel sums over 8 images);
+//! a process computes the partials of a contiguous run of whole groups. [`fold_partials`]
+//! adds every process' partials *in the global order of the groups*, starting from zero, as
+//! one process adding all of them one after another does: the sum has the same bits on any
+//! number of processes.
+//!
+//! [`Collective`] is the seam: [`SingleProcess`] (one process; nothing to exchange) and, with
+//! the `mpi` feature, [`mpi_world::MpiWorld`] (rsmpi over the MPI the program was started
+//! with). A GPU collective (NCCL) would be one more implementation.
+//!
+//! This crate knows nothing of models or training; it prints nothing.
+
+#[cfg(feature = "mpi")]
+pub mod mpi_world;
+
+/// What went wrong in a collective operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    #[error("rank {rank} sent {got} values where {expected} were expected: {what}")]
+    Mismatch {
+        rank: usize,
+        got: usize,
+        expected: usize,
+        what: &'static str,
+    },
+    #[error("{0} values are more than one MPI message holds (2^31 - 1)")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type Result<T> = std::result::Result<T, CollectiveError>;
+
+/// The processes of one run, and the two operations an exact data-parallel step needs.
+pub trait Collective: Send + Sync {
+    /// This process' number, `0..size()`.
+    fn rank(&self) -> usize;
+    /// How many processes the run has.
+    fn size(&self) -> usize;
+    /// Every process' `local` values, each process' in one piece, in rank order (the lengths
+    /// may differ between processes): the same vector on every process.
+    fn all_gather_f32(&self, local: &[f32]) -> Result<Vec<Vec<f32>>>;
+    /// [`Collective::all_gather_f32`] for f64 values.
+    fn all_gather_f64(&self, local: &[f64]) -> Result<Vec<Vec<f64>>>;
+    /// Every process' bytes (a fingerprint of its program and experiment, to refuse a run
+    /// whose processes differ), in rank order.
+    fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>>;
+    /// The implementation and its version, for the run's record ("Open MPI v4.1.4").
+    fn describe(&self) -> String;
+}
+
+/// One process: nothing to exchange.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn size(&self) -> usize {
+        1
+    }
+
+    fn all_gather_f32(&self, local: &[f32]) -> Result<Vec<Vec<f32>>> {
+        Ok(vec![local.to_vec()])
+    }
+
+    fn all_gather_f64(&self, local: &[f64]) -> Result<Vec<Vec<f64>>> {
+        Ok(vec![local.to_vec()])
+    }
+
+    fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![local.to_vec()])
+    }
+
+    fn describe(&self) -> String {
+        "one process".into()
+    }
+}
+
+/// The groups `0..groups` split into `size` contiguous runs as even as whole groups allow
+/// (the first `groups % size` ranks one more): rank `rank`'s `(first, count)`.
+pub fn share(groups: usize, size: usize, rank: usize) -> (usize, usize) {
+    let (base, extra) = (groups / size, groups % size);
+    let count = base + usize::from(rank < extra);
+    let first = rank * base + rank.min(extra);
+    (first, count)
+}
+
+/// A value [`fold_partials`] adds: f32 (gradients) or f64 (BatchNorm's sums).
+pub trait Summand: Copy + Default + std::ops::AddAssign + Send + Sync + 'static {
+    /// Every process' values, as [`Collective::all_gather_f32`] gathers them.
+    fn all_gather(c: &dyn Collective, local: &[Self]) -> Result<Vec<Vec<Self>>>;
+}
+
+impl Summand for f32 {
+    fn all_gather(c: &dyn Collective, local: &[f32]) -> Result<Vec<Vec<f32>>> {
+        c.all_gather_f32(local)
+    }
+}
+
+impl Summand for f64 {
+    fn all_gather(c: &dyn Collective, local: &[f64]) -> Result<Vec<Vec<f64>>> {
+        c.all_gather_f64(local)
+    }
+}
+
+/// The sum of every process' `partials` (each `len` long; this process' are the groups of
+/// its share, in order), added one after another in rank order starting from zeros: what one
+/// process holding every partial computes with the same loop, bit for bit.
+pub fn fold_partials<T: Summand>(
+    c: &dyn Collective,
+    partials: &[Vec<T>],
+    len: usize,
+) -> Result<Vec<T>> {
+    let mut total = vec![T::default(); len];
+    let mut add = |p: &[T]| total.iter_mut().zip(p).for_each(|(a, b)| *a += *b);
+    if c.size() == 1 {
+        partials.iter().for_each(|p| add(p));
+        return Ok(total);
+    }
+    let local: Vec<T> = partials.iter().flatten().copied().collect();
+    for (rank, values) in T::all_gather(c, &local)?.into_iter().enumerate() {
+        if len == 0 || values.len() % len != 0 {
+            return Err(CollectiveError::Mismatch {
+                rank,
+                got: values.len(),
+                expected: len,
+                what: "partials of another length",
+            });
+        }
+        values.chunks_exact(len).for_each(&mut add);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_contiguous_even_and_cover_every_group() {
+        for groups in 0..40 {
+            for size in 1..6 {
+                let mut next = 0;
+                for rank in 0..size {
+                    let (first, count) = share(groups, size, rank);
+                    assert_eq!(first, next);
+                    assert!(count == groups / size || count == groups / size + 1);
+                    next += count;
+                }
+                assert_eq!(next, groups);
+            }
+        }
+        // 128 chunks over 3 processes: 43 + 43 + 42.
+        assert_eq!(
+            (0..3).map(|r| share(128, 3, r).1).collect::<Vec<_>>(),
+            [43, 43, 42]
+        );
+    }
+
+    #[test]
+    fn one_process_folds_in_order_from_zero() {
+        // 1e8 + 1 - 1e8 in f32 is 0 in this order and 1 in another: the order is the result.
+        let partials = vec![vec![1e8f32], vec![1.0], vec![-1e8]];
+        assert_eq!(fold_partials(&SingleProcess, &partials, 1).unwrap(), [0.0]);
+        let other = vec![vec![1e8f32], vec![-1e8], vec![1.0]];
+        assert_eq!(fold_partials(&SingleProcess, &other, 1).unwrap(), [1.0]);
+    }
+}
