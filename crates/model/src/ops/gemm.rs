@@ -28,8 +28,13 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Element `(i, j)`.
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.row_stride + j * self.col_stride]
+    }
+
     /// Whether element `(rows - 1, cols - 1)` lies inside `data`.
-    fn fits(&self, rows: usize, cols: usize) -> bool {
+    pub fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0
             || cols == 0
             || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()

@@ -26,6 +26,7 @@ mod conv;
 mod depthwise;
 mod dropout;
 mod gemm;
+pub mod gemm_bf16;
 mod lowering;
 mod norm;
 mod pool;

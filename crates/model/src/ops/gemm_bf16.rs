@@ -1,0 +1,597 @@
+//! Matrix products with bfloat16 operands and f32 sums (issue 24's mixed precision): `dst (m x
+//! n) = a (m x k) · b (k x n)` where every element of `a` and `b` is first rounded to bf16
+//! (round to nearest, ties to even), the products of bf16 pairs are exact in f32, and the sums
+//! are f32. On CPUs with AVX512_BF16 a micro-kernel on `vdpbf16ps` (`_mm512_dpbf16_ps`: two
+//! products a lane, 32 a register, twice the f32 FMA's rate) computes 12 x 32 tiles; elsewhere
+//! the same rounded operands go through the f32 product ([`super::gemm::matmul`]), slower and
+//! with sums in another order (results differ by f32 rounding, not by bf16's).
+//!
+//! `vdpbf16ps` treats bf16 denormals as zero and flushes denormal sums to zero (its fixed
+//! behaviour, whatever MXCSR says); the fallback keeps them. Single-threaded, like [`super::gemm::matmul`]: the callers parallelise over images, which
+//! keeps each image's arithmetic in one order whatever the thread count.
+
+use super::gemm::{matmul, MatRef};
+
+/// Rows of `a` per micro-kernel tile.
+const MR: usize = 12;
+/// Columns of `b` per micro-kernel tile: two registers of 16 f32 sums.
+const NR: usize = 32;
+/// Pairs of `k` per packed block: an `a` panel (MR x 2·KP bf16 = 12 KiB) and a `b` panel
+/// (2·KP x NR bf16 = 32 KiB) stay in L1 while a tile is computed.
+const KP: usize = 256;
+
+/// `x` rounded to bfloat16, to nearest with ties to even (as `vcvtneps2bf16`); NaNs stay NaNs
+/// (quiet), infinities stay infinite.
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// A bf16 value as f32 (exact).
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// The bf16 micro-kernel this CPU runs, chosen once: AMX's tile product where the CPU has
+/// AMX-BF16 and the kernel grants the tile state (Intel Xeons since Sapphire Rapids; measured
+/// here ~3 TFLOP/s a core for the tile instruction alone, 15x the f32 FMA), else AVX512_BF16's
+/// `vdpbf16ps` (2x the f32 FMA on AMD Zen 4; on this Intel Xeon 0.5x), else none.
+fn kernel() -> Option<Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512bf16");
+            match (avx512, amx::available()) {
+                (true, true) => Some(Kernel::Amx),
+                (true, false) => Some(Kernel::Dot),
+                (false, _) => None,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    })
+}
+
+/// Which path bf16 products take here: `"AMX"`, `"AVX512_BF16"`, or `"f32 (no bf16
+/// instructions)"`, for the run's record and the message that says the policy runs slower.
+pub fn bf16_path() -> &'static str {
+    match kernel() {
+        Some(Kernel::Amx) => "AMX",
+        Some(Kernel::Dot) => "AVX512_BF16",
+        None => "f32 (no bf16 instructions)",
+    }
+}
+
+/// Whether bf16 products run on bf16 instructions here (not the f32 fallback).
+pub fn has_bf16_dot() -> bool {
+    kernel().is_some()
+}
+
+/// `dst (m x n, contiguous) = a · b` (or `+=` when `accumulate`), operands rounded to bf16,
+/// sums in f32.
+pub(crate) fn matmul_bf16(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n, "gemm_bf16: destination too small");
+    assert!(a.fits(m, k) && b.fits(k, n), "gemm_bf16: operand too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    match kernel() {
+        // SAFETY: kernel() checked the CPU; the asserts above bound every access.
+        #[cfg(target_arch = "x86_64")]
+        Some(kernel) if k > 0 => unsafe { tiles(dst, a, b, (m, n, k), accumulate, kernel) },
+        _ => matmul_rounded(dst, a, b, (m, n, k), accumulate),
+    }
+}
+
+/// `dst (m x n) = a (m x k) · b (k x n)` for contiguous row-major matrices: in bf16 operands
+/// with f32 sums ([`matmul_bf16`]) when `bf16`, else in f32 (the `gemm` crate, as the fp32
+/// path computes): the two precisions side by side, for benchmarks and callers outside.
+pub fn matmul_rows(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    bf16: bool,
+) {
+    let (a, b) = (MatRef::rows(a, k), MatRef::rows(b, n));
+    match bf16 {
+        true => matmul_bf16(dst, a, b, (m, n, k), false),
+        false => matmul(dst, a, b, (m, n, k), false),
+    }
+}
+
+/// The fallback: the operands rounded to bf16 (as f32 values), multiplied in f32.
+fn matmul_rounded(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+) {
+    let round = |x: f32| from_bf16(to_bf16(x));
+    let a_r: Vec<f32> = (0..m * k)
+        .map(|p| round(a.at(p / k.max(1), p % k.max(1))))
+        .collect();
+    let b_r: Vec<f32> = (0..k * n).map(|p| round(b.at(p / n, p % n))).collect();
+    matmul(
+        dst,
+        MatRef::rows(&a_r, k),
+        MatRef::rows(&b_r, n),
+        (m, n, k),
+        accumulate,
+    )
+}
+
+/// `b`'s columns `j0..j0 + NR` (zeros past `n`), rows `2·p0..2·(p0 + pairs)` (zeros past `k`),
+/// as `padded` (≥ `pairs`) rows of NR u32 lanes, each lane the bf16 pair `(b[2p][j],
+/// b[2p + 1][j])` (the low half first, as `vdpbf16ps` and AMX's "VNNI" layout pair them), rows
+/// past `pairs` zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn pack_b(
+    b: MatRef<'_>,
+    (n, k): (usize, usize),
+    j0: usize,
+    (p0, pairs, padded): (usize, usize, usize),
+    out: &mut Vec<u32>,
+) {
+    use std::arch::x86_64::*;
+    out.clear();
+    out.resize(padded * NR, 0);
+    // Lane j of the result: (row 2p's j, row 2p + 1's j), from [row 2p | row 2p + 1].
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    for (q, lanes) in out.chunks_exact_mut(NR).take(pairs).enumerate() {
+        let (r0, r1) = (2 * (p0 + q), 2 * (p0 + q) + 1);
+        if b.col_stride == 1 && j0 + NR <= n && r1 < k {
+            for h in 0..NR / 16 {
+                let j = j0 + 16 * h;
+                let lo = _mm512_loadu_ps(b.data.as_ptr().add(r0 * b.row_stride + j));
+                let hi = _mm512_loadu_ps(b.data.as_ptr().add(r1 * b.row_stride + j));
+                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let pairs = _mm512_permutexvar_epi16(interleave, both);
+                _mm512_storeu_si512(lanes.as_mut_ptr().add(16 * h) as *mut _, pairs);
+            }
+            continue;
+        }
+        for (jj, lane) in lanes.iter_mut().enumerate() {
+            let j = j0 + jj;
+            let get = |r: usize| match r < k && j < n {
+                true => to_bf16(b.at(r, j)) as u32,
+                false => 0,
+            };
+            *lane = get(r0) | (get(r1) << 16);
+        }
+    }
+}
+
+/// `a`'s rows `i0..i0 + rows` (zeros past `m`), pairs `p0..p0 + pairs` of columns, row by
+/// row: `rows` rows of `padded` (≥ `pairs`) u32 lanes (the bf16 pair `(a[i][2p], a[i][2p +
+/// 1])`), lanes past `pairs` zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_a(
+    a: MatRef<'_>,
+    (m, k): (usize, usize),
+    (i0, rows): (usize, usize),
+    (p0, pairs, padded): (usize, usize, usize),
+    out: &mut Vec<u32>,
+) {
+    use std::arch::x86_64::*;
+    out.clear();
+    out.resize(rows * padded, 0);
+    for (r, lanes) in out.chunks_exact_mut(padded).enumerate() {
+        let lanes = &mut lanes[..pairs];
+        let i = i0 + r;
+        if i >= m {
+            continue;
+        }
+        let mut q = 0;
+        if a.col_stride == 1 {
+            // 32 consecutive values are 16 pairs in order: one conversion.
+            let row = a.data.as_ptr().add(i * a.row_stride);
+            while q + 16 <= pairs && 2 * (p0 + q + 16) <= k {
+                let c = 2 * (p0 + q);
+                let lo = _mm512_loadu_ps(row.add(c));
+                let hi = _mm512_loadu_ps(row.add(c + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(lanes.as_mut_ptr().add(q) as *mut _, v);
+                q += 16;
+            }
+        }
+        for (qq, lane) in lanes.iter_mut().enumerate().skip(q) {
+            let c = 2 * (p0 + qq);
+            let get = |c: usize| match c < k {
+                true => to_bf16(a.at(i, c)) as u32,
+                false => 0,
+            };
+            *lane = get(c) | (get(c + 1) << 16);
+        }
+    }
+}
+
+/// Which micro-kernel computes the tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// `vdpbf16ps` on AVX-512 registers: MR x NR tiles.
+    Dot,
+    /// AMX's `tdpbf16ps` on tile registers: 32 x 32 tiles as four 16 x 16 tiles, 16 pairs a
+    /// step.
+    Amx,
+}
+
+impl Kernel {
+    fn rows(self) -> usize {
+        match self {
+            Kernel::Dot => MR,
+            Kernel::Amx => 32,
+        }
+    }
+
+    /// Pairs of a block rounded up to what one step takes.
+    fn padded(self, pairs: usize) -> usize {
+        match self {
+            Kernel::Dot => pairs,
+            Kernel::Amx => pairs.div_ceil(16) * 16,
+        }
+    }
+}
+
+/// The product tile by tile: for each block of KP pairs of `k`, each NR-column panel of `b`
+/// packed once, each row panel of `a` packed once per block and reused across the panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn tiles(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    kernel: Kernel,
+) {
+    let pairs_total = k.div_ceil(2);
+    let rows = kernel.rows();
+    let col_panels = n.div_ceil(NR);
+    let row_panels = m.div_ceil(rows);
+    let mut b_packed: Vec<Vec<u32>> = vec![Vec::new(); col_panels];
+    let mut a_packed: Vec<u32> = Vec::new();
+    let mut tile = vec![0f32; rows * NR];
+    if kernel == Kernel::Amx {
+        amx::configure();
+    }
+    let mut p0 = 0;
+    while p0 < pairs_total {
+        let pairs = KP.min(pairs_total - p0);
+        let padded = kernel.padded(pairs);
+        for (jp, panel) in b_packed.iter_mut().enumerate() {
+            pack_b(b, (n, k), jp * NR, (p0, pairs, padded), panel);
+        }
+        // The first block writes (or adds to) `dst`; later ones add.
+        let add = accumulate || p0 > 0;
+        for ip in 0..row_panels {
+            let i0 = ip * rows;
+            pack_a(a, (m, k), (i0, rows), (p0, pairs, padded), &mut a_packed);
+            for (jp, panel) in b_packed.iter().enumerate() {
+                let j0 = jp * NR;
+                match kernel {
+                    Kernel::Dot => micro_kernel(&a_packed, panel, pairs, &mut tile),
+                    Kernel::Amx => amx::tile(&a_packed, panel, padded, &mut tile),
+                }
+                let (valid_rows, cols) = (rows.min(m - i0), NR.min(n - j0));
+                for (r, row) in tile.chunks_exact(NR).take(valid_rows).enumerate() {
+                    let out = &mut dst[(i0 + r) * n + j0..][..cols];
+                    match add {
+                        true => out.iter_mut().zip(row).for_each(|(o, v)| *o += v),
+                        false => out.copy_from_slice(&row[..cols]),
+                    }
+                }
+            }
+        }
+        p0 += pairs;
+    }
+    if kernel == Kernel::Amx {
+        amx::release();
+    }
+}
+
+/// One MR x NR tile of sums over `pairs` packed pairs: `tile = a_panel · b_panel` (`a_panel`
+/// row by row, `b_panel` pair by pair).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro_kernel(a: &[u32], b: &[u32], pairs: usize, tile: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && tile.len() >= MR * NR);
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    for p in 0..pairs {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let pair: __m512bh =
+                std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + p) as i32));
+            acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
+            acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), acc[0]);
+        _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), acc[1]);
+    }
+}
+
+/// AMX: permission, tile configuration and the 32 x 32 tile product, in inline assembly
+/// (Rust's AMX intrinsics are not stable).
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+
+    use super::NR;
+
+    /// Whether the CPU has AMX-BF16 and AMX-TILE (CPUID leaf 7: EDX bits 22 and 24) and Linux
+    /// lets this process use the tile data (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`, asked once; Linux 5.16 and later).
+    pub fn available() -> bool {
+        // CPUID leaf 7 exists on every x86-64 CPU with AVX-512, checked before this.
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+            return false;
+        }
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a request for a permission; it changes nothing else.
+        unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            ) == 0
+        }
+    }
+
+    /// Palette 1 with tiles 0-7 of 16 rows x 64 bytes: four 16 x 16 f32 sums, two 16-row `a`
+    /// tiles (16 pairs a row), two 16-column `b` tiles (16 pairs, a column's pair a lane).
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    static CONFIG: Config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Configures this thread's tiles.
+    ///
+    /// # Safety
+    /// Only where [`available`] said yes.
+    pub unsafe fn configure() {
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+    }
+
+    /// Releases this thread's tiles (so the OS need not save them).
+    ///
+    /// # Safety
+    /// Only where [`available`] said yes.
+    pub unsafe fn release() {
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// `tile (32 x NR) = a_panel · b_panel` over `padded` pairs (a multiple of 16): `a` is 32
+    /// rows of `padded` u32 pairs, `b` is `padded` rows of NR u32 pairs.
+    ///
+    /// # Safety
+    /// After [`configure`] on this thread.
+    pub unsafe fn tile(a: &[u32], b: &[u32], padded: usize, tile: &mut [f32]) {
+        assert!(padded.is_multiple_of(16) && a.len() >= 32 * padded && b.len() >= padded * NR);
+        assert!(tile.len() >= 32 * NR && NR == 32);
+        let a_stride = padded * 4;
+        let b_stride = NR * 4;
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        for q in (0..padded).step_by(16) {
+            let a0 = a.as_ptr().add(q);
+            let a1 = a.as_ptr().add(16 * padded + q);
+            let b0 = b.as_ptr().add(q * NR);
+            let b1 = b0.add(16);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                sa = in(reg) a_stride,
+                sb = in(reg) b_stride,
+                options(nostack, readonly)
+            );
+        }
+        let t = tile.as_mut_ptr();
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) t,
+            c1 = in(reg) t.add(16),
+            c2 = in(reg) t.add(16 * NR),
+            c3 = in(reg) t.add(16 * NR + 16),
+            s = in(reg) NR * 4,
+            options(nostack)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even 1.0.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: up to the even one.
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(1.0 + 1.5 / 256.0), 0x3f81);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(
+            to_bf16(f32::MAX),
+            0x7f80,
+            "rounds up to infinity, as the hardware does"
+        );
+    }
+
+    /// Every path this CPU can run: each micro-kernel it has, and the f32 fallback (`None`).
+    fn paths() -> Vec<Option<Kernel>> {
+        let mut paths = vec![None];
+        if kernel().is_some() {
+            paths.push(Some(Kernel::Dot));
+        }
+        if kernel() == Some(Kernel::Amx) {
+            paths.push(Some(Kernel::Amx));
+        }
+        paths
+    }
+
+    fn product(
+        path: Option<Kernel>,
+        dst: &mut [f32],
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        mnk: (usize, usize, usize),
+        accumulate: bool,
+    ) {
+        match path {
+            // SAFETY: `paths` offers only what the CPU has; the shapes fit.
+            Some(kernel) => unsafe { tiles(dst, a, b, mnk, accumulate, kernel) },
+            None => matmul_rounded(dst, a, b, mnk, accumulate),
+        }
+    }
+
+    /// The product of the bf16-rounded operands in f64: what every path approximates.
+    fn reference(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f64> {
+        let r = |x: f32| from_bf16(to_bf16(x)) as f64;
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                let av = r(a[i * k + p]);
+                for j in 0..n {
+                    out[i * n + j] += av * r(b[p * n + j]);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_match_the_rounded_operands_product() {
+        // Edges in every direction: m, n and k not multiples of the tile, k odd, k past KP pairs.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (13, 33, 7),
+            (25, 70, 513),
+            (12, 32, 600),
+            (40, 17, 1),
+            (70, 64, 64),
+        ] {
+            let a = random(m * k, 1 + m as u64);
+            let b = random(k * n, 2 + n as u64);
+            let expected = reference(&a, &b, (m, n, k));
+            let (a, b) = (MatRef::rows(&a, k), MatRef::rows(&b, n));
+            for path in paths() {
+                let mut dst = vec![0f32; m * n];
+                product(path, &mut dst, a, b, (m, n, k), false);
+                for (got, want) in dst.iter().zip(&expected) {
+                    // f32 sums of k exact products: within k·2^-24 of the largest partial sum.
+                    let tol = 1e-6 * k as f64 + 1e-6;
+                    assert!(
+                        (*got as f64 - want).abs() <= tol,
+                        "{path:?} {m}x{n}x{k}: {got} vs {want}"
+                    );
+                }
+                // Accumulating adds to what is there.
+                let mut twice = dst.clone();
+                product(path, &mut twice, a, b, (m, n, k), true);
+                for (t, d) in twice.iter().zip(&dst) {
+                    assert!((t - 2.0 * d).abs() <= 1e-5 * (1.0 + d.abs()), "{path:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_are_read_as_views() {
+        // a transposed (column-major), b a view with a row stride wider than n.
+        let (m, n, k) = (14, 20, 9);
+        let a_t = random(k * m, 5);
+        let b_wide = random(k * (n + 3), 6);
+        let a = MatRef::transposed(&a_t, m);
+        let b = MatRef {
+            data: &b_wide,
+            row_stride: n + 3,
+            col_stride: 1,
+        };
+        let dense_a: Vec<f32> = (0..m * k).map(|p| a.at(p / k, p % k)).collect();
+        let dense_b: Vec<f32> = (0..k * n).map(|p| b.at(p / n, p % n)).collect();
+        let expected = reference(&dense_a, &dense_b, (m, n, k));
+        for path in paths() {
+            let mut dst = vec![0f32; m * n];
+            product(path, &mut dst, a, b, (m, n, k), false);
+            for (got, want) in dst.iter().zip(&expected) {
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-5,
+                    "{path:?}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
