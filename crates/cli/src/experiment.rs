@@ -163,13 +163,20 @@ pub fn build_model(
     let base = base_config(experiment)?;
     let spec = spec_on(experiment, base.as_ref())?;
     let mut model = Model::new(spec, dev, experiment.init_seed())?;
+    set_kernels(&mut model, experiment)?;
+    load_base_weights(experiment, &model, base.as_ref())?;
+    apply_init(experiment, &model, train)?;
+    Ok(model)
+}
+
+/// The experiment's kernels and precision (`fit.kernels`, `fit.precision`) on `model`.
+fn set_kernels(model: &mut Model, experiment: &Experiment) -> Result<()> {
     model.set_kernels(match experiment.fit.kernels {
         KernelsName::Fast => Kernels::Fast,
         KernelsName::Candle => Kernels::Candle,
     })?;
-    load_base_weights(experiment, &model, base.as_ref())?;
-    apply_init(experiment, &model, train)?;
-    Ok(model)
+    model.set_precision(experiment.fit.precision.precision())?;
+    Ok(())
 }
 
 /// The `model_config` of the experiment's `model.base` (from its file, or VGG-16's from the
@@ -377,6 +384,9 @@ struct RunConfig<'a> {
     train_images: usize,
     test_images: usize,
     provenance: provenance::Provenance,
+    /// Under `mixed_bfloat16`: which instructions computed the bf16 products.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bf16_products: Option<&'static str>,
     /// The sweep this run belongs to, and which of its runs it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     sweep: Option<&'a SweepRun>,
@@ -769,16 +779,22 @@ fn run_in(
     write_marker(&run_dir)?;
 
     let mut model = Model::new(spec, &dev, experiment.init_seed())?;
-    model.set_kernels(match experiment.fit.kernels {
-        KernelsName::Fast => Kernels::Fast,
-        KernelsName::Candle => Kernels::Candle,
-    })?;
+    set_kernels(&mut model, &experiment)?;
     if !resuming {
         load_base_weights(&experiment, &model, base.as_ref())?;
         apply_init(&experiment, &model, &data.train)?;
     }
     let summary = model.summary();
     print!("{summary}");
+    let bf16_path = (model.precision() == simplecnn_model::Precision::MixedBf16)
+        .then(simplecnn_model::ops::gemm_bf16::bf16_path);
+    if let Some(path) = bf16_path {
+        let slower = match simplecnn_model::ops::gemm_bf16::has_bf16_dot() {
+            true => "",
+            false => " (this CPU has no bf16 instructions: slower than float32)",
+        };
+        println!("mixed_bfloat16: the convolutions' products on {path}{slower}");
+    }
     if !resuming {
         std::fs::write(run_dir.join("summary.txt"), &summary)?;
     }
@@ -793,6 +809,7 @@ fn run_in(
         train_images: data.train.len(),
         test_images: data.test.len(),
         provenance: provenance::collect(),
+        bf16_products: bf16_path,
         sweep,
     };
     if !resuming {

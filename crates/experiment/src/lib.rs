@@ -30,8 +30,8 @@ use simplecnn_train::{
 
 pub use spec::{
     BaseSpec, BlockSpec, CallbackSpec, DataSpec, DeviceName, Experiment, FitSpec, InitSpec,
-    KernelsName, LossSpec, ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, ScheduleSpec,
-    TestSpec, UpdateFreq,
+    KernelsName, LossSpec, ModelSpec, OptimizerSpec, OutputSpec, ParamGroupSpec, PrecisionName,
+    ScheduleSpec, TestSpec, UpdateFreq,
 };
 
 /// What is wrong with an experiment: the file, the key (`fit.epochs`) when one is to blame,
@@ -286,6 +286,12 @@ impl Experiment {
                 "{:?} must be a plain name without folders or '..' (results go in results/<name>/)",
                 self.name
             )
+        })?;
+        let mixed = self.fit.precision == PrecisionName::MixedBfloat16;
+        let fast_cpu = self.fit.kernels == KernelsName::Fast && self.fit.device == DeviceName::Cpu;
+        ensure(!mixed || fast_cpu, "fit.precision", || {
+            "mixed_bfloat16 is the CPU fast path's (fit.device = \"cpu\", fit.kernels = \"fast\")"
+                .into()
         })?;
         let epochs = self.fit.epochs;
         ensure(epochs.is_finite() && epochs > 0.0, "fit.epochs", || {
@@ -1041,6 +1047,26 @@ mod tests {
     fn baseline(overrides: &[&str]) -> Result<Loaded> {
         let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         load_text(BUILT_IN[0].1, Path::new("baseline.toml"), &overrides)
+    }
+
+    /// Keras' policy names; mixed_bfloat16 only where the bf16 products run.
+    #[test]
+    fn precision_is_keras_policy_name_on_the_cpu_fast_path() {
+        assert_eq!(
+            baseline(&[]).unwrap().experiment.fit.precision,
+            PrecisionName::Float32
+        );
+        let mixed = baseline(&["fit.precision=mixed_bfloat16"]).unwrap();
+        assert_eq!(
+            mixed.experiment.fit.precision.precision(),
+            simplecnn_model::Precision::MixedBf16
+        );
+        for other in ["fit.device=cuda", "fit.kernels=candle"] {
+            let e = baseline(&["fit.precision=mixed_bfloat16", other]).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("fit.precision"), "{e}");
+        }
+        let e = baseline(&["fit.precision=bfloat16"]).unwrap_err();
+        assert!(e.to_string().contains("mixed_bfloat16"), "{e}");
     }
 
     /// Plain-20 is ResNet-20 without its shortcuts: the same layers but the projections and

@@ -313,6 +313,10 @@ pub struct FitSpec {
     /// `fast` (this project's CPU kernels) or `candle` (candle's own ops, the reference).
     #[serde(default)]
     pub kernels: KernelsName,
+    /// Keras' dtype policy: `float32`, or `mixed_bfloat16` (the convolutions' matrix products
+    /// on bf16 operands with f32 sums, on the CPU fast path; everything else f32).
+    #[serde(default)]
+    pub precision: PrecisionName,
     /// Weights the optimizer leaves alone from an epoch on: `[[fit.freeze]] weights =
     /// ["conv2d_1/kernel"]` (from epoch 1: never trained), `from_epoch = 4`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -366,6 +370,25 @@ pub enum KernelsName {
     #[default]
     Fast,
     Candle,
+}
+
+/// Keras' dtype policy names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrecisionName {
+    #[default]
+    Float32,
+    MixedBfloat16,
+}
+
+impl PrecisionName {
+    /// What the model computes under this policy.
+    pub fn precision(self) -> simplecnn_model::Precision {
+        match self {
+            PrecisionName::Float32 => simplecnn_model::Precision::F32,
+            PrecisionName::MixedBfloat16 => simplecnn_model::Precision::MixedBf16,
+        }
+    }
 }
 
 /// One of Keras' callbacks.

@@ -51,3 +51,4 @@ pub use network::{
     check_element_limit, max_tensor_elements, thousands, LayerSpec, Network, Source,
     DEFAULT_MAX_TENSOR_ELEMENTS,
 };
+pub use ops::Precision;

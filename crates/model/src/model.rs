@@ -8,6 +8,7 @@ use crate::error::{ModelError, Result};
 use crate::layers::{Activation, ForwardCtx, Init, LayerKind, WeightRole};
 use crate::network::Network;
 use crate::ops;
+use crate::ops::Precision;
 use crate::plan::{self, Op, Step};
 
 /// One weight tensor: the layer it belongs to, its role and Keras name (`kernel`, `bias`), the
@@ -94,6 +95,8 @@ pub struct Model {
     weights: Vec<Vec<NamedWeight>>,
     device: Device,
     kernels: Kernels,
+    /// The convolutions' products on the fast path: f32, or bf16 operands with f32 sums.
+    precision: Precision,
     /// The CPU kernels' steps (fusion and layouts), made once; `None` unless `Kernels::Fast`
     /// on the CPU.
     fast_plan: Option<Vec<Step>>,
@@ -176,6 +179,7 @@ impl Model {
             weights,
             device: device.clone(),
             kernels: Kernels::default(),
+            precision: Precision::default(),
         };
         model.set_kernels(Kernels::default())?;
         Ok(model)
@@ -186,7 +190,7 @@ impl Model {
     pub fn set_kernels(&mut self, kernels: Kernels) -> Result<()> {
         self.kernels = kernels;
         self.fast_plan = match (kernels, self.device.is_cpu()) {
-            (Kernels::Fast, true) => Some(plan::fast_plan(&self.spec)?),
+            (Kernels::Fast, true) => Some(plan::fast_plan(&self.spec, self.precision)?),
             _ => None,
         };
         Ok(())
@@ -210,6 +214,19 @@ impl Model {
 
     pub fn kernels(&self) -> Kernels {
         self.kernels
+    }
+
+    /// Keras' dtype policy for the convolutions' matrix products on the CPU fast path:
+    /// [`Precision::MixedBf16`] rounds their operands (images, kernels, gradients) to bf16 and
+    /// sums in f32, forward and backward; weights, optimizer state, BatchNorm, Dense layers,
+    /// the loss and the softmax stay f32. Other paths (CUDA, `Kernels::Candle`) compute in f32.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.precision = precision;
+        self.set_kernels(self.kernels)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn spec(&self) -> &Network {

@@ -144,12 +144,12 @@ fn takes_channels_last(layer: Option<&LayerSpec>) -> bool {
     matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if c.groups == 1 && fuses(c.activation))
 }
 
-/// The steps for f32 on the CPU: Conv2D → MaxPool2D (→ Dropout) fused, single Conv2D,
+/// The steps for f32 on the CPU, convolutions' products in `precision`: Conv2D → MaxPool2D (→ Dropout) fused, single Conv2D,
 /// MaxPool2D and Dropout layers on [`crate::ops`], everything else on candle's ops. A layer
 /// fuses with the next only when that one is its output's sole consumer (a convolution whose
 /// output also feeds a shortcut keeps it whole), and only a Conv2D gives channels-last
 /// images, to a Conv2D that is their sole consumer.
-pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
+pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec<Step>> {
     let layers = spec.layers();
     let consumers = spec.all_consumers();
     let sole = |i: usize| sole_consumer(spec, &consumers, i);
@@ -188,7 +188,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
                 ImageLayout::Nchw,
             ),
             (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 && fuses(cfg.activation) => {
-                let conv = conv_shape(l, cfg, chw)?;
+                let conv = conv_shape(l, cfg, chw)?.with_precision(precision);
                 let relu = cfg.activation == Activation::Relu;
                 let pool = sole(i).and_then(|j| match &layers[j].kind {
                     LayerKind::MaxPool2d(p) if p.padding == crate::Padding::Valid => Some((j, p)),
@@ -235,7 +235,7 @@ pub(crate) fn fast_plan(spec: &Network) -> Result<Vec<Step>> {
             (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 => {
                 let op = Op::ConvThen {
                     layer: i,
-                    shape: conv_shape(l, cfg, chw)?,
+                    shape: conv_shape(l, cfg, chw)?.with_precision(precision),
                     activation: cfg.activation,
                 };
                 (op, vec![i], ImageLayout::Nchw)
@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn simple_cnn_fuses_both_blocks_which_pass_channels_last_between_them() {
-        let plan = fast_plan(&zoo::simple_cnn()).unwrap();
+        let plan = fast_plan(&zoo::simple_cnn(), ops::Precision::F32).unwrap();
         let kinds: Vec<String> = plan
             .iter()
             .map(|s| match &s.op {
@@ -381,7 +381,7 @@ mod tests {
         let conv = || LayerKind::conv2d(4, 3, crate::Padding::Same, Activation::Relu);
         s.add(conv()).unwrap().add(conv()).unwrap();
         s.add(LayerKind::max_pool(2)).unwrap();
-        let plan = fast_plan(&s).unwrap();
+        let plan = fast_plan(&s, ops::Precision::F32).unwrap();
         assert!(matches!(
             plan[0].op,
             Op::Conv {
@@ -437,7 +437,7 @@ mod tests {
     fn a_convolution_feeding_a_shortcut_neither_fuses_nor_goes_channels_last() {
         let spec = residual_block();
         assert!(spec.is_functional() && !spec.is_chain());
-        let plan = fast_plan(&spec).unwrap();
+        let plan = fast_plan(&spec, ops::Precision::F32).unwrap();
         // stem's output goes to c1 and to the join: it stays whole and NCHW.
         assert!(matches!(
             plan[0].op,

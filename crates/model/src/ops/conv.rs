@@ -44,7 +44,16 @@ impl ImageLayout {
     }
 }
 
-/// The geometry of one convolution, batch size aside.
+/// The arithmetic of a convolution's matrix products: Keras' dtype policies `float32` and
+/// `mixed_bfloat16` (operands rounded to bf16, sums in f32: [`super::gemm_bf16`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    MixedBf16,
+}
+
+/// The geometry of one convolution, batch size aside, and the precision of its products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvShape {
     pub in_channels: usize,
@@ -59,11 +68,17 @@ pub struct ConvShape {
     pub pad_left: usize,
     pub out_h: usize,
     pub out_w: usize,
+    pub precision: Precision,
 }
 
 impl ConvShape {
     /// `input` is `(channels, height, width)`; `padding` is `((top, bottom), (left, right))`.
     /// `None` when the padded input is smaller than the kernel or a size is zero.
+    /// The same convolution with its products in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        ConvShape { precision, ..self }
+    }
+
     pub fn new(
         input: (usize, usize, usize),
         out_channels: usize,
@@ -95,6 +110,7 @@ impl ConvShape {
             pad_left: left,
             out_h: (ph - kh) / sh + 1,
             out_w: (pw - kw) / sw + 1,
+            precision: Precision::F32,
         })
     }
 

@@ -16,8 +16,9 @@
 
 use std::ops::Range;
 
-use super::conv::{ConvShape, ImageLayout};
+use super::conv::{ConvShape, ImageLayout, Precision};
 use super::gemm::{matmul, MatRef};
+use super::gemm_bf16::matmul_bf16;
 use super::transpose::{transpose, transpose_into};
 
 /// Where a convolution's outputs (or their gradients) sit in a channels-last buffer: output
@@ -238,6 +239,21 @@ pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
     out
 }
 
+/// `dst = a · b` (or `+=`) in the convolution's precision.
+fn product(
+    precision: Precision,
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dims: (usize, usize, usize),
+    accumulate: bool,
+) {
+    match precision {
+        Precision::F32 => matmul(dst, a, b, dims, accumulate),
+        Precision::MixedBf16 => matmul_bf16(dst, a, b, dims, accumulate),
+    }
+}
+
 /// One thread's buffers for convolving images of one shape, one image at a time.
 pub(crate) struct ImageConv {
     s: ConvShape,
@@ -311,13 +327,20 @@ impl ImageConv {
         let (o, kk) = (s.out_channels, s.patch_len());
         let Some(plane) = self.plane else {
             let (a, b) = (MatRef::rows(&self.rows, kk), MatRef::rows(kernel_rows, o));
-            return matmul(out, a, b, (s.positions(), o, kk), false);
+            return product(s.precision, out, a, b, (s.positions(), o, kk), false);
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
             let b = MatRef::rows(&kernel_rows[ki * run * o..][..run * o], o);
             let dims = (self.grid.len, o, run);
-            matmul(out, plane.view(&self.image, ki), b, dims, ki > 0);
+            product(
+                s.precision,
+                out,
+                plane.view(&self.image, ki),
+                b,
+                dims,
+                ki > 0,
+            );
         }
     }
 
@@ -328,13 +351,20 @@ impl ImageConv {
         let (o, kk) = (s.out_channels, s.patch_len());
         let Some(plane) = self.plane else {
             let (a, b) = (MatRef::transposed(&self.rows, kk), MatRef::rows(g, o));
-            return matmul(dkernel_rows, a, b, (kk, o, s.positions()), true);
+            return product(
+                s.precision,
+                dkernel_rows,
+                a,
+                b,
+                (kk, o, s.positions()),
+                true,
+            );
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
             let dst = &mut dkernel_rows[ki * run * o..][..run * o];
             let (a, b) = (plane.view_t(&self.image, ki), MatRef::rows(g, o));
-            matmul(dst, a, b, (run, o, self.grid.len), true);
+            product(s.precision, dst, a, b, (run, o, self.grid.len), true);
         }
     }
 
@@ -362,7 +392,14 @@ impl ImageConv {
                 &compact
             };
             let (a, b) = (MatRef::rows(g, o), MatRef::rows(kernel, kk));
-            matmul(&mut self.grad_buf, a, b, (s.positions(), kk, o), false);
+            product(
+                s.precision,
+                &mut self.grad_buf,
+                a,
+                b,
+                (s.positions(), kk, o),
+                false,
+            );
             if layout == ImageLayout::Nhwc {
                 dx.fill(0.0);
                 return row2im_add(&s, &self.grad_buf, dx);
@@ -387,7 +424,7 @@ impl ImageConv {
         for ki in 0..s.kernel_h {
             let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
             let a = plane.view(&self.grad_buf, ki);
-            matmul(&mut self.dx_buf, a, b, (rows, c, run), ki > 0);
+            product(s.precision, &mut self.dx_buf, a, b, (rows, c, run), ki > 0);
         }
         for iy in 0..s.in_h {
             let src = &self.dx_buf[iy * plane.pitch * c..];

@@ -33,7 +33,7 @@ mod pool;
 mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
-pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout};
+pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout, Precision};
 pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormStatistics};
