@@ -150,12 +150,18 @@ fn ensure_mpi() -> bool {
         return false;
     }
     eprintln!("xtask: installing {} with apt-get", MPI_PACKAGES.join(", "));
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(MPI_PACKAGES)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
+    let updated = succeeds(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
+    let ok = updated
+        && Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(MPI_PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
     ok && mpi_present()
 }
 

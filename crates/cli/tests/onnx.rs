@@ -17,6 +17,9 @@ fn cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_simplecnn"))
         .args(args)
         .env_remove("CIFAR10_DIR")
+        // Some model files were just written by this test process, whose HDF5 library may
+        // still hold their lock (as in hostile.rs and experiment.rs).
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
         .output()
         .unwrap()
 }
