@@ -6,7 +6,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::contiguous_f32;
-use super::lowering::{input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv};
+use super::lowering::{
+    input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv, KernelRows,
+};
 use super::transpose::transpose_into;
 
 /// Images per partial sum of the kernel and bias gradients. Fixed, so the order of the
@@ -421,7 +423,7 @@ impl<S: ConvGradSource> ConvGrads<S> {
     fn chunk(
         &self,
         x: &[f32],
-        input_kernel: &[f32],
+        input_kernel: &KernelRows,
         grad: &[f32],
         first: usize,
         count: usize,
@@ -492,7 +494,7 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         } else {
             (0..n.div_ceil(per))
                 .into_par_iter()
-                .map(|c| self.chunk(x, &[], g, c * per, per, n, None))
+                .map(|c| self.chunk(x, &KernelRows::none(), g, c * per, per, n, None))
                 .collect()
         };
         let mut total = vec![0f32; kernel_len + s.out_channels];

@@ -76,6 +76,57 @@ pub fn has_bf16_dot() -> bool {
     kernel().is_some()
 }
 
+/// `b (k x n)` converted once to bf16 pairs, block by block and panel by panel, for products
+/// that use it many times (a convolution's kernel, for every image of a batch).
+pub(crate) struct PackedB {
+    kernel: Kernel,
+    k: usize,
+    n: usize,
+    /// Per block of KP pairs of `k`: its first pair, its pairs, and its NR-column panels.
+    blocks: Vec<(usize, usize, Vec<Vec<u32>>)>,
+}
+
+impl PackedB {
+    /// `None` where bf16 products take the f32 fallback, or `k` is 0.
+    pub(crate) fn new(b: MatRef<'_>, (k, n): (usize, usize)) -> Option<PackedB> {
+        PackedB::for_kernel(b, (k, n), kernel()?)
+    }
+
+    /// Packed for `kernel`'s micro-kernel (which the CPU must have).
+    fn for_kernel(b: MatRef<'_>, (k, n): (usize, usize), kernel: Kernel) -> Option<PackedB> {
+        assert!(b.fits(k, n), "gemm_bf16: operand too small");
+        if k == 0 || n == 0 {
+            return None;
+        }
+        let pairs_total = k.div_ceil(2);
+        let mut blocks = Vec::new();
+        let mut p0 = 0;
+        while p0 < pairs_total {
+            let pairs = KP.min(pairs_total - p0);
+            let padded = kernel.padded(pairs);
+            let panels = (0..n.div_ceil(NR))
+                .map(|jp| {
+                    let mut panel = Vec::new();
+                    // SAFETY: kernel() checked the CPU; `fits` bounds the reads.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        pack_b(b, (n, k), jp * NR, (p0, pairs, padded), &mut panel)
+                    };
+                    panel
+                })
+                .collect();
+            blocks.push((p0, pairs, panels));
+            p0 += pairs;
+        }
+        Some(PackedB {
+            kernel,
+            k,
+            n,
+            blocks,
+        })
+    }
+}
+
 /// `dst (m x n, contiguous) = a · b` (or `+=` when `accumulate`), operands rounded to bf16,
 /// sums in f32.
 pub(crate) fn matmul_bf16(
@@ -90,11 +141,30 @@ pub(crate) fn matmul_bf16(
     if m == 0 || n == 0 {
         return;
     }
-    match kernel() {
-        // SAFETY: kernel() checked the CPU; the asserts above bound every access.
-        #[cfg(target_arch = "x86_64")]
-        Some(kernel) if k > 0 => unsafe { tiles(dst, a, b, (m, n, k), accumulate, kernel) },
-        _ => matmul_rounded(dst, a, b, (m, n, k), accumulate),
+    match PackedB::new(b, (k, n)) {
+        Some(packed) => matmul_bf16_packed(dst, a, &packed, m, accumulate),
+        None => matmul_rounded(dst, a, b, (m, n, k), accumulate),
+    }
+}
+
+/// [`matmul_bf16`] with `b` packed already.
+pub(crate) fn matmul_bf16_packed(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: &PackedB,
+    m: usize,
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * b.n, "gemm_bf16: destination too small");
+    assert!(a.fits(m, b.k), "gemm_bf16: operand too small");
+    if m == 0 {
+        return;
+    }
+    // SAFETY: a PackedB exists only where kernel() found the CPU's bf16 instructions; the
+    // asserts above bound every access.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        tiles(dst, a, b, m, accumulate)
     }
 }
 
@@ -254,41 +324,28 @@ impl Kernel {
     }
 }
 
-/// The product tile by tile: for each block of KP pairs of `k`, each NR-column panel of `b`
-/// packed once, each row panel of `a` packed once per block and reused across the panels.
+/// The product tile by tile: for each block of `b`'s packed pairs, each row panel of `a`
+/// packed once and used across `b`'s panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn tiles(
-    dst: &mut [f32],
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    (m, n, k): (usize, usize, usize),
-    accumulate: bool,
-    kernel: Kernel,
-) {
-    let pairs_total = k.div_ceil(2);
+unsafe fn tiles(dst: &mut [f32], a: MatRef<'_>, b: &PackedB, m: usize, accumulate: bool) {
+    let (kernel, n, k) = (b.kernel, b.n, b.k);
     let rows = kernel.rows();
-    let col_panels = n.div_ceil(NR);
     let row_panels = m.div_ceil(rows);
-    let mut b_packed: Vec<Vec<u32>> = vec![Vec::new(); col_panels];
     let mut a_packed: Vec<u32> = Vec::new();
     let mut tile = vec![0f32; rows * NR];
     if kernel == Kernel::Amx {
         amx::configure();
     }
-    let mut p0 = 0;
-    while p0 < pairs_total {
-        let pairs = KP.min(pairs_total - p0);
+    for (p0, pairs, b_panels) in &b.blocks {
+        let (p0, pairs) = (*p0, *pairs);
         let padded = kernel.padded(pairs);
-        for (jp, panel) in b_packed.iter_mut().enumerate() {
-            pack_b(b, (n, k), jp * NR, (p0, pairs, padded), panel);
-        }
         // The first block writes (or adds to) `dst`; later ones add.
         let add = accumulate || p0 > 0;
         for ip in 0..row_panels {
             let i0 = ip * rows;
             pack_a(a, (m, k), (i0, rows), (p0, pairs, padded), &mut a_packed);
-            for (jp, panel) in b_packed.iter().enumerate() {
+            for (jp, panel) in b_panels.iter().enumerate() {
                 let j0 = jp * NR;
                 match kernel {
                     Kernel::Dot => micro_kernel(&a_packed, panel, pairs, &mut tile),
@@ -304,7 +361,6 @@ unsafe fn tiles(
                 }
             }
         }
-        p0 += pairs;
     }
     if kernel == Kernel::Amx {
         amx::release();
@@ -511,8 +567,10 @@ mod tests {
         accumulate: bool,
     ) {
         match path {
-            // SAFETY: `paths` offers only what the CPU has; the shapes fit.
-            Some(kernel) => unsafe { tiles(dst, a, b, mnk, accumulate, kernel) },
+            Some(kernel) => {
+                let packed = PackedB::for_kernel(b, (mnk.2, mnk.1), kernel).expect("k > 0");
+                matmul_bf16_packed(dst, a, &packed, mnk.0, accumulate)
+            }
             None => matmul_rounded(dst, a, b, mnk, accumulate),
         }
     }

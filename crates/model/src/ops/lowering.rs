@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use super::conv::{ConvShape, ImageLayout, Precision};
 use super::gemm::{matmul, MatRef};
-use super::gemm_bf16::matmul_bf16;
+use super::gemm_bf16::{matmul_bf16, matmul_bf16_packed, PackedB};
 use super::transpose::{transpose, transpose_into};
 
 /// Where a convolution's outputs (or their gradients) sit in a channels-last buffer: output
@@ -203,14 +203,64 @@ fn for_each_weight(s: &ConvShape, mut f: impl FnMut(usize, usize, usize, usize, 
     }
 }
 
+/// A convolution's kernel laid out for its products, and, under `mixed_bfloat16`, already
+/// converted to bf16 pairs for each product that uses it (once per batch, not per image).
+pub(crate) struct KernelRows {
+    data: Vec<f32>,
+    /// Per kernel row (padded lowering) or one (patches); empty in f32.
+    packed: Vec<PackedB>,
+}
+
+impl std::ops::Deref for KernelRows {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+impl KernelRows {
+    /// No kernel (an input gradient that is not computed).
+    pub fn none() -> Self {
+        KernelRows {
+            data: Vec::new(),
+            packed: Vec::new(),
+        }
+    }
+
+    /// `data`, with its `b` operands packed in bf16 when `s` asks for it: `pieces` of `(k,
+    /// n)` rows each, one after another.
+    fn with_pieces(s: &ConvShape, data: Vec<f32>, pieces: usize, (k, n): (usize, usize)) -> Self {
+        let packed = match s.precision {
+            Precision::F32 => Vec::new(),
+            Precision::MixedBf16 if n < BF16_MIN_COLUMNS => Vec::new(),
+            Precision::MixedBf16 => (0..pieces)
+                .map_while(|i| PackedB::new(MatRef::rows(&data[i * k * n..][..k * n], n), (k, n)))
+                .collect(),
+        };
+        KernelRows { data, packed }
+    }
+
+    /// The packed piece `i`, if packed.
+    fn packed(&self, i: usize) -> Option<&PackedB> {
+        self.packed.get(i)
+    }
+}
+
 /// `kernel (O, C, kh, kw)` as the `(patch, O)` matrix that turns patch rows into output rows.
-pub(crate) fn kernel_rows(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
+pub(crate) fn kernel_rows(s: &ConvShape, kernel: &[f32]) -> KernelRows {
     let o = s.out_channels;
     let mut rows = vec![0f32; kernel.len()];
     for_each_weight(s, |flat, oc, c, ki, kj| {
         rows[patch_index(s, c, ki, kj) * o + oc] = kernel[flat]
     });
-    rows
+    match padded_lowering(s) {
+        true => {
+            let run = PaddedPlane::input(s).run();
+            KernelRows::with_pieces(s, rows, s.kernel_h, (run, o))
+        }
+        false => KernelRows::with_pieces(s, rows, 1, (s.patch_len(), o)),
+    }
 }
 
 /// The inverse of [`kernel_rows`]: a `(patch, O)` gradient into `kernel (O, C, kh, kw)`.
@@ -223,7 +273,7 @@ pub(crate) fn rows_to_kernel(s: &ConvShape, rows: &[f32], kernel: &mut [f32]) {
 
 /// The kernel as [`ImageConv::input_grad`] takes it: padded lowering, flipped and transposed,
 /// `((ki, kj, o), C)` with `(ki, kj)` counted from the far corner; patches, `(O, patch)`.
-pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
+pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> KernelRows {
     let (o, c, kk) = (s.out_channels, s.in_channels, s.patch_len());
     let mut out = vec![0f32; kernel.len()];
     let padded = padded_input_grad(s);
@@ -236,21 +286,37 @@ pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> Vec<f32> {
         };
         out[at] = kernel[flat];
     });
-    out
+    match padded {
+        true => {
+            let run = PaddedPlane::output_grad(s).run();
+            KernelRows::with_pieces(s, out, s.kernel_h, (run, c))
+        }
+        false => KernelRows::with_pieces(s, out, 1, (o, kk)),
+    }
 }
 
-/// `dst = a · b` (or `+=`) in the convolution's precision.
+/// Under `mixed_bfloat16`, products with fewer output columns than this stay f32.
+pub(crate) const BF16_MIN_COLUMNS: usize = 32;
+
+/// `dst = a · b` (or `+=`) in the convolution's precision; `packed`, when given, is `b`
+/// already in bf16.
 fn product(
     precision: Precision,
     dst: &mut [f32],
     a: MatRef<'_>,
-    b: MatRef<'_>,
+    (b, packed): (MatRef<'_>, Option<&PackedB>),
     dims: (usize, usize, usize),
     accumulate: bool,
 ) {
-    match precision {
-        Precision::F32 => matmul(dst, a, b, dims, accumulate),
-        Precision::MixedBf16 => matmul_bf16(dst, a, b, dims, accumulate),
+    // Products narrower than a bf16 tile (16-channel layers) stay f32: AMX would fill half a
+    // tile and spend more on converting `a` than it saves (0.39x f32 measured on ResNet-20's
+    // 16-channel shape).
+    let narrow = dims.1 < BF16_MIN_COLUMNS;
+    match (precision, packed) {
+        (Precision::F32, _) => matmul(dst, a, b, dims, accumulate),
+        (Precision::MixedBf16, _) if narrow => matmul(dst, a, b, dims, accumulate),
+        (Precision::MixedBf16, Some(p)) => matmul_bf16_packed(dst, a, p, dims.0, accumulate),
+        (Precision::MixedBf16, None) => matmul_bf16(dst, a, b, dims, accumulate),
     }
 }
 
@@ -322,25 +388,20 @@ impl ImageConv {
     }
 
     /// `out (grid, O)`: the loaded image convolved with [`kernel_rows`], before bias.
-    pub fn forward(&self, kernel_rows: &[f32], out: &mut [f32]) {
+    pub fn forward(&self, kernel_rows: &KernelRows, out: &mut [f32]) {
         let s = &self.s;
         let (o, kk) = (s.out_channels, s.patch_len());
         let Some(plane) = self.plane else {
-            let (a, b) = (MatRef::rows(&self.rows, kk), MatRef::rows(kernel_rows, o));
+            let a = MatRef::rows(&self.rows, kk);
+            let b = (MatRef::rows(kernel_rows, o), kernel_rows.packed(0));
             return product(s.precision, out, a, b, (s.positions(), o, kk), false);
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
             let b = MatRef::rows(&kernel_rows[ki * run * o..][..run * o], o);
-            let dims = (self.grid.len, o, run);
-            product(
-                s.precision,
-                out,
-                plane.view(&self.image, ki),
-                b,
-                dims,
-                ki > 0,
-            );
+            let b = (b, kernel_rows.packed(ki));
+            let a = plane.view(&self.image, ki);
+            product(s.precision, out, a, b, (self.grid.len, o, run), ki > 0);
         }
     }
 
@@ -351,26 +412,33 @@ impl ImageConv {
         let (o, kk) = (s.out_channels, s.patch_len());
         let Some(plane) = self.plane else {
             let (a, b) = (MatRef::transposed(&self.rows, kk), MatRef::rows(g, o));
-            return product(
-                s.precision,
-                dkernel_rows,
-                a,
-                b,
-                (kk, o, s.positions()),
-                true,
-            );
+            let dims = (kk, o, s.positions());
+            return product(s.precision, dkernel_rows, a, (b, None), dims, true);
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
             let dst = &mut dkernel_rows[ki * run * o..][..run * o];
             let (a, b) = (plane.view_t(&self.image, ki), MatRef::rows(g, o));
-            product(s.precision, dst, a, b, (run, o, self.grid.len), true);
+            product(
+                s.precision,
+                dst,
+                a,
+                (b, None),
+                (run, o, self.grid.len),
+                true,
+            );
         }
     }
 
     /// The input gradient `dx` (overwritten; `(C, H, W)` or `(H, W, C)` as `layout` says) of
     /// one image from its output gradient `g (grid, O)` and [`input_grad_kernel`].
-    pub fn input_grad(&mut self, g: &[f32], kernel: &[f32], dx: &mut [f32], layout: ImageLayout) {
+    pub fn input_grad(
+        &mut self,
+        g: &[f32],
+        kernel: &KernelRows,
+        dx: &mut [f32],
+        layout: ImageLayout,
+    ) {
         let s = self.s;
         let (o, c, hw) = (s.out_channels, s.in_channels, s.in_h * s.in_w);
         if !padded_input_grad(&s) {
@@ -392,14 +460,8 @@ impl ImageConv {
                 &compact
             };
             let (a, b) = (MatRef::rows(g, o), MatRef::rows(kernel, kk));
-            product(
-                s.precision,
-                &mut self.grad_buf,
-                a,
-                b,
-                (s.positions(), kk, o),
-                false,
-            );
+            let (b, dims) = ((b, kernel.packed(0)), (s.positions(), kk, o));
+            product(s.precision, &mut self.grad_buf, a, b, dims, false);
             if layout == ImageLayout::Nhwc {
                 dx.fill(0.0);
                 return row2im_add(&s, &self.grad_buf, dx);
@@ -424,6 +486,7 @@ impl ImageConv {
         for ki in 0..s.kernel_h {
             let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
             let a = plane.view(&self.grad_buf, ki);
+            let b = (b, kernel.packed(ki));
             product(s.precision, &mut self.dx_buf, a, b, (rows, c, run), ki > 0);
         }
         for iy in 0..s.in_h {
@@ -558,7 +621,7 @@ mod tests {
         // (patch, O) and (O, patch) are transposes of each other.
         let mut t = vec![0f32; k.len()];
         transpose(&rows, s.patch_len(), 4, &mut t);
-        assert_eq!(t, cols);
+        assert_eq!(t, &cols[..]);
         // Weight (o=1, c=2, ki=0, kj=1) sits at patch index (0·2 + 1)·3 + 2 = 5.
         assert_eq!(cols[s.patch_len() + 5], k[((3 + 2) * 3) * 2 + 1]);
     }
