@@ -288,7 +288,7 @@ fn onnx_runtime(args: &BenchArgs, batches: &Path) -> Result<Entrant> {
     };
     let bytes = simplecnn_onnx::export(&model, &options)?;
     let path = args.out.join(EXPORTED_MODEL);
-    crate::files::write_atomic(&path, |tmp| Ok(std::fs::write(tmp, &bytes)?))?;
+    crate::files::write_contents(&path, &bytes)?;
     let mut command = Command::new(&args.python_onnx);
     command
         .arg(script)
@@ -348,7 +348,7 @@ fn write_results(args: &BenchArgs, runs: &[(u32, WorkerOutput)]) -> Result<()> {
     let csv_path = args.out.join(format!("{stem}.csv"));
     let md_path = args.out.join(format!("{stem}.md"));
     crate::files::write_atomic(&csv_path, |tmp| write_csv(tmp, runs, &machine))?;
-    crate::files::write_atomic(&md_path, |tmp| Ok(std::fs::write(tmp, &markdown)?))?;
+    crate::files::write_contents(&md_path, &markdown)?;
     println!("wrote {} and {}", csv_path.display(), md_path.display());
     Ok(())
 }

@@ -79,9 +79,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .filter_map(|&d| unavailable(d))
         .collect();
     let table = markdown(&outcomes, &skipped);
-    crate::files::write_atomic(&dir.join("compare.md"), |tmp| {
-        Ok(std::fs::write(tmp, &table)?)
-    })?;
+    crate::files::write_contents(&dir.join("compare.md"), &table)?;
     loss_plot(&dir.join("loss.png"), &outcomes)?;
     print!("{table}");
     println!("results in {}", dir.display());

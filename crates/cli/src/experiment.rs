@@ -422,7 +422,7 @@ struct TestReport<'a> {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
-    crate::files::write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))
+    crate::files::write_contents(path, text)
 }
 
 /// Makes `<out>/<run-id>/`, checking that `out` is writable before any work starts.
@@ -593,9 +593,7 @@ fn write_marker(run_dir: &Path) -> Result<()> {
          {}\n",
         resume_command(run_dir)
     );
-    crate::files::write_atomic(&run_dir.join(INCOMPLETE), |tmp| {
-        Ok(std::fs::write(tmp, text)?)
-    })
+    crate::files::write_contents(&run_dir.join(INCOMPLETE), text)
 }
 
 /// Keras' `verbose=2` line after each epoch.
@@ -789,9 +787,9 @@ fn run_in(
     let bf16_path = (model.precision() == simplecnn_model::Precision::MixedBf16)
         .then(simplecnn_model::ops::gemm_bf16::bf16_path);
     if let Some(path) = bf16_path {
-        let slower = match simplecnn_model::ops::gemm_bf16::has_bf16_dot() {
+        let slower = match simplecnn_model::ops::gemm_bf16::has_bf16_instructions() {
             true => "",
-            false => " (this CPU has no bf16 instructions: slower than float32)",
+            false => ": slower than float32",
         };
         println!("mixed_bfloat16: the convolutions' products on {path}{slower}");
     }

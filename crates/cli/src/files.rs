@@ -11,3 +11,8 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     simplecnn_files::write_atomic(path, write)
         .with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// [`write_atomic`] of `contents` (text or bytes) as they are.
+pub fn write_contents(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    write_atomic(path, |tmp| Ok(std::fs::write(tmp, contents)?))
+}

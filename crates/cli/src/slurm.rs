@@ -12,11 +12,11 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::sweep::{Member, SweepArgs, SweepPlan};
+use crate::sweep::{SweepArgs, SweepPlan};
 
 /// Writes `<sweep folder>/sweep.sbatch` and `summary.sbatch`, and submits both unless
 /// `--no-submit`.
-pub fn submit(plan: &SweepPlan, args: &SweepArgs, members: &[Member]) -> Result<()> {
+pub fn submit(plan: &SweepPlan, args: &SweepArgs) -> Result<()> {
     for option in &args.sbatch {
         if option.contains(['\n', '\r']) || !option.starts_with('-') {
             bail!("--sbatch {option:?}: one sbatch option, as `--time=02:00:00`");
@@ -46,7 +46,8 @@ pub fn submit(plan: &SweepPlan, args: &SweepArgs, members: &[Member]) -> Result<
     ];
     command.extend(plan.arguments().iter().map(|a| quote(a)));
 
-    let last = members.len() - 1;
+    let runs = plan.sweep.len();
+    let last = runs - 1;
     let limit = args.jobs.map(|k| format!("%{k}")).unwrap_or_default();
     let array = header(
         &plan.sweep.name,
@@ -73,12 +74,12 @@ pub fn submit(plan: &SweepPlan, args: &SweepArgs, members: &[Member]) -> Result<
     let array_script = folder.join("sweep.sbatch");
     let summary_script = folder.join("summary.sbatch");
     for (path, text) in [(&array_script, &array), (&summary_script, &summary)] {
-        crate::files::write_atomic(path, |tmp| Ok(std::fs::write(tmp, text)?))?;
+        crate::files::write_contents(path, text)?;
     }
     println!(
         "wrote {} ({} array tasks) and {}",
         array_script.display(),
-        members.len(),
+        runs,
         summary_script.display()
     );
     if args.no_submit {

@@ -20,7 +20,7 @@ use crate::experiment::{self, Shorthands, INCOMPLETE};
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
     /// The sweep file (TOML: `experiment`, `seeds`, `set`, `[[grid]]` tables of `key` and
-    /// `values`; see experiments/sweeps/).
+    /// `values`; see sweeps/).
     pub file: PathBuf,
     /// Run only this run of the sweep (0-based; a Slurm array task passes
     /// $SLURM_ARRAY_TASK_ID).
@@ -84,7 +84,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
         return Ok(());
     }
     if args.submit {
-        return crate::slurm::submit(&plan, &args, &members);
+        return crate::slurm::submit(&plan, &args);
     }
     if !args.summary {
         crate::stop::install()?;
@@ -193,36 +193,32 @@ impl SweepPlan {
         let mut found = FoundRuns::default();
         self.sweep
             .runs()
-            .map(|run| {
-                let run = self.with_command_line(run);
-                let experiment = self.experiment_of(&run)?;
-                let state = found.state_of(&experiment.output_dir(), &run);
-                Ok(Member {
-                    run,
-                    experiment,
-                    state,
-                })
-            })
+            .map(|run| self.member(run, &mut found))
             .collect()
+    }
+
+    /// `run` as this plan runs it, its experiment, and where it stands in `found`.
+    fn member(&self, run: SweepRun, found: &mut FoundRuns) -> Result<Member> {
+        let run = self.with_command_line(run);
+        let experiment = self.experiment_of(&run)?;
+        let state = found.state_of(&experiment.output_dir(), &run);
+        Ok(Member {
+            run,
+            experiment,
+            state,
+        })
     }
 
     /// `--index I`: runs (or resumes, or skips as finished) one run.
     fn run_one(&self, index: usize) -> Result<()> {
-        let run = self.sweep.run(index).map(|r| self.with_command_line(r));
-        let run = run.with_context(|| {
+        let run = self.sweep.run(index).with_context(|| {
             format!(
                 "{}: no run {index}: the sweep has runs 0 to {}",
                 self.sweep.file.display(),
                 self.sweep.len() - 1
             )
         })?;
-        let experiment = self.experiment_of(&run)?;
-        let state = FoundRuns::default().state_of(&experiment.output_dir(), &run);
-        self.run_member(&Member {
-            run,
-            experiment,
-            state,
-        })
+        self.run_member(&self.member(run, &mut FoundRuns::default())?)
     }
 
     fn run_member(&self, member: &Member) -> Result<()> {
@@ -391,9 +387,7 @@ impl SweepPlan {
         std::fs::create_dir_all(&self.folder)
             .with_context(|| format!("cannot create {}", self.folder.display()))?;
         let markdown = summary.markdown();
-        crate::files::write_atomic(&self.folder.join("summary.md"), |tmp| {
-            Ok(std::fs::write(tmp, &markdown)?)
-        })?;
+        crate::files::write_contents(&self.folder.join("summary.md"), &markdown)?;
         crate::files::write_atomic(&self.folder.join("summary.csv"), |tmp| {
             summary.write_csv(tmp)
         })?;

@@ -41,6 +41,17 @@ values = [8, 16]
     file
 }
 
+/// [`write_sweep`]'s sweep `name` in `tmp` on `per_class` tiny images a class (0: an empty
+/// data folder), and the folder its runs go to: `(sweep file, out)`.
+fn sweep_in(tmp: &Path, name: &str, per_class: usize, epochs: u32) -> (PathBuf, PathBuf) {
+    let data = tmp.join("data");
+    match per_class {
+        0 => std::fs::create_dir_all(&data).unwrap(),
+        n => tiny_folders(&data, n),
+    }
+    (write_sweep(tmp, &data, name, epochs), tmp.join("out"))
+}
+
 /// Run folders under `out` (not `latest`, not `sweeps`), by name.
 fn run_folders(out: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
@@ -113,10 +124,7 @@ fn check_sweep_results(out: &Path, name: &str) {
 #[test]
 fn a_sweep_runs_every_setting_and_seed_and_summarises_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    tiny_folders(&data, 2);
-    let file = write_sweep(tmp.path(), &data, "tiny", 1);
-    let out = tmp.path().join("out");
+    let (file, out) = sweep_in(tmp.path(), "tiny", 2, 1);
     let (file_s, out_s) = (file.to_str().unwrap(), out.to_str().unwrap());
     let o = simplecnn(&["sweep", file_s, "--out", out_s, "--jobs", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -152,10 +160,7 @@ fn a_sweep_runs_every_setting_and_seed_and_summarises_them() {
 #[test]
 fn a_killed_sweep_run_is_resumed_in_its_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    tiny_folders(&data, 40);
-    let file = write_sweep(tmp.path(), &data, "killed", 4);
-    let out = tmp.path().join("out");
+    let (file, out) = sweep_in(tmp.path(), "killed", 40, 4);
     let (file_s, out_s) = (file.to_str().unwrap(), out.to_str().unwrap());
     let mut child = Command::new(env!("CARGO_BIN_EXE_simplecnn"))
         .args(["sweep", file_s, "--out", out_s, "--index", "1"])
@@ -186,10 +191,7 @@ fn a_killed_sweep_run_is_resumed_in_its_folder() {
 #[test]
 fn bad_sweeps_and_arguments_are_refused_before_any_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let file = write_sweep(tmp.path(), &data, "bad", 1);
-    let out = tmp.path().join("out");
+    let (file, out) = sweep_in(tmp.path(), "bad", 0, 1);
     let (file_s, out_s) = (file.to_str().unwrap(), out.to_str().unwrap());
     let cases: [(&[&str], &str); 4] = [
         (&["--index", "4"], "no run 4"),
@@ -246,10 +248,7 @@ fn a_sweep_submitted_to_slurm_runs_as_a_job_array() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    tiny_folders(&data, 2);
-    let file = write_sweep(tmp.path(), &data, "slurm", 1);
-    let out = tmp.path().join("out");
+    let (file, out) = sweep_in(tmp.path(), "slurm", 2, 1);
     let (file_s, out_s) = (file.to_str().unwrap(), out.to_str().unwrap());
     let o = simplecnn(&[
         "sweep",

@@ -58,12 +58,16 @@ pub struct Loaded {
 /// Reads an experiment from a `.toml` file or a run's `config.json`, applies `overrides`
 /// (`fit.epochs=2`, values in TOML syntax, bare words as strings) and checks it.
 pub fn load(file: &Path, overrides: &[String]) -> Result<Loaded> {
-    let text = simplecnn_files::read_to_string(file).map_err(|e| ExperimentError {
+    load_text(&read_file(file)?, file, overrides)
+}
+
+/// A file's text (a regular file only), or an error naming it.
+fn read_file(file: &Path) -> Result<String> {
+    simplecnn_files::read_to_string(file).map_err(|e| ExperimentError {
         file: file.to_path_buf(),
         key: None,
         message: e.to_string(),
-    })?;
-    load_text(&text, file, overrides)
+    })
 }
 
 /// The experiments that come with the program (`experiments/*.toml` when it was built), for
@@ -92,12 +96,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 /// recorded `outputs.dir` is dropped (the run continues in the folder the user named, and
 /// `latest` goes beside it), so a run made with `--out` anywhere resumes.
 pub fn load_run_config(file: &Path) -> Result<Loaded> {
-    let text = simplecnn_files::read_to_string(file).map_err(|e| ExperimentError {
-        file: file.to_path_buf(),
-        key: None,
-        message: e.to_string(),
-    })?;
-    load_value(&text, file, &[], Resolve::ToResume)
+    load_value(&read_file(file)?, file, &[], Resolve::ToResume)
 }
 
 /// How a file's `outputs.dir` is taken.

@@ -88,12 +88,7 @@ pub struct SweepRun {
 impl Sweep {
     /// Reads and checks a sweep file; nothing about the experiment is read yet.
     pub fn load(file: &Path) -> Result<Sweep> {
-        let text = simplecnn_files::read_to_string(file).map_err(|e| ExperimentError {
-            file: file.to_path_buf(),
-            key: None,
-            message: e.to_string(),
-        })?;
-        Sweep::from_text(&text, file)
+        Sweep::from_text(&crate::read_file(file)?, file)
     }
 
     /// [`Sweep::load`] for text `file` names.
@@ -163,7 +158,8 @@ impl Sweep {
                 return Err(err(Some(&key), format!("{k} has no values")));
             }
             runs = runs.saturating_mul(axis.values.len());
-            let values = axis.values.iter().map(toml_inline).collect();
+            // As overrides' right-hand sides: TOML (`0.1`, `"adam"`, `[1, 2]`).
+            let values = axis.values.iter().map(toml::Value::to_string).collect();
             grid.push((k.to_string(), values));
         }
         if runs > MAX_RUNS {
@@ -268,11 +264,6 @@ fn is_sweep_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// A TOML value as the right-hand side of an override (`0.1`, `"adam"`, `[1, 2]`).
-fn toml_inline(v: &toml::Value) -> String {
-    v.to_string()
 }
 
 #[cfg(test)]

@@ -71,8 +71,9 @@ pub fn bf16_path() -> &'static str {
     }
 }
 
-/// Whether bf16 products run on bf16 instructions here (not the f32 fallback).
-pub fn has_bf16_dot() -> bool {
+/// Whether bf16 products run on bf16 instructions here (AMX or AVX512_BF16, not the f32
+/// fallback).
+pub fn has_bf16_instructions() -> bool {
     kernel().is_some()
 }
 
