@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use simplecnn_cifar::Batch;
-use simplecnn_model::{zoo, DropoutRng, FeatureShape, Kernels, Mode, Model, Network};
+use simplecnn_model::{zoo, FeatureShape, Kernels, Mode, Model, Network, TrainingPass};
 use simplecnn_train::{loss::Loss, train_step, trainable_params, Adam, AdamConfig};
 
 const BATCH: usize = 128;
@@ -82,7 +82,7 @@ fn training_step(c: &mut Criterion) {
             one_hot: Tensor::from_vec(one_hot, (BATCH, 10), &Device::Cpu).unwrap(),
             labels: Tensor::from_vec(labels, BATCH, &Device::Cpu).unwrap(),
         };
-        let mut rng = DropoutRng::new(0);
+        let mut rng = TrainingPass::new(0);
         group.bench_function(BenchmarkId::new(label, "simple_cnn_b128"), |b| {
             b.iter(|| {
                 train_step(&model, &mut adam, &Loss::default(), &batch, &mut rng, 1e-3).unwrap()

@@ -9,7 +9,7 @@
 //! * `cargo xtask setup` → only the installs above (and the test venv);
 //! * `cargo xtask test [ARGS]` → sets up `target/py-venv` (Pillow, h5py, numpy for the
 //!   shared-data and interop tests) and Open MPI (as root), and runs `cargo test --workspace
-//!   --release [--features simplecnn-collective/mpi] [ARGS]`;
+//!   --release [--features simplecnn-cli/mpi] [ARGS]`;
 //! * `cargo xtask tensorboard [DIR]` → the real TensorBoard (from `target/py-venv`) on
 //!   localhost over `DIR` (default `results/`), printing its address;
 //! * `cargo xtask slurm-up` → a one-node Slurm on this machine (`xtask/scripts/slurm-up.sh`:
@@ -515,7 +515,7 @@ fn main() {
         test.current_dir(&root)
             .args(["test", "--workspace", "--release"]);
         if ensure_mpi() {
-            test.args(["--features", "simplecnn-collective/mpi"]);
+            test.args(["--features", "simplecnn-cli/mpi"]);
         }
         run(test
             .args(&args[1..])

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use simplecnn_bench::cpu_seconds;
-use simplecnn_model::{zoo, DropoutRng, Mode, Model};
+use simplecnn_model::{zoo, Mode, Model, TrainingPass};
 use simplecnn_train::{
     loss::categorical_cross_entropy, trainable_params, Adam, AdamConfig, Optimizer,
 };
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let data = simplecnn_cifar::load(std::path::Path::new(&dir))?;
     let model = Model::new(zoo::simple_cnn(), &Device::Cpu, 0)?;
     let mut adam = Adam::new(trainable_params(&model), AdamConfig::default())?;
-    let mut rng = DropoutRng::new(0);
+    let mut rng = TrainingPass::new(0);
     if std::env::var_os("INFERENCE").is_some() {
         // Batches of 1000, as the harness predicts.
         let (mut wall, mut cpu) = (0.0, 0.0);

@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
-use simplecnn_model::{zoo, DropoutRng, Kernels, Mode, Model};
+use simplecnn_model::{zoo, Kernels, Mode, Model, TrainingPass};
 use simplecnn_train::{
     loss::Loss, train_step, trainable_params, Adam, AdamConfig, Optimizer, TrainError,
 };
@@ -170,7 +170,7 @@ pub fn measure_workload(
     let (model, learning_rate) = (&workload.model, workload.learning_rate);
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(c.seed));
-    let mut dropout = DropoutRng::new(c.seed);
+    let mut dropout = TrainingPass::new(c.seed);
 
     let (mut step_ms, mut loss_sum, mut cpu_start) = (Vec::new(), 0.0, cpu_seconds());
     for step in 0..c.warmup_steps + c.train_steps {

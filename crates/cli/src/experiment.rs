@@ -390,6 +390,9 @@ struct RunConfig<'a> {
     /// The sweep this run belongs to, and which of its runs it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     sweep: Option<&'a SweepRun>,
+    /// How many processes trained the run, and on which MPI (absent for one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processes: Option<crate::processes::ProcessesRecord>,
 }
 
 #[derive(Serialize)]
@@ -669,6 +672,78 @@ impl Callback for ProgressBar {
     }
 }
 
+/// What a process other than the lead does in a run: trains its share of every batch (with
+/// the callbacks that steer training, none that print or write) and leaves; rank 0 evaluates
+/// and writes.
+fn follow(
+    world: &dyn simplecnn_collective::Collective,
+    experiment: Experiment,
+    model: &Model,
+    data: &simplecnn_cifar::Cifar10,
+    fit_config: &simplecnn_train::FitConfig,
+    run_dir: &Path,
+    resuming: bool,
+) -> Result<RunOutcome> {
+    let split_at = fit_config.split_at(data.train.len());
+    let mut optimizer = experiment.build_optimizer(model)?;
+    let schedule = experiment.build_schedule(fit_config.total_steps(split_at));
+    let mut callbacks: Vec<Box<dyn Callback>> = experiment
+        .callbacks
+        .iter()
+        .filter(|c| c.steers_training())
+        .map(|c| experiment.build_callback(c, run_dir))
+        .collect::<Option<_>>()
+        .context("internal error: a callback that steers training was not built")?;
+    callbacks.push(Box::new(crate::stop::StopOnSignal));
+    let (train, config) = (&data.train, fit_config);
+    let history = match resuming {
+        false => fit(
+            model,
+            optimizer.as_mut(),
+            schedule.as_ref(),
+            train,
+            config,
+            &mut callbacks,
+        ),
+        true => resume(
+            model,
+            optimizer.as_mut(),
+            schedule.as_ref(),
+            train,
+            config,
+            &mut callbacks,
+            &run_dir.join("checkpoints"),
+        ),
+    }
+    .with_context(|| format!("rank {} of {}", world.rank(), world.size()))?;
+    let test = evaluate(model, &data.test, fit_config.batch_size.max(1))?;
+    Ok(RunOutcome {
+        experiment,
+        history,
+        test,
+        train_images: split_at,
+    })
+}
+
+/// What every process of a run must agree on: the program (commit, local changes, features,
+/// the binary's size) and the resolved experiment with its data folder.
+fn fingerprint(experiment: &Experiment, data_dir: &Path) -> Result<Vec<u8>> {
+    let p = provenance::collect();
+    let exe = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map_or(0, |m| m.len());
+    let mut bytes = format!(
+        "{} {} {:?} {exe} {}\n",
+        p.git_commit,
+        p.git_dirty,
+        p.build_features,
+        data_dir.display()
+    )
+    .into_bytes();
+    bytes.extend(serde_json::to_vec(experiment)?);
+    Ok(bytes)
+}
+
 /// Where a run writes.
 enum RunFolder {
     /// A new folder under the experiment's output folder, `latest` pointing at it at the end.
@@ -702,11 +777,20 @@ fn run_in(
 ) -> Result<RunOutcome> {
     // Every setting is checked (in `load`) before the data is read or a folder is made.
     let dev = device(experiment.fit.device)?;
+    // Rank 0 leads a run on several processes: it alone prints and writes the run folder.
+    let world = crate::processes::world()?;
+    let lead = world.rank() == 0;
     let explicit_data = experiment.data.dir.is_some() || std::env::var_os("CIFAR10_DIR").is_some();
     let data_dir = data_dir(experiment.data.dir.clone());
     let started = Instant::now();
     let cpu_start = cpu_seconds();
     if !explicit_data && simplecnn_cifar::detect(&data_dir).is_err() {
+        if world.size() > 1 {
+            bail!(
+                "no CIFAR-10 in {}: fetch it first (cargo xtask data), then start the processes",
+                data_dir.display()
+            );
+        }
         // Like Keras' cifar10.load_data(): fetch the data on first use into the default folder.
         println!(
             "No CIFAR-10 in {}: downloading it (cargo xtask data)",
@@ -751,18 +835,31 @@ fn run_in(
         );
     }
     check_run_memory(&experiment, &spec, fit_config.batch_size.min(train_images))?;
+    fit_config.check_processes(world.size(), train_images)?;
+    crate::processes::check_same_run(world.as_ref(), &fingerprint(&experiment, &data_dir)?)?;
     let out = experiment.output_dir();
     let (run_dir, make_latest, resuming) = match folder {
         RunFolder::At(dir) => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+            if lead {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+            }
             (dir, false, false)
         }
-        RunFolder::New => (make_run_dir(&out, experiment.fit.device)?, true, false),
+        RunFolder::New if lead => (make_run_dir(&out, experiment.fit.device)?, true, false),
+        RunFolder::New => (PathBuf::new(), true, false),
         RunFolder::Resume(dir) => (dir, true, true),
     };
-    // One process in a run folder at a time; the lock lasts until this function returns.
-    let _lock = simplecnn_files::FolderLock::acquire(&run_dir)?;
+    // The other processes read the lead's folder (its checkpoints, on a resume).
+    let run_dir = PathBuf::from(crate::processes::from_lead(
+        world.as_ref(),
+        &run_dir.to_string_lossy(),
+    )?);
+    // One run in a run folder at a time; the lock lasts until this function returns.
+    let _lock = match lead {
+        true => Some(simplecnn_files::FolderLock::acquire(&run_dir)?),
+        false => None,
+    };
     if resuming && !run_dir.join(INCOMPLETE).is_file() {
         bail!(
             "{}: the run finished while this process waited to start",
@@ -774,13 +871,27 @@ fn run_in(
         true => run_dir.parent().map_or(out, Path::to_path_buf),
         false => out,
     };
-    write_marker(&run_dir)?;
+    if lead {
+        write_marker(&run_dir)?;
+    }
 
     let mut model = Model::new(spec, &dev, experiment.init_seed())?;
     set_kernels(&mut model, &experiment)?;
+    model.set_collective(world.clone());
     if !resuming {
         load_base_weights(&experiment, &model, base.as_ref())?;
         apply_init(&experiment, &model, &data.train)?;
+    }
+    if !lead {
+        return follow(
+            world.as_ref(),
+            experiment,
+            &model,
+            &data,
+            &fit_config,
+            &run_dir,
+            resuming,
+        );
     }
     let summary = model.summary();
     print!("{summary}");
@@ -809,6 +920,7 @@ fn run_in(
         provenance: provenance::collect(),
         bf16_products: bf16_path,
         sweep,
+        processes: crate::processes::record(world.as_ref()),
     };
     if !resuming {
         write_json(&run_dir.join("config.json"), &config)?;
@@ -819,6 +931,9 @@ fn run_in(
         data.train.len() - split_at,
         run_dir.display()
     );
+    if world.size() > 1 {
+        println!("{} processes on {}", world.size(), world.describe());
+    }
 
     let mut optimizer = experiment.build_optimizer(&model)?;
     let schedule = experiment.build_schedule(fit_config.total_steps(split_at));

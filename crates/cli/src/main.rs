@@ -10,6 +10,7 @@ mod files;
 mod pictures;
 mod plots;
 mod predict;
+mod processes;
 mod provenance;
 mod selftest;
 mod show;
@@ -102,19 +103,21 @@ fn summary_of(name: &str) -> anyhow::Result<simplecnn_model::Network> {
 /// they are about the user's files and settings, not the program (RUST_BACKTRACE, often set by
 /// Rust users, would otherwise print one for every bad argument).
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let code = match run() {
+        Ok(()) => 0,
         Err(e) => match e.downcast_ref::<stop::Interrupted>() {
             Some(stopped) => {
                 eprintln!("{stopped}");
-                std::process::ExitCode::from(stopped.exit_code())
+                stopped.exit_code()
             }
             None => {
                 eprintln!("error: {e:#}");
-                std::process::ExitCode::FAILURE
+                1
             }
         },
-    }
+    };
+    processes::finish((code != 0).then_some(i32::from(code)));
+    std::process::ExitCode::from(code)
 }
 
 fn run() -> Result<()> {

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use simplecnn_model::{
-    Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, DropoutRng,
-    FeatureShape, Kernels, LayerKind, Mode, Model, Network, Padding, Pool2dConfig, RescalingConfig,
+    Activation, ActivationConfig, AveragePooling2D, BatchNormConfig, Conv2dConfig, FeatureShape,
+    Kernels, LayerKind, Mode, Model, Network, Padding, Pool2dConfig, RescalingConfig, TrainingPass,
 };
 
 use simplecnn_train::{Adam, AdamConfig, Optimizer, ParamGroup, Sgd, SgdConfig};
@@ -103,7 +103,7 @@ fn relative_difference(a: &Tensor, b: &Tensor) -> Result<f64> {
 /// weights after (the moving statistics move in training mode).
 fn step(model: &Model, x: &Tensor, projection: &Tensor) -> Result<Vec<(String, Tensor)>> {
     let x = x.to_device(model.device())?;
-    let mut dropout = DropoutRng::new(11);
+    let mut dropout = TrainingPass::new(11);
     let out = model.logits(&x, Mode::Training(&mut dropout))?;
     let objective = (&out * projection.to_device(model.device())?)?.sum_all()?;
     let grads = objective.backward()?;

@@ -9,12 +9,14 @@
 //!
 //! [`Collective`] is the seam: [`SingleProcess`] (one process; nothing to exchange) and, with
 //! the `mpi` feature, [`mpi_world::MpiWorld`] (rsmpi over the MPI the program was started
-//! with). A GPU collective (NCCL) would be one more implementation.
+//! with); [`threads::ThreadWorld`] simulates processes with threads, for tests. A GPU
+//! collective (NCCL) would be one more implementation.
 //!
 //! This crate knows nothing of models or training; it prints nothing.
 
 #[cfg(feature = "mpi")]
 pub mod mpi_world;
+pub mod threads;
 
 /// What went wrong in a collective operation.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,11 @@ pub trait Collective: Send + Sync {
     fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>>;
     /// The implementation and its version, for the run's record ("Open MPI v4.1.4").
     fn describe(&self) -> String;
+    /// Ends every process of the run with `code`: what a process that fails alone does, so
+    /// that the others do not wait for it forever.
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// One process: nothing to exchange.

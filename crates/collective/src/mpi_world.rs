@@ -108,4 +108,9 @@ impl Collective for MpiWorld {
     fn describe(&self) -> String {
         self.description.clone()
     }
+
+    fn abort(&self, code: i32) -> ! {
+        // MPI_Abort ends every process of the job (mpirun reports which one called it).
+        self.world.abort(code)
+    }
 }

@@ -445,6 +445,24 @@ pub enum CallbackSpec {
     },
 }
 
+impl CallbackSpec {
+    /// Whether the callback changes what training does (stops it, or changes the weights),
+    /// so that every process of a run on several needs it; the others print or write, which
+    /// rank 0 alone does.
+    pub fn steers_training(&self) -> bool {
+        match self {
+            CallbackSpec::TerminateOnNan {}
+            | CallbackSpec::EarlyStopping { .. }
+            | CallbackSpec::Lookahead { .. } => true,
+            CallbackSpec::KerasLog {}
+            | CallbackSpec::ProgressBar {}
+            | CallbackSpec::CsvLogger { .. }
+            | CallbackSpec::ModelCheckpoint { .. }
+            | CallbackSpec::Tensorboard { .. } => false,
+        }
+    }
+}
+
 /// Keras' `update_freq`: `"epoch"`, `"batch"` (every step) or a number of steps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -46,7 +46,7 @@ pub use layers::{
     ScalarOp, ScalarOpKind, SeparableConv2dConfig, StochasticDepth, WeightRole, WeightSpec,
     ZeroPadding2D, NORMALIZATION_EPSILON,
 };
-pub use model::{argmax, DropoutRng, Kernels, Mode, Model, NamedWeight};
+pub use model::{argmax, Kernels, Mode, Model, NamedWeight, TrainingPass};
 pub use network::{
     check_element_limit, max_tensor_elements, thousands, LayerSpec, Network, Source,
     DEFAULT_MAX_TENSOR_ELEMENTS,

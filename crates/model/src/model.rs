@@ -1,8 +1,11 @@
 //! `Model`: a [`Network`] with its weights on a device, and the forward pass.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use simplecnn_collective::{Collective, SingleProcess};
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Activation, ForwardCtx, Init, LayerKind, WeightRole};
@@ -30,36 +33,65 @@ impl NamedWeight {
     }
 }
 
-/// The source of dropout masks. Seeded, so that training runs repeat exactly on CPU
+/// What a training pass needs beyond its images: where they lie (this process' share of a
+/// global batch, at a position in the epoch) and the seed of its random draws.
+///
+/// Dropout masks are a function of (seed, the mask's place among the pass' draws, the image's
+/// position in the epoch): image `p`'s values of the `k`-th mask a pass draws are ChaCha8's
+/// words from `p · len` on stream `k`, so a process draws for its own images only and the
+/// masks do not depend on how a batch is split. Seeded, so training runs repeat exactly on CPU
 /// (candle's own CPU random numbers cannot be seeded).
 #[derive(Clone, Debug)]
-pub struct DropoutRng(ChaCha8Rng);
+pub struct TrainingPass {
+    rng: ChaCha8Rng,
+    /// The epoch position of this process' first image.
+    position: u64,
+    /// Masks drawn since the batch began.
+    draws: u64,
+    shard: ops::BatchShard,
+}
 
-impl DropoutRng {
+impl TrainingPass {
+    /// One process, its batch at the start of an epoch whose draws `seed` decides.
     pub fn new(seed: u64) -> Self {
-        Self(ChaCha8Rng::seed_from_u64(seed))
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            position: 0,
+            draws: 0,
+            shard: ops::BatchShard::whole(),
+        }
     }
 
-    /// A keep-mask scaled by `1 / (1 - rate)`: each value is 0 with probability `rate`.
-    pub(crate) fn mask(&mut self, len: usize, rate: f32) -> Vec<f32> {
+    /// Begins a batch: this process' images start at `position` in the epoch and are
+    /// `shard`'s part of the global batch.
+    pub fn start_batch(&mut self, position: u64, shard: ops::BatchShard) {
+        self.position = position;
+        self.draws = 0;
+        self.shard = shard;
+    }
+
+    /// This process' place in the global batch.
+    pub fn shard(&self) -> &ops::BatchShard {
+        &self.shard
+    }
+
+    /// A keep-mask for `images` images of `per_image` values, scaled by `1 / (1 - rate)`:
+    /// each value is 0 with probability `rate`.
+    pub(crate) fn mask(&mut self, images: usize, per_image: usize, rate: f32) -> Vec<f32> {
         let keep = 1.0 / (1.0 - rate);
         // Compare 24-bit uniforms against the threshold: exact for any f32 rate. The words
-        // come in one `fill` (the same sequence as `next_u32` calls, much faster).
+        // come in one `fill` (the same sequence as `next_u32` calls, much faster): this
+        // process' images are consecutive positions.
         let threshold = (rate as f64 * (1u64 << 24) as f64) as u32;
-        let mut bits = vec![0u32; len];
-        self.0.fill(bits.as_mut_slice());
+        self.rng.set_stream(self.draws);
+        self.rng
+            .set_word_pos(self.position as u128 * per_image as u128);
+        self.draws += 1;
+        let mut bits = vec![0u32; images * per_image];
+        self.rng.fill(bits.as_mut_slice());
         bits.iter()
             .map(|&b| if b >> 8 >= threshold { keep } else { 0.0 })
             .collect()
-    }
-
-    /// The generator's position, to resume a run exactly.
-    pub fn word_pos(&self) -> u128 {
-        self.0.get_word_pos()
-    }
-
-    pub fn set_word_pos(&mut self, pos: u128) {
-        self.0.set_word_pos(pos)
     }
 }
 
@@ -67,7 +99,7 @@ impl DropoutRng {
 /// are tracked is a separate choice ([`Model::logits_with`]).
 pub enum Mode<'a> {
     Inference,
-    Training(&'a mut DropoutRng),
+    Training(&'a mut TrainingPass),
 }
 
 impl<'a> Mode<'a> {
@@ -101,6 +133,18 @@ pub struct Model {
     /// on the CPU.
     fast_plan: Option<Vec<Step>>,
     candle_plan: Vec<Step>,
+    /// The processes that train this model together (one, unless a data-parallel run).
+    processes: Processes,
+}
+
+/// The processes of a data-parallel run, as the model holds them.
+#[derive(Clone)]
+struct Processes(Arc<dyn Collective>);
+
+impl std::fmt::Debug for Processes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {}", self.0.rank(), self.0.size())
+    }
 }
 
 /// Which implementation runs the convolutions and max pools.
@@ -180,6 +224,7 @@ impl Model {
             device: device.clone(),
             kernels: Kernels::default(),
             precision: Precision::default(),
+            processes: Processes(Arc::new(SingleProcess)),
         };
         model.set_kernels(Kernels::default())?;
         Ok(model)
@@ -227,6 +272,37 @@ impl Model {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Trains this model together with the other processes of `collective` (as Keras builds
+    /// a model inside a distribution strategy's scope): each process takes its share of every
+    /// global batch, and the sums over a batch are folded across them in a fixed order.
+    pub fn set_collective(&mut self, collective: Arc<dyn Collective>) {
+        self.processes = Processes(collective);
+    }
+
+    /// The processes training this model (one by default).
+    pub fn collective(&self) -> Arc<dyn Collective> {
+        self.processes.0.clone()
+    }
+
+    /// The layers whose weight gradients come from candle's ops (summed over the batch in an
+    /// order this process' share decides): what a run on several processes cannot train
+    /// exactly. Empty on the CPU fast path for the layers `ops` covers.
+    pub fn layers_without_exact_batch_sums(&self) -> Vec<String> {
+        let layers = self.spec.layers();
+        let plan = match (&self.fast_plan, self.device.is_cpu()) {
+            (Some(plan), true) => plan.as_slice(),
+            _ => self.candle_plan.as_slice(),
+        };
+        plan.iter()
+            .filter_map(|step| match step.op {
+                Op::Layer(i) | Op::Depthwise { layer: i, .. } => Some(i),
+                _ => None,
+            })
+            .filter(|&i| self.weights[i].iter().any(|w| w.trainable))
+            .map(|i| layers[i].name.clone())
+            .collect()
     }
 
     pub fn spec(&self) -> &Network {
@@ -394,8 +470,13 @@ impl Model {
             };
             Ok((kernel, bias))
         };
+        let n = x.dim(0)?;
+        let shard = match ctx.training.as_deref() {
+            Some(pass) => pass.shard().clone(),
+            None => ops::BatchShard::whole(),
+        };
         let mut mask = |rate: f32, len: usize| match ctx.training.as_deref_mut() {
-            Some(rng) if rate > 0.0 => Some(rng.mask(len, rate)),
+            Some(pass) if rate > 0.0 && n > 0 => Some(pass.mask(n, len / n, rate)),
             _ => None,
         };
         Ok(match *step {
@@ -423,12 +504,11 @@ impl Model {
                 block,
                 dropout,
             } => {
-                let n = x.dim(0)?;
                 let out_len = n * block.conv.out_channels * block.pool.out_h * block.pool.out_w;
                 let mask = dropout.and_then(|rate| mask(rate, out_len));
                 let (kernel, bias) = kernel_bias(layer)?;
                 debug_assert!(used >= 2);
-                ops::conv_pool(x, &kernel, &bias, block, mask, track_gradients)?
+                ops::conv_pool(x, &kernel, &bias, block, mask, track_gradients, &shard)?
             }
             Op::Conv {
                 layer,
@@ -437,7 +517,7 @@ impl Model {
                 layouts,
             } => {
                 let (kernel, bias) = kernel_bias(layer)?;
-                ops::conv2d_with_layouts(x, &kernel, &bias, shape, relu, layouts)?
+                ops::conv2d_with_layouts(x, &kernel, &bias, shape, relu, layouts, &shard)?
             }
             Op::ConvThen {
                 layer,
@@ -445,7 +525,8 @@ impl Model {
                 activation,
             } => {
                 let (kernel, bias) = kernel_bias(layer)?;
-                let y = ops::conv2d(x, &kernel, &bias, shape, false)?;
+                let layouts = Default::default();
+                let y = ops::conv2d_with_layouts(x, &kernel, &bias, shape, false, layouts, &shard)?;
                 match activation {
                     Activation::Gelu => ops::gelu(&y, track_gradients)?,
                     _ => activation.apply(y, skip_final_softmax && layer == last)?,
@@ -455,7 +536,8 @@ impl Model {
                 layer, activation, ..
             } => {
                 let training = ctx.is_training() && layers[layer].trainable;
-                self.batch_norm_step(layer, x, activation, training, track_gradients)?
+                let shard = training.then_some(&shard);
+                self.batch_norm_step(layer, x, activation, shard, track_gradients)?
             }
             Op::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
             Op::Depthwise { layer, shape } => {
@@ -470,6 +552,16 @@ impl Model {
                 let bias = ws.get(1).map(|b| b.var.as_tensor());
                 d.finish(y, bias, skip_final_softmax && layer == last)?
             }
+            Op::Dense { layer, activation } => {
+                let ws = &self.weights[layer];
+                let kernel = ws[0].var.as_tensor();
+                let bias = match ws.get(1) {
+                    Some(b) => b.var.as_tensor().clone(),
+                    None => Tensor::zeros(kernel.dim(1)?, kernel.dtype(), kernel.device())?,
+                };
+                let y = ops::dense(x, kernel, &bias, &shard)?;
+                activation.apply(y, skip_final_softmax && layer == last)?
+            }
             Op::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,
                 None => x.clone(),
@@ -479,15 +571,15 @@ impl Model {
 }
 
 impl Model {
-    /// A BatchNormalization layer (and its activation) on [`ops::batch_norm`]: batch
-    /// statistics and the moving averages' update (Keras' rule) in training, the moving
-    /// statistics otherwise.
+    /// A BatchNormalization layer (and its activation) on [`ops::batch_norm`]: the global
+    /// batch's statistics and the moving averages' update (Keras' rule) in training (`shard`
+    /// given), the moving statistics otherwise.
     fn batch_norm_step(
         &self,
         layer: usize,
         x: &Tensor,
         activation: ops::NormActivation,
-        training: bool,
+        training: Option<&ops::BatchShard>,
         track_gradients: bool,
     ) -> Result<Tensor> {
         let l = &self.spec.layers()[layer];
@@ -521,8 +613,8 @@ impl Model {
             )));
         };
         let statistics = match training {
-            true => ops::NormStatistics::Batch,
-            false => ops::NormStatistics::Fixed {
+            Some(shard) => ops::NormStatistics::Batch(shard.clone()),
+            None => ops::NormStatistics::Fixed {
                 mean: moving_mean.var.as_tensor().to_vec1::<f32>()?,
                 variance: moving_var.var.as_tensor().to_vec1::<f32>()?,
             },

@@ -46,6 +46,11 @@ pub(crate) enum Op {
         layer: usize,
         rate: f32,
     },
+    /// A Dense layer on flat features on [`ops::dense`], its activation after on candle's ops.
+    Dense {
+        layer: usize,
+        activation: Activation,
+    },
     /// A DepthwiseConv2D on [`ops::depthwise_conv2d`], its bias and activation after.
     Depthwise {
         layer: usize,
@@ -254,6 +259,13 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                 };
                 (op, covered, ImageLayout::Nchw)
             }
+            (LayerKind::Dense(d), None) => {
+                let op = Op::Dense {
+                    layer: i,
+                    activation: d.activation,
+                };
+                (op, vec![i], ImageLayout::Nchw)
+            }
             (LayerKind::DepthwiseConv2d(d), Some((c, h, w))) => {
                 let ((out_h, pad_top, _), (out_w, pad_left, _)) = d
                     .as_conv()
@@ -358,6 +370,7 @@ mod tests {
                 }
                 Op::Layer(i) => format!("layer{i}"),
                 Op::Dropout { .. } => "dropout".into(),
+                Op::Dense { layer, .. } => format!("dense{layer}"),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -368,9 +381,9 @@ mod tests {
                 "convpool2:Nhwc->Nchw",
                 "layer5",
                 "dropout",
-                "layer7",
+                "dense7",
                 "dropout",
-                "layer9"
+                "dense9"
             ]
         );
     }

@@ -4,9 +4,14 @@
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use simplecnn_model::ops::{self, ConvShape, PoolShape};
-use simplecnn_model::{zoo, DropoutRng, Kernels, Mode, Model};
+use simplecnn_model::{zoo, Kernels, Mode, Model, TrainingPass};
 
 const CPU: Device = Device::Cpu;
+
+/// One process holding the whole batch.
+fn whole() -> ops::BatchShard {
+    ops::BatchShard::whole()
+}
 
 mod common;
 use common::{assert_close, rand};
@@ -63,7 +68,8 @@ fn conv_with_grads(
             ops::ImageLayout::Nhwc => x.permute((0, 2, 3, 1)).unwrap(),
             ops::ImageLayout::Nchw => x.as_tensor().clone(),
         };
-        let y = ops::conv2d_with_layouts(&xin, &k, &b, *s, relu, (input, output)).unwrap();
+        let y =
+            ops::conv2d_with_layouts(&xin, &k, &b, *s, relu, (input, output), &whole()).unwrap();
         if output == nhwc {
             y.permute((0, 3, 1, 2)).unwrap()
         } else {
@@ -204,6 +210,64 @@ fn conv2d_gradients_match_finite_differences() {
     );
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The Dense op (fixed row chunks) against candle's matmul: values and all three gradients.
+    #[test]
+    fn dense_matches_candle(
+        n in 1usize..40, k in 1usize..70, o in 1usize..20, seed in 0u64..1000,
+    ) {
+        let x = Var::from_tensor(&rand(&[n, k], seed)).unwrap();
+        let w = Var::from_tensor(&rand(&[k, o], seed + 1)).unwrap();
+        let b = Var::from_tensor(&rand(&[o], seed + 2)).unwrap();
+        let r = rand(&[n, o], seed + 3);
+        let ours = ops::dense(&x, &w, &b, &whole()).unwrap();
+        let theirs = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+        assert_close("dense", &ours, &theirs, 1e-5);
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, v) in [("dx", &x), ("dk", &w), ("db", &b)] {
+            assert_close(what, g1.get(v).unwrap(), g2.get(v).unwrap(), 1e-5);
+        }
+    }
+}
+
+#[test]
+fn dense_gradients_match_finite_differences() {
+    // 19 rows: two whole chunks of 8 and a short one.
+    let x = rand(&[19, 7], 31);
+    let k = rand(&[7, 5], 32);
+    let b = rand(&[5], 33);
+    let wrt_x = |t: &Tensor| ops::dense(t, &k, &b, &whole()).unwrap();
+    let dx = finite_difference(&x, 1e-2, wrt_x);
+    assert_gradients_agree("dx", &analytic(&x, wrt_x), &dx);
+    let wrt_k = |t: &Tensor| ops::dense(&x, t, &b, &whole()).unwrap();
+    let dk = finite_difference(&k, 1e-2, wrt_k);
+    assert_gradients_agree("dk", &analytic(&k, wrt_k), &dk);
+    let wrt_b = |t: &Tensor| ops::dense(&x, &k, t, &whole()).unwrap();
+    let db = finite_difference(&b, 1e-2, wrt_b);
+    assert_gradients_agree("db", &analytic(&b, wrt_b), &db);
+}
+
+/// A row's output does not depend on the batch it sits in (candle's one gemm over the batch
+/// blocks by the batch's size; the op's products are over fixed chunks of rows).
+#[test]
+fn a_dense_row_is_the_same_in_any_batch() {
+    let (k, o) = (300, 33);
+    let x = rand(&[200, k], 41);
+    let w = rand(&[k, o], 42);
+    let b = rand(&[o], 43);
+    let all = ops::dense(&x, &w, &b, &whole()).unwrap();
+    let part = ops::dense(&x.narrow(0, 64, 24).unwrap(), &w, &b, &whole()).unwrap();
+    let same = all.narrow(0, 64, 24).unwrap();
+    let (a, p) = (
+        same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        part.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert!(a.iter().zip(&p).all(|(a, p)| a.to_bits() == p.to_bits()));
+}
+
 #[test]
 fn max_pool2d_gradient_matches_finite_differences() {
     // Values 0.1 apart, so a step of 0.01 never changes which element is the maximum.
@@ -276,7 +340,7 @@ fn assert_same_training_step(spec: &simplecnn_model::Network, x: &Tensor) {
     let run = |kernels: Kernels| {
         let mut model = Model::new(spec.clone(), &CPU, 8).unwrap();
         model.set_kernels(kernels).unwrap();
-        let mut rng = DropoutRng::new(4);
+        let mut rng = TrainingPass::new(4);
         let logits = model.logits(x, Mode::Training(&mut rng)).unwrap();
         let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let g: Vec<Tensor> = model
@@ -392,9 +456,9 @@ proptest! {
                     conv, pool: pool_shape, relu, input: layout(nhwc_in), output: layout(nhwc_out),
                 };
                 let input = if nhwc_in { input.permute((0, 2, 3, 1)).unwrap() } else { input };
-                let y = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), true).unwrap();
+                let y = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), true, &whole()).unwrap();
                 // The inference form computes the same values and records nothing.
-                let plain = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), false).unwrap();
+                let plain = ops::conv_pool(&input, &kv, &bv, block, mask.clone(), false, &whole()).unwrap();
                 assert!(!plain.track_op());
                 assert_close("inference output", &plain, &y, 0.0);
                 if nhwc_out { y.permute((0, 3, 1, 2)).unwrap() } else { y }
@@ -509,7 +573,7 @@ fn batch_norm_gradients_match_finite_differences() {
                 .unwrap()
                 .0
         };
-        let batch = |t: &Tensor| bn(t, &gamma, &beta, ops::NormStatistics::Batch);
+        let batch = |t: &Tensor| bn(t, &gamma, &beta, ops::NormStatistics::Batch(whole()));
         assert_gradients_agree(
             "dx (batch statistics)",
             &analytic(&x, batch),
@@ -525,13 +589,13 @@ fn batch_norm_gradients_match_finite_differences() {
             &analytic(&x, wrt_x),
             &finite_difference(&x, 1e-2, wrt_x),
         );
-        let wrt_gamma = |t: &Tensor| bn(&x, t, &beta, ops::NormStatistics::Batch);
+        let wrt_gamma = |t: &Tensor| bn(&x, t, &beta, ops::NormStatistics::Batch(whole()));
         assert_gradients_agree(
             "dgamma",
             &analytic(&gamma, wrt_gamma),
             &finite_difference(&gamma, 1e-2, wrt_gamma),
         );
-        let wrt_beta = |t: &Tensor| bn(&x, &gamma, t, ops::NormStatistics::Batch);
+        let wrt_beta = |t: &Tensor| bn(&x, &gamma, t, ops::NormStatistics::Batch(whole()));
         assert_gradients_agree(
             "dbeta",
             &analytic(&beta, wrt_beta),
@@ -555,7 +619,7 @@ fn batch_norm_returns_the_batch_moments_keras_averages() {
         &x,
         &ones,
         &zeros,
-        ops::NormStatistics::Batch,
+        ops::NormStatistics::Batch(whole()),
         1e-3,
         ops::NormActivation::Linear,
         false,
@@ -626,7 +690,7 @@ fn a_frozen_batch_norm_uses_and_keeps_its_moving_statistics() {
         model.set_trainable(bn, false).unwrap();
         assert_eq!(model.trainable_weights().count(), trainable_before - 2);
         let inference = model.logits(&x, Mode::Inference).unwrap();
-        let mut rng = DropoutRng::new(1);
+        let mut rng = TrainingPass::new(1);
         let training = model.logits(&x, Mode::Training(&mut rng)).unwrap();
         assert_close("frozen: training = inference", &training, &inference, 1e-6);
         let mean = model.weight(bn, "moving_mean").unwrap().var.as_tensor();

@@ -1,7 +1,7 @@
 //! The forward pass: probabilities, dropout only in training, seeded initialisation.
 
 use candle_core::{Device, Tensor};
-use simplecnn_model::{zoo, Conv2dConfig, DropoutRng, Mode, Model};
+use simplecnn_model::{zoo, Conv2dConfig, Mode, Model, TrainingPass};
 
 fn input() -> Tensor {
     Tensor::rand(0f32, 1f32, (4, 3, 32, 32), &Device::Cpu).unwrap()
@@ -52,17 +52,17 @@ fn dropout_acts_in_training_only_and_follows_its_seed() {
         .unwrap();
     assert_eq!(a, b);
     let t1 = model
-        .forward(&x, Mode::Training(&mut DropoutRng::new(5)))
+        .forward(&x, Mode::Training(&mut TrainingPass::new(5)))
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
     let t2 = model
-        .forward(&x, Mode::Training(&mut DropoutRng::new(5)))
+        .forward(&x, Mode::Training(&mut TrainingPass::new(5)))
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
     let t3 = model
-        .forward(&x, Mode::Training(&mut DropoutRng::new(6)))
+        .forward(&x, Mode::Training(&mut TrainingPass::new(6)))
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
@@ -207,7 +207,7 @@ fn batch_normalization_trains_with_batch_statistics() {
         .collect();
     let x = Var::from_vec(values.clone(), (n, c, 2, 3), &Device::Cpu).unwrap();
     let y = model
-        .logits(x.as_tensor(), Mode::Training(&mut DropoutRng::new(0)))
+        .logits(x.as_tensor(), Mode::Training(&mut TrainingPass::new(0)))
         .unwrap();
     // Expected, channel by channel, in f64.
     let beta = [0.5f64, -1.0];
@@ -249,7 +249,7 @@ fn batch_normalization_trains_with_batch_statistics() {
     let w = Tensor::rand(-1f32, 1f32, (n, c, 2, 3), &Device::Cpu).unwrap();
     let loss = |x: &Tensor| -> f64 {
         let y = model
-            .logits(x, Mode::Training(&mut DropoutRng::new(0)))
+            .logits(x, Mode::Training(&mut TrainingPass::new(0)))
             .unwrap();
         (y * &w)
             .unwrap()
@@ -259,7 +259,7 @@ fn batch_normalization_trains_with_batch_statistics() {
             .unwrap() as f64
     };
     let y = model
-        .logits(x.as_tensor(), Mode::Training(&mut DropoutRng::new(0)))
+        .logits(x.as_tensor(), Mode::Training(&mut TrainingPass::new(0)))
         .unwrap();
     let grads = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
     let gx: Vec<f32> = grads

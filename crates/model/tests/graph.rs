@@ -305,7 +305,7 @@ fn same_padding_pools_count_only_the_image() {
 /// the identity.
 #[test]
 fn stochastic_depth_keeps_or_drops_whole_examples() {
-    use simplecnn_model::{DropoutRng, StochasticDepth};
+    use simplecnn_model::{StochasticDepth, TrainingPass};
     let mut s = Network::new("sd", FeatureShape::image(3, 4, 4));
     let sd = StochasticDepth {
         drop_path_rate: 0.5,
@@ -313,7 +313,7 @@ fn stochastic_depth_keeps_or_drops_whole_examples() {
     s.add(LayerKind::StochasticDepth(sd)).unwrap();
     let model = Model::new(s, &CPU, 0).unwrap();
     let x = (rand(&[64, 3, 4, 4], 3).abs().unwrap() + 0.1).unwrap();
-    let mut rng = DropoutRng::new(1);
+    let mut rng = TrainingPass::new(1);
     let y = model.forward(&x, Mode::Training(&mut rng)).unwrap();
     let ratio: Vec<Vec<f32>> = (y / &x)
         .unwrap()

@@ -148,7 +148,7 @@ fn global_pooling_layers_round_trip() {
 #[test]
 fn batch_normalization_without_scale_round_trips() {
     use simplecnn_model::{
-        Activation, BatchNormConfig, DropoutRng, FeatureShape, LayerKind, Network, Padding,
+        Activation, BatchNormConfig, FeatureShape, LayerKind, Network, Padding, TrainingPass,
     };
     let dir = tempfile::tempdir().unwrap();
     let mut s = Network::new("sequential_1", FeatureShape::image(3, 8, 8));
@@ -168,7 +168,7 @@ fn batch_normalization_without_scale_round_trips() {
     // One training-mode pass moves the moving statistics away from 0 and 1.
     let x = Tensor::rand(0f32, 1f32, (4, 3, 8, 8), &Device::Cpu).unwrap();
     model
-        .forward(&x, Mode::Training(&mut DropoutRng::new(0)))
+        .forward(&x, Mode::Training(&mut TrainingPass::new(0)))
         .unwrap();
     let path = dir.path().join("bn.h5");
     save_model(&model, &path, None).unwrap();

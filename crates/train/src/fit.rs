@@ -8,7 +8,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::{Augmentation, LabeledImages};
-use simplecnn_model::{DropoutRng, Model};
+use simplecnn_collective::share;
+use simplecnn_model::ops::{images_per_partial, BatchShard};
+use simplecnn_model::{Model, TrainingPass};
 
 use crate::callbacks::{any_stop, BatchEnd, Callback, Control, TrainBegin, TrainState};
 use crate::checkpoint::{load_checkpoint, LoadedCheckpoint};
@@ -111,6 +113,31 @@ impl FitConfig {
         }
     }
 
+    /// Whether `size` processes can share every batch of `train_images` images: each needs at
+    /// least one whole group of [`images_per_partial`] images of every batch.
+    pub fn check_processes(&self, size: usize, train_images: usize) -> Result<()> {
+        if size == 1 {
+            return Ok(());
+        }
+        let full = self.batch_size.min(train_images);
+        let last = match (self.drop_remainder, train_images % self.batch_size.max(1)) {
+            (true, _) | (false, 0) => full,
+            (false, r) => r,
+        };
+        for n in [full, last] {
+            let per = images_per_partial(n);
+            let groups = n.div_ceil(per);
+            if groups < size {
+                return Err(TrainError::Config(format!(
+                    "{size} processes: a batch of {n} images is {groups} group(s) of {per}, \
+                     and every process needs at least one; use at most {groups} processes, a \
+                     larger batch, or drop_remainder"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self, data_len: usize) -> Result<()> {
         self.loss.validate()?;
         let bad = |m: String| Err(TrainError::Config(m));
@@ -141,6 +168,31 @@ impl FitConfig {
         }
         Ok(())
     }
+}
+
+/// This process' images of a global batch of `n` split over `size` processes: whole groups
+/// of [`images_per_partial`] images, contiguous runs as even as groups allow. `(first, count)`.
+fn share_of(n: usize, size: usize, rank: usize) -> (usize, usize) {
+    let per = images_per_partial(n);
+    let (first, groups) = share(n.div_ceil(per), size, rank);
+    let (start, end) = ((first * per).min(n), ((first + groups) * per).min(n));
+    (start, end - start)
+}
+
+/// Refuses, before training, a run on several processes that could not give one process'
+/// numbers: a batch with fewer groups than processes, or a layer whose gradients candle sums.
+fn check_processes(model: &Model, config: &FitConfig, train_images: usize) -> Result<()> {
+    let size = model.collective().size();
+    config.check_processes(size, train_images)?;
+    let inexact = model.layers_without_exact_batch_sums();
+    if size > 1 && !inexact.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{size} processes: the gradients of layer(s) {} are summed over the batch by \
+             candle's ops, in an order that depends on the split; train them on one process",
+            inexact.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Derives an independent seed for one use in one epoch.
@@ -217,6 +269,8 @@ fn fit_from(
     }
     // Validation is the tail, taken before any shuffling.
     let split_at = config.split_at(data.len());
+    let world = model.collective();
+    check_processes(model, config, split_at)?;
     let val_indices: Vec<usize> = (split_at..data.len()).collect();
     let steps = config.steps_per_epoch(split_at);
     let begin = TrainBegin {
@@ -249,7 +303,7 @@ fn fit_from(
                 1,
             )));
         }
-        let mut dropout = DropoutRng::new(epoch_seed(config.seed, epoch, 2));
+        let mut pass = TrainingPass::new(epoch_seed(config.seed, epoch, 2));
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut learning_rate = schedule.learning_rate(optimizer.iterations());
         let total_steps = begin.total_steps;
@@ -257,6 +311,12 @@ fn fit_from(
             if optimizer.iterations() >= total_steps {
                 break;
             }
+            // This process' share of the global batch: whole groups of images.
+            let (first, mine) = share_of(idx.len(), world.size(), world.rank());
+            let shard = BatchShard::new(idx.len(), first, world.clone());
+            pass.start_batch((step * config.batch_size + first) as u64, shard);
+            let global_idx = idx;
+            let idx = &global_idx[first..first + mine];
             let batch = match config.augment.is_none() {
                 true => data.batch(idx, model.device())?,
                 // One seed for the run: alternating flips keep each image's own coin.
@@ -274,12 +334,12 @@ fn fit_from(
                 optimizer,
                 &config.loss,
                 &batch,
-                &mut dropout,
+                &mut pass,
                 learning_rate,
             )?;
-            loss_sum += out.loss * idx.len() as f64;
+            loss_sum += out.loss * out.images as f64;
             correct += out.correct;
-            seen += idx.len();
+            seen += out.images;
             let logs = BatchEnd {
                 model,
                 step: optimizer.iterations(),

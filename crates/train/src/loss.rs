@@ -41,20 +41,33 @@ impl Loss {
     /// The value to differentiate (mean or sum over the batch) of `logits (N, K)` against
     /// `one_hot (N, K)`.
     pub fn objective(&self, logits: &Tensor, one_hot: &Tensor) -> Result<Tensor> {
+        let per_image = self.per_image(logits, one_hot)?;
+        self.reduce(&per_image, logits.dim(0)?)
+    }
+
+    /// Each row's cross-entropy: `(N,)`.
+    pub fn per_image(&self, logits: &Tensor, one_hot: &Tensor) -> Result<Tensor> {
         let s = self.label_smoothing;
-        let per_image = if s == 0.0 {
+        let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        Ok(if s == 0.0 {
             // The tutorial's loss, kept op for op so its runs repeat to the last digit.
-            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
             (one_hot * log_p)?.sum(D::Minus1)?.neg()?
         } else {
             let k = one_hot.dim(D::Minus1)? as f64;
             let target = one_hot.affine(1.0 - s, s / k)?;
-            let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
             (target * log_p)?.sum(D::Minus1)?.neg()?
-        };
+        })
+    }
+
+    /// The objective of a global batch of `global` images from this process' per-image
+    /// losses: their sum, divided by `global` for the mean. Its gradient for an image is the
+    /// same whichever process holds the image.
+    pub fn reduce(&self, per_image: &Tensor, global: usize) -> Result<Tensor> {
+        let sum = per_image.sum_all()?;
         Ok(match self.reduction {
-            Reduction::Mean => per_image.mean_all()?,
-            Reduction::Sum => per_image.sum_all()?,
+            // `mean_all`'s own arithmetic (a sum, then an affine by 1/N) with the global N.
+            Reduction::Mean => sum.affine(1.0 / global.max(1) as f64, 0.0)?,
+            Reduction::Sum => sum,
         })
     }
 

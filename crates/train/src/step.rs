@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 use simplecnn_cifar::Batch;
-use simplecnn_model::{DropoutRng, Mode, Model};
+use simplecnn_model::{Mode, Model, TrainingPass};
 
 use crate::error::Result;
 use crate::loss::{correct_count, Loss};
@@ -19,25 +19,50 @@ pub struct StepOutput {
     pub images: usize,
 }
 
-/// Trains `model` on `batch` once: logits with dropout from `dropout`, `loss` (the tutorial's
+/// Trains `model` on `batch` once: logits with dropout from `pass`, `loss` (the tutorial's
 /// mean cross-entropy by default), its gradients, and `optimizer.step` at `learning_rate`.
+///
+/// `batch` is this process' share of a global batch (`pass.shard()` says where it lies; the
+/// whole batch on one process): the loss is the global batch's, so every process computes the
+/// same gradients (the ops fold their sums over the batch across processes) and applies the
+/// same update. The loss and accuracy reported are the global batch's, from every image's
+/// values added in image order.
 pub fn train_step(
     model: &Model,
     optimizer: &mut dyn Optimizer,
     loss: &Loss,
     batch: &Batch,
-    dropout: &mut DropoutRng,
+    pass: &mut TrainingPass,
     learning_rate: f64,
 ) -> Result<StepOutput> {
-    let logits = model.logits(&batch.images, Mode::Training(dropout))?;
-    let objective = loss.objective(&logits, &batch.one_hot)?;
-    let value = objective.to_scalar::<f32>()? as f64;
+    let shard = pass.shard().clone();
+    let local = images(&batch.images)?;
+    let global = shard.global(local);
+    let logits = model.logits(&batch.images, Mode::Training(pass))?;
+    let per_image = loss.per_image(&logits, &batch.one_hot)?;
+    let objective = loss.reduce(&per_image, global)?;
     optimizer.step(&objective.backward()?, learning_rate)?;
-    let images = images(&batch.images)?;
+    // Every process' per-image losses and correct count, in rank (so image) order.
+    let mut mine: Vec<f64> = per_image
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    mine.push(correct_count(&logits, &batch.labels)? as f64);
+    let gathered = shard
+        .collective()
+        .all_gather_f64(&mine)
+        .map_err(|e| crate::error::TrainError::Config(format!("gathering the losses: {e}")))?;
+    let (mut sum, mut correct) = (0f64, 0usize);
+    for values in &gathered {
+        let (count, losses) = values.split_last().unwrap_or((&0.0, &[]));
+        sum += losses.iter().sum::<f64>();
+        correct += *count as usize;
+    }
     Ok(StepOutput {
-        loss: loss.mean_per_image(value, images),
-        correct: correct_count(&logits, &batch.labels)?,
-        images,
+        loss: sum / global.max(1) as f64,
+        correct,
+        images: global,
     })
 }
 

@@ -16,17 +16,17 @@ pub struct DropoutConfig {
 
 impl DropoutConfig {
     /// The keep-mask for a batch of `dims`, drawn from `rng`.
-    pub(crate) fn mask(&self, rng: &mut crate::model::DropoutRng, dims: &[usize]) -> Vec<f32> {
+    pub(crate) fn mask(&self, rng: &mut crate::model::TrainingPass, dims: &[usize]) -> Vec<f32> {
         let len: usize = dims.iter().product();
-        match (self.per_example, dims.first()) {
-            (true, Some(&n)) if n > 0 => {
-                let per = len / n;
-                rng.mask(n, self.rate)
-                    .into_iter()
-                    .flat_map(|m| std::iter::repeat_n(m, per))
-                    .collect()
-            }
-            _ => rng.mask(len, self.rate),
+        let n = dims.first().copied().unwrap_or(1).max(1);
+        let per = len / n;
+        match self.per_example {
+            true => rng
+                .mask(n, 1, self.rate)
+                .into_iter()
+                .flat_map(|m| std::iter::repeat_n(m, per))
+                .collect(),
+            false => rng.mask(n, per, self.rate),
         }
     }
 }

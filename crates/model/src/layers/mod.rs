@@ -64,7 +64,7 @@ pub use stochastic_depth::StochasticDepth;
 pub use zero_padding2d::{Padding2d, ZeroPadding2D};
 
 use crate::error::{ModelError, Result};
-use crate::model::DropoutRng;
+use crate::model::TrainingPass;
 
 /// The shape of one example as it flows between layers (the batch dimension is left out).
 /// Images are held channels-first, as candle computes them; Keras shows them channels-last.
@@ -438,7 +438,7 @@ impl WeightSpec {
 /// What a forward pass needs besides the input and the weights.
 pub struct ForwardCtx<'a> {
     /// Training behaviour (dropout drawing masks from this generator); `None` in inference.
-    pub training: Option<&'a mut DropoutRng>,
+    pub training: Option<&'a mut TrainingPass>,
     /// The model's last layer when the caller wants logits: its softmax is left out.
     pub skip_softmax: bool,
 }

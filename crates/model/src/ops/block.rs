@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use super::conv::{conv_grads, ConvGradSource, ConvOperands, ConvShape, ImageLayout};
 use super::lowering::{kernel_rows, Grid, ImageConv};
 use super::pool::PoolShape;
+use super::shard::BatchShard;
 use super::transpose::transpose;
 
 /// Marks an output whose ReLU clipped it: no gradient flows back through it.
@@ -32,6 +33,7 @@ pub fn conv_pool(
     block: ConvPoolShape,
     dropout_mask: Option<Vec<f32>>,
     differentiable: bool,
+    shard: &BatchShard,
 ) -> Result<Tensor> {
     let ConvPoolShape {
         conv,
@@ -58,6 +60,7 @@ pub fn conv_pool(
         mask: dropout_mask.map(Arc::new),
         argmax: Mutex::new(None),
         record: differentiable,
+        shard: shard.clone(),
     };
     let (x, kernel, bias) = (x.contiguous()?, kernel.contiguous()?, bias.contiguous()?);
     match differentiable {
@@ -167,6 +170,7 @@ struct ConvPool {
     argmax: Mutex<Option<Arc<Vec<u32>>>>,
     /// Whether to fill `argmax` (not for inference).
     record: bool,
+    shard: BatchShard,
 }
 
 impl ConvPool {
@@ -287,7 +291,15 @@ impl CustomOp3 for ConvPool {
             argmax,
             mask: self.mask.clone(),
         };
-        conv_grads(x, grad_res, kernel, self.conv, scatter, self.input)
+        conv_grads(
+            x,
+            grad_res,
+            kernel,
+            self.conv,
+            scatter,
+            self.input,
+            &self.shard,
+        )
     }
 }
 

@@ -9,22 +9,8 @@ use super::contiguous_f32;
 use super::lowering::{
     input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv, KernelRows,
 };
+use super::shard::{images_per_partial, BatchShard};
 use super::transpose::transpose_into;
-
-/// Images per partial sum of the kernel and bias gradients. Fixed, so the order of the
-/// additions (and so the result, to the bit) does not depend on how many threads run.
-const PARAM_GRAD_CHUNK: usize = 8;
-
-/// At most this many partial kernel gradients per op: each is a kernel's size (2.4 MB for a
-/// 256→256 3x3 convolution), and a batch of 1024 in chunks of 8 would otherwise hold 128.
-const MAX_PARTIALS: usize = 16;
-
-/// Images per partial kernel gradient: whole chunks of [`PARAM_GRAD_CHUNK`], at most
-/// [`MAX_PARTIALS`] partials. It depends on the batch size only, so results do not depend
-/// on the thread count (and batches up to 128 sum exactly as chunks of 8 did before).
-fn images_per_partial(n: usize) -> usize {
-    PARAM_GRAD_CHUNK * n.div_ceil(PARAM_GRAD_CHUNK).div_ceil(MAX_PARTIALS).max(1)
-}
 
 /// How the images entering or leaving an op lie in memory: NCHW, as every tensor of the model,
 /// or channels-last `(N, H, W, C)`, which the fused blocks pass each other (the ops work
@@ -215,10 +201,19 @@ pub fn conv2d(
     shape: ConvShape,
     relu: bool,
 ) -> Result<Tensor> {
-    conv2d_with_layouts(x, kernel, bias, shape, relu, Default::default())
+    conv2d_with_layouts(
+        x,
+        kernel,
+        bias,
+        shape,
+        relu,
+        Default::default(),
+        &BatchShard::whole(),
+    )
 }
 
-/// [`conv2d`] with its input and output laid out as `(input, output)` say.
+/// [`conv2d`] with its input and output laid out as `(input, output)` say, on `shard`'s images
+/// of a global batch (its kernel and bias gradients are the global batch's).
 pub fn conv2d_with_layouts(
     x: &Tensor,
     kernel: &Tensor,
@@ -226,12 +221,14 @@ pub fn conv2d_with_layouts(
     shape: ConvShape,
     relu: bool,
     (input, output): (ImageLayout, ImageLayout),
+    shard: &BatchShard,
 ) -> Result<Tensor> {
     let op = Conv2dForward {
         shape,
         relu,
         input,
         output,
+        shard: shard.clone(),
     };
     x.contiguous()?
         .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
@@ -242,6 +239,7 @@ struct Conv2dForward {
     relu: bool,
     input: ImageLayout,
     output: ImageLayout,
+    shard: BatchShard,
 }
 
 impl CustomOp3 for Conv2dForward {
@@ -319,7 +317,15 @@ impl CustomOp3 for Conv2dForward {
             shape: self.shape,
             layout: self.output,
         };
-        conv_grads(x, &grad, kernel, self.shape, source, self.input)
+        conv_grads(
+            x,
+            &grad,
+            kernel,
+            self.shape,
+            source,
+            self.input,
+            &self.shard,
+        )
     }
 }
 
@@ -406,13 +412,15 @@ impl ConvGradSource for Direct {
 /// `[dL/dx (N·C·H·W values, when `with_input` is set) | dL/dkernel (O·C·kh·kw) | dL/dbias (O)]`.
 /// Per image, with `g (grid, O)`: the kernel gradient by [`ImageConv::kernel_grad`], the bias
 /// gradient as the column sums of `g`, the input gradient by [`ImageConv::input_grad`]. Images
-/// go in fixed chunks, summed in order, so the result does not depend on the number of threads.
+/// go in fixed groups of the global batch, summed in order (every process' groups folded by
+/// the shard), so the result depends on neither the thread count nor the process count.
 pub(crate) struct ConvGrads<S> {
     pub shape: ConvShape,
     pub source: S,
     pub with_input: bool,
     /// The layout of the input, and of its gradient.
     pub input_layout: ImageLayout,
+    pub shard: BatchShard,
 }
 
 impl<S: ConvGradSource> ConvGrads<S> {
@@ -484,7 +492,8 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         let dx_len = if self.with_input { n * s.in_len() } else { 0 };
         let mut out = vec![0f32; dx_len + kernel_len + s.out_channels];
         let (dx, params) = out.split_at_mut(dx_len);
-        let per = images_per_partial(n);
+        let per = images_per_partial(self.shard.global(n));
+        self.shard.check(self.name(), n, per)?;
         let partials: Vec<Vec<f32>> = if self.with_input {
             let kc = input_grad_kernel(s, k);
             dx.par_chunks_mut(per * s.in_len())
@@ -497,10 +506,7 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
                 .map(|c| self.chunk(x, &KernelRows::none(), g, c * per, per, n, None))
                 .collect()
         };
-        let mut total = vec![0f32; kernel_len + s.out_channels];
-        for partial in &partials {
-            total.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
-        }
+        let total = self.shard.fold(&partials, kernel_len + s.out_channels)?;
         let (dk, db) = params.split_at_mut(kernel_len);
         rows_to_kernel(s, &total[..kernel_len], dk);
         db.copy_from_slice(&total[kernel_len..]);
@@ -517,6 +523,7 @@ pub(crate) fn conv_grads<S: ConvGradSource + 'static>(
     shape: ConvShape,
     source: S,
     input_layout: ImageLayout,
+    shard: &BatchShard,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     // The network's input (the images) needs no gradient: skip the product for it.
     let with_input = x.track_op();
@@ -525,6 +532,7 @@ pub(crate) fn conv_grads<S: ConvGradSource + 'static>(
         source,
         with_input,
         input_layout,
+        shard: shard.clone(),
     };
     let packed = x.apply_op3_no_bwd(&grad.contiguous()?, kernel, &op)?;
     let dx_len = if with_input { x.elem_count() } else { 0 };

@@ -23,6 +23,7 @@
 
 mod block;
 mod conv;
+mod dense;
 mod depthwise;
 mod dropout;
 mod gemm;
@@ -30,14 +31,17 @@ pub mod gemm_bf16;
 mod lowering;
 mod norm;
 mod pool;
+mod shard;
 mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
 pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout, Precision};
+pub use dense::dense;
 pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormStatistics};
 pub use pool::{max_pool2d, PoolShape};
+pub use shard::{images_per_partial, BatchShard};
 
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 

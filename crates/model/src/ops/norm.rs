@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use super::shard::{BatchShard, GROUP_CHUNK};
 
 /// The activation applied after the normalisation, inside the same op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,15 +23,15 @@ pub enum NormActivation {
 }
 
 /// Images per chunk of the per-channel sums: fixed, so that the sums (and so the results)
-/// do not depend on the thread count.
-const CHUNK_IMAGES: usize = 8;
+/// depend on neither the thread count nor the process count.
+const CHUNK_IMAGES: usize = GROUP_CHUNK;
 
 /// Where the normalisation's statistics come from.
 #[derive(Clone, Debug)]
 pub enum NormStatistics {
-    /// The batch's mean and biased variance per channel (training); the op hands them back
-    /// for the moving averages.
-    Batch,
+    /// The global batch's mean and biased variance per channel (training), this process
+    /// holding the shard's images; the op hands them back for the moving averages.
+    Batch(BatchShard),
     /// Given per-channel mean and variance (inference, or a frozen layer).
     Fixed { mean: Vec<f32>, variance: Vec<f32> },
 }
@@ -57,7 +58,10 @@ pub fn batch_norm(
     activation: NormActivation,
     differentiable: bool,
 ) -> Result<(Tensor, Option<BatchMoments>)> {
-    let training = matches!(statistics, NormStatistics::Batch);
+    let (training, shard) = match &statistics {
+        NormStatistics::Batch(shard) => (true, shard.clone()),
+        NormStatistics::Fixed { .. } => (false, BatchShard::whole()),
+    };
     let moments = Arc::new(Mutex::new(None));
     let op = BatchNorm {
         statistics,
@@ -65,6 +69,7 @@ pub fn batch_norm(
         activation,
         coefficients: Mutex::new(None),
         moments: moments.clone(),
+        shard,
     };
     let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
     let y = match differentiable {
@@ -103,6 +108,8 @@ struct BatchNorm {
     /// Made by the forward pass, used by the backward (candle hands the op over by reference).
     coefficients: Mutex<Option<Coefficients>>,
     moments: Arc<Mutex<Option<BatchMoments>>>,
+    /// This process' images of the global batch whose statistics these are.
+    shard: BatchShard,
 }
 
 /// `(N, C, plane)` of an NCHW or NC layout.
@@ -114,12 +121,14 @@ fn norm_dims(op: &str, dims: &[usize]) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// Per-channel sums over the images, in fixed chunks of images summed in order.
+/// Per-channel sums over the global batch: this process' images in fixed chunks, every
+/// process' chunks added in the global order.
 fn channel_sums<const K: usize>(
+    shard: &BatchShard,
     n: usize,
     c: usize,
     per_image: impl Fn(usize, &mut [[f64; K]]) + Sync,
-) -> Vec<[f64; K]> {
+) -> Result<Vec<[f64; K]>> {
     let partial: Vec<Vec<[f64; K]>> = (0..n.div_ceil(CHUNK_IMAGES))
         .into_par_iter()
         .map(|chunk| {
@@ -130,20 +139,24 @@ fn channel_sums<const K: usize>(
             acc
         })
         .collect();
-    add_in_order(partial, c)
+    add_in_order(shard, partial, c)
 }
 
-/// The per-channel partial sums of the chunks, added in chunk order.
-fn add_in_order<const K: usize>(partial: Vec<Vec<[f64; K]>>, c: usize) -> Vec<[f64; K]> {
-    let mut total = vec![[0f64; K]; c];
-    for p in partial {
-        for (t, p) in total.iter_mut().zip(p) {
-            for k in 0..K {
-                t[k] += p[k];
-            }
-        }
-    }
-    total
+/// The per-channel partial sums of every process' chunks, added in the global chunk order.
+fn add_in_order<const K: usize>(
+    shard: &BatchShard,
+    partial: Vec<Vec<[f64; K]>>,
+    c: usize,
+) -> Result<Vec<[f64; K]>> {
+    let flat: Vec<Vec<f64>> = partial
+        .into_iter()
+        .map(|p| p.into_iter().flatten().collect())
+        .collect();
+    let total = shard.fold(&flat, c * K)?;
+    Ok(total
+        .chunks_exact(K)
+        .map(|v| std::array::from_fn(|k| v[k]))
+        .collect())
 }
 
 impl BatchNorm {
@@ -163,16 +176,17 @@ impl BatchNorm {
                 }
                 (mean.clone(), variance.clone())
             }
-            NormStatistics::Batch => {
-                let sums = channel_sums::<2>(n, c, |i, acc| {
+            NormStatistics::Batch(_) => {
+                self.shard.check("simplecnn-batch-norm", n, CHUNK_IMAGES)?;
+                let sums = channel_sums::<2>(&self.shard, n, c, |i, acc| {
                     for (ch, acc) in acc.iter_mut().enumerate() {
                         let v = &x[(i * c + ch) * plane..][..plane];
                         let (s, sq) = kernels::sum_and_squares(v);
                         acc[0] += s;
                         acc[1] += sq;
                     }
-                });
-                let count = (n * plane) as f64;
+                })?;
+                let count = (self.shard.global(n) * plane) as f64;
                 let mean: Vec<f64> = sums.iter().map(|s| s[0] / count).collect();
                 let var: Vec<f32> = sums
                     .iter()
@@ -268,7 +282,8 @@ impl CustomOp3 for BatchNorm {
         let c = k.scale.len();
         let grad = BatchNormGrad {
             k,
-            training: matches!(self.statistics, NormStatistics::Batch),
+            shard: self.shard.clone(),
+            training: matches!(self.statistics, NormStatistics::Batch(_)),
             activation: self.activation,
             param_grads: Mutex::new(None),
         };
@@ -290,6 +305,7 @@ impl CustomOp3 for BatchNorm {
 /// `(x, dy) → dx`, leaving `(dgamma, dbeta)` in `param_grads`.
 struct BatchNormGrad {
     k: Coefficients,
+    shard: BatchShard,
     training: bool,
     activation: NormActivation,
     param_grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
@@ -351,7 +367,7 @@ impl candle_core::CustomOp2 for BatchNormGrad {
                 acc
             })
             .collect();
-        let sums = add_in_order(partial, c);
+        let sums = add_in_order(&self.shard, partial, c)?;
         let dbeta: Vec<f32> = sums.iter().map(|s| s[0] as f32).collect();
         let dgamma: Vec<f32> = sums
             .iter()
@@ -359,7 +375,7 @@ impl candle_core::CustomOp2 for BatchNormGrad {
             .map(|(s, is)| (s[1] * *is as f64) as f32)
             .collect();
         // Pass 2: dx = scale · (dz - Σdz/M - x̂ · Σ(dz·x̂)/M) in training, scale · dz otherwise.
-        let count = (n * plane) as f64;
+        let count = (self.shard.global(n) * plane) as f64;
         let (mean_dz, mean_dzx): (Vec<f32>, Vec<f32>) = match self.training {
             true => sums
                 .iter()

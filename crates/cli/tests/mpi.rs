@@ -1,0 +1,214 @@
+//! `mpirun -np N simplecnn experiment baseline` on tiny data: the same epochs.csv (timing
+//! aside), test.json and weights on 1, 2 and 3 processes, rank 0 alone writing; a rank killed
+//! mid-run ends the job with an error naming it, and the run resumes on another number of
+//! processes to the same result. Needs the `mpi` feature and Open MPI's `mpirun` (`cargo
+//! xtask` installs them); skipped without them outside CI.
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use simplecnn_train::History;
+
+mod common;
+use common::{first_checkpointed_run, tiny_folders};
+
+/// `mpirun` as root, on more ranks than cores, in a container.
+fn mpirun(np: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "-np", &np.to_string()])
+        .arg(env!("CARGO_BIN_EXE_simplecnn"))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
+        .env_remove("CIFAR10_DIR");
+    c
+}
+
+fn have_mpirun() -> bool {
+    let found = Command::new("mpirun").arg("--version").output().is_ok();
+    assert!(found || std::env::var_os("CI").is_none(), "CI needs mpirun");
+    found
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Every epochs.csv number but the timing columns, as bits.
+fn epochs(run: &Path) -> Vec<Vec<u64>> {
+    let bits = |v: Option<f64>| v.map_or(u64::MAX, f64::to_bits);
+    History::read_csv(&run.join("epochs.csv"))
+        .unwrap()
+        .epochs
+        .iter()
+        .map(|e| {
+            vec![
+                e.epoch as u64,
+                e.loss.to_bits(),
+                e.acc.to_bits(),
+                bits(e.val_loss),
+                bits(e.val_acc),
+                e.learning_rate.to_bits(),
+            ]
+        })
+        .collect()
+}
+
+fn weights(run: &Path) -> Vec<(String, Vec<u32>)> {
+    let model =
+        simplecnn_store::load_model(&run.join("model.h5"), &candle_core::Device::Cpu).unwrap();
+    model
+        .weights()
+        .map(|w| {
+            let v = w.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (w.path(), v.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
+}
+
+/// What a finished run leaves that must not depend on the number of processes: epochs.csv
+/// without timing, test.json, the saved weights.
+type Outcome = (Vec<Vec<u64>>, String, Vec<(String, Vec<u32>)>);
+
+fn outcome(run: &Path) -> Outcome {
+    let test = std::fs::read_to_string(run.join("test.json")).unwrap();
+    (epochs(run), test, weights(run))
+}
+
+/// 12 images a class: 108 trained in batches of 36 (3 batches of 4-5 groups of 8 … and the
+/// last partial group), 12 validated.
+fn args(data: &Path, out: &Path, epochs: &str) -> Vec<String> {
+    [
+        "experiment",
+        "baseline",
+        "--data",
+        data.to_str().unwrap(),
+        "--epochs",
+        epochs,
+        "--batch-size",
+        "36",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_on(np: usize, data: &Path, out: &Path) -> PathBuf {
+    let o = mpirun(np).args(args(data, out, "2")).output().unwrap();
+    assert!(o.status.success(), "{np} processes: {}", text(&o));
+    let entries: Vec<_> = std::fs::read_dir(out).unwrap().collect();
+    assert_eq!(
+        entries.len(),
+        2,
+        "one run folder and `latest`, written by rank 0"
+    );
+    out.join("latest").canonicalize().unwrap()
+}
+
+#[test]
+fn baseline_gives_the_same_numbers_on_one_two_and_three_processes() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 12);
+    let one = run_on(1, &data, &tmp.path().join("np1"));
+    let reference = outcome(&one);
+    for np in [2, 3] {
+        let run = run_on(np, &data, &tmp.path().join(format!("np{np}")));
+        let got = outcome(&run);
+        assert_eq!(got.0, reference.0, "{np} processes: epochs.csv");
+        assert_eq!(got.1, reference.1, "{np} processes: test.json");
+        assert!(got.2 == reference.2, "{np} processes: the weights differ");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["processes"]["count"], np);
+        assert!(config["processes"]["implementation"]
+            .as_str()
+            .is_some_and(|s| s.contains("MPI")));
+    }
+}
+
+#[test]
+fn too_many_processes_are_refused_by_name_before_training() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 3);
+    // 27 training images in batches of 8: a batch is one group of 8.
+    let out = tmp.path().join("out");
+    let mut a = args(&data, &out, "1");
+    a[7] = "8".into();
+    let o = mpirun(2).args(a).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("2 processes: a batch of 8 images is 1 group(s) of 8"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_run_resumes_on_other_processes() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 12);
+    let whole = run_on(1, &data, &tmp.path().join("whole"));
+    let killed = tmp.path().join("killed");
+    let child = mpirun(2)
+        .args(args(&data, &killed, "2"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = first_checkpointed_run(&killed);
+    // Rank 1: the newest simplecnn process under mpirun.
+    let ranks = Command::new("pgrep")
+        .args(["-n", "-P", &child.id().to_string(), "simplecnn"])
+        .output()
+        .unwrap();
+    let rank = String::from_utf8_lossy(&ranks.stdout).trim().to_string();
+    if rank.is_empty() {
+        child.wait_with_output().unwrap();
+        eprintln!("the run finished before a rank could be killed");
+        return;
+    }
+    let killed_at = Instant::now();
+    Command::new("kill").args(["-9", &rank]).status().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(killed_at.elapsed() < Duration::from_secs(30), "no hang");
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap())
+            .unwrap();
+    if o.status.success() && last["epoch"] == 2 {
+        eprintln!("the run finished before the rank was killed");
+        return;
+    }
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rank 1") || err.contains("rank: 1"), "{err}");
+    assert!(run.join("INCOMPLETE").is_file(), "a killed run is marked");
+    // Resumed on three processes: the uninterrupted run's numbers.
+    let o = mpirun(3)
+        .args(["experiment", "--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!run.join("INCOMPLETE").exists());
+    assert_eq!(outcome(&run), outcome(&whole));
+}

@@ -1,0 +1,216 @@
+//! Dense on flat features: `x (N, K) · kernel (K, O) + bias (O)` in fixed row chunks, with its
+//! own backward.
+//!
+//! candle's matmul hands the whole batch to one gemm, whose blocking (and so the order of the
+//! additions, and so the bits of each row) depends on the batch size; here every product is
+//! over a fixed chunk of [`GROUP_CHUNK`] rows, so a row's values do not depend on which batch,
+//! or which process' share of it, the row sits in. The kernel and bias gradients are partials
+//! over the global batch's groups, folded by the shard, as a convolution's are.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+use super::gemm::{matmul, MatRef};
+use super::shard::{images_per_partial, BatchShard, GROUP_CHUNK};
+
+/// `x · kernel + bias` for f32 CPU tensors `x (N, K)`, `kernel (K, O)`, `bias (O)`, on
+/// `shard`'s rows of a global batch; differentiable in all three.
+pub fn dense(x: &Tensor, kernel: &Tensor, bias: &Tensor, shard: &BatchShard) -> Result<Tensor> {
+    let op = DenseForward {
+        shard: shard.clone(),
+    };
+    x.contiguous()?
+        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
+}
+
+struct DenseForward {
+    shard: BatchShard,
+}
+
+/// `(N, K, O)` of the operands, checked.
+fn dims(op: &str, xl: &Layout, kl: &Layout, bias: usize) -> Result<(usize, usize, usize)> {
+    match (xl.dims(), kl.dims()) {
+        (&[n, k], &[k2, o]) if k == k2 && bias == o => Ok((n, k, o)),
+        (x, kernel) => candle_core::bail!(
+            "{op}: input {x:?}, kernel {kernel:?} and {bias} bias values do not match"
+        ),
+    }
+}
+
+impl CustomOp3 for DenseForward {
+    fn name(&self) -> &'static str {
+        "simplecnn-dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = contiguous_f32(self.name(), bs, bl)?;
+        let (n, k, o) = dims(self.name(), xl, kl, b.len())?;
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let w = contiguous_f32(self.name(), ks, kl)?;
+        let mut y = vec![0f32; n * o];
+        if o > 0 {
+            y.par_chunks_mut(GROUP_CHUNK * o)
+                .zip(x.par_chunks(GROUP_CHUNK * k.max(1)))
+                .for_each(|(y, x)| {
+                    let rows = y.len() / o;
+                    matmul(
+                        y,
+                        MatRef::rows(x, k),
+                        MatRef::rows(w, o),
+                        (rows, o, k),
+                        false,
+                    );
+                    for row in y.chunks_exact_mut(o) {
+                        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, o))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let with_input = x.track_op();
+        let op = DenseGrads {
+            with_input,
+            shard: self.shard.clone(),
+        };
+        let packed = x.apply_op3_no_bwd(&grad_res.contiguous()?, kernel, &op)?;
+        let (n, k) = x.dims2()?;
+        let o = kernel.dim(1)?;
+        let dx_len = if with_input { n * k } else { 0 };
+        let dx = match with_input {
+            true => Some(packed.narrow(0, 0, dx_len)?.reshape((n, k))?),
+            false => None,
+        };
+        let dk = packed.narrow(0, dx_len, k * o)?.reshape((k, o))?;
+        let db = packed.narrow(0, dx_len + k * o, o)?;
+        Ok((dx, Some(dk), Some(db)))
+    }
+}
+
+/// `(x, dL/dy, kernel) → [dL/dx (when `with_input`) | dL/dkernel (K·O) | dL/dbias (O)]`: the
+/// input gradient per chunk of rows, the weights' gradients as partials over the global
+/// batch's groups, added in order.
+/// Kernel rows per tile of the kernel gradient: a tile's partials stay in cache while they
+/// are added.
+const TILE_ROWS: usize = 64;
+
+struct DenseGrads {
+    with_input: bool,
+    shard: BatchShard,
+}
+
+impl CustomOp3 for DenseGrads {
+    fn name(&self) -> &'static str {
+        "simplecnn-dense-grads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let o = kl.dims().get(1).copied().unwrap_or(0);
+        let (n, k, o) = dims(self.name(), xl, kl, o)?;
+        if gl.dims() != [n, o] {
+            candle_core::bail!(
+                "{}: gradient {:?} does not match the output ({n}, {o})",
+                self.name(),
+                gl.dims()
+            );
+        }
+        let x = contiguous_f32(self.name(), xs, xl)?;
+        let dy = contiguous_f32(self.name(), gs, gl)?;
+        let w = contiguous_f32(self.name(), ks, kl)?;
+        let dx_len = if self.with_input { n * k } else { 0 };
+        let mut out = vec![0f32; dx_len + k * o + o];
+        let (dx, params) = out.split_at_mut(dx_len);
+        if self.with_input && k > 0 && o > 0 {
+            dx.par_chunks_mut(GROUP_CHUNK * k)
+                .zip(dy.par_chunks(GROUP_CHUNK * o))
+                .for_each(|(dx, dy)| {
+                    let rows = dy.len() / o;
+                    let wt = MatRef::transposed(w, o);
+                    matmul(dx, MatRef::rows(dy, o), wt, (rows, k, o), false);
+                });
+        }
+        let per = images_per_partial(self.shard.global(n));
+        self.shard.check(self.name(), n, per)?;
+        let groups = n.div_ceil(per);
+        let rows_of = |g: usize| per.min(n - g * per);
+        // Group g's kernel gradient for kernel rows `k0..k0 + len`: x_gᵀ · dy_g on those rows.
+        let tile = |g: usize, k0: usize, len: usize, into: &mut [f32]| {
+            let rows = rows_of(g);
+            let xt = MatRef {
+                data: &x[g * per * k + k0..],
+                row_stride: 1,
+                col_stride: k,
+            };
+            let dy = MatRef::rows(&dy[g * per * o..][..rows * o], o);
+            matmul(into, xt, dy, (len, o, rows), false);
+        };
+        let bias_partial = |g: usize| {
+            let mut db = vec![0f32; o];
+            for row in dy[g * per * o..][..rows_of(g) * o].chunks_exact(o.max(1)) {
+                db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+            db
+        };
+        let (dk, db) = params.split_at_mut(k * o);
+        if self.shard.collective().size() == 1 {
+            // One process: every group's partial added in order, tile by tile (each kernel-sized
+            // partial would otherwise be written out and read back): the same tiles' products,
+            // added in the same order from zero, as the fold below.
+            dk.par_chunks_mut(TILE_ROWS * o.max(1))
+                .enumerate()
+                .for_each(|(t, acc)| {
+                    let len = acc.len() / o.max(1);
+                    let mut part = vec![0f32; acc.len()];
+                    acc.fill(0.0);
+                    for g in 0..groups {
+                        tile(g, t * TILE_ROWS, len, &mut part);
+                        acc.iter_mut().zip(&part).for_each(|(a, p)| *a += p);
+                    }
+                });
+            let bias: Vec<Vec<f32>> = (0..groups).map(bias_partial).collect();
+            db.copy_from_slice(&self.shard.fold(&bias, o)?);
+        } else {
+            let partials: Vec<Vec<f32>> = (0..groups)
+                .into_par_iter()
+                .map(|g| {
+                    let mut acc = vec![0f32; k * o + o];
+                    let (pk, pb) = acc.split_at_mut(k * o);
+                    for (t, piece) in pk.chunks_mut(TILE_ROWS * o.max(1)).enumerate() {
+                        let len = piece.len() / o.max(1);
+                        tile(g, t * TILE_ROWS, len, piece);
+                    }
+                    pb.copy_from_slice(&bias_partial(g));
+                    acc
+                })
+                .collect();
+            params.copy_from_slice(&self.shard.fold(&partials, k * o + o)?);
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
