@@ -7,9 +7,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
+use simplecnn_model::ops::BatchShard;
 use simplecnn_model::{zoo, Kernels, Mode, Model, TrainingPass};
 use simplecnn_train::{
-    loss::Loss, train_step, trainable_params, Adam, AdamConfig, Optimizer, TrainError,
+    batch_share, loss::Loss, train_step, trainable_params, Adam, AdamConfig, Optimizer, TrainError,
 };
 
 use crate::process::{cpu_seconds, peak_rss_mib};
@@ -171,6 +172,8 @@ pub fn measure_workload(
     let mut order: Vec<usize> = (0..train.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(c.seed));
     let mut dropout = TrainingPass::new(c.seed);
+    // On several processes (under mpirun), each trains its share of every batch.
+    let world = model.collective();
 
     let (mut step_ms, mut loss_sum, mut cpu_start) = (Vec::new(), 0.0, cpu_seconds());
     for step in 0..c.warmup_steps + c.train_steps {
@@ -180,7 +183,10 @@ pub fn measure_workload(
         let idx: Vec<usize> = (0..c.batch_size)
             .map(|i| order[(step * c.batch_size + i) % order.len()])
             .collect();
-        let batch = train.batch(&idx, device)?;
+        let (first, count) = batch_share(c.batch_size, world.size(), world.rank());
+        let shard = BatchShard::new(c.batch_size, first, world.clone());
+        dropout.start_batch((step * c.batch_size + first) as u64, shard);
+        let batch = train.batch(&idx[first..first + count], device)?;
         let start = Instant::now();
         let loss = train_step(
             model,

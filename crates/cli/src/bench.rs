@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use simplecnn_bench::{BenchConfig, RawMeasurement, ThroughputReport, Workload};
+use simplecnn_collective::metered::Metered;
 use simplecnn_model::{Kernels, Model};
 
 use crate::{data::data_dir, provenance};
@@ -103,6 +105,22 @@ struct WorkerOutput {
     framework: String,
     version: String,
     raw: RawMeasurement,
+    /// Under `mpirun`: what the processes did together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    processes: Option<ProcessesMeasurement>,
+}
+
+/// A worker's training steps on several processes (each its share of every batch): every
+/// process' CPU-seconds, and what rank 0 spent in and sent through the collective per step
+/// (warm-up steps included in the per-step means: every step exchanges the same bytes).
+#[derive(Debug, Serialize, Deserialize)]
+struct ProcessesMeasurement {
+    count: usize,
+    implementation: String,
+    train_cpu_seconds_per_rank: Vec<f64>,
+    collective_seconds_per_step: f64,
+    bytes_sent_per_step: f64,
+    bytes_received_per_step: f64,
 }
 
 struct Entrant {
@@ -402,15 +420,17 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
         ..args.config()
     };
     let device = crate::experiment::device(args.device.name())?;
-    let raw = match &args.experiment {
-        None => simplecnn_bench::measure(&data.train, &data.test, &device, &config)?,
+    let world = crate::processes::world()?;
+    let metered = Arc::new(Metered::new(world.clone()));
+    let mut workload = match &args.experiment {
+        None => Workload::simple_cnn(&device, config.seed, config.kernels)?,
         Some(name) => {
             let experiment = crate::experiment::load(name, &args.set)?.experiment;
             config.batch_size = experiment.fit.batch_size;
             let mut model = crate::experiment::build_model(&experiment, &device, &data.train)?;
             model.set_kernels(kernels.kernels())?;
             let total_steps = (config.warmup_steps + config.train_steps) as u64;
-            let mut workload = Workload {
+            Workload {
                 optimizer: experiment.build_optimizer(&model)?,
                 // The schedule's largest rate: timing does not depend on it.
                 learning_rate: experiment
@@ -418,16 +438,38 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
                     .learning_rate(total_steps / 4),
                 loss: experiment.loss_config(),
                 model,
-            };
-            simplecnn_bench::measure_workload(
-                &mut workload,
-                &data.train,
-                &data.test,
-                &device,
-                &config,
-            )?
+            }
         }
     };
+    if world.size() > 1 {
+        workload.model.set_collective(metered.clone());
+    }
+    let raw = simplecnn_bench::measure_workload(
+        &mut workload,
+        &data.train,
+        &data.test,
+        &device,
+        &config,
+    )?;
+    let processes = match world.size() {
+        1 => None,
+        count => {
+            let cpu = world.all_gather_f64(&[raw.train_cpu_seconds])?;
+            let m = metered.meter();
+            let steps = (config.warmup_steps + config.train_steps) as f64;
+            Some(ProcessesMeasurement {
+                count,
+                implementation: world.describe(),
+                train_cpu_seconds_per_rank: cpu.iter().map(|v| v[0]).collect(),
+                collective_seconds_per_step: m.seconds / steps,
+                bytes_sent_per_step: m.bytes_sent as f64 / steps,
+                bytes_received_per_step: m.bytes_received as f64 / steps,
+            })
+        }
+    };
+    if world.rank() != 0 {
+        return Ok(());
+    }
     let versions = provenance::crate_versions();
     let out = WorkerOutput {
         framework: kernels.framework().into(),
@@ -443,6 +485,7 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
             candle_core::utils::get_num_threads()
         ),
         raw,
+        processes,
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

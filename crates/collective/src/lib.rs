@@ -14,6 +14,7 @@
 //!
 //! This crate knows nothing of models or training; it prints nothing.
 
+pub mod metered;
 #[cfg(feature = "mpi")]
 pub mod mpi_world;
 pub mod threads;
@@ -52,6 +53,22 @@ pub trait Collective: Send + Sync {
     fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>>;
     /// The implementation and its version, for the run's record ("Open MPI v4.1.4").
     fn describe(&self) -> String;
+    /// The sum of every process' contributions added in rank order, from zeros: each process
+    /// receives the running sum of the processes before it, `add_mine` adds its own to it (in
+    /// its own order), and the last one's total is everyone's result. Each process sends and
+    /// receives about `2 · len` values (the running sum, then the total), however many
+    /// partials it adds. The default passes the running sum along with all-gathers.
+    fn chain_f32(&self, len: usize, add_mine: &mut dyn FnMut(&mut [f32])) -> Result<Vec<f32>> {
+        chain_by_gathers(self.size(), self.rank(), len, add_mine, |v| {
+            self.all_gather_f32(v)
+        })
+    }
+    /// [`Collective::chain_f32`] for f64 values.
+    fn chain_f64(&self, len: usize, add_mine: &mut dyn FnMut(&mut [f64])) -> Result<Vec<f64>> {
+        chain_by_gathers(self.size(), self.rank(), len, add_mine, |v| {
+            self.all_gather_f64(v)
+        })
+    }
     /// Ends every process of the run with `code`: what a process that fails alone does, so
     /// that the others do not wait for it forever.
     fn abort(&self, code: i32) -> ! {
@@ -98,15 +115,55 @@ pub fn share(groups: usize, size: usize, rank: usize) -> (usize, usize) {
     (first, count)
 }
 
+/// [`Collective::chain_f32`] by all-gathers: in round `r`, process `r` sends the running sum
+/// (with its contributions added) and the others nothing.
+fn chain_by_gathers<T: Summand>(
+    size: usize,
+    rank: usize,
+    len: usize,
+    add_mine: &mut dyn FnMut(&mut [T]),
+    gather: impl Fn(&[T]) -> Result<Vec<Vec<T>>>,
+) -> Result<Vec<T>> {
+    let mut running = vec![T::default(); len];
+    for turn in 0..size {
+        if turn == rank {
+            add_mine(&mut running);
+        }
+        if size == 1 {
+            break;
+        }
+        let mine: &[T] = if turn == rank { &running } else { &[] };
+        let mut all = gather(mine)?;
+        let passed = std::mem::take(&mut all[turn]);
+        if passed.len() != len {
+            return Err(CollectiveError::Mismatch {
+                rank: turn,
+                got: passed.len(),
+                expected: len,
+                what: "a running sum of another length",
+            });
+        }
+        running = passed;
+    }
+    Ok(running)
+}
+
 /// A value [`fold_partials`] adds: f32 (gradients) or f64 (BatchNorm's sums).
 pub trait Summand: Copy + Default + std::ops::AddAssign + Send + Sync + 'static {
     /// Every process' values, as [`Collective::all_gather_f32`] gathers them.
     fn all_gather(c: &dyn Collective, local: &[Self]) -> Result<Vec<Vec<Self>>>;
+    /// [`Collective::chain_f32`] for this type.
+    fn chain(c: &dyn Collective, len: usize, add: &mut dyn FnMut(&mut [Self]))
+        -> Result<Vec<Self>>;
 }
 
 impl Summand for f32 {
     fn all_gather(c: &dyn Collective, local: &[f32]) -> Result<Vec<Vec<f32>>> {
         c.all_gather_f32(local)
+    }
+
+    fn chain(c: &dyn Collective, len: usize, add: &mut dyn FnMut(&mut [f32])) -> Result<Vec<f32>> {
+        c.chain_f32(len, add)
     }
 }
 
@@ -114,35 +171,46 @@ impl Summand for f64 {
     fn all_gather(c: &dyn Collective, local: &[f64]) -> Result<Vec<Vec<f64>>> {
         c.all_gather_f64(local)
     }
+
+    fn chain(c: &dyn Collective, len: usize, add: &mut dyn FnMut(&mut [f64])) -> Result<Vec<f64>> {
+        c.chain_f64(len, add)
+    }
+}
+
+/// The sum of every process' contributions in the global order, from zero: `add_mine` adds
+/// this process' (its groups, in order) to the running sum of the processes before it.
+/// Bit for bit what one process adding every group in order computes, moving about two sums'
+/// worth of values per process instead of every partial.
+pub fn fold_in_order<T: Summand>(
+    c: &dyn Collective,
+    len: usize,
+    add_mine: &mut dyn FnMut(&mut [T]),
+) -> Result<Vec<T>> {
+    T::chain(c, len, add_mine)
 }
 
 /// The sum of every process' `partials` (each `len` long; this process' are the groups of
 /// its share, in order), added one after another in rank order starting from zeros: what one
-/// process holding every partial computes with the same loop, bit for bit.
+/// process holding every partial computes with the same loop, bit for bit (through
+/// [`fold_in_order`]: each process passes on a running sum, not its partials).
 pub fn fold_partials<T: Summand>(
     c: &dyn Collective,
     partials: &[Vec<T>],
     len: usize,
 ) -> Result<Vec<T>> {
-    let mut total = vec![T::default(); len];
-    let mut add = |p: &[T]| total.iter_mut().zip(p).for_each(|(a, b)| *a += *b);
-    if c.size() == 1 {
-        partials.iter().for_each(|p| add(p));
-        return Ok(total);
+    if let Some(p) = partials.iter().find(|p| p.len() != len) {
+        return Err(CollectiveError::Mismatch {
+            rank: c.rank(),
+            got: p.len(),
+            expected: len,
+            what: "partials of another length",
+        });
     }
-    let local: Vec<T> = partials.iter().flatten().copied().collect();
-    for (rank, values) in T::all_gather(c, &local)?.into_iter().enumerate() {
-        if len == 0 || values.len() % len != 0 {
-            return Err(CollectiveError::Mismatch {
-                rank,
-                got: values.len(),
-                expected: len,
-                what: "partials of another length",
-            });
+    fold_in_order(c, len, &mut |total: &mut [T]| {
+        for p in partials {
+            total.iter_mut().zip(p).for_each(|(a, b)| *a += *b);
         }
-        values.chunks_exact(len).for_each(&mut add);
-    }
-    Ok(total)
+    })
 }
 
 #[cfg(test)]

@@ -37,7 +37,15 @@ impl MpiWorld {
             )));
         }
         let library = mpi::environment::library_version()
-            .map(|v| v.lines().next().unwrap_or("").trim().to_string())
+            // The C string's terminating NUL comes along in some versions.
+            .map(|v| {
+                v.replace('\0', "")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_default();
         let (major, minor) = mpi::environment::version();
         let world = universe.world();
@@ -84,6 +92,37 @@ impl MpiWorld {
     }
 }
 
+impl MpiWorld {
+    /// [`Collective::chain_f32`] on point-to-point messages: receive the running sum from the
+    /// previous rank, add, send it to the next; the last rank broadcasts the total.
+    fn chain<T: Equivalence + Copy + Default>(
+        &self,
+        len: usize,
+        add_mine: &mut dyn FnMut(&mut [T]),
+    ) -> Result<Vec<T>> {
+        if Count::try_from(len).is_err() {
+            return Err(CollectiveError::TooLarge(len));
+        }
+        let (rank, size) = (self.world.rank(), self.world.size());
+        let mut running = vec![T::default(); len];
+        if rank > 0 {
+            let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            self.world
+                .process_at_rank(rank - 1)
+                .receive_into(&mut running[..]);
+        }
+        add_mine(&mut running);
+        let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if rank + 1 < size {
+            self.world.process_at_rank(rank + 1).send(&running[..]);
+        }
+        self.world
+            .process_at_rank(size - 1)
+            .broadcast_into(&mut running[..]);
+        Ok(running)
+    }
+}
+
 impl Collective for MpiWorld {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -107,6 +146,14 @@ impl Collective for MpiWorld {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn chain_f32(&self, len: usize, add_mine: &mut dyn FnMut(&mut [f32])) -> Result<Vec<f32>> {
+        self.chain(len, add_mine)
+    }
+
+    fn chain_f64(&self, len: usize, add_mine: &mut dyn FnMut(&mut [f64])) -> Result<Vec<f64>> {
+        self.chain(len, add_mine)
     }
 
     fn abort(&self, code: i32) -> ! {

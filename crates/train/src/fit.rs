@@ -172,7 +172,7 @@ impl FitConfig {
 
 /// This process' images of a global batch of `n` split over `size` processes: whole groups
 /// of [`images_per_partial`] images, contiguous runs as even as groups allow. `(first, count)`.
-fn share_of(n: usize, size: usize, rank: usize) -> (usize, usize) {
+pub fn batch_share(n: usize, size: usize, rank: usize) -> (usize, usize) {
     let per = images_per_partial(n);
     let (first, groups) = share(n.div_ceil(per), size, rank);
     let (start, end) = ((first * per).min(n), ((first + groups) * per).min(n));
@@ -312,7 +312,7 @@ fn fit_from(
                 break;
             }
             // This process' share of the global batch: whole groups of images.
-            let (first, mine) = share_of(idx.len(), world.size(), world.rank());
+            let (first, mine) = batch_share(idx.len(), world.size(), world.rank());
             let shard = BatchShard::new(idx.len(), first, world.clone());
             pass.start_batch((step * config.batch_size + first) as u64, shard);
             let global_idx = idx;

@@ -56,7 +56,7 @@ pub use evaluate::{
     class_probabilities, evaluate, evaluate_indices, evaluate_with, predict, top_classes,
     tta_logits, Evaluation, Mistake, Tta, MISTAKES_KEPT,
 };
-pub use fit::{fit, resume, FitConfig, Freeze};
+pub use fit::{batch_share, fit, resume, FitConfig, Freeze};
 pub use history::{EpochMetrics, History, StopReason};
 pub use optim::{
     trainable_params, Adam, AdamConfig, Optimizer, OptimizerState, Param, ParamGroup, Sgd,

@@ -176,40 +176,26 @@ impl CustomOp3 for DenseGrads {
             }
             db
         };
-        let (dk, db) = params.split_at_mut(k * o);
-        if self.shard.collective().size() == 1 {
-            // One process: every group's partial added in order, tile by tile (each kernel-sized
-            // partial would otherwise be written out and read back): the same tiles' products,
-            // added in the same order from zero, as the fold below.
-            dk.par_chunks_mut(TILE_ROWS * o.max(1))
+        // This process' groups added in order to the running sum of the processes before it,
+        // tile by tile (64 kernel rows: each group's partial of a tile stays in cache while it
+        // is added), the tiles in parallel; every process then has the global total.
+        let (kernel_grad, bias_grad) = params.split_at_mut(k * o);
+        let kernel_total = self.shard.fold_with(k * o, &mut |running: &mut [f32]| {
+            running
+                .par_chunks_mut(TILE_ROWS * o.max(1))
                 .enumerate()
                 .for_each(|(t, acc)| {
                     let len = acc.len() / o.max(1);
                     let mut part = vec![0f32; acc.len()];
-                    acc.fill(0.0);
                     for g in 0..groups {
                         tile(g, t * TILE_ROWS, len, &mut part);
                         acc.iter_mut().zip(&part).for_each(|(a, p)| *a += p);
                     }
                 });
-            let bias: Vec<Vec<f32>> = (0..groups).map(bias_partial).collect();
-            db.copy_from_slice(&self.shard.fold(&bias, o)?);
-        } else {
-            let partials: Vec<Vec<f32>> = (0..groups)
-                .into_par_iter()
-                .map(|g| {
-                    let mut acc = vec![0f32; k * o + o];
-                    let (pk, pb) = acc.split_at_mut(k * o);
-                    for (t, piece) in pk.chunks_mut(TILE_ROWS * o.max(1)).enumerate() {
-                        let len = piece.len() / o.max(1);
-                        tile(g, t * TILE_ROWS, len, piece);
-                    }
-                    pb.copy_from_slice(&bias_partial(g));
-                    acc
-                })
-                .collect();
-            params.copy_from_slice(&self.shard.fold(&partials, k * o + o)?);
-        }
+        })?;
+        kernel_grad.copy_from_slice(&kernel_total);
+        let bias: Vec<Vec<f32>> = (0..groups).map(bias_partial).collect();
+        bias_grad.copy_from_slice(&self.shard.fold(&bias, o)?);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }

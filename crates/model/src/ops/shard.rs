@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use candle_core::Result;
-use simplecnn_collective::{fold_partials, Collective, SingleProcess, Summand};
+use simplecnn_collective::{fold_in_order, fold_partials, Collective, SingleProcess, Summand};
 
 /// Images per partial sum over a batch. Fixed, so the order of the additions (and so the
 /// result, to the bit) depends on neither the thread count nor the process count.
@@ -109,6 +109,17 @@ impl BatchShard {
     /// Every process' `partials` (each `len` long) added in the global order, from zero.
     pub(crate) fn fold<T: Summand>(&self, partials: &[Vec<T>], len: usize) -> Result<Vec<T>> {
         fold_partials(self.collective.as_ref(), partials, len)
+            .map_err(|e| candle_core::Error::Msg(format!("combining partial sums: {e}")))
+    }
+
+    /// The global sum of `len` values, `add_mine` adding this process' groups in order to
+    /// the running sum of the processes before it (which need not hold its partials whole).
+    pub(crate) fn fold_with<T: Summand>(
+        &self,
+        len: usize,
+        add_mine: &mut dyn FnMut(&mut [T]),
+    ) -> Result<Vec<T>> {
+        fold_in_order(self.collective.as_ref(), len, add_mine)
             .map_err(|e| candle_core::Error::Msg(format!("combining partial sums: {e}")))
     }
 }
