@@ -716,13 +716,39 @@ fn follow(
         ),
     }
     .with_context(|| format!("rank {} of {}", world.rank(), world.size()))?;
-    let test = evaluate(model, &data.test, fit_config.batch_size.max(1))?;
+    // The same evaluations as rank 0's, which the processes share.
+    let (test, _) = test_evaluations(
+        model,
+        &data.test,
+        fit_config.batch_size,
+        experiment.test.tta,
+    )?;
     Ok(RunOutcome {
         experiment,
         history,
         test,
         train_images: split_at,
     })
+}
+
+/// The test split's evaluation with the experiment's test-time augmentation, and without it
+/// when there is one. Every process of a run calls this (they share the images).
+fn test_evaluations(
+    model: &Model,
+    test: &simplecnn_cifar::LabeledImages,
+    batch_size: usize,
+    tta: Tta,
+) -> Result<(
+    simplecnn_train::Evaluation,
+    Option<simplecnn_train::Evaluation>,
+)> {
+    let all: Vec<usize> = (0..test.len()).collect();
+    let with = evaluate_with(model, test, &all, batch_size, tta)?;
+    let without = match tta {
+        Tta::None => None,
+        _ => Some(evaluate(model, test, batch_size)?),
+    };
+    Ok((with, without))
 }
 
 /// What every process of a run must agree on: the program (commit, local changes, features,
@@ -1020,13 +1046,8 @@ fn run_in(
     }
 
     stop_if_signalled(&run_dir)?;
-    let all: Vec<usize> = (0..data.test.len()).collect();
     let tta = experiment.test.tta;
-    let test = evaluate_with(&model, &data.test, &all, fit_config.batch_size, tta)?;
-    let without_tta = match tta {
-        Tta::None => None,
-        _ => Some(evaluate(&model, &data.test, fit_config.batch_size)?),
-    };
+    let (test, without_tta) = test_evaluations(&model, &data.test, fit_config.batch_size, tta)?;
     if let Some(plain) = &without_tta {
         println!(
             "without test-time augmentation: test loss: {:.4} - test accuracy: {:.4}",

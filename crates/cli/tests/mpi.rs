@@ -14,10 +14,11 @@ use simplecnn_train::History;
 mod common;
 use common::{first_checkpointed_run, tiny_folders};
 
-/// `mpirun` as root, on more ranks than cores, in a container.
+/// `mpirun` as root, on more ranks than cores, in a container; ended after 5 minutes, so a
+/// job that hangs fails the test instead of holding CI.
 fn mpirun(np: usize) -> Command {
-    let mut c = Command::new("mpirun");
-    c.args(["--oversubscribe", "-np", &np.to_string()])
+    let mut c = Command::new("timeout");
+    c.args(["300", "mpirun", "--oversubscribe", "-np", &np.to_string()])
         .arg(env!("CARGO_BIN_EXE_simplecnn"))
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -177,13 +178,17 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_on_other_processes() {
         .spawn()
         .unwrap();
     let run = first_checkpointed_run(&killed);
-    // Rank 1: the newest simplecnn process under mpirun.
-    let ranks = Command::new("pgrep")
-        .args(["-n", "-P", &child.id().to_string(), "simplecnn"])
-        .output()
-        .unwrap();
-    let rank = String::from_utf8_lossy(&ranks.stdout).trim().to_string();
-    if rank.is_empty() {
+    // Rank 1: the newest simplecnn process under mpirun (itself under `timeout`).
+    let newest_child = |parent: &str, name: &str| {
+        let o = Command::new("pgrep")
+            .args(["-n", "-P", parent, name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let launcher = newest_child(&child.id().to_string(), "mpirun");
+    let rank = newest_child(&launcher, "simplecnn");
+    if launcher.is_empty() || rank.is_empty() {
         child.wait_with_output().unwrap();
         eprintln!("the run finished before a rank could be killed");
         return;
@@ -211,4 +216,38 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_on_other_processes() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!run.join("INCOMPLETE").exists());
     assert_eq!(outcome(&run), outcome(&whole));
+}
+
+/// airbench94 (BatchNorm, GELU, lookahead, label smoothing, the summed loss, and a test with
+/// test-time augmentation, which the processes share) on 1 and 2 processes.
+#[test]
+fn airbench94_with_its_test_time_augmentation_is_the_same_on_two_processes() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 8);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/airbench94.toml");
+    let runs: Vec<Outcome> = [1, 2]
+        .iter()
+        .map(|&np| {
+            let out = tmp.path().join(format!("np{np}"));
+            let o = mpirun(np)
+                .arg("experiment")
+                .arg(&file)
+                .args(["--data", data.to_str().unwrap(), "--batch-size", "16"])
+                .args(["--set", "fit.epochs=1.5", "--set", "model.init.0.images=40"])
+                .args(["--set", "fit.freeze.1.from_epoch=2"])
+                .args(["--out", out.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{np} processes: {}", text(&o));
+            outcome(&out.join("latest").canonicalize().unwrap())
+        })
+        .collect();
+    assert!(runs[1].1.contains("mirror_translate"), "{}", runs[1].1);
+    assert_eq!(runs[0].0, runs[1].0, "epochs.csv");
+    assert_eq!(runs[0].1, runs[1].1, "test.json");
+    assert!(runs[0].2 == runs[1].2, "the weights differ");
 }

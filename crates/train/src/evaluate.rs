@@ -3,9 +3,11 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use simplecnn_cifar::LabeledImages;
+use simplecnn_collective::Collective;
 use simplecnn_model::{Mode, Model};
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
+use crate::fit::batch_share;
 use crate::loss::categorical_cross_entropy;
 
 /// Loss and accuracy over a set, with the confusion matrix (`confusion[true][predicted]`).
@@ -141,9 +143,13 @@ pub fn evaluate_with(
     let mut in_top_k = 0usize;
     let mut mistakes = Vec::new();
     let mut loss_sum = 0.0;
+    let world = model.collective();
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = data.batch(chunk, model.device())?;
-        let logits = tta_logits(model, &batch.images, tta)?;
+        let logits = match world.size() {
+            1 => tta_logits(model, &batch.images, tta)?,
+            _ => shared_logits(model, world.as_ref(), &batch.images, classes, tta)?,
+        };
         let loss = categorical_cross_entropy(&logits, &batch.one_hot)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * chunk.len() as f64;
         let probabilities: Vec<Vec<f32>> = candle_nn::ops::softmax_last_dim(&logits)?
@@ -206,6 +212,37 @@ pub fn evaluate_with(
         confusion,
         mistakes,
     })
+}
+
+/// The logits of `images` on a model trained by several processes: each computes those of
+/// its share (whole groups of 8 images, as in training, so every image's logits have the bits
+/// one process gives them) and every process gets all of them, in image order.
+fn shared_logits(
+    model: &Model,
+    world: &dyn Collective,
+    images: &Tensor,
+    classes: usize,
+    tta: Tta,
+) -> Result<Tensor> {
+    let n = images.dim(0)?;
+    let (first, count) = batch_share(n, world.size(), world.rank());
+    let mine: Vec<f32> = match count {
+        0 => Vec::new(),
+        _ => tta_logits(model, &images.narrow(0, first, count)?, tta)?
+            .flatten_all()?
+            .to_vec1()?,
+    };
+    let all: Vec<f32> = world
+        .all_gather_f32(&mine)
+        .map_err(|e| TrainError::Config(format!("gathering the logits: {e}")))?
+        .concat();
+    if all.len() != n * classes {
+        return Err(TrainError::Config(format!(
+            "gathering the logits: {} values for {n} images of {classes} classes",
+            all.len()
+        )));
+    }
+    Ok(Tensor::from_vec(all, (n, classes), images.device())?)
 }
 
 fn most_confident_first(mistakes: &mut Vec<Mistake>) {

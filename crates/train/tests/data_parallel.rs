@@ -16,7 +16,8 @@ use simplecnn_model::{
     Model, Network, Padding, Source,
 };
 use simplecnn_train::{
-    fit, trainable_params, Adam, AdamConfig, Constant, FitConfig, Sgd, SgdConfig,
+    evaluate_with, fit, trainable_params, Adam, AdamConfig, Constant, FitConfig, Sgd, SgdConfig,
+    Tta,
 };
 
 fn images(n: usize, seed: u64) -> LabeledImages {
@@ -69,11 +70,14 @@ fn residual() -> Network {
     s
 }
 
-/// What a run leaves: every epoch's numbers and every weight, as bits.
+/// What a run leaves: every epoch's numbers, every weight, and an evaluation with
+/// test-time augmentation shared between the processes (its loss and top-k accuracy as bits,
+/// the confusion matrix), as bits.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     epochs: Vec<[u64; 4]>,
     weights: Vec<Vec<u32>>,
+    evaluation: ([u64; 2], Vec<Vec<usize>>),
 }
 
 fn run(
@@ -117,7 +121,16 @@ fn run(
                 .collect()
         })
         .collect();
-    Ok(Outcome { epochs, weights })
+    // 44 images in batches of 20: the last batch is 4 images, one group (which the other
+    // processes skip).
+    let all: Vec<usize> = (0..44.min(data.len())).collect();
+    let e = evaluate_with(&model, data, &all, 20, Tta::Mirror).map_err(|e| e.to_string())?;
+    let evaluation = ([e.loss.to_bits(), e.top_k_accuracy.to_bits()], e.confusion);
+    Ok(Outcome {
+        epochs,
+        weights,
+        evaluation,
+    })
 }
 
 /// The outcome on each of `size` thread ranks.
