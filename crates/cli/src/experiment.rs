@@ -398,7 +398,11 @@ struct RunConfig<'a> {
 #[derive(Serialize)]
 struct RunTotals {
     wall_seconds: f64,
+    /// Every process' user + system seconds, added.
     cpu_seconds: f64,
+    /// Each process', in rank order, when there are several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_seconds_per_process: Option<Vec<f64>>,
     peak_rss_mib: f64,
     data_load_seconds: f64,
     epochs_run: usize,
@@ -751,6 +755,15 @@ fn test_evaluations(
     Ok((with, without))
 }
 
+/// Every process' `mine` (its CPU-seconds in the run), in rank order.
+fn cpu_seconds_of_all(world: &dyn simplecnn_collective::Collective, mine: f64) -> Result<Vec<f64>> {
+    Ok(world
+        .all_gather_f64(&[mine])?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 /// What every process of a run must agree on: the program (commit, local changes, features,
 /// the binary's size) and the resolved experiment with its data folder.
 fn fingerprint(experiment: &Experiment, data_dir: &Path) -> Result<Vec<u8>> {
@@ -909,7 +922,7 @@ fn run_in(
         apply_init(&experiment, &model, &data.train)?;
     }
     if !lead {
-        return follow(
+        let outcome = follow(
             world.as_ref(),
             experiment,
             &model,
@@ -917,7 +930,10 @@ fn run_in(
             &fit_config,
             &run_dir,
             resuming,
-        );
+        )?;
+        // Rank 0's run.json counts every process' CPU-seconds.
+        cpu_seconds_of_all(world.as_ref(), cpu_seconds() - cpu_start)?;
+        return Ok(outcome);
     }
     let summary = model.summary();
     print!("{summary}");
@@ -1093,9 +1109,11 @@ fn run_in(
         without_tta: without_tta.as_ref().map(|e| (e.loss, e.accuracy)),
     };
     write_json(&run_dir.join("test.json"), &report)?;
+    let cpu = cpu_seconds_of_all(world.as_ref(), cpu_seconds() - cpu_start)?;
     let totals = RunTotals {
         wall_seconds: started.elapsed().as_secs_f64(),
-        cpu_seconds: cpu_seconds() - cpu_start,
+        cpu_seconds: cpu.iter().sum(),
+        cpu_seconds_per_process: (cpu.len() > 1).then(|| cpu.clone()),
         peak_rss_mib: peak_rss_mib(),
         data_load_seconds,
         epochs_run: history.epochs.len(),

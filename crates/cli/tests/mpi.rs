@@ -137,6 +137,14 @@ fn baseline_gives_the_same_numbers_on_one_two_and_three_processes() {
         assert!(config["processes"]["implementation"]
             .as_str()
             .is_some_and(|s| s.contains("MPI")));
+        // run.json counts every process' CPU-seconds.
+        let totals: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+        let each = totals["cpu_seconds_per_process"].as_array().unwrap();
+        assert_eq!(each.len(), np);
+        let sum: f64 = each.iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!(each.iter().all(|v| v.as_f64().unwrap() > 0.0));
+        assert_eq!(totals["cpu_seconds"].as_f64().unwrap(), sum);
     }
 }
 
