@@ -454,13 +454,13 @@ fn worker(args: &BenchArgs, kernels: KernelsArg) -> Result<()> {
     let processes = match world.size() {
         1 => None,
         count => {
-            let cpu = world.all_gather_f64(&[raw.train_cpu_seconds])?;
+            let cpu = crate::processes::each_process(world.as_ref(), raw.train_cpu_seconds)?;
             let m = metered.meter();
             let steps = (config.warmup_steps + config.train_steps) as f64;
             Some(ProcessesMeasurement {
                 count,
                 implementation: world.describe(),
-                train_cpu_seconds_per_rank: cpu.iter().map(|v| v[0]).collect(),
+                train_cpu_seconds_per_rank: cpu,
                 collective_seconds_per_step: m.seconds / steps,
                 bytes_sent_per_step: m.bytes_sent as f64 / steps,
                 bytes_received_per_step: m.bytes_received as f64 / steps,

@@ -689,8 +689,6 @@ fn follow(
     resuming: bool,
 ) -> Result<RunOutcome> {
     let split_at = fit_config.split_at(data.train.len());
-    let mut optimizer = experiment.build_optimizer(model)?;
-    let schedule = experiment.build_schedule(fit_config.total_steps(split_at));
     let mut callbacks: Vec<Box<dyn Callback>> = experiment
         .callbacks
         .iter()
@@ -699,27 +697,16 @@ fn follow(
         .collect::<Option<_>>()
         .context("internal error: a callback that steers training was not built")?;
     callbacks.push(Box::new(crate::stop::StopOnSignal));
-    let (train, config) = (&data.train, fit_config);
-    let history = match resuming {
-        false => fit(
-            model,
-            optimizer.as_mut(),
-            schedule.as_ref(),
-            train,
-            config,
-            &mut callbacks,
-        ),
-        true => resume(
-            model,
-            optimizer.as_mut(),
-            schedule.as_ref(),
-            train,
-            config,
-            &mut callbacks,
-            &run_dir.join("checkpoints"),
-        ),
-    }
-    .with_context(|| format!("rank {} of {}", world.rank(), world.size()))?;
+    let checkpoints = resuming.then(|| run_dir.join("checkpoints"));
+    let (_, history) = train(
+        &experiment,
+        model,
+        &data.train,
+        fit_config,
+        &mut callbacks,
+        checkpoints.as_deref(),
+    )?;
+    let history = history.with_context(|| format!("rank {} of {}", world.rank(), world.size()))?;
     // The same evaluations as rank 0's, which the processes share.
     let (test, _) = test_evaluations(
         model,
@@ -733,6 +720,30 @@ fn follow(
         test,
         train_images: split_at,
     })
+}
+
+/// The experiment's optimizer and schedule, and `model` trained with `callbacks`: `fit`, or
+/// `resume` from `checkpoints`. What every process of a run does; the optimizer comes back
+/// for rank 0 to save its state.
+fn train(
+    experiment: &Experiment,
+    model: &Model,
+    data: &simplecnn_cifar::LabeledImages,
+    config: &simplecnn_train::FitConfig,
+    callbacks: &mut [Box<dyn Callback>],
+    checkpoints: Option<&Path>,
+) -> Result<(
+    Box<dyn simplecnn_train::Optimizer>,
+    simplecnn_train::Result<History>,
+)> {
+    let mut optimizer = experiment.build_optimizer(model)?;
+    let schedule = experiment.build_schedule(config.total_steps(config.split_at(data.len())));
+    let (o, s) = (optimizer.as_mut(), schedule.as_ref());
+    let history = match checkpoints {
+        None => fit(model, o, s, data, config, callbacks),
+        Some(dir) => resume(model, o, s, data, config, callbacks, dir),
+    };
+    Ok((optimizer, history))
 }
 
 /// The test split's evaluation with the experiment's test-time augmentation, and without it
@@ -755,19 +766,13 @@ fn test_evaluations(
     Ok((with, without))
 }
 
-/// Every process' `mine` (its CPU-seconds in the run), in rank order.
-fn cpu_seconds_of_all(world: &dyn simplecnn_collective::Collective, mine: f64) -> Result<Vec<f64>> {
-    Ok(world
-        .all_gather_f64(&[mine])?
-        .into_iter()
-        .flatten()
-        .collect())
-}
-
 /// What every process of a run must agree on: the program (commit, local changes, features,
 /// the binary's size) and the resolved experiment with its data folder.
-fn fingerprint(experiment: &Experiment, data_dir: &Path) -> Result<Vec<u8>> {
-    let p = provenance::collect();
+fn fingerprint(
+    p: &provenance::Provenance,
+    experiment: &Experiment,
+    data_dir: &Path,
+) -> Result<Vec<u8>> {
     let exe = std::env::current_exe()
         .and_then(std::fs::metadata)
         .map_or(0, |m| m.len());
@@ -875,7 +880,12 @@ fn run_in(
     }
     check_run_memory(&experiment, &spec, fit_config.batch_size.min(train_images))?;
     fit_config.check_processes(world.size(), train_images)?;
-    crate::processes::check_same_run(world.as_ref(), &fingerprint(&experiment, &data_dir)?)?;
+    // Collected once: the processes compare it, config.json records it.
+    let provenance = provenance::collect();
+    if world.size() > 1 {
+        let print = fingerprint(&provenance, &experiment, &data_dir)?;
+        crate::processes::check_same_run(world.as_ref(), &print)?;
+    }
     let out = experiment.output_dir();
     let (run_dir, make_latest, resuming) = match folder {
         RunFolder::At(dir) => {
@@ -932,7 +942,7 @@ fn run_in(
             resuming,
         )?;
         // Rank 0's run.json counts every process' CPU-seconds.
-        cpu_seconds_of_all(world.as_ref(), cpu_seconds() - cpu_start)?;
+        crate::processes::each_process(world.as_ref(), cpu_seconds() - cpu_start)?;
         return Ok(outcome);
     }
     let summary = model.summary();
@@ -959,7 +969,7 @@ fn run_in(
         data_layout: format!("{:?}", simplecnn_cifar::detect(&data_dir)?),
         train_images: data.train.len(),
         test_images: data.test.len(),
-        provenance: provenance::collect(),
+        provenance,
         bf16_products: bf16_path,
         sweep,
         processes: crate::processes::record(world.as_ref()),
@@ -977,8 +987,6 @@ fn run_in(
         println!("{} processes on {}", world.size(), world.describe());
     }
 
-    let mut optimizer = experiment.build_optimizer(&model)?;
-    let schedule = experiment.build_schedule(fit_config.total_steps(split_at));
     // TensorBoard logs an epoch before a checkpoint records it as done (a run killed between
     // the two then logs that epoch again on resume, where its logs are trimmed, rather than
     // never).
@@ -995,29 +1003,18 @@ fn run_in(
         })
         .collect();
     callbacks.push(Box::new(crate::stop::StopOnSignal));
-    let history = match resuming {
-        false => fit(
-            &model,
-            optimizer.as_mut(),
-            schedule.as_ref(),
-            &data.train,
-            &fit_config,
-            &mut callbacks,
-        ),
-        true => {
-            let checkpoints = run_dir.join("checkpoints");
-            println!("Resuming from {}", checkpoints.display());
-            resume(
-                &model,
-                optimizer.as_mut(),
-                schedule.as_ref(),
-                &data.train,
-                &fit_config,
-                &mut callbacks,
-                &checkpoints,
-            )
-        }
-    };
+    let checkpoints = resuming.then(|| run_dir.join("checkpoints"));
+    if let Some(dir) = &checkpoints {
+        println!("Resuming from {}", dir.display());
+    }
+    let (optimizer, history) = train(
+        &experiment,
+        &model,
+        &data.train,
+        &fit_config,
+        &mut callbacks,
+        checkpoints.as_deref(),
+    )?;
     let history = history.map_err(|e| interrupted_or(e.into(), &run_dir))?;
     drop(callbacks);
     stop_if_signalled(&run_dir)?;
@@ -1109,7 +1106,7 @@ fn run_in(
         without_tta: without_tta.as_ref().map(|e| (e.loss, e.accuracy)),
     };
     write_json(&run_dir.join("test.json"), &report)?;
-    let cpu = cpu_seconds_of_all(world.as_ref(), cpu_seconds() - cpu_start)?;
+    let cpu = crate::processes::each_process(world.as_ref(), cpu_seconds() - cpu_start)?;
     let totals = RunTotals {
         wall_seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu.iter().sum(),

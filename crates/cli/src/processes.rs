@@ -106,6 +106,15 @@ pub fn check_same_run(world: &dyn Collective, fingerprint: &[u8]) -> Result<()> 
     Ok(())
 }
 
+/// Every process' `mine` (its CPU-seconds), in rank order.
+pub fn each_process(world: &dyn Collective, mine: f64) -> Result<Vec<f64>> {
+    Ok(world
+        .all_gather_f64(&[mine])?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 /// Rank 0's `value` on every process (the run folder it made).
 pub fn from_lead(world: &dyn Collective, value: &str) -> Result<String> {
     if world.size() == 1 {
@@ -122,17 +131,9 @@ mod tests {
 
     #[test]
     fn a_rank_with_another_fingerprint_is_named() {
-        let results: Vec<Result<()>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ThreadWorld::ranks(3)
-                .into_iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let print = if rank.rank() == 2 { "b" } else { "a" };
-                        check_same_run(&rank, print.as_bytes())
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let results = ThreadWorld::run(3, |rank| {
+            let print = if rank.rank() == 2 { "b" } else { "a" };
+            check_same_run(&rank, print.as_bytes())
         });
         for r in results {
             let err = r.unwrap_err().to_string();
@@ -142,17 +143,9 @@ mod tests {
 
     #[test]
     fn every_rank_gets_the_leads_folder() {
-        let got: Vec<String> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ThreadWorld::ranks(2)
-                .into_iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let mine = format!("folder-{}", rank.rank());
-                        from_lead(&rank, &mine).unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let got = ThreadWorld::run(2, |rank| {
+            let mine = format!("folder-{}", rank.rank());
+            from_lead(&rank, &mine).unwrap()
         });
         assert_eq!(got, ["folder-0", "folder-0"]);
     }

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use simplecnn_train::History;
 
 mod common;
-use common::{first_checkpointed_run, tiny_folders};
+use common::{first_checkpointed_run, results_without_timing, saved_weights, tiny_folders};
 
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simplecnn"))
@@ -21,28 +21,6 @@ fn xtask(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The epochs.csv rows without the timing columns (`seconds`, `images_per_second`).
-/// epoch, loss, acc, val_loss, val_acc, learning_rate.
-type EpochResult = (usize, f64, f64, Option<f64>, Option<f64>, f64);
-
-fn results_without_timing(run: &Path) -> Vec<EpochResult> {
-    History::read_csv(&run.join("epochs.csv"))
-        .unwrap()
-        .epochs
-        .iter()
-        .map(|e| {
-            (
-                e.epoch,
-                e.loss,
-                e.acc,
-                e.val_loss,
-                e.val_acc,
-                e.learning_rate,
-            )
-        })
-        .collect()
 }
 
 /// `evaluate --model` on `model` prints exactly `loss` and `accuracy` as the run reported them.
@@ -60,18 +38,6 @@ fn assert_evaluate_prints(model: &Path, data: &Path, batch: &str, loss: f64, acc
     let expected = format!("test loss: {loss:.4} - test accuracy: {accuracy:.4} - top-5 accuracy:");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.starts_with(&expected), "{stdout}");
-}
-
-/// Every weight of a saved model, by name.
-fn saved_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let model = simplecnn_store::load_model(path, &candle_core::Device::Cpu).unwrap();
-    model
-        .weights()
-        .map(|w| {
-            let v = w.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (w.path(), v)
-        })
-        .collect()
 }
 
 /// Checks every file of a finished run; returns the run folder.

@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use simplecnn_train::History;
-
 mod common;
-use common::{first_checkpointed_run, tiny_folders};
+use common::{first_checkpointed_run, results_without_timing, saved_weights, tiny_folders};
 
 /// `mpirun` as root, on more ranks than cores, in a container; ended after 5 minutes, so a
 /// job that hangs fails the test instead of holding CI.
@@ -45,32 +43,26 @@ fn text(o: &Output) -> String {
 /// Every epochs.csv number but the timing columns, as bits.
 fn epochs(run: &Path) -> Vec<Vec<u64>> {
     let bits = |v: Option<f64>| v.map_or(u64::MAX, f64::to_bits);
-    History::read_csv(&run.join("epochs.csv"))
-        .unwrap()
-        .epochs
-        .iter()
-        .map(|e| {
+    results_without_timing(run)
+        .into_iter()
+        .map(|(epoch, loss, acc, val_loss, val_acc, rate)| {
             vec![
-                e.epoch as u64,
-                e.loss.to_bits(),
-                e.acc.to_bits(),
-                bits(e.val_loss),
-                bits(e.val_acc),
-                e.learning_rate.to_bits(),
+                epoch as u64,
+                loss.to_bits(),
+                acc.to_bits(),
+                bits(val_loss),
+                bits(val_acc),
+                rate.to_bits(),
             ]
         })
         .collect()
 }
 
+/// Every weight of the saved model, as bits.
 fn weights(run: &Path) -> Vec<(String, Vec<u32>)> {
-    let model =
-        simplecnn_store::load_model(&run.join("model.h5"), &candle_core::Device::Cpu).unwrap();
-    model
-        .weights()
-        .map(|w| {
-            let v = w.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            (w.path(), v.iter().map(|x| x.to_bits()).collect())
-        })
+    saved_weights(&run.join("model.h5"))
+        .into_iter()
+        .map(|(name, v)| (name, v.iter().map(|x| x.to_bits()).collect()))
         .collect()
 }
 

@@ -150,28 +150,18 @@ fn chain_by_gathers<T: Summand>(
 
 /// A value [`fold_partials`] adds: f32 (gradients) or f64 (BatchNorm's sums).
 pub trait Summand: Copy + Default + std::ops::AddAssign + Send + Sync + 'static {
-    /// Every process' values, as [`Collective::all_gather_f32`] gathers them.
-    fn all_gather(c: &dyn Collective, local: &[Self]) -> Result<Vec<Vec<Self>>>;
     /// [`Collective::chain_f32`] for this type.
     fn chain(c: &dyn Collective, len: usize, add: &mut dyn FnMut(&mut [Self]))
         -> Result<Vec<Self>>;
 }
 
 impl Summand for f32 {
-    fn all_gather(c: &dyn Collective, local: &[f32]) -> Result<Vec<Vec<f32>>> {
-        c.all_gather_f32(local)
-    }
-
     fn chain(c: &dyn Collective, len: usize, add: &mut dyn FnMut(&mut [f32])) -> Result<Vec<f32>> {
         c.chain_f32(len, add)
     }
 }
 
 impl Summand for f64 {
-    fn all_gather(c: &dyn Collective, local: &[f64]) -> Result<Vec<Vec<f64>>> {
-        c.all_gather_f64(local)
-    }
-
     fn chain(c: &dyn Collective, len: usize, add: &mut dyn FnMut(&mut [f64])) -> Result<Vec<f64>> {
         c.chain_f64(len, add)
     }

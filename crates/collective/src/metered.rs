@@ -139,20 +139,12 @@ mod tests {
 
     #[test]
     fn counts_the_bytes_each_rank_sends_and_receives() {
-        let meters: Vec<Meter> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ThreadWorld::ranks(3)
-                .into_iter()
-                .map(|rank| {
-                    scope.spawn(move || {
-                        let m = Metered::new(Arc::new(rank));
-                        let mine = vec![1f32; m.rank() + 1];
-                        m.all_gather_f32(&mine).unwrap();
-                        m.all_gather_f64(&[2.0]).unwrap();
-                        m.meter()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let meters = ThreadWorld::run(3, |rank| {
+            let m = Metered::new(Arc::new(rank));
+            let mine = vec![1f32; m.rank() + 1];
+            m.all_gather_f32(&mine).unwrap();
+            m.all_gather_f64(&[2.0]).unwrap();
+            m.meter()
         });
         // Rank r sends r + 1 floats and one f64; receives the others' (1 + 2 + 3 - (r + 1)).
         for (r, m) in meters.iter().enumerate() {

@@ -47,6 +47,24 @@ impl ThreadWorld {
     }
 }
 
+impl ThreadWorld {
+    /// Runs `f` on each of `size` ranks, each in a thread of its own: their results, in rank
+    /// order (a rank's panic is passed on).
+    pub fn run<T: Send>(size: usize, f: impl Fn(ThreadRank) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|scope| {
+            let f = &f;
+            let handles: Vec<_> = Self::ranks(size)
+                .into_iter()
+                .map(|rank| scope.spawn(move || f(rank)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    }
+}
+
 /// One rank of a [`ThreadWorld`].
 pub struct ThreadRank {
     rank: usize,
@@ -149,22 +167,13 @@ mod tests {
             .collect();
         let alone = fold_partials(&crate::SingleProcess, &partials, 3).unwrap();
         for size in 1..5 {
-            let results: Vec<Vec<f32>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = ThreadWorld::ranks(size)
-                    .into_iter()
-                    .map(|rank| {
-                        let partials = &partials;
-                        scope.spawn(move || {
-                            let (first, count) = crate::share(12, rank.size(), rank.rank());
-                            let mine = &partials[first..first + count];
-                            // Two rounds, to exercise the hand-over between them.
-                            let names = rank.all_gather_bytes(&[rank.rank() as u8]).unwrap();
-                            assert_eq!(names, (0..size as u8).map(|r| vec![r]).collect::<Vec<_>>());
-                            fold_partials(&rank, mine, 3).unwrap()
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            let results = ThreadWorld::run(size, |rank| {
+                let (first, count) = crate::share(12, rank.size(), rank.rank());
+                let mine = &partials[first..first + count];
+                // Two rounds, to exercise the hand-over between them.
+                let names = rank.all_gather_bytes(&[rank.rank() as u8]).unwrap();
+                assert_eq!(names, (0..size as u8).map(|r| vec![r]).collect::<Vec<_>>());
+                fold_partials(&rank, mine, 3).unwrap()
             });
             for r in results {
                 assert_eq!(

@@ -183,9 +183,12 @@ pub fn batch_share(n: usize, size: usize, rank: usize) -> (usize, usize) {
 /// numbers: a batch with fewer groups than processes, or a layer whose gradients candle sums.
 fn check_processes(model: &Model, config: &FitConfig, train_images: usize) -> Result<()> {
     let size = model.collective().size();
+    if size == 1 {
+        return Ok(());
+    }
     config.check_processes(size, train_images)?;
     let inexact = model.layers_without_exact_batch_sums();
-    if size > 1 && !inexact.is_empty() {
+    if !inexact.is_empty() {
         return Err(TrainError::Config(format!(
             "{size} processes: the gradients of layer(s) {} are summed over the batch by \
              candle's ops, in an order that depends on the split; train them on one process",

@@ -70,14 +70,6 @@ impl Loss {
             Reduction::Sum => sum,
         })
     }
-
-    /// The mean loss per image for the logs, from the objective of a batch of `n`.
-    pub fn mean_per_image(&self, objective: f64, n: usize) -> f64 {
-        match self.reduction {
-            Reduction::Mean => objective,
-            Reduction::Sum => objective / n.max(1) as f64,
-        }
-    }
 }
 
 /// Mean over the batch of `-sum(one_hot * log_softmax(logits))`: a scalar tensor.
@@ -128,7 +120,16 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap() as f64;
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
-        assert!((loss.mean_per_image(got, 2) - expected / 2.0).abs() < 1e-5);
+        // This process' two images of a global batch of four: the mean divides by four.
+        let global_mean = Loss {
+            reduction: Reduction::Mean,
+            ..loss
+        }
+        .reduce(&loss.per_image(&t, &one_hot).unwrap(), 4)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+        assert!((global_mean - expected / 4.0).abs() < 1e-5, "{global_mean}");
         let mean = Loss {
             label_smoothing: s,
             reduction: Reduction::Mean,

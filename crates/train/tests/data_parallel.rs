@@ -141,13 +141,7 @@ fn run_on(
     sgd: bool,
     data: &LabeledImages,
 ) -> Vec<Result<Outcome, String>> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = ThreadWorld::ranks(size)
-            .into_iter()
-            .map(|rank| scope.spawn(move || run(spec, cfg, sgd, data, Arc::new(rank))))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    })
+    ThreadWorld::run(size, |rank| run(spec, cfg, sgd, data, Arc::new(rank)))
 }
 
 fn assert_same_on_any_number(spec: &Network, cfg: &FitConfig, sgd: bool, data: &LabeledImages) {

@@ -81,3 +81,37 @@ pub fn shared_cifar_tarball() -> Option<PathBuf> {
     eprintln!("skipping: no shared data at {}", shared.display());
     None
 }
+
+/// The epochs.csv rows without the timing columns (`seconds`, `images_per_second`).
+/// epoch, loss, acc, val_loss, val_acc, learning_rate.
+pub type EpochResult = (usize, f64, f64, Option<f64>, Option<f64>, f64);
+
+pub fn results_without_timing(run: &Path) -> Vec<EpochResult> {
+    simplecnn_train::History::read_csv(&run.join("epochs.csv"))
+        .unwrap()
+        .epochs
+        .iter()
+        .map(|e| {
+            (
+                e.epoch,
+                e.loss,
+                e.acc,
+                e.val_loss,
+                e.val_acc,
+                e.learning_rate,
+            )
+        })
+        .collect()
+}
+
+/// Every weight of a saved model, by name.
+pub fn saved_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let model = simplecnn_store::load_model(path, &candle_core::Device::Cpu).unwrap();
+    model
+        .weights()
+        .map(|w| {
+            let v = w.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (w.path(), v)
+        })
+        .collect()
+}

@@ -5,12 +5,12 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
 use super::lowering::{
     input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv, KernelRows,
 };
 use super::shard::{images_per_partial, BatchShard};
 use super::transpose::transpose_into;
+use super::{contiguous_f32, split_packed_grads};
 
 /// How the images entering or leaving an op lie in memory: NCHW, as every tensor of the model,
 /// or channels-last `(N, H, W, C)`, which the fused blocks pass each other (the ops work
@@ -535,15 +535,11 @@ pub(crate) fn conv_grads<S: ConvGradSource + 'static>(
         shard: shard.clone(),
     };
     let packed = x.apply_op3_no_bwd(&grad.contiguous()?, kernel, &op)?;
-    let dx_len = if with_input { x.elem_count() } else { 0 };
-    let kernel_len = shape.out_channels * shape.patch_len();
-    let dx = match with_input {
-        true => Some(packed.narrow(0, 0, dx_len)?.reshape(x.shape())?),
-        false => None,
-    };
-    let dk = packed
-        .narrow(0, dx_len, kernel_len)?
-        .reshape(&shape.kernel_dims()[..])?;
-    let db = packed.narrow(0, dx_len + kernel_len, shape.out_channels)?;
-    Ok((dx, Some(dk), Some(db)))
+    split_packed_grads(
+        &packed,
+        x,
+        with_input,
+        &shape.kernel_dims(),
+        shape.out_channels,
+    )
 }

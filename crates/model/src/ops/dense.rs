@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
 use super::gemm::{matmul, MatRef};
 use super::shard::{images_per_partial, BatchShard, GROUP_CHUNK};
+use super::{contiguous_f32, split_packed_grads};
 
 /// `x · kernel + bias` for f32 CPU tensors `x (N, K)`, `kernel (K, O)`, `bias (O)`, on
 /// `shard`'s rows of a global batch; differentiable in all three.
@@ -91,26 +91,18 @@ impl CustomOp3 for DenseForward {
             shard: self.shard.clone(),
         };
         let packed = x.apply_op3_no_bwd(&grad_res.contiguous()?, kernel, &op)?;
-        let (n, k) = x.dims2()?;
         let o = kernel.dim(1)?;
-        let dx_len = if with_input { n * k } else { 0 };
-        let dx = match with_input {
-            true => Some(packed.narrow(0, 0, dx_len)?.reshape((n, k))?),
-            false => None,
-        };
-        let dk = packed.narrow(0, dx_len, k * o)?.reshape((k, o))?;
-        let db = packed.narrow(0, dx_len + k * o, o)?;
-        Ok((dx, Some(dk), Some(db)))
+        split_packed_grads(&packed, x, with_input, kernel.dims(), o)
     }
 }
 
-/// `(x, dL/dy, kernel) → [dL/dx (when `with_input`) | dL/dkernel (K·O) | dL/dbias (O)]`: the
-/// input gradient per chunk of rows, the weights' gradients as partials over the global
-/// batch's groups, added in order.
 /// Kernel rows per tile of the kernel gradient: a tile's partials stay in cache while they
 /// are added.
 const TILE_ROWS: usize = 64;
 
+/// `(x, dL/dy, kernel) → [dL/dx (when `with_input`) | dL/dkernel (K·O) | dL/dbias (O)]`: the
+/// input gradient per chunk of rows, the weights' gradients as partials over the global
+/// batch's groups, added in order.
 struct DenseGrads {
     with_input: bool,
     shard: BatchShard,

@@ -45,6 +45,30 @@ pub use shard::{images_per_partial, BatchShard};
 
 use candle_core::{backend::BackendStorage, CpuStorage, Layout, Result};
 
+/// A gradient op's packed output `[dL/dx (when `with_input`) | dL/dkernel | dL/dbias]` split
+/// into its three tensors: `dx` shaped as `x`, the kernel's as `kernel_dims`.
+fn split_packed_grads(
+    packed: &candle_core::Tensor,
+    x: &candle_core::Tensor,
+    with_input: bool,
+    kernel_dims: &[usize],
+    bias_len: usize,
+) -> Result<(
+    Option<candle_core::Tensor>,
+    Option<candle_core::Tensor>,
+    Option<candle_core::Tensor>,
+)> {
+    let dx_len = if with_input { x.elem_count() } else { 0 };
+    let kernel_len: usize = kernel_dims.iter().product();
+    let dx = match with_input {
+        true => Some(packed.narrow(0, 0, dx_len)?.reshape(x.shape())?),
+        false => None,
+    };
+    let dk = packed.narrow(0, dx_len, kernel_len)?.reshape(kernel_dims)?;
+    let db = packed.narrow(0, dx_len + kernel_len, bias_len)?;
+    Ok((dx, Some(dk), Some(db)))
+}
+
 /// The f32 values of a contiguous CPU tensor, or an error naming the op.
 fn contiguous_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = match s {

@@ -47,12 +47,6 @@ impl std::fmt::Debug for BatchShard {
     }
 }
 
-impl Default for BatchShard {
-    fn default() -> Self {
-        Self::whole()
-    }
-}
-
 impl BatchShard {
     /// One process holding the whole batch: what every caller outside a data-parallel run
     /// passes.
@@ -77,11 +71,6 @@ impl BatchShard {
     /// The processes sharing the batch.
     pub fn collective(&self) -> &dyn Collective {
         self.collective.as_ref()
-    }
-
-    /// The global position of this process' first image.
-    pub fn first(&self) -> usize {
-        self.first
     }
 
     /// The global batch's size, given the `local` images an op sees.
