@@ -10,7 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{first_checkpointed_run, results_without_timing, saved_weights, tiny_folders};
+use common::{
+    first_checkpointed_run, results_without_timing, saved_weights, slurm_is_up, tiny_folders,
+};
 
 /// `mpirun` as root, on more ranks than cores, in a container; ended after 5 minutes, so a
 /// job that hangs fails the test instead of holding CI.
@@ -138,6 +140,60 @@ fn baseline_gives_the_same_numbers_on_one_two_and_three_processes() {
         assert!(each.iter().all(|v| v.as_f64().unwrap() > 0.0));
         assert_eq!(totals["cpu_seconds"].as_f64().unwrap(), sum);
     }
+}
+
+/// `srun -n 2 --mpi=MPI simplecnn …` in a Slurm step (CI starts a one-node Slurm), ended
+/// after 5 minutes.
+fn srun(np: usize, mpi: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args(["300", "srun", "--time=00:05:00", "-n", &np.to_string()])
+        .arg(format!("--mpi={mpi}"))
+        .arg(env!("CARGO_BIN_EXE_simplecnn"))
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
+        .env_remove("CIFAR10_DIR");
+    c
+}
+
+/// Under Slurm, `srun` starts the processes (PMIx tells them apart, not mpirun's variables):
+/// the same run as one process; `srun` with no MPI plugin is refused before anything is
+/// written, not run twice.
+#[test]
+fn srun_starts_the_same_run_and_without_an_mpi_plugin_is_refused() {
+    if !have_mpirun() || !slurm_is_up() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 12);
+    let one = run_on(1, &data, &tmp.path().join("np1"));
+    let out = tmp.path().join("srun");
+    let o = srun(2, "pmix")
+        .args(args(&data, &out, "2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "srun --mpi=pmix: {}", text(&o));
+    let run = out.join("latest").canonicalize().unwrap();
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        2,
+        "rank 0 alone writes"
+    );
+    assert!(
+        outcome(&run) == outcome(&one),
+        "srun's run differs from one process'"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["processes"]["count"], 2);
+
+    let bare = tmp.path().join("bare");
+    let o = srun(2, "none")
+        .args(args(&data, &bare, "1"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--mpi=pmix"), "{}", text(&o));
+    assert!(!bare.exists(), "nothing written");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{first_checkpointed_run, tiny_folders};
+use common::{first_checkpointed_run, slurm_is_up, tiny_folders};
 
 fn simplecnn(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_simplecnn"))
@@ -221,23 +221,6 @@ fn bad_sweeps_and_arguments_are_refused_before_any_run() {
     let o = simplecnn(&["sweep", escaping.to_str().unwrap(), "--list"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("set.0"), "{}", stderr(&o));
-}
-
-/// Whether a Slurm controller answers here; `false` (the test is skipped) outside CI, a
-/// failure in CI, which starts one (`cargo xtask slurm-up`).
-fn slurm_is_up() -> bool {
-    let up = Command::new("sinfo")
-        .args(["--noheader", "--format=%T"])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"));
-    assert!(
-        up || std::env::var_os("CI").is_none(),
-        "CI needs a Slurm with an idle node (cargo xtask slurm-up)"
-    );
-    if !up {
-        eprintln!("skipping: no Slurm here (cargo xtask slurm-up starts one)");
-    }
-    up
 }
 
 /// `sweep FILE --submit` on a real Slurm: the array's tasks run the sweep's runs, the

@@ -115,3 +115,20 @@ pub fn saved_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
         })
         .collect()
 }
+
+/// Whether a Slurm controller answers here; `false` (the test is skipped) outside CI, a
+/// failure in CI, which starts one (`cargo xtask slurm-up`).
+pub fn slurm_is_up() -> bool {
+    let up = Command::new("sinfo")
+        .args(["--noheader", "--format=%T"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"));
+    assert!(
+        up || std::env::var_os("CI").is_none(),
+        "CI needs a Slurm with an idle node (cargo xtask slurm-up)"
+    );
+    if !up {
+        eprintln!("skipping: no Slurm here (cargo xtask slurm-up starts one)");
+    }
+    up
+}
