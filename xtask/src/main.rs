@@ -17,7 +17,7 @@
 //! * `cargo xtask bench --reference …` → also sets up `target/reference-venv/{keras,torch}`
 //!   (pip, only when asked) for the reference scripts in `benches/reference/`;
 //! * `cargo xtask setup --cuda` → also CUDA 13.0's compiler, headers and libraries (and cuDNN
-//!   9) from PyPI's NVIDIA wheels (`target/cuda-venv`), arranged as a CUDA home in
+//!   9, NCCL 2.30) from PyPI's NVIDIA wheels (`target/cuda-venv`), arranged as a CUDA home in
 //!   `target/cuda-home`;
 //! * `cargo xtask cuda CARGO_ARGS…` → cargo with that CUDA home (`CUDA_COMPUTE_CAP=90`, the
 //!   H200's; target dir `target/cuda`), e.g. `cargo xtask cuda clippy --features cuda`;
@@ -56,6 +56,9 @@ const CUDA_PACKAGES: &[&str] = &[
     "nvidia-curand==10.4.0.*",
     // cuDNN 9 (the `cudnn` feature links libcudnn.so.9; the GPU image's PyTorch brings its own).
     "nvidia-cudnn-cu13==9.13.*",
+    // NCCL 2.30 (the `nccl` feature of simplecnn-collective links libnccl.so.2; cudarc's
+    // bindings are NCCL 2.30's).
+    "nvidia-nccl-cu13==2.30.*",
 ];
 /// The libraries candle's CUDA backend links, by the names the wheels give them.
 const CUDA_LIBRARIES: &[(&str, &str)] = &[
@@ -251,7 +254,7 @@ fn ensure_cuda_home(root: &Path) -> PathBuf {
     let probe = "import os, nvidia; d = os.path.join(list(nvidia.__path__)[0], 'cu13'); \
                  assert all(os.path.exists(os.path.join(d, p)) for p in \
                  ['bin/nvcc', 'lib/libcublas.so.13', 'lib/libcurand.so.10', 'nvvm', 'include/cuda.h', \
-                 '../cudnn/lib/libcudnn.so.9'])";
+                 '../cudnn/lib/libcudnn.so.9', '../nccl/lib/libnccl.so.2'])";
     let venv = ensure_venv(&root.join("target/cuda-venv"), probe, CUDA_PACKAGES);
     let Some(cuda) = wheel_cuda_root(&venv) else {
         eprintln!("xtask: no nvidia/cu13 with nvcc in {}", venv.display());
@@ -278,6 +281,10 @@ fn ensure_cuda_home(root: &Path) -> PathBuf {
     link(
         cuda.join("../cudnn/lib/libcudnn.so.9"),
         lib64.join("libcudnn.so"),
+    );
+    link(
+        cuda.join("../nccl/lib/libnccl.so.2"),
+        lib64.join("libnccl.so"),
     );
     let stub = lib64.join("libcuda.so");
     if !stub.is_file() {

@@ -9,14 +9,18 @@
 //!
 //! [`Collective`] is the seam: [`SingleProcess`] (one process; nothing to exchange) and, with
 //! the `mpi` feature, [`mpi_world::MpiWorld`] (rsmpi over the MPI the program was started
-//! with); [`threads::ThreadWorld`] simulates processes with threads, for tests. A GPU
-//! collective (NCCL) would be one more implementation.
+//! with); with the `nccl` feature, [`nccl_world::NcclWorld`] (one GPU per process, NCCL's
+//! id carried by another collective); [`threads::ThreadWorld`] simulates processes with
+//! threads, for tests. [`self_check`] checks any of them.
 //!
 //! This crate knows nothing of models or training; it prints nothing.
 
 pub mod metered;
 #[cfg(feature = "mpi")]
 pub mod mpi_world;
+#[cfg(feature = "nccl")]
+pub mod nccl_world;
+pub mod self_check;
 pub mod threads;
 
 /// What went wrong in a collective operation.
@@ -74,6 +78,43 @@ pub trait Collective: Send + Sync {
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
+}
+
+/// The gathers and ordered sums of a [`Collective`] whose own generic `gather::<T>(local)` and
+/// `chain::<T>(len, add_mine)` do them for every value type (MPI's and NCCL's).
+#[cfg(any(feature = "mpi", feature = "nccl"))]
+#[macro_export]
+#[doc(hidden)]
+macro_rules! by_typed_methods {
+    () => {
+        fn all_gather_f32(&self, local: &[f32]) -> $crate::Result<Vec<Vec<f32>>> {
+            self.gather(local)
+        }
+
+        fn all_gather_f64(&self, local: &[f64]) -> $crate::Result<Vec<Vec<f64>>> {
+            self.gather(local)
+        }
+
+        fn all_gather_bytes(&self, local: &[u8]) -> $crate::Result<Vec<Vec<u8>>> {
+            self.gather(local)
+        }
+
+        fn chain_f32(
+            &self,
+            len: usize,
+            add_mine: &mut dyn FnMut(&mut [f32]),
+        ) -> $crate::Result<Vec<f32>> {
+            self.chain(len, add_mine)
+        }
+
+        fn chain_f64(
+            &self,
+            len: usize,
+            add_mine: &mut dyn FnMut(&mut [f64]),
+        ) -> $crate::Result<Vec<f64>> {
+            self.chain(len, add_mine)
+        }
+    };
 }
 
 /// One process: nothing to exchange.

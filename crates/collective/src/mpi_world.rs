@@ -132,28 +132,10 @@ impl Collective for MpiWorld {
         self.world.size() as usize
     }
 
-    fn all_gather_f32(&self, local: &[f32]) -> Result<Vec<Vec<f32>>> {
-        self.gather(local)
-    }
-
-    fn all_gather_f64(&self, local: &[f64]) -> Result<Vec<Vec<f64>>> {
-        self.gather(local)
-    }
-
-    fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.gather(local)
-    }
+    crate::by_typed_methods!();
 
     fn describe(&self) -> String {
         self.description.clone()
-    }
-
-    fn chain_f32(&self, len: usize, add_mine: &mut dyn FnMut(&mut [f32])) -> Result<Vec<f32>> {
-        self.chain(len, add_mine)
-    }
-
-    fn chain_f64(&self, len: usize, add_mine: &mut dyn FnMut(&mut [f64])) -> Result<Vec<f64>> {
-        self.chain(len, add_mine)
     }
 
     fn abort(&self, code: i32) -> ! {
