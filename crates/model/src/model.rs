@@ -562,6 +562,7 @@ impl Model {
                 let y = ops::dense(x, kernel, &bias, &shard)?;
                 activation.apply(y, skip_final_softmax && layer == last)?
             }
+            Op::AddRelu { .. } => ops::add_relu(x, &inputs[1])?,
             Op::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,
                 None => x.clone(),

@@ -51,6 +51,11 @@ pub(crate) enum Op {
         layer: usize,
         activation: Activation,
     },
+    /// Add of two values of one shape → ReLU (an Activation layer, the Add's sole consumer) as
+    /// [`ops::add_relu`]: a residual block's end.
+    AddRelu {
+        layer: usize,
+    },
     /// A DepthwiseConv2D on [`ops::depthwise_conv2d`], its bias and activation after.
     Depthwise {
         layer: usize,
@@ -258,6 +263,18 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
                 };
                 (op, covered, ImageLayout::Nchw)
+            }
+            (LayerKind::Add, _)
+                if l.sources.len() == 2
+                    && spec.shape_of(l.sources[0]) == spec.shape_of(l.sources[1]) =>
+            {
+                let relu = sole(i).filter(|&j| {
+                    matches!(&layers[j].kind, LayerKind::Activation(a) if a.activation == Activation::Relu)
+                });
+                match relu {
+                    Some(j) => (Op::AddRelu { layer: i }, vec![i, j], ImageLayout::Nchw),
+                    None => (Op::Layer(i), vec![i], ImageLayout::Nchw),
+                }
             }
             (LayerKind::Dense(d), None) => {
                 let op = Op::Dense {
@@ -469,8 +486,13 @@ mod tests {
             })
             .collect();
         assert_eq!(norms, [2, 1]);
-        let join = plan.iter().find(|s| s.op == Op::Layer(6)).unwrap();
+        // The join and the ReLU after it (its sole consumer) are one op giving the output.
+        let join = plan
+            .iter()
+            .find(|s| s.op == Op::AddRelu { layer: 6 })
+            .unwrap();
         assert_eq!(join.inputs, [1, 6]);
+        assert_eq!(join.output, 8);
         // The join is the last use of the stem's output and of b2's: both are released there.
         assert_eq!(join.release, [1, 6]);
         // The model's output is never released.

@@ -13,6 +13,7 @@
 //! * [`conv_pool`]: Conv2D → ReLU → MaxPool2D (→ Dropout) in one op, never materialising the
 //!   convolution's full-size output.
 //! * [`dropout`]: a mask multiply, forward and backward.
+//! * [`add_relu`]: Add → ReLU (a residual block's end) in one pass each way.
 //! * [`depthwise_conv2d`]: DepthwiseConv2D as direct loops (candle's grouped convolution is one
 //!   small convolution per channel).
 //! * [`batch_norm`]: BatchNormalization (batch or fixed statistics) with the activation after it,
@@ -28,6 +29,7 @@ mod depthwise;
 mod dropout;
 mod gemm;
 pub mod gemm_bf16;
+mod join;
 mod lowering;
 mod norm;
 mod pool;
@@ -39,6 +41,7 @@ pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout, Precision};
 pub use dense::dense;
 pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
+pub use join::add_relu;
 pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormStatistics};
 pub use pool::{max_pool2d, PoolShape};
 pub use shard::{images_per_partial, BatchShard};
