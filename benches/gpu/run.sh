@@ -36,7 +36,8 @@ fi
 # CUDA's libraries from the image's PyTorch wheels (nvidia/cu13/lib), the driver's, and ours:
 # for our binary only (PyTorch keeps its own).
 # cuDNN from the same wheels (nvidia/cudnn/lib).
-NV=$("$CUDA_PY" -c "import os, nvidia; d = list(nvidia.__path__)[0]; print(os.path.join(d, 'cu13', 'lib') + ':' + os.path.join(d, 'cudnn', 'lib'))" 2>/dev/null || true)
+# NCCL from its wheel too (nvidia/nccl/lib), for the NCCL collective's check.
+NV=$("$CUDA_PY" -c "import os, nvidia; d = list(nvidia.__path__)[0]; print(':'.join(os.path.join(d, p, 'lib') for p in ['cu13', 'cudnn', 'nccl']))" 2>/dev/null || true)
 OURS_LD="$UNPACKED/lib:${STUB_LD:-}${NV}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 # The copy of the tree has no repository: results name the commit the pack was made from.
 COMMIT=$(cat "$PACK/commit.txt" 2>/dev/null || echo unknown)
@@ -83,6 +84,8 @@ fi
 BATCHES=$(find "$DATA/bin" -maxdepth 2 -type d -name cifar-10-batches-bin | head -n 1)
 
 cuda_step selftest 60 "${BIN[@]}" selftest --device cuda
+# The NCCL collective (issue 23): ordered sums and gathers over NCCL on one GPU.
+cuda_step nccl_check 60 "${RUN[@]}" "$UNPACKED/simplecnn-nccl-check"
 cuda_step compare 150 "${BIN[@]}" compare cpu cuda --epochs 2 --data "$DATA/bin" --out "$OUT/compare"
 cuda_step bench_simplecnn 90 "${BIN[@]}" bench --device cuda --data "$DATA/bin" --steps 50 --rounds 2 --inference-images 10000 --out "$OUT/bench"
 cuda_step torch_simplecnn 60 "$PY" benches/reference/torch_bench.py --device cuda --data "$BATCHES" --steps 50 --inference-images 10000

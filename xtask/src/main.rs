@@ -375,6 +375,23 @@ fn gpu_pack(root: &Path) {
             exit(1);
         }
     }
+    // The NCCL collective's check (world size 1 on the lent GPU; no MPI there).
+    let built = cuda_cargo(root, &home)
+        .args(["build", "--release", "-p", "simplecnn-collective"])
+        .args(["--features", "nccl", "--bin", "simplecnn-nccl-check"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let stripped = built
+        && Command::new("strip")
+            .arg("-o")
+            .arg(stage.join("simplecnn-nccl-check"))
+            .arg(root.join("target/cuda/release/simplecnn-nccl-check"))
+            .status()
+            .is_ok_and(|s| s.success());
+    if !stripped {
+        eprintln!("xtask: the NCCL check's CUDA build failed");
+        exit(1);
+    }
     // The shared libraries they link (HDF5 and its dependencies), but for glibc's, the C++
     // runtime's (a CUDA image has newer ones) and CUDA's (the GPU machine's own).
     let skip = [
@@ -396,6 +413,7 @@ fn gpu_pack(root: &Path) {
         "libnvrtc",
         "libcudart",
         "libcudnn",
+        "libnccl",
     ];
     for (name, _) in PACKED_BUILDS {
         let ldd = Command::new("ldd")
