@@ -196,6 +196,33 @@ fn srun_starts_the_same_run_and_without_an_mpi_plugin_is_refused() {
     assert!(!bare.exists(), "nothing written");
 }
 
+/// Ranks started with other settings than rank 0's (mpirun's MPMD form: rank 1 trains 3
+/// epochs where rank 0 trains 2) are refused before training, by rank, with nothing written.
+#[test]
+fn ranks_with_another_experiment_are_refused_by_name() {
+    if !have_mpirun() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tiny_folders(&data, 3);
+    let out = tmp.path().join("out");
+    let o = mpirun(1)
+        .args(args(&data, &out, "2"))
+        .args([":", "-np", "1", env!("CARGO_BIN_EXE_simplecnn")])
+        .args(args(&data, &out, "3"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("rank(s) 1 run another program or experiment than rank 0"),
+        "{}",
+        text(&o)
+    );
+    let written = std::fs::read_dir(&out).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "nothing written");
+}
+
 #[test]
 fn too_many_processes_are_refused_by_name_before_training() {
     if !have_mpirun() {
