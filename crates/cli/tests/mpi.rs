@@ -200,48 +200,57 @@ fn srun_starts_the_same_run_and_without_an_mpi_plugin_is_refused() {
 /// epochs where rank 0 trains 2) are refused before training, by rank, with nothing written.
 #[test]
 fn ranks_with_another_experiment_are_refused_by_name() {
-    if !have_mpirun() {
+    let Some((_tmp, data, out)) = tiny_data_and_out() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    tiny_folders(&data, 3);
-    let out = tmp.path().join("out");
+    };
     let o = mpirun(1)
         .args(args(&data, &out, "2"))
         .args([":", "-np", "1", env!("CARGO_BIN_EXE_simplecnn")])
         .args(args(&data, &out, "3"))
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(
-        text(&o).contains("rank(s) 1 run another program or experiment than rank 0"),
-        "{}",
-        text(&o)
+    refused_before_writing(
+        &o,
+        "rank(s) 1 run another program or experiment than rank 0",
+        &out,
     );
-    let written = std::fs::read_dir(&out).map_or(0, |d| d.count());
-    assert_eq!(written, 0, "nothing written");
 }
 
 #[test]
 fn too_many_processes_are_refused_by_name_before_training() {
-    if !have_mpirun() {
+    let Some((_tmp, data, out)) = tiny_data_and_out() else {
         return;
+    };
+    // 27 training images in batches of 8: a batch is one group of 8.
+    let mut a = args(&data, &out, "1");
+    a[7] = "8".into();
+    let o = mpirun(2).args(a).output().unwrap();
+    refused_before_writing(
+        &o,
+        "2 processes: a batch of 8 images is 1 group(s) of 8",
+        &out,
+    );
+}
+
+/// 3 images a class in a temporary folder, and an output folder there (not made); `None`
+/// without mpirun outside CI.
+fn tiny_data_and_out() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    if !have_mpirun() {
+        return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     tiny_folders(&data, 3);
-    // 27 training images in batches of 8: a batch is one group of 8.
     let out = tmp.path().join("out");
-    let mut a = args(&data, &out, "1");
-    a[7] = "8".into();
-    let o = mpirun(2).args(a).output().unwrap();
+    Some((tmp, data, out))
+}
+
+/// The job failed with `message` and left nothing in `out`.
+fn refused_before_writing(o: &Output, message: &str, out: &Path) {
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("2 processes: a batch of 8 images is 1 group(s) of 8"),
-        "{}",
-        text(&o)
-    );
+    assert!(text(o).contains(message), "{}", text(o));
+    let written = std::fs::read_dir(out).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "nothing written");
 }
 
 #[test]
