@@ -6,14 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use simplecnn_collective::{Collective, SingleProcess};
-
-/// The variables MPI launchers set in every process they start, with the number of
-/// processes: Open MPI's `mpirun` and MPICH's (Hydra), Slurm's `srun --mpi=pmi2`.
-const SIZE_VARIABLES: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
-/// What a PMIx server (Slurm's `srun --mpi=pmix`) sets: a rank, but no number of
-/// processes: MPI asks the server.
-const PMIX_VARIABLE: &str = "PMIX_RANK";
+use simplecnn_collective::{launch::Launch, Collective, SingleProcess};
 
 /// What `config.json` records of a run on several processes.
 #[derive(Clone, Debug, Serialize)]
@@ -21,32 +14,6 @@ pub struct ProcessesRecord {
     pub count: usize,
     /// The MPI library and its version.
     pub implementation: String,
-}
-
-/// Who started this process, as far as the environment tells.
-#[derive(Debug, PartialEq)]
-enum Launch {
-    Alone,
-    /// An MPI launcher that announced the number of processes.
-    Mpi(usize),
-    /// A PMIx launcher: MPI will know the number.
-    Pmix,
-    /// `srun` started this many tasks with no MPI plugin: each would train a run of its own.
-    SrunWithoutMpi(usize),
-}
-
-fn launch(var: impl Fn(&str) -> Option<String>) -> Launch {
-    let number = |name: &str| var(name).and_then(|v| v.trim().parse::<usize>().ok());
-    if let Some(n) = SIZE_VARIABLES.iter().find_map(|v| number(v)) {
-        return Launch::Mpi(n);
-    }
-    if var(PMIX_VARIABLE).is_some() {
-        return Launch::Pmix;
-    }
-    match number("SLURM_STEP_NUM_TASKS") {
-        Some(n) if n > 1 => Launch::SrunWithoutMpi(n),
-        _ => Launch::Alone,
-    }
 }
 
 /// This program's processes, once started (MPI may be initialised only once per process).
@@ -58,7 +25,7 @@ pub fn world() -> Result<Arc<dyn Collective>> {
     if let Some(w) = world.as_ref() {
         return Ok(w.clone());
     }
-    let started = start(launch(|v| std::env::var(v).ok()))?;
+    let started = start(Launch::from_env())?;
     *world = Some(started.clone());
     Ok(started)
 }
@@ -156,35 +123,7 @@ mod tests {
     use simplecnn_collective::threads::ThreadWorld;
 
     #[test]
-    fn launchers_are_told_apart_by_their_variables() {
-        fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-            move |name| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
-        }
-        assert_eq!(launch(env(&[])), Launch::Alone);
-        assert_eq!(
-            launch(env(&[("OMPI_COMM_WORLD_SIZE", "3")])),
-            Launch::Mpi(3)
-        );
-        // srun --mpi=pmi2
-        let pmi2 = [
-            ("PMI_SIZE", "2"),
-            ("PMI_RANK", "1"),
-            ("SLURM_STEP_NUM_TASKS", "2"),
-        ];
-        assert_eq!(launch(env(&pmi2)), Launch::Mpi(2));
-        // srun --mpi=pmix sets a rank and a namespace, not a size.
-        let pmix = [("PMIX_RANK", "0"), ("SLURM_STEP_NUM_TASKS", "2")];
-        assert_eq!(launch(env(&pmix)), Launch::Pmix);
-        // srun with no MPI plugin; one task, or a batch script (no step), is alone.
-        let bare = [("SLURM_STEP_NUM_TASKS", "2"), ("SLURM_NTASKS", "2")];
-        assert_eq!(launch(env(&bare)), Launch::SrunWithoutMpi(2));
-        assert_eq!(launch(env(&[("SLURM_STEP_NUM_TASKS", "1")])), Launch::Alone);
-        assert_eq!(launch(env(&[("SLURM_NTASKS", "4")])), Launch::Alone);
+    fn srun_without_an_mpi_plugin_is_refused() {
         let refused = start(Launch::SrunWithoutMpi(2)).err().unwrap().to_string();
         assert!(refused.contains("--mpi=pmix"), "{refused}");
     }

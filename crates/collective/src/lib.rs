@@ -15,6 +15,7 @@
 //!
 //! This crate knows nothing of models or training; it prints nothing.
 
+pub mod launch;
 pub mod metered;
 #[cfg(feature = "mpi")]
 pub mod mpi_world;

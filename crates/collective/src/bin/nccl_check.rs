@@ -5,19 +5,24 @@
 
 use std::sync::Arc;
 
+use simplecnn_collective::launch::Launch;
 use simplecnn_collective::{nccl_world::NcclWorld, self_check, Collective, SingleProcess};
 
-#[cfg(feature = "mpi")]
+/// The processes the launcher started: one alone, or MPI's (which carries NCCL's id).
 fn bootstrap() -> Arc<dyn Collective> {
-    match std::env::var_os("OMPI_COMM_WORLD_SIZE").or_else(|| std::env::var_os("PMI_SIZE")) {
-        Some(_) => Arc::new(simplecnn_collective::mpi_world::MpiWorld::start().expect("MPI")),
-        None => Arc::new(SingleProcess),
+    match Launch::from_env() {
+        Launch::Alone | Launch::Mpi(1) => Arc::new(SingleProcess),
+        #[cfg(feature = "mpi")]
+        Launch::Mpi(_) | Launch::Pmix => {
+            Arc::new(simplecnn_collective::mpi_world::MpiWorld::start().expect("MPI starts"))
+        }
+        other => {
+            eprintln!(
+                "started as {other:?}: several processes need the `mpi` feature and an MPI plugin"
+            );
+            std::process::exit(2);
+        }
     }
-}
-
-#[cfg(not(feature = "mpi"))]
-fn bootstrap() -> Arc<dyn Collective> {
-    Arc::new(SingleProcess)
 }
 
 fn main() {
