@@ -341,6 +341,30 @@ fn cuda_cargo(root: &Path, home: &Path) -> Command {
 /// with cuDNN's (two builds, since candle chooses at compile time).
 const PACKED_BUILDS: &[(&str, &str)] = &[("simplecnn", "cuda"), ("simplecnn-cudnn", "cudnn")];
 
+/// A release CUDA build (`cargo build --release ARGS` with the CUDA home), its binary `built`
+/// stripped into `into`; exits on failure.
+fn build_stripped(root: &Path, home: &Path, args: &[&str], built: &str, into: &Path) {
+    let ok = cuda_cargo(root, home)
+        .args(["build", "--release"])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("xtask: the CUDA build with {} failed", args.join(" "));
+        exit(1);
+    }
+    let copied = Command::new("strip")
+        .arg("-o")
+        .arg(into)
+        .arg(root.join("target/cuda/release").join(built))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !copied {
+        eprintln!("xtask: could not strip the binary into {}", into.display());
+        exit(1);
+    }
+}
+
 /// `target/gpu-pack`: what the GPU machine needs besides the working tree.
 fn gpu_pack(root: &Path) {
     let home = ensure_cuda_home(root);
@@ -351,47 +375,20 @@ fn gpu_pack(root: &Path) {
     for (name, features) in PACKED_BUILDS {
         // Each feature set keeps its own artefacts in target/cuda: rebuilding one leaves the
         // other cached.
-        let built = cuda_cargo(root, &home)
-            .args(["build", "--release", "-p", "simplecnn-cli", "--features"])
-            .arg(features)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !built {
-            eprintln!("xtask: the CUDA build with --features {features} failed");
-            exit(1);
-        }
-        let binary = stage.join(name);
-        let copied = Command::new("strip")
-            .arg("-o")
-            .arg(&binary)
-            .arg(root.join("target/cuda/release/simplecnn"))
-            .status()
-            .is_ok_and(|s| s.success());
-        if !copied {
-            eprintln!(
-                "xtask: could not strip the binary into {}",
-                binary.display()
-            );
-            exit(1);
-        }
+        let args = ["-p", "simplecnn-cli", "--features", features];
+        build_stripped(root, &home, &args, "simplecnn", &stage.join(name));
     }
     // The NCCL collective's check (world size 1 on the lent GPU; no MPI there).
-    let built = cuda_cargo(root, &home)
-        .args(["build", "--release", "-p", "simplecnn-collective"])
-        .args(["--features", "nccl", "--bin", "simplecnn-nccl-check"])
-        .status()
-        .is_ok_and(|s| s.success());
-    let stripped = built
-        && Command::new("strip")
-            .arg("-o")
-            .arg(stage.join("simplecnn-nccl-check"))
-            .arg(root.join("target/cuda/release/simplecnn-nccl-check"))
-            .status()
-            .is_ok_and(|s| s.success());
-    if !stripped {
-        eprintln!("xtask: the NCCL check's CUDA build failed");
-        exit(1);
-    }
+    let check = "simplecnn-nccl-check";
+    let args = [
+        "-p",
+        "simplecnn-collective",
+        "--features",
+        "nccl",
+        "--bin",
+        check,
+    ];
+    build_stripped(root, &home, &args, check, &stage.join(check));
     // The shared libraries they link (HDF5 and its dependencies), but for glibc's, the C++
     // runtime's (a CUDA image has newer ones) and CUDA's (the GPU machine's own).
     let skip = [
