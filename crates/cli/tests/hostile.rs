@@ -74,7 +74,7 @@ fn crafted_model(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Valu
     simplecnn_store::save_model(&model, &path, None).unwrap();
     let mut config = simplecnn_store::read_model_config(&path).unwrap();
     edit(&mut config);
-    let file = hdf5::File::open_rw(&path).unwrap();
+    let file = simplecnn_store::open_h5_rw(&path).unwrap();
     file.delete_attr("model_config").unwrap();
     let text: hdf5::types::VarLenUnicode = config.to_string().parse().unwrap();
     file.new_attr::<hdf5::types::VarLenUnicode>()
@@ -190,7 +190,7 @@ fn weights_must_be_floats_of_the_size_the_model_needs() {
     let hdf5 = hdf5_here();
     simplecnn_store::save_model(&model, &path, None).unwrap();
     {
-        let file = hdf5::File::open_rw(&path).unwrap();
+        let file = simplecnn_store::open_h5_rw(&path).unwrap();
         let g = file.group("model_weights/conv2d_1/conv2d_1").unwrap();
         g.unlink("kernel:0").unwrap();
         g.new_dataset::<i32>()

@@ -11,6 +11,31 @@ use crate::error::{fail, Context, Result};
 /// Keras' names and JSON are far shorter in fixed-length files.
 const FIXED_MAX: usize = 4096;
 
+/// Opens an HDF5 file read-only, without HDF5's advisory file lock (see [`create_file`]).
+pub fn open_file(path: &Path) -> hdf5::Result<hdf5::File> {
+    unlocked().open(path)
+}
+
+/// Opens an HDF5 file to change it, without HDF5's advisory file lock (see [`create_file`]).
+pub fn open_file_rw(path: &Path) -> hdf5::Result<hdf5::File> {
+    unlocked().open_rw(path)
+}
+
+/// Creates (truncating) an HDF5 file without HDF5's advisory file lock. The lock sits on the
+/// open file description, and HDF5 does not open with `O_CLOEXEC`: a child process that any
+/// thread spawns while the file is open inherits the descriptor and keeps the lock for its whole
+/// life, so this process's next open of the same file fails ("unable to lock file, errno = 11").
+/// Nothing here needs the lock: files are written whole under a temporary name and renamed.
+pub fn create_file(path: &Path) -> hdf5::Result<hdf5::File> {
+    unlocked().create(path)
+}
+
+fn unlocked() -> hdf5::FileBuilder {
+    let mut builder = hdf5::File::with_options();
+    builder.with_fapl(|p| p.file_locking(false));
+    builder
+}
+
 /// Reads a string attribute (scalar or 1-D) whatever its storage: fixed or variable length,
 /// ASCII or UTF-8; an empty numeric array (Keras' `weight_names` of weightless layers) reads
 /// as no strings. HDF5 does not convert fixed ↔ variable length, so dispatch on the type.
@@ -105,4 +130,28 @@ pub fn write_string_list(loc: &Location, name: &str, values: &[String], path: &P
             .and_then(|a| a.write_raw(&v))
     };
     res.at(path, || format!("cannot write attribute {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child spawned while a file is open inherits its descriptor; with HDF5's lock on that
+    /// descriptor, reopening the closed file failed until the child exited.
+    #[test]
+    fn a_child_process_holding_an_inherited_descriptor_does_not_block_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.h5");
+        let file = create_file(&path).unwrap();
+        write_string(&file, "a", "b", &path).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        file.close().unwrap();
+        let reopened = open_file(&path).map(|f| read_string(&f, "a", &path));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(reopened.unwrap().unwrap(), "b");
+    }
 }

@@ -154,7 +154,7 @@ pub(crate) fn inspect_h5(file_path: &Path, label: &Path) -> Result<String> {
     let path = label;
     crate::keras_file::check_regular_file(file_path)?;
     hdf5::silence_errors(true);
-    let file = hdf5::File::open(file_path).at(path, || {
+    let file = crate::h5::open_file(file_path).at(path, || {
         "not a readable HDF5 file (truncated or another format?)".into()
     })?;
     let mut out = format!("{}\n/\n", path.display());

@@ -440,7 +440,7 @@ pub(crate) struct KerasArchive {
 impl KerasArchive {
     pub fn open_weights(&self) -> Result<hdf5::File> {
         hdf5::silence_errors(true);
-        hdf5::File::open(self.weights.path())
+        crate::h5::open_file(self.weights.path())
             .at(&self.weights_label, || "not a readable HDF5 file".into())
     }
 }
@@ -836,8 +836,8 @@ fn write_archive(
             "cannot make a temporary file for the weights".into()
         })?;
     {
-        let h5 =
-            hdf5::File::create(weights.path()).at(path, || "cannot create the weights".into())?;
+        let h5 = crate::h5::create_file(weights.path())
+            .at(path, || "cannot create the weights".into())?;
         write_weights_tree(model, &h5, path, adam)?;
         h5.close().at(path, || "cannot finish the weights".into())?;
     }

@@ -121,7 +121,8 @@ pub fn save_model_with(model: &Model, path: &Path, options: &SaveOptions<'_>) ->
 
 fn write_file(model: &Model, tmp: &Path, path: &Path, options: &SaveOptions<'_>) -> Result<()> {
     let optimizer = options.optimizer;
-    let file = hdf5::File::create(tmp).at(path, || format!("cannot create {}", tmp.display()))?;
+    let file =
+        crate::h5::create_file(tmp).at(path, || format!("cannot create {}", tmp.display()))?;
     let spec = model.spec();
     write_string(&file, "keras_version", written_keras_version(spec), path)?;
     if let Some(names) = options.class_names {
@@ -251,7 +252,7 @@ pub(crate) fn check_regular_file(path: &Path) -> Result<()> {
 pub(crate) fn open(path: &Path) -> Result<hdf5::File> {
     check_regular_file(path)?;
     hdf5::silence_errors(true);
-    hdf5::File::open(path).at(path, || {
+    crate::h5::open_file(path).at(path, || {
         "not a readable HDF5 file (truncated or another format?)".into()
     })
 }

@@ -37,6 +37,8 @@ mod keras_file;
 pub mod layout;
 
 pub use error::{Result, StoreError};
+/// Opening HDF5 files without HDF5's advisory lock, which a spawned child would inherit.
+pub use h5::{create_file as create_h5, open_file as open_h5, open_file_rw as open_h5_rw};
 pub use inspect::inspect;
 pub use keras3::KERAS3_FORMAT_VERSION;
 pub use keras_file::{

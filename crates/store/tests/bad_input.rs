@@ -63,7 +63,7 @@ fn missing_dataset_and_unsupported_layer() {
     let dir = tempfile::tempdir().unwrap();
     let good = saved(dir.path());
     {
-        let f = hdf5::File::open_rw(&good).unwrap();
+        let f = simplecnn_store::open_h5_rw(&good).unwrap();
         f.unlink("model_weights/dense_1/dense_1/bias:0").unwrap();
     }
     let e = err_of(load_model(&good, &Device::Cpu));
@@ -74,7 +74,7 @@ fn missing_dataset_and_unsupported_layer() {
 
     let path = dir.path().join("lstm.h5");
     {
-        let f = hdf5::File::create(&path).unwrap();
+        let f = simplecnn_store::create_h5(&path).unwrap();
         let cfg = r#"{"class_name": "Sequential", "config": {"name": "s", "layers": [
             {"class_name": "InputLayer", "config": {"batch_input_shape": [null, 8, 8, 3], "name": "in"}},
             {"class_name": "LSTM", "config": {"name": "lstm_1", "units": 4}}]}}"#;
@@ -122,12 +122,12 @@ fn inspect_and_load_stop_at_cycles_depth_and_external_links() {
     let dir = tempfile::tempdir().unwrap();
     let path = saved(dir.path());
     let other = dir.path().join("other.h5");
-    hdf5::File::create(&other)
+    simplecnn_store::create_h5(&other)
         .unwrap()
         .create_group("secret")
         .unwrap();
     {
-        let f = hdf5::File::open_rw(&path).unwrap();
+        let f = simplecnn_store::open_h5_rw(&path).unwrap();
         let g = f.create_group("loops").unwrap();
         g.link_hard("/loops", "back_to_me").unwrap();
         g.link_soft("/loops", "soft_back").unwrap();
@@ -150,7 +150,7 @@ fn inspect_and_load_stop_at_cycles_depth_and_external_links() {
 
     let deep = dir.path().join("deep.h5");
     {
-        let f = hdf5::File::create(&deep).unwrap();
+        let f = simplecnn_store::create_h5(&deep).unwrap();
         let mut g = f.create_group("d").unwrap();
         for _ in 0..100 {
             g = g.create_group("d").unwrap();
@@ -164,7 +164,7 @@ fn inspect_and_load_stop_at_cycles_depth_and_external_links() {
 
     // A layer's weights that live in another file are not read from it.
     {
-        let f = hdf5::File::open_rw(&path).unwrap();
+        let f = simplecnn_store::open_h5_rw(&path).unwrap();
         let w = f.group("model_weights").unwrap();
         let name = w
             .member_names()

@@ -265,7 +265,7 @@ fn hard_sigmoid_follows_the_keras_version_that_wrote_the_file() {
     let path = dir.path().join("hs.h5");
     save_model(&model, &path, None).unwrap();
     let version = |p: &Path| -> String {
-        let f = hdf5::File::open(p).unwrap();
+        let f = simplecnn_store::open_h5(p).unwrap();
         let v: hdf5::types::VarLenUnicode = f.attr("keras_version").unwrap().read_scalar().unwrap();
         v.as_str().to_string()
     };
@@ -275,7 +275,7 @@ fn hard_sigmoid_follows_the_keras_version_that_wrote_the_file() {
     // relu6(x + 3) / 6: 0, 0.5, 0.75 (Keras 2's would give 0, 0.5, 0.8).
     assert_eq!(common::predict(&back, &x), [vec![0.0, 0.5, 0.75]]);
     {
-        let f = hdf5::File::open_rw(&path).unwrap();
+        let f = simplecnn_store::open_h5_rw(&path).unwrap();
         f.delete_attr("keras_version").unwrap();
         let v: hdf5::types::VarLenUnicode = "2.9.0".parse().unwrap();
         f.new_attr::<hdf5::types::VarLenUnicode>()

@@ -9,7 +9,7 @@ use simplecnn_store::{load_model, load_weights, save_model, MatchBy};
 
 /// Reads `x` (N,H,W,C) and `y` from the helper's IO file; returns x as NCHW.
 fn read_io(path: &std::path::Path) -> (Tensor, Vec<Vec<f32>>) {
-    let f = hdf5::File::open(path).unwrap();
+    let f = simplecnn_store::open_h5(path).unwrap();
     let x = f.dataset("x").unwrap();
     let shape = x.shape();
     let x = Tensor::from_vec(x.read_raw::<f32>().unwrap(), shape, &Device::Cpu).unwrap();
@@ -110,7 +110,7 @@ fn files_written_here_pass_h5py_checks_and_numpy_forward() {
     let y = model.forward(&x, Mode::Inference).unwrap();
     let io_path = dir.path().join("io.h5");
     {
-        let f = hdf5::File::create(&io_path).unwrap();
+        let f = simplecnn_store::create_h5(&io_path).unwrap();
         let nhwc = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
         let data: Vec<f32> = nhwc.flatten_all().unwrap().to_vec1().unwrap();
         f.new_dataset::<f32>()

@@ -40,7 +40,7 @@ fn vgg16_notop_weights_load_by_position_into_the_zoo_base() {
         .join("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5");
     let base = zoo::vgg16_base(FeatureShape::image(3, 32, 32)).unwrap();
     {
-        let f = hdf5::File::create(&path).unwrap();
+        let f = simplecnn_store::create_h5(&path).unwrap();
         let names: Vec<String> = base.layers().iter().map(|l| l.name.clone()).collect();
         names_attr(&f, "layer_names", &names);
         let mut conv = 0;
