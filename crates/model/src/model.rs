@@ -533,11 +533,19 @@ impl Model {
                 }
             }
             Op::BatchNorm {
-                layer, activation, ..
+                layer,
+                activation,
+                layout,
+                ..
             } => {
                 let training = ctx.is_training() && layers[layer].trainable;
                 let shard = training.then_some(&shard);
-                self.batch_norm_step(layer, x, activation, shard, track_gradients)?
+                let norm = NormStep {
+                    activation,
+                    layout,
+                    training: shard,
+                };
+                self.batch_norm_step(layer, x, norm, track_gradients)?
             }
             Op::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
             Op::Depthwise { layer, shape } => {
@@ -579,8 +587,11 @@ impl Model {
         &self,
         layer: usize,
         x: &Tensor,
-        activation: ops::NormActivation,
-        training: Option<&ops::BatchShard>,
+        NormStep {
+            activation,
+            layout,
+            training,
+        }: NormStep<'_>,
         track_gradients: bool,
     ) -> Result<Tensor> {
         let l = &self.spec.layers()[layer];
@@ -625,8 +636,11 @@ impl Model {
             &gamma,
             &beta,
             statistics,
-            cfg.epsilon,
-            activation,
+            ops::NormSpec {
+                epsilon: cfg.epsilon,
+                activation,
+                layout,
+            },
             track_gradients,
         )
         .map_err(|e| ModelError::from(e).in_layer(&l.name))?;
@@ -644,6 +658,14 @@ impl Model {
         }
         Ok(y)
     }
+}
+
+/// How a BatchNormalization step runs: its fused activation, its images' layout, and the
+/// batch it takes its statistics from in training.
+struct NormStep<'a> {
+    activation: ops::NormActivation,
+    layout: ops::ImageLayout,
+    training: Option<&'a ops::BatchShard>,
 }
 
 /// The tensors of `ids` among the values computed so far.

@@ -36,11 +36,13 @@ pub(crate) enum Op {
         layer: usize,
         shape: ops::PoolShape,
     },
-    /// BatchNormalization, and the Activation layer after it when there is one (`layers` 2).
+    /// BatchNormalization, and the Activation layer after it when there is one (`layers` 2),
+    /// giving images in the layout it takes.
     BatchNorm {
         layer: usize,
         layers: usize,
         activation: ops::NormActivation,
+        layout: ImageLayout,
     },
     Dropout {
         layer: usize,
@@ -148,27 +150,86 @@ fn sole_consumer(spec: &Network, consumers: &[Vec<usize>], i: usize) -> Option<u
     }
 }
 
-/// Whether a Conv2D can take channels-last images: one with a linear or ReLU activation, on
-/// its own or fused with its pool.
-fn takes_channels_last(layer: Option<&LayerSpec>) -> bool {
-    matches!(layer.map(|l| &l.kind), Some(LayerKind::Conv2d(c)) if c.groups == 1 && fuses(c.activation))
+/// How an op treats the layout of the images it takes and gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LayoutRole {
+    /// A convolution (with its pool): takes its first input and gives its output in any layout.
+    Free,
+    /// BatchNormalization, Add → ReLU: elementwise per channel, gives the layout it takes
+    /// (every input alike).
+    Through,
+    /// Everything else: takes and gives NCHW.
+    Nchw,
 }
 
-/// The steps for f32 on the CPU, convolutions' products in `precision`: Conv2D → MaxPool2D (→ Dropout) fused, single Conv2D,
-/// MaxPool2D and Dropout layers on [`crate::ops`], everything else on candle's ops. A layer
-/// fuses with the next only when that one is its output's sole consumer (a convolution whose
-/// output also feeds a shortcut keeps it whole), and only a Conv2D gives channels-last
-/// images, to a Conv2D that is their sole consumer.
+fn layout_role(op: &Op) -> LayoutRole {
+    match op {
+        Op::Conv { .. } | Op::ConvPool { .. } => LayoutRole::Free,
+        Op::BatchNorm { .. } | Op::AddRelu { .. } => LayoutRole::Through,
+        _ => LayoutRole::Nchw,
+    }
+}
+
+/// Chooses every value's layout and writes it into the ops: channels-last wherever every op
+/// that gives or takes the value can, so that no transpose is left between a convolution and
+/// the next one through BatchNormalization and residual joins. An op that gives the layout it
+/// takes ties its inputs and output into one class; a class is channels-last unless the
+/// model's input or output or an NCHW-only op gives or takes one of its values.
+fn assign_layouts(ops: &mut [(Op, Vec<usize>, usize)], values: usize) {
+    let mut class: Vec<usize> = (0..values).collect();
+    fn root(class: &[usize], mut v: usize) -> usize {
+        while class[v] != v {
+            v = class[v];
+        }
+        v
+    }
+    for (op, inputs, out) in ops.iter() {
+        if layout_role(op) == LayoutRole::Through {
+            for &v in inputs {
+                let (a, b) = (root(&class, v), root(&class, *out));
+                class[a] = b;
+            }
+        }
+    }
+    let mut channels_last = vec![true; values];
+    channels_last[root(&class, 0)] = false;
+    channels_last[root(&class, values - 1)] = false;
+    for (op, inputs, out) in ops.iter() {
+        let nchw: Vec<usize> = match layout_role(op) {
+            LayoutRole::Free => inputs[1..].to_vec(),
+            LayoutRole::Through => Vec::new(),
+            LayoutRole::Nchw => inputs.iter().copied().chain([*out]).collect(),
+        };
+        for v in nchw {
+            channels_last[root(&class, v)] = false;
+        }
+    }
+    let layout = |v: usize| match channels_last[root(&class, v)] {
+        true => ImageLayout::Nhwc,
+        false => ImageLayout::Nchw,
+    };
+    for (op, inputs, out) in ops.iter_mut() {
+        let (input, output) = (layout(inputs[0]), layout(*out));
+        match op {
+            Op::Conv { layouts, .. } => *layouts = (input, output),
+            Op::ConvPool { block, .. } => (block.input, block.output) = (input, output),
+            Op::BatchNorm { layout, .. } => *layout = input,
+            _ => {}
+        }
+    }
+}
+
+/// The steps for f32 on the CPU, convolutions' products in `precision`: Conv2D → MaxPool2D (→
+/// Dropout) fused, single Conv2D, BatchNormalization (→ activation), Add → ReLU, MaxPool2D,
+/// Dropout and Dense layers on [`crate::ops`], everything else on candle's ops. A layer fuses
+/// with the next only when that one is its output's sole consumer (a convolution whose output
+/// also feeds a shortcut keeps it whole); layouts as [`assign_layouts`] chooses them.
 pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec<Step>> {
     let layers = spec.layers();
     let consumers = spec.all_consumers();
     let sole = |i: usize| sole_consumer(spec, &consumers, i);
-    let layout_after = |i: usize| match takes_channels_last(sole(i).map(|j| &layers[j])) {
-        true => ImageLayout::Nhwc,
-        false => ImageLayout::Nchw,
-    };
-    // The layout each value is in (0: the model's input).
-    let mut layouts = vec![ImageLayout::Nchw; layers.len() + 1];
+    // Layouts are chosen once every op is known; NCHW until then.
+    let nchw = ImageLayout::Nchw;
     let mut done = vec![false; layers.len()];
     let mut ops = Vec::new();
     for i in 0..layers.len() {
@@ -177,7 +238,6 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
         }
         let l = &layers[i];
         let inputs: Vec<usize> = l.sources.iter().map(|s| value_of(*s)).collect();
-        let layout = layouts[inputs[0]];
         let image = match l.input {
             FeatureShape::Image {
                 channels,
@@ -186,16 +246,14 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
             } => Some((channels, height, width)),
             FeatureShape::Flat(_) => None,
         };
-        // The op, the layers it covers (this one and the sole consumers it fuses) and the
-        // layout of its output.
-        let (op, covered, out_layout) = match (&l.kind, image) {
+        // The op and the layers it covers (this one and the sole consumers it fuses).
+        let (op, covered) = match (&l.kind, image) {
             (LayerKind::Dropout(d), _) if !d.per_example => (
                 Op::Dropout {
                     layer: i,
                     rate: d.rate,
                 },
                 vec![i],
-                ImageLayout::Nchw,
             ),
             (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 && fuses(cfg.activation) => {
                 let conv = conv_shape(l, cfg, chw)?.with_precision(precision);
@@ -211,16 +269,14 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                             LayerKind::Dropout(d) if !d.per_example => Some((k, d.rate)),
                             _ => None,
                         });
-                        let last = dropout.map_or(j, |(k, _)| k);
                         let mut covered = vec![i, j];
                         covered.extend(dropout.map(|(k, _)| k));
-                        let output = layout_after(last);
                         let block = ops::ConvPoolShape {
                             conv,
                             pool,
                             relu,
-                            input: layout,
-                            output,
+                            input: nchw,
+                            output: nchw,
                         };
                         let op = Op::ConvPool {
                             layer: i,
@@ -228,17 +284,16 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                             block,
                             dropout: dropout.map(|(_, rate)| rate),
                         };
-                        (op, covered, output)
+                        (op, covered)
                     }
                     None => {
-                        let output = layout_after(i);
                         let op = Op::Conv {
                             layer: i,
                             shape: conv,
                             relu,
-                            layouts: (layout, output),
+                            layouts: (nchw, nchw),
                         };
-                        (op, vec![i], output)
+                        (op, vec![i])
                     }
                 }
             }
@@ -248,7 +303,7 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     shape: conv_shape(l, cfg, chw)?.with_precision(precision),
                     activation: cfg.activation,
                 };
-                (op, vec![i], ImageLayout::Nchw)
+                (op, vec![i])
             }
             (LayerKind::BatchNorm(_), _) => {
                 let next = sole(i).and_then(|j| match &layers[j].kind {
@@ -261,8 +316,9 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     layer: i,
                     layers: covered.len(),
                     activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
+                    layout: nchw,
                 };
-                (op, covered, ImageLayout::Nchw)
+                (op, covered)
             }
             (LayerKind::Add, _)
                 if l.sources.len() == 2
@@ -272,8 +328,8 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     matches!(&layers[j].kind, LayerKind::Activation(a) if a.activation == Activation::Relu)
                 });
                 match relu {
-                    Some(j) => (Op::AddRelu { layer: i }, vec![i, j], ImageLayout::Nchw),
-                    None => (Op::Layer(i), vec![i], ImageLayout::Nchw),
+                    Some(j) => (Op::AddRelu { layer: i }, vec![i, j]),
+                    None => (Op::Layer(i), vec![i]),
                 }
             }
             (LayerKind::Dense(d), None) => {
@@ -281,7 +337,7 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     layer: i,
                     activation: d.activation,
                 };
-                (op, vec![i], ImageLayout::Nchw)
+                (op, vec![i])
             }
             (LayerKind::DepthwiseConv2d(d), Some((c, h, w))) => {
                 let ((out_h, pad_top, _), (out_w, pad_left, _)) = d
@@ -303,38 +359,24 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     out_h,
                     out_w,
                 };
-                (
-                    Op::Depthwise { layer: i, shape },
-                    vec![i],
-                    ImageLayout::Nchw,
-                )
+                (Op::Depthwise { layer: i, shape }, vec![i])
             }
             (LayerKind::MaxPool2d(p), Some((_, h, w))) if p.padding == crate::Padding::Valid => {
                 let op = Op::MaxPool {
                     layer: i,
                     shape: pool_shape(l, p, (h, w))?,
                 };
-                (op, vec![i], ImageLayout::Nchw)
+                (op, vec![i])
             }
-            _ => (Op::Layer(i), vec![i], ImageLayout::Nchw),
+            _ => (Op::Layer(i), vec![i]),
         };
-        let takes_any_layout = matches!(op, Op::Conv { .. } | Op::ConvPool { .. });
-        if inputs
-            .iter()
-            .any(|&v| layouts[v] != ImageLayout::Nchw && !takes_any_layout)
-        {
-            return Err(ModelError::Config(format!(
-                "layer {}: internal error, channels-last input outside a convolution",
-                l.name
-            )));
-        }
         let last = *covered.last().unwrap_or(&i);
         for &c in &covered {
             done[c] = true;
         }
-        layouts[last + 1] = out_layout;
         ops.push((op, inputs, last + 1));
     }
+    assign_layouts(&mut ops, layers.len() + 1);
     Ok(with_releases(ops, layers.len() + 1))
 }
 
@@ -461,6 +503,94 @@ mod tests {
         .unwrap();
         s.add(relu()).unwrap();
         s
+    }
+
+    /// Two stages of a ResNet: a stem, a basic block, a stride-2 block with a 1x1 projection
+    /// on its shortcut, then Flatten → Dense.
+    fn two_stages() -> Network {
+        let mut s = Network::new("res", FeatureShape::image(3, 8, 8));
+        let conv = |filters, kernel, stride| {
+            let mut k =
+                LayerKind::conv2d(filters, kernel, crate::Padding::Same, Activation::Linear);
+            if let LayerKind::Conv2d(c) = &mut k {
+                c.strides = (stride, stride);
+            }
+            k
+        };
+        let bn = || LayerKind::BatchNorm(crate::BatchNormConfig::default());
+        let relu = || {
+            LayerKind::Activation(crate::ActivationConfig {
+                activation: Activation::Relu,
+            })
+        };
+        let at = |s: &Network, name: &str| Source::Layer(s.index_of(name).unwrap());
+        s.add_named("stem", conv(4, 3, 1)).unwrap();
+        s.add_named("stem_bn", bn()).unwrap();
+        s.add_named("stem_relu", relu()).unwrap();
+        s.add_named("a_conv1", conv(4, 3, 1)).unwrap();
+        s.add_named("a_bn1", bn()).unwrap();
+        s.add_named("a_relu1", relu()).unwrap();
+        s.add_named("a_conv2", conv(4, 3, 1)).unwrap();
+        s.add_named("a_bn2", bn()).unwrap();
+        let (x, y) = (at(&s, "stem_relu"), at(&s, "a_bn2"));
+        s.connect("a_add", LayerKind::Add, &[x, y]).unwrap();
+        s.add_named("a_out", relu()).unwrap();
+        s.add_named("b_conv1", conv(8, 3, 2)).unwrap();
+        s.add_named("b_bn1", bn()).unwrap();
+        s.add_named("b_relu1", relu()).unwrap();
+        s.add_named("b_conv2", conv(8, 3, 1)).unwrap();
+        s.add_named("b_bn2", bn()).unwrap();
+        let a_out = at(&s, "a_out");
+        s.connect("b_shortcut", conv(8, 1, 2), &[a_out]).unwrap();
+        let (x, y) = (at(&s, "b_shortcut"), at(&s, "b_bn2"));
+        s.connect("b_add", LayerKind::Add, &[x, y]).unwrap();
+        s.add_named("b_out", relu()).unwrap();
+        s.add(LayerKind::Flatten).unwrap();
+        s.add(LayerKind::dense(3, Activation::Softmax)).unwrap();
+        s
+    }
+
+    /// Values stay channels-last through BatchNormalization and residual joins wherever every
+    /// op giving or taking them can; the stage that reaches Flatten is NCHW throughout its
+    /// residual stream, and its convolutions transpose at their output.
+    #[test]
+    fn residual_streams_stay_channels_last_up_to_an_op_that_needs_nchw() {
+        let spec = two_stages();
+        let plan = fast_plan(&spec, ops::Precision::F32).unwrap();
+        let name = |i: usize| spec.layers()[i].name.clone();
+        let (nchw, nhwc) = (ImageLayout::Nchw, ImageLayout::Nhwc);
+        let mut layouts: Vec<(String, ImageLayout, ImageLayout)> = Vec::new();
+        let mut joins = Vec::new();
+        for step in &plan {
+            match &step.op {
+                Op::Conv {
+                    layer, layouts: l, ..
+                } => layouts.push((name(*layer), l.0, l.1)),
+                Op::BatchNorm { layer, layout, .. } => {
+                    layouts.push((name(*layer), *layout, *layout))
+                }
+                Op::AddRelu { layer } => joins.push(name(*layer)),
+                _ => {}
+            }
+        }
+        let expect = |n: &str, i, o| (n.to_string(), i, o);
+        assert_eq!(
+            layouts,
+            [
+                expect("stem", nchw, nhwc),
+                expect("stem_bn", nhwc, nhwc),
+                expect("a_conv1", nhwc, nhwc),
+                expect("a_bn1", nhwc, nhwc),
+                expect("a_conv2", nhwc, nhwc),
+                expect("a_bn2", nhwc, nhwc),
+                expect("b_conv1", nhwc, nhwc),
+                expect("b_bn1", nhwc, nhwc),
+                expect("b_conv2", nhwc, nchw),
+                expect("b_bn2", nchw, nchw),
+                expect("b_shortcut", nhwc, nchw),
+            ]
+        );
+        assert_eq!(joins, ["a_add", "b_add"]);
     }
 
     #[test]

@@ -569,9 +569,20 @@ fn batch_norm_gradients_match_finite_differences() {
     let beta = rand(&[2], 43);
     for activation in [ops::NormActivation::Linear, ops::NormActivation::Gelu] {
         let bn = |x: &Tensor, g: &Tensor, b: &Tensor, stats: ops::NormStatistics| {
-            ops::batch_norm(x, g, b, stats, 1e-3, activation, true)
-                .unwrap()
-                .0
+            ops::batch_norm(
+                x,
+                g,
+                b,
+                stats,
+                ops::NormSpec {
+                    epsilon: 1e-3,
+                    activation,
+                    layout: ops::ImageLayout::Nchw,
+                },
+                true,
+            )
+            .unwrap()
+            .0
         };
         let batch = |t: &Tensor| bn(t, &gamma, &beta, ops::NormStatistics::Batch(whole()));
         assert_gradients_agree(
@@ -604,6 +615,88 @@ fn batch_norm_gradients_match_finite_differences() {
     }
 }
 
+/// Channels-last BatchNormalization gives the NCHW op's bits: output, moments and the
+/// gradients of x, gamma and beta, for planes that are and are not multiples of 16 lanes
+/// (planes 1x3, 5x5 and 8x8; images per batch beyond one chunk of 8), with batch and fixed
+/// statistics and each fused activation.
+#[test]
+fn batch_norm_channels_last_gives_the_same_bits() {
+    let mut seed = 700;
+    for (n, c, h, w) in [(3, 5, 1, 3), (11, 7, 5, 5), (9, 16, 8, 8)] {
+        for activation in [
+            ops::NormActivation::Linear,
+            ops::NormActivation::Relu,
+            ops::NormActivation::Gelu,
+        ] {
+            for training in [true, false] {
+                seed += 4;
+                let x = rand(&[n, c, h, w], seed).affine(1.7, 0.4).unwrap();
+                let gamma = rand(&[c], seed + 1).affine(0.5, 1.0).unwrap();
+                let beta = rand(&[c], seed + 2);
+                let r = rand(&[n, c, h, w], seed + 3);
+                let run = |layout: ops::ImageLayout| {
+                    let (xv, gv, bv) = (
+                        Var::from_tensor(&x).unwrap(),
+                        Var::from_tensor(&gamma).unwrap(),
+                        Var::from_tensor(&beta).unwrap(),
+                    );
+                    let stats = match training {
+                        true => ops::NormStatistics::Batch(whole()),
+                        false => ops::NormStatistics::Fixed {
+                            mean: (0..c).map(|i| 0.1 * i as f32).collect(),
+                            variance: (0..c).map(|i| 0.5 + 0.2 * i as f32).collect(),
+                        },
+                    };
+                    let nhwc = layout == ops::ImageLayout::Nhwc;
+                    let xin = match nhwc {
+                        true => xv.permute((0, 2, 3, 1)).unwrap(),
+                        false => xv.as_tensor().clone(),
+                    };
+                    let (y, moments) = ops::batch_norm(
+                        &xin,
+                        &gv,
+                        &bv,
+                        stats,
+                        ops::NormSpec {
+                            epsilon: 1e-3,
+                            activation,
+                            layout,
+                        },
+                        true,
+                    )
+                    .unwrap();
+                    let y = match nhwc {
+                        true => y.permute((0, 3, 1, 2)).unwrap(),
+                        false => y,
+                    };
+                    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let bits = |t: &Tensor| -> Vec<u32> {
+                        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        v.iter().map(|f| f.to_bits()).collect()
+                    };
+                    let grad = |v: &Var| bits(grads.get(v).unwrap());
+                    let moments = moments.map(|m| (m.mean, m.variance));
+                    (bits(&y), moments, grad(&xv), grad(&gv), grad(&bv))
+                };
+                let (nchw, nhwc) = (run(ops::ImageLayout::Nchw), run(ops::ImageLayout::Nhwc));
+                let what = format!("{n}x{c}x{h}x{w} {activation:?} training {training}");
+                let same = |a: &[u32], b: &[u32], name: &str| {
+                    let first = a.iter().zip(b).position(|(a, b)| a != b);
+                    assert!(
+                        a.len() == b.len() && first.is_none(),
+                        "{what}: {name} differs (first at {first:?})"
+                    );
+                };
+                same(&nchw.0, &nhwc.0, "output");
+                assert_eq!(nchw.1, nhwc.1, "{what}: moments");
+                same(&nchw.2, &nhwc.2, "dx");
+                same(&nchw.3, &nhwc.3, "dgamma");
+                same(&nchw.4, &nhwc.4, "dbeta");
+            }
+        }
+    }
+}
+
 #[test]
 fn batch_norm_returns_the_batch_moments_keras_averages() {
     // Channel 0 holds 1..=8, channel 1 a constant: mean 4.5 and variance 5.25 (biased), 3 and 0.
@@ -620,8 +713,11 @@ fn batch_norm_returns_the_batch_moments_keras_averages() {
         &ones,
         &zeros,
         ops::NormStatistics::Batch(whole()),
-        1e-3,
-        ops::NormActivation::Linear,
+        ops::NormSpec {
+            epsilon: 1e-3,
+            activation: ops::NormActivation::Linear,
+            layout: ops::ImageLayout::Nchw,
+        },
         false,
     )
     .unwrap();

@@ -42,7 +42,7 @@ pub use dense::dense;
 pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use join::add_relu;
-pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormStatistics};
+pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormSpec, NormStatistics};
 pub use pool::{max_pool2d, PoolShape};
 pub use shard::{images_per_partial, BatchShard};
 

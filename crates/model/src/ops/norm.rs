@@ -1,5 +1,7 @@
-//! BatchNormalization (NCHW, statistics per channel) with the activation after it fused in,
-//! and GELU on its own: one op each with its own backward, in plain loops over f32.
+//! BatchNormalization (statistics per channel, on NCHW or channels-last images) with the
+//! activation after it fused in, and GELU on its own: one op each with its own backward, in
+//! plain loops over f32. Both layouts give the same bits: the channels-last kernels keep the
+//! NCHW ones' 16 lanes per channel (lane = position mod 16) and their order of additions.
 //!
 //! On candle's ops a training BatchNormalization → GELU is a dozen broadcast tensors, each
 //! kept for the backward pass (about five times the layer's output in memory, and as many
@@ -12,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use super::conv::ImageLayout;
 use super::shard::{BatchShard, GROUP_CHUNK};
 
 /// The activation applied after the normalisation, inside the same op.
@@ -36,6 +39,15 @@ pub enum NormStatistics {
     Fixed { mean: Vec<f32>, variance: Vec<f32> },
 }
 
+/// What a [`batch_norm`] computes besides its statistics: Keras' epsilon, the activation
+/// after it, and its images' layout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormSpec {
+    pub epsilon: f32,
+    pub activation: NormActivation,
+    pub layout: ImageLayout,
+}
+
 /// A batch's per-channel mean and biased variance, as [`batch_norm`] computed them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchMoments {
@@ -44,7 +56,7 @@ pub struct BatchMoments {
 }
 
 /// `act(gamma · (x - mean) / sqrt(var + epsilon) + beta)` per channel of an f32 CPU tensor
-/// `(N, C, H, W)` or `(N, C)`; `gamma` and `beta` are `(C,)` tensors (pass ones / zeros for a
+/// `(N, C, H, W)` (`(N, H, W, C)` with `layout` channels-last) or `(N, C)`; `gamma` and `beta` are `(C,)` tensors (pass ones / zeros for a
 /// layer without them). Differentiable in `x`, `gamma` and `beta`; with
 /// [`NormStatistics::Batch`] the gradient includes the statistics' dependence on `x`, and the
 /// batch's moments come back beside the output. Without `differentiable` (inference) the op
@@ -54,8 +66,11 @@ pub fn batch_norm(
     gamma: &Tensor,
     beta: &Tensor,
     statistics: NormStatistics,
-    epsilon: f32,
-    activation: NormActivation,
+    NormSpec {
+        epsilon,
+        activation,
+        layout,
+    }: NormSpec,
     differentiable: bool,
 ) -> Result<(Tensor, Option<BatchMoments>)> {
     let (training, shard) = match &statistics {
@@ -67,6 +82,7 @@ pub fn batch_norm(
         statistics,
         epsilon,
         activation,
+        layout,
         coefficients: Mutex::new(None),
         moments: moments.clone(),
         shard,
@@ -105,6 +121,7 @@ struct BatchNorm {
     statistics: NormStatistics,
     epsilon: f32,
     activation: NormActivation,
+    layout: ImageLayout,
     /// Made by the forward pass, used by the backward (candle hands the op over by reference).
     coefficients: Mutex<Option<Coefficients>>,
     moments: Arc<Mutex<Option<BatchMoments>>>,
@@ -112,13 +129,21 @@ struct BatchNorm {
     shard: BatchShard,
 }
 
-/// `(N, C, plane)` of an NCHW or NC layout.
-fn norm_dims(op: &str, dims: &[usize]) -> Result<(usize, usize, usize)> {
-    match dims {
-        [n, c] => Ok((*n, *c, 1)),
-        [n, c, h, w] => Ok((*n, *c, h * w)),
-        _ => candle_core::bail!("{op}: expects (N, C) or (N, C, H, W), got {dims:?}"),
+/// `(N, C, plane)` of `(N, C)` or of images in `layout`.
+fn norm_dims(op: &str, dims: &[usize], layout: ImageLayout) -> Result<(usize, usize, usize)> {
+    match (dims, layout) {
+        ([n, c], _) => Ok((*n, *c, 1)),
+        ([n, c, h, w], ImageLayout::Nchw) | ([n, h, w, c], ImageLayout::Nhwc) => {
+            Ok((*n, *c, h * w))
+        }
+        _ => candle_core::bail!("{op}: expects (N, C) or {layout:?} images, got {dims:?}"),
     }
+}
+
+/// Scratch for the channels-last kernels: two sets of 16 lanes per channel, and the per-channel
+/// pair of sums of one image.
+fn row_scratch(c: usize) -> (Vec<f32>, Vec<(f64, f64)>) {
+    (vec![0f32; 32 * c], vec![(0f64, 0f64); c])
 }
 
 /// Per-channel sums over the global batch: this process' images in fixed chunks, every
@@ -178,12 +203,23 @@ impl BatchNorm {
             }
             NormStatistics::Batch(_) => {
                 self.shard.check("simplecnn-batch-norm", n, CHUNK_IMAGES)?;
-                let sums = channel_sums::<2>(&self.shard, n, c, |i, acc| {
-                    for (ch, acc) in acc.iter_mut().enumerate() {
-                        let v = &x[(i * c + ch) * plane..][..plane];
-                        let (s, sq) = kernels::sum_and_squares(v);
-                        acc[0] += s;
-                        acc[1] += sq;
+                let sums = channel_sums::<2>(&self.shard, n, c, |i, acc| match self.layout {
+                    ImageLayout::Nchw => {
+                        for (ch, acc) in acc.iter_mut().enumerate() {
+                            let v = &x[(i * c + ch) * plane..][..plane];
+                            let (s, sq) = kernels::sum_and_squares(v);
+                            acc[0] += s;
+                            acc[1] += sq;
+                        }
+                    }
+                    ImageLayout::Nhwc => {
+                        let (mut lanes, mut sums) = row_scratch(c);
+                        let v = &x[i * c * plane..][..c * plane];
+                        kernels::sum_and_squares_rows(v, c, &mut lanes, &mut sums);
+                        for (acc, (s, sq)) in acc.iter_mut().zip(sums) {
+                            acc[0] += s;
+                            acc[1] += sq;
+                        }
                     }
                 })?;
                 let count = (self.shard.global(n) * plane) as f64;
@@ -238,16 +274,21 @@ impl CustomOp3 for BatchNorm {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = norm_dims(self.name(), xl.dims())?;
+        let dims = norm_dims(self.name(), xl.dims(), self.layout)?;
         let (_, c, plane) = dims;
         let x = contiguous_f32(self.name(), xs, xl)?;
         let gamma = channel_vector(self.name(), gs, gl, c)?;
         let beta = channel_vector(self.name(), bs, bl, c)?;
         let k = self.coefficients(x, dims, gamma, beta)?;
         let mut y = vec![0f32; x.len()];
+        let channels_last = self.layout == ImageLayout::Nhwc && plane > 1;
         y.par_chunks_mut(c * plane)
             .zip(x.par_chunks(c * plane))
             .for_each(|(y, x)| {
+                if channels_last {
+                    kernels::affine_act_rows(x, y, &k.scale, &k.shift, self.activation);
+                    return;
+                }
                 for ch in 0..c {
                     let r = ch * plane..(ch + 1) * plane;
                     kernels::affine_act(
@@ -285,6 +326,7 @@ impl CustomOp3 for BatchNorm {
             shard: self.shard.clone(),
             training: matches!(self.statistics, NormStatistics::Batch(_)),
             activation: self.activation,
+            layout: self.layout,
             param_grads: Mutex::new(None),
         };
         let dx = x.apply_op2_no_bwd(&grad_res.contiguous()?, &grad)?;
@@ -308,6 +350,7 @@ struct BatchNormGrad {
     shard: BatchShard,
     training: bool,
     activation: NormActivation,
+    layout: ImageLayout,
     param_grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
@@ -323,7 +366,7 @@ impl candle_core::CustomOp2 for BatchNormGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, plane) = norm_dims(self.name(), xl.dims())?;
+        let (n, c, plane) = norm_dims(self.name(), xl.dims(), self.layout)?;
         let x = contiguous_f32(self.name(), xs, xl)?;
         let dy = contiguous_f32(self.name(), gs, gl)?;
         if dy.len() != x.len() {
@@ -335,6 +378,7 @@ impl candle_core::CustomOp2 for BatchNormGrad {
             );
         }
         let k = &self.k;
+        let channels_last = self.layout == ImageLayout::Nhwc && plane > 1;
         // Pass 1: dz = dy · act'(z) into dx, and per channel Σ dz and Σ dz · x̂.
         let mut dx = vec![0f32; x.len()];
         let partial: Vec<Vec<[f64; 2]>> = dx
@@ -343,11 +387,29 @@ impl candle_core::CustomOp2 for BatchNormGrad {
             .zip(dy.par_chunks(CHUNK_IMAGES * c * plane))
             .map(|((dz, x), dy)| {
                 let mut acc = vec![[0f64; 2]; c];
+                let (mut lanes, mut sums) = row_scratch(if channels_last { c } else { 0 });
                 for ((dz, x), dy) in dz
                     .chunks_mut(c * plane)
                     .zip(x.chunks(c * plane))
                     .zip(dy.chunks(c * plane))
                 {
+                    if channels_last {
+                        let coefficients = (&k.scale[..], &k.shift[..], &k.mean[..]);
+                        kernels::act_grad_rows(
+                            x,
+                            dy,
+                            dz,
+                            coefficients,
+                            self.activation,
+                            &mut lanes,
+                            &mut sums,
+                        );
+                        for (acc, (s, sx)) in acc.iter_mut().zip(&sums) {
+                            acc[0] += s;
+                            acc[1] += sx;
+                        }
+                        continue;
+                    }
                     for (ch, acc) in acc.iter_mut().enumerate() {
                         let r = ch * plane..(ch + 1) * plane;
                         let (s, sx) = kernels::act_grad(
@@ -390,6 +452,11 @@ impl candle_core::CustomOp2 for BatchNormGrad {
         dx.par_chunks_mut(c * plane)
             .zip(x.par_chunks(c * plane))
             .for_each(|(dx, x)| {
+                if channels_last {
+                    let means = (&mean_dz[..], &mean_dzx[..]);
+                    kernels::input_grad_rows(x, dx, &k.scale, &k.mean, means);
+                    return;
+                }
                 for ch in 0..c {
                     let r = ch * plane..(ch + 1) * plane;
                     kernels::input_grad(
@@ -594,6 +661,57 @@ mod kernels {
         }
     }
 
+    multiversion! {
+        /// [`sum_and_squares`] of each channel of one channels-last image (rows of `c`), with
+        /// the same lanes and order of additions, so the same bits; `lanes` is scratch of
+        /// 32 · c, `sums` gets (Σ v, Σ v²) per channel.
+        fn sum_and_squares_rows(v: &[f32], c: usize, lanes: &mut [f32], sums: &mut [(f64, f64)]) -> () {
+            lane_sums((v, v), c, lanes, sums, |x, _, _| (x, x));
+        }
+    }
+
+    /// Per channel of two channels-last images `(u, v)` (rows of `c`), Σ a and Σ a · b of
+    /// `(a, b) = f(u, v, channel)` as [`sum_and_squares`] and [`grad_sums`] add them: 16 f32
+    /// lanes (lane = row mod 16, b multiplied in by `mul_add`), the rows past the last 16 in
+    /// f64 first (the product rounded to f32), then the lanes in order.
+    #[inline(always)]
+    fn lane_sums(
+        (u, v): (&[f32], &[f32]),
+        c: usize,
+        lanes: &mut [f32],
+        sums: &mut [(f64, f64)],
+        f: impl Fn(f32, f32, usize) -> (f32, f32),
+    ) {
+        let full = u.len() / c / 16 * 16 * c;
+        let (s, q) = lanes[..32 * c].split_at_mut(16 * c);
+        s.fill(0.0);
+        q.fill(0.0);
+        let rows = u[..full].chunks_exact(c).zip(v[..full].chunks_exact(c));
+        for (r, (u, v)) in rows.enumerate() {
+            let l = r % 16;
+            let (s, q) = (&mut s[l * c..][..c], &mut q[l * c..][..c]);
+            for ch in 0..c {
+                let (a, b) = f(u[ch], v[ch], ch);
+                s[ch] += a;
+                q[ch] = a.mul_add(b, q[ch]);
+            }
+        }
+        sums.fill((0.0, 0.0));
+        for (u, v) in u[full..].chunks_exact(c).zip(v[full..].chunks_exact(c)) {
+            for ch in 0..c {
+                let (a, b) = f(u[ch], v[ch], ch);
+                sums[ch].0 += a as f64;
+                sums[ch].1 += (a * b) as f64;
+            }
+        }
+        for l in 0..16 {
+            for ch in 0..c {
+                sums[ch].0 += s[l * c + ch] as f64;
+                sums[ch].1 += q[l * c + ch] as f64;
+            }
+        }
+    }
+
     #[inline(always)]
     fn fill(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32, scale: f32, shift: f32) {
         for (y, &x) in y.iter_mut().zip(x) {
@@ -608,6 +726,27 @@ mod kernels {
                 NormActivation::Linear => fill(x, y, |z| act(z, NormActivation::Linear), scale, shift),
                 NormActivation::Relu => fill(x, y, |z| act(z, NormActivation::Relu), scale, shift),
                 NormActivation::Gelu => fill(x, y, |z| act(z, NormActivation::Gelu), scale, shift),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn fill_rows(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32, scale: &[f32], shift: &[f32]) {
+        let c = scale.len();
+        for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            for ch in 0..c {
+                y[ch] = f(x[ch].mul_add(scale[ch], shift[ch]));
+            }
+        }
+    }
+
+    multiversion! {
+        /// [`affine_act`] of a channels-last image: rows of `scale.len()` channels.
+        fn affine_act_rows(x: &[f32], y: &mut [f32], scale: &[f32], shift: &[f32], a: NormActivation) -> () {
+            match a {
+                NormActivation::Linear => fill_rows(x, y, |z| act(z, NormActivation::Linear), scale, shift),
+                NormActivation::Relu => fill_rows(x, y, |z| act(z, NormActivation::Relu), scale, shift),
+                NormActivation::Gelu => fill_rows(x, y, |z| act(z, NormActivation::Gelu), scale, shift),
             }
         }
     }
@@ -661,6 +800,68 @@ mod kernels {
                 NormActivation::Linear => grad_sums(x, dy, dz, k, |z| act_derivative(z, NormActivation::Linear)),
                 NormActivation::Relu => grad_sums(x, dy, dz, k, |z| act_derivative(z, NormActivation::Relu)),
                 NormActivation::Gelu => grad_sums(x, dy, dz, k, |z| act_derivative(z, NormActivation::Gelu)),
+            }
+        }
+    }
+
+    /// [`grad_sums`] of a channels-last image: `dz` elementwise, then its sums per channel.
+    #[inline(always)]
+    fn grad_sums_rows(
+        x: &[f32],
+        dy: &[f32],
+        dz: &mut [f32],
+        (scale, shift, mean): (&[f32], &[f32], &[f32]),
+        d: impl Fn(f32) -> f32,
+        lanes: &mut [f32],
+        sums: &mut [(f64, f64)],
+    ) {
+        let c = scale.len();
+        for ((dz, x), dy) in dz
+            .chunks_exact_mut(c)
+            .zip(x.chunks_exact(c))
+            .zip(dy.chunks_exact(c))
+        {
+            for ch in 0..c {
+                dz[ch] = dy[ch] * d(x[ch].mul_add(scale[ch], shift[ch]));
+            }
+        }
+        lane_sums((dz, x), c, lanes, sums, |g, x, ch| (g, x - mean[ch]));
+    }
+
+    multiversion! {
+        /// [`act_grad`] of a channels-last image: `dz` in place, (Σ dz, Σ dz · (x - mean)) per
+        /// channel into `sums`; `lanes` is scratch of 32 · c.
+        fn act_grad_rows(
+            x: &[f32],
+            dy: &[f32],
+            dz: &mut [f32],
+            k: (&[f32], &[f32], &[f32]),
+            a: NormActivation,
+            lanes: &mut [f32],
+            sums: &mut [(f64, f64)],
+        ) -> () {
+            match a {
+                NormActivation::Linear => grad_sums_rows(x, dy, dz, k, |z| act_derivative(z, NormActivation::Linear), lanes, sums),
+                NormActivation::Relu => grad_sums_rows(x, dy, dz, k, |z| act_derivative(z, NormActivation::Relu), lanes, sums),
+                NormActivation::Gelu => grad_sums_rows(x, dy, dz, k, |z| act_derivative(z, NormActivation::Gelu), lanes, sums),
+            }
+        }
+    }
+
+    multiversion! {
+        /// [`input_grad`] of a channels-last image.
+        fn input_grad_rows(
+            x: &[f32],
+            dz: &mut [f32],
+            scale: &[f32],
+            mean: &[f32],
+            means: (&[f32], &[f32]),
+        ) -> () {
+            let (c, (mean_dz, mean_dzx)) = (scale.len(), means);
+            for (g, x) in dz.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for ch in 0..c {
+                    g[ch] = scale[ch] * ((x[ch] - mean[ch]).mul_add(-mean_dzx[ch], g[ch]) - mean_dz[ch]);
+                }
             }
         }
     }
