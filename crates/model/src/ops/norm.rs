@@ -666,22 +666,24 @@ mod kernels {
         /// the same lanes and order of additions, so the same bits; `lanes` is scratch of
         /// 32 · c, `sums` gets (Σ v, Σ v²) per channel.
         fn sum_and_squares_rows(v: &[f32], c: usize, lanes: &mut [f32], sums: &mut [(f64, f64)]) -> () {
-            lane_sums((v, v), c, lanes, sums, |x, _, _| (x, x));
+            lane_sums((v, v), &vec![0.0; c], lanes, sums);
         }
     }
 
-    /// Per channel of two channels-last images `(u, v)` (rows of `c`), Σ a and Σ a · b of
-    /// `(a, b) = f(u, v, channel)` as [`sum_and_squares`] and [`grad_sums`] add them: 16 f32
-    /// lanes (lane = row mod 16, b multiplied in by `mul_add`), the rows past the last 16 in
-    /// f64 first (the product rounded to f32), then the lanes in order.
+    /// Per channel of two channels-last images `(u, v)` (rows of `offset.len()` channels),
+    /// Σ u and Σ u · (v - offset) as [`sum_and_squares`] (v = u, offset 0) and [`grad_sums`]
+    /// (u = dz, v = x, offset the mean) add them: 16 f32 lanes (lane = row mod 16, the
+    /// product by `mul_add`), the rows past the last 16 in f64 first (the product rounded to
+    /// f32), then the lanes in order. Zipped, not indexed, so that the loops over a row's
+    /// channels vectorise.
     #[inline(always)]
     fn lane_sums(
         (u, v): (&[f32], &[f32]),
-        c: usize,
+        offset: &[f32],
         lanes: &mut [f32],
         sums: &mut [(f64, f64)],
-        f: impl Fn(f32, f32, usize) -> (f32, f32),
     ) {
+        let c = offset.len();
         let full = u.len() / c / 16 * 16 * c;
         let (s, q) = lanes[..32 * c].split_at_mut(16 * c);
         s.fill(0.0);
@@ -690,24 +692,26 @@ mod kernels {
         for (r, (u, v)) in rows.enumerate() {
             let l = r % 16;
             let (s, q) = (&mut s[l * c..][..c], &mut q[l * c..][..c]);
-            for ch in 0..c {
-                let (a, b) = f(u[ch], v[ch], ch);
-                s[ch] += a;
-                q[ch] = a.mul_add(b, q[ch]);
+            let row = s
+                .iter_mut()
+                .zip(q.iter_mut())
+                .zip(u.iter().zip(v).zip(offset));
+            for ((s, q), ((&a, &v), &o)) in row {
+                *s += a;
+                *q = a.mul_add(v - o, *q);
             }
         }
         sums.fill((0.0, 0.0));
         for (u, v) in u[full..].chunks_exact(c).zip(v[full..].chunks_exact(c)) {
-            for ch in 0..c {
-                let (a, b) = f(u[ch], v[ch], ch);
-                sums[ch].0 += a as f64;
-                sums[ch].1 += (a * b) as f64;
+            for (sum, ((&a, &v), &o)) in sums.iter_mut().zip(u.iter().zip(v).zip(offset)) {
+                sum.0 += a as f64;
+                sum.1 += (a * (v - o)) as f64;
             }
         }
-        for l in 0..16 {
-            for ch in 0..c {
-                sums[ch].0 += s[l * c + ch] as f64;
-                sums[ch].1 += q[l * c + ch] as f64;
+        for (s, q) in s.chunks_exact(c).zip(q.chunks_exact(c)) {
+            for (sum, (&s, &q)) in sums.iter_mut().zip(s.iter().zip(q)) {
+                sum.0 += s as f64;
+                sum.1 += q as f64;
             }
         }
     }
@@ -734,8 +738,8 @@ mod kernels {
     fn fill_rows(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32, scale: &[f32], shift: &[f32]) {
         let c = scale.len();
         for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for ch in 0..c {
-                y[ch] = f(x[ch].mul_add(scale[ch], shift[ch]));
+            for ((y, &x), (&s, &t)) in y.iter_mut().zip(x).zip(scale.iter().zip(shift)) {
+                *y = f(x.mul_add(s, t));
             }
         }
     }
@@ -821,11 +825,15 @@ mod kernels {
             .zip(x.chunks_exact(c))
             .zip(dy.chunks_exact(c))
         {
-            for ch in 0..c {
-                dz[ch] = dy[ch] * d(x[ch].mul_add(scale[ch], shift[ch]));
+            let row = dz
+                .iter_mut()
+                .zip(x.iter().zip(dy))
+                .zip(scale.iter().zip(shift));
+            for ((dz, (&x, &dy)), (&s, &t)) in row {
+                *dz = dy * d(x.mul_add(s, t));
             }
         }
-        lane_sums((dz, x), c, lanes, sums, |g, x, ch| (g, x - mean[ch]));
+        lane_sums((dz, x), mean, lanes, sums);
     }
 
     multiversion! {
@@ -859,8 +867,9 @@ mod kernels {
         ) -> () {
             let (c, (mean_dz, mean_dzx)) = (scale.len(), means);
             for (g, x) in dz.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                for ch in 0..c {
-                    g[ch] = scale[ch] * ((x[ch] - mean[ch]).mul_add(-mean_dzx[ch], g[ch]) - mean_dz[ch]);
+                let k = scale.iter().zip(mean).zip(mean_dz.iter().zip(mean_dzx));
+                for ((g, &x), ((&s, &m), (&mdz, &mdzx))) in g.iter_mut().zip(x).zip(k) {
+                    *g = s * ((x - m).mul_add(-mdzx, *g) - mdz);
                 }
             }
         }
