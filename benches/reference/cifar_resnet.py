@@ -68,5 +68,6 @@ def bench(framework, shortcuts):
                           weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     train, test = common.data(a)
-    train_step, predict = common.torch_steps(model, opt, loss_fn, dev)
-    common.run(a, framework, common.describe(torch, a.device), train_step, predict, train, test)
+    train_step, predict = common.torch_steps(model, opt, loss_fn, dev, autocast=a.autocast)
+    name = framework + common.autocast_suffix(a)
+    common.run(a, name, common.describe(torch, a.device), train_step, predict, train, test)

@@ -28,6 +28,9 @@ def args_parser():
     p.add_argument("--inference-batch", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="PyTorch's device (cpu, cuda)")
+    p.add_argument("--autocast", choices=["bfloat16"], default=None,
+                   help="PyTorch: run forward and loss under torch.autocast with this dtype "
+                        "(passed when the experiment's policy is mixed_bfloat16)")
     return p
 
 
@@ -135,24 +138,38 @@ def report(a, framework, version, step_ms, train_cpu, mean_loss, inference):
     }))
 
 
-def torch_steps(model, opt, loss_fn, dev, softmax=True, loss_per_image=False):
+def autocast_suffix(a):
+    """The framework name's suffix for a run under autocast."""
+    return f"-autocast-{a.autocast}" if a.autocast else ""
+
+
+def torch_steps(model, opt, loss_fn, dev, softmax=True, loss_per_image=False, autocast=None):
     """PyTorch's `train_step(x, y_onehot) -> loss` and `predict(x)` for `run`: the loss as the
     loss function gives it (or divided by the batch, for a summed loss), the prediction as
-    probabilities (or as the model's output)."""
+    probabilities (or as the model's output). With `autocast` ("bfloat16"), forward and loss run
+    under `torch.autocast(device, dtype)` (PyTorch's mixed precision; weights stay float32)."""
+    import contextlib
+
     import torch
+
+    def mixed():
+        if autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=getattr(torch, autocast))
 
     def train_step(x, y):
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
+        with mixed():
+            loss = loss_fn(model(torch.from_numpy(x).to(dev)), torch.from_numpy(y).to(dev))
         loss.backward()
         opt.step()
         return loss.item() / len(x) if loss_per_image else loss.item()
 
     def predict(x):
         model.eval()
-        with torch.no_grad():
-            out = model(torch.from_numpy(x).to(dev))
+        with torch.no_grad(), mixed():
+            out = model(torch.from_numpy(x).to(dev)).float()
             return (torch.softmax(out, dim=1) if softmax else out).cpu().numpy()
 
     return train_step, predict

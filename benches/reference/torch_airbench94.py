@@ -1,9 +1,10 @@
-"""airbench94's network and training step in PyTorch (CPU, float32), timed like crates/bench
-times `experiments/airbench94.toml`: the same layers, initialisation shapes, loss (label
-smoothing 0.2, summed over the batch) and SGD with Nesterov momentum and two parameter groups,
-at batch 1024. Written from the recipe in issue 11 (KellerJordan/cifar10-airbench,
-legacy/airbench94.py, describes it); the whitening layer keeps PyTorch's default initialisation
-here, which changes no timing. Augmentation and lookahead are outside the step on both sides."""
+"""airbench94's network and training step in PyTorch (CPU, float32, or bf16 under CPU autocast
+with --autocast bfloat16), timed like crates/bench times `experiments/airbench94.toml`: the
+same layers, initialisation shapes, loss (label smoothing 0.2, summed over the batch) and SGD
+with Nesterov momentum and two parameter groups, at batch 1024. Written from the recipe in
+issue 11 (KellerJordan/cifar10-airbench, legacy/airbench94.py, describes it); the whitening
+layer keeps PyTorch's default initialisation here, which changes no timing. Augmentation and
+lookahead are outside the step on both sides."""
 
 import common
 
@@ -72,9 +73,10 @@ def main():
     train, test = common.data(a)
     # The mean loss per image, as ours reports; the model's output as it is.
     train_step, predict = common.torch_steps(
-        model, opt, loss_fn, dev, softmax=False, loss_per_image=True)
+        model, opt, loss_fn, dev, softmax=False, loss_per_image=True, autocast=a.autocast)
     version = common.describe(torch, a.device)
-    common.run(a, "pytorch-airbench94", version, train_step, predict, train, test)
+    name = "pytorch-airbench94" + common.autocast_suffix(a)
+    common.run(a, name, version, train_step, predict, train, test)
 
 
 if __name__ == "__main__":

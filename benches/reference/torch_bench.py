@@ -21,9 +21,9 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
     loss_fn = nn.CrossEntropyLoss()
     train, test = common.data(a)
-    train_step, predict = common.torch_steps(model, opt, loss_fn, dev)
+    train_step, predict = common.torch_steps(model, opt, loss_fn, dev, autocast=a.autocast)
     version = common.describe(torch, a.device)
-    common.run(a, "pytorch", version, train_step, predict, train, test)
+    common.run(a, "pytorch" + common.autocast_suffix(a), version, train_step, predict, train, test)
 
 
 if __name__ == "__main__":

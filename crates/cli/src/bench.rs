@@ -218,12 +218,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         // The tutorial's model: keras_bench.py and torch_bench.py; an experiment E:
         // keras_E.py and torch_E.py, those that exist.
-        let (experiment_name, batch_size) = match &args.experiment {
+        let (experiment_name, batch_size, mixed_bf16) = match &args.experiment {
             Some(e) => {
                 let x = crate::experiment::load(e, &args.set)?.experiment;
-                (Some(x.name.clone()), Some(x.fit.batch_size))
+                let mixed = x.fit.precision == simplecnn_experiment::PrecisionName::MixedBfloat16;
+                (Some(x.name.clone()), Some(x.fit.batch_size), mixed)
             }
-            None => (None, None),
+            None => (None, None, false),
         };
         let mut found = 0;
         for (framework, python, prefix) in [
@@ -251,6 +252,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             command.arg(&script).args(args.common_args(&batches));
             if let Some(b) = batch_size {
                 command.args(["--batch-size", &b.to_string()]);
+            }
+            // PyTorch's counterpart of Keras' mixed_bfloat16 policy is its CPU autocast.
+            if mixed_bf16 && framework == "pytorch" {
+                command.args(["--autocast", "bfloat16"]);
             }
             entrants.push(Entrant { framework, command });
             found += 1;
