@@ -140,6 +140,12 @@ fn norm_dims(op: &str, dims: &[usize], layout: ImageLayout) -> Result<(usize, us
     }
 }
 
+/// Whether the channels-last (`*_rows`) kernels run: images in that layout with more than one
+/// position per plane (with one, both layouts are the same array and the NCHW kernels serve).
+fn channels_last(layout: ImageLayout, plane: usize) -> bool {
+    layout == ImageLayout::Nhwc && plane > 1
+}
+
 /// Scratch for the channels-last kernels: two sets of 16 lanes per channel, and the per-channel
 /// pair of sums of one image.
 fn row_scratch(c: usize) -> (Vec<f32>, Vec<(f64, f64)>) {
@@ -203,22 +209,24 @@ impl BatchNorm {
             }
             NormStatistics::Batch(_) => {
                 self.shard.check("simplecnn-batch-norm", n, CHUNK_IMAGES)?;
-                let sums = channel_sums::<2>(&self.shard, n, c, |i, acc| match self.layout {
-                    ImageLayout::Nchw => {
-                        for (ch, acc) in acc.iter_mut().enumerate() {
-                            let v = &x[(i * c + ch) * plane..][..plane];
-                            let (s, sq) = kernels::sum_and_squares(v);
-                            acc[0] += s;
-                            acc[1] += sq;
+                let sums = channel_sums::<2>(&self.shard, n, c, |i, acc| {
+                    match channels_last(self.layout, plane) {
+                        false => {
+                            for (ch, acc) in acc.iter_mut().enumerate() {
+                                let v = &x[(i * c + ch) * plane..][..plane];
+                                let (s, sq) = kernels::sum_and_squares(v);
+                                acc[0] += s;
+                                acc[1] += sq;
+                            }
                         }
-                    }
-                    ImageLayout::Nhwc => {
-                        let (mut lanes, mut sums) = row_scratch(c);
-                        let v = &x[i * c * plane..][..c * plane];
-                        kernels::sum_and_squares_rows(v, c, &mut lanes, &mut sums);
-                        for (acc, (s, sq)) in acc.iter_mut().zip(sums) {
-                            acc[0] += s;
-                            acc[1] += sq;
+                        true => {
+                            let (mut lanes, mut sums) = row_scratch(c);
+                            let v = &x[i * c * plane..][..c * plane];
+                            kernels::sum_and_squares_rows(v, c, &mut lanes, &mut sums);
+                            for (acc, (s, sq)) in acc.iter_mut().zip(sums) {
+                                acc[0] += s;
+                                acc[1] += sq;
+                            }
                         }
                     }
                 })?;
@@ -281,7 +289,7 @@ impl CustomOp3 for BatchNorm {
         let beta = channel_vector(self.name(), bs, bl, c)?;
         let k = self.coefficients(x, dims, gamma, beta)?;
         let mut y = vec![0f32; x.len()];
-        let channels_last = self.layout == ImageLayout::Nhwc && plane > 1;
+        let channels_last = channels_last(self.layout, plane);
         y.par_chunks_mut(c * plane)
             .zip(x.par_chunks(c * plane))
             .for_each(|(y, x)| {
@@ -378,7 +386,7 @@ impl candle_core::CustomOp2 for BatchNormGrad {
             );
         }
         let k = &self.k;
-        let channels_last = self.layout == ImageLayout::Nhwc && plane > 1;
+        let channels_last = channels_last(self.layout, plane);
         // Pass 1: dz = dy · act'(z) into dx, and per channel Σ dz and Σ dz · x̂.
         let mut dx = vec![0f32; x.len()];
         let partial: Vec<Vec<[f64; 2]>> = dx
