@@ -5,7 +5,12 @@ does it compute what we computed? Prints one JSON line: Keras' version, test los
     python keras_evaluate.py --model cnn_model.h5 --data … --input-scale 255
 
 The loss is the categorical cross-entropy of the softmax of the model's output when its last
-layer gives logits (no softmax), as `cargo xtask evaluate` computes it."""
+layer gives logits (no softmax), as `cargo xtask evaluate` computes it. With `--ours
+predictions.csv` (from `simplecnn evaluate --predictions`), also the share of images whose top
+class is ours and the largest difference in a class probability.
+
+    simplecnn evaluate --model run/model.keras --data data/bin --predictions /tmp/ours.csv
+    python keras_evaluate.py --model run/model.keras --data … --ours /tmp/ours.csv"""
 
 import argparse
 import json
@@ -20,6 +25,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--input-scale", type=float, default=1.0,
                    help="multiply the [0, 1] pixels by this (255: a model trained on raw pixels)")
+    p.add_argument("--ours", help="our per-image probabilities (simplecnn evaluate --predictions)")
     a = p.parse_args()
     import keras
     import numpy as np
@@ -35,8 +41,21 @@ def main():
         out = np.exp(out) / np.exp(out).sum(axis=1, keepdims=True)
     loss = float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], 1e-7, 1.0))))
     accuracy = float(np.mean(out.argmax(axis=1) == y))
-    print(json.dumps({"keras": keras.__version__, "backend": keras.backend.backend(),
-                      "loss": loss, "accuracy": accuracy, "count": len(y)}))
+    report = {"keras": keras.__version__, "backend": keras.backend.backend(),
+              "dtype_policy": model.layers[-1].dtype_policy.name,
+              "loss": loss, "accuracy": accuracy, "count": len(y)}
+    if a.ours:
+        ours = np.loadtxt(a.ours, delimiter=",", skiprows=1, ndmin=2)
+        if ours.shape != (len(y), 3 + out.shape[1]):
+            raise SystemExit(f"{a.ours}: {ours.shape} values, expected {len(y)} rows of "
+                             f"index, label, predicted and {out.shape[1]} probabilities")
+        if not np.array_equal(ours[:, 1].astype(int), y):
+            raise SystemExit(f"{a.ours}: its labels are not the test batch's")
+        diff = np.abs(ours[:, 3:] - out)
+        report["top1_agreement"] = float(np.mean(ours[:, 2].astype(int) == out.argmax(axis=1)))
+        report["max_probability_difference"] = float(diff.max())
+        report["mean_probability_difference"] = float(diff.mean())
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ pub struct EvaluateArgs {
     /// model trained on raw pixel values, as many Keras models are.
     #[arg(long, default_value_t = 1.0)]
     pub input_scale: f64,
+    /// Also write every test image's class probabilities to this CSV (`index,label,predicted,
+    /// p_0,…`), e.g. to compare with another framework image by image.
+    #[arg(long)]
+    pub predictions: Option<PathBuf>,
 }
 
 /// Top-1, top-k and per-class accuracy as lines to print.
@@ -83,7 +87,8 @@ fn load_checkpoint_model(path: &Path) -> Result<simplecnn_model::Model> {
     let config = run.join("config.json");
     let loaded = simplecnn_experiment::load_run_config(&config)?;
     let spec = crate::experiment::build_spec(&loaded.experiment)?;
-    let model = simplecnn_model::Model::new(spec, &candle_core::Device::Cpu, 0)?;
+    let mut model = simplecnn_model::Model::new(spec, &candle_core::Device::Cpu, 0)?;
+    model.set_precision(loaded.experiment.fit.precision.precision())?;
     simplecnn_train::load_checkpoint_weights(path, &model)?;
     Ok(model)
 }
@@ -130,6 +135,31 @@ pub fn load_model_file(path: &Path, input_scale: f64) -> Result<simplecnn_model:
     }
 }
 
+/// Every image's label, top class and class probabilities, as a CSV.
+fn write_predictions(
+    path: &Path,
+    model: &simplecnn_model::Model,
+    set: &LabeledImages,
+    batch_size: usize,
+) -> Result<()> {
+    let probabilities = simplecnn_train::probabilities(model, set, batch_size)?;
+    crate::files::write_atomic(path, |tmp| {
+        let mut out = csv::Writer::from_path(tmp)?;
+        let classes = probabilities.first().map_or(0, Vec::len);
+        let mut header = vec!["index".to_string(), "label".into(), "predicted".into()];
+        header.extend((0..classes).map(|c| format!("p_{c}")));
+        out.write_record(&header)?;
+        for (i, p) in probabilities.iter().enumerate() {
+            let top = simplecnn_train::top_classes(p, 1)[0];
+            let mut row = vec![i.to_string(), set.label(i).to_string(), top.to_string()];
+            row.extend(p.iter().map(|x| x.to_string()));
+            out.write_record(&row)?;
+        }
+        out.flush()?;
+        Ok(())
+    })
+}
+
 pub fn run(args: EvaluateArgs) -> Result<()> {
     let model = load_model_file(&args.model, args.input_scale)?;
     let data_dir = data_dir(args.data);
@@ -150,8 +180,18 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         &simplecnn_model::memory::MemoryNeed::inference(model.spec(), batch),
         &format!("evaluating {}", args.model.display()),
     )?;
+    if model.precision() != simplecnn_model::Precision::F32 {
+        println!(
+            "dtype policy {}",
+            simplecnn_store::policy_name(model.precision())
+        );
+    }
     let test = simplecnn_train::evaluate(&model, &data.test, args.batch_size as usize)?;
     print!("{}", report_lines(&test, &data.class_names));
+    if let Some(csv_path) = &args.predictions {
+        write_predictions(csv_path, &model, &data.test, args.batch_size as usize)?;
+        println!("wrote {}", csv_path.display());
+    }
     let out = match args.out {
         Some(dir) => dir,
         None => match args.model.parent() {

@@ -1,5 +1,6 @@
 //! `export --format onnx MODEL -o model.onnx`: a model the workbench can load (ours or Keras'
-//! `.h5`/`.keras`, a run's checkpoint) as an ONNX file for ONNX Runtime.
+//! `.h5`/`.keras`, a run's checkpoint) as an ONNX file for ONNX Runtime; `--format keras`
+//! writes it as Keras 3's `.keras` (with the run's dtype policy, for a checkpoint).
 
 use std::path::PathBuf;
 
@@ -8,6 +9,7 @@ use anyhow::{Context, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Onnx,
+    Keras,
 }
 
 #[derive(clap::Args)]
@@ -17,7 +19,7 @@ pub struct ExportArgs {
     pub model: PathBuf,
     #[arg(long, value_enum, default_value = "onnx")]
     pub format: Format,
-    /// The file to write (`model.onnx`)
+    /// The file to write (`model.onnx`, `model.keras`)
     #[arg(short, long)]
     pub output: PathBuf,
     /// Multiply the pixels by this before the model's first layer, inside the exported graph:
@@ -30,6 +32,20 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let model = crate::evaluate::load_model_file(&args.model, args.input_scale)?;
     let classes = model.spec().output_shape().elem_count();
     let names = crate::predict::stored_class_names(&args.model, classes)?;
+    if args.format == Format::Keras {
+        let options = simplecnn_store::SaveOptions {
+            optimizer: None,
+            class_names: names.as_deref(),
+        };
+        simplecnn_store::save_model_with(&model, &args.output, &options)?;
+        println!(
+            "wrote {} (Keras {}, dtype policy {})",
+            args.output.display(),
+            simplecnn_store::KERAS3_FORMAT_VERSION,
+            simplecnn_store::policy_name(model.precision())
+        );
+        return Ok(());
+    }
     let options = simplecnn_onnx::ExportOptions {
         class_names: names.as_deref(),
         producer_version: env!("CARGO_PKG_VERSION"),

@@ -1021,32 +1021,40 @@ fn a_killed_airbench94_run_resumes_to_the_same_result() {
 /// which would train nothing here): whitening and dirac initialisation, BatchNorm training,
 /// SGD-Nesterov, lookahead, augmentation, TTA; its .h5 reloads and scores the plain (no TTA)
 /// numbers the run reported.
+/// airbench94 on 8 tiny images a class in `tmp/data`, batches of 16, with `sets`
+/// (`--set` each); the run's folder.
+fn tiny_airbench94(tmp: &Path, sets: &[&str]) -> PathBuf {
+    let data = tmp.join("data");
+    tiny_folders(&data, 8);
+    let out = tmp.join("out");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/airbench94.toml");
+    let mut args = vec![
+        "experiment".to_string(),
+        file.to_str().unwrap().into(),
+        "--data".into(),
+        data.to_str().unwrap().into(),
+        "--batch-size".into(),
+        "16".into(),
+        "--set".into(),
+        "model.init.0.images=40".into(),
+        "--out".into(),
+        out.to_str().unwrap().into(),
+    ];
+    for set in sets {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = xtask(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.join("latest").canonicalize().unwrap()
+}
+
 #[test]
 fn airbench94_runs_on_tiny_data() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    tiny_folders(&data, 8);
-    let out = tmp.path().join("out");
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/airbench94.toml");
-    let o = xtask(&[
-        "experiment",
-        file.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--batch-size",
-        "16",
-        "--set",
-        "fit.epochs=1.5",
-        "--set",
-        "model.init.0.images=40",
-        // The whitening bias freezes from epoch 2 (of 2), so the saved layer is frozen.
-        "--set",
-        "fit.freeze.1.from_epoch=2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let run = out.join("latest").canonicalize().unwrap();
+    // The whitening bias freezes from epoch 2 (of 2), so the saved layer is frozen.
+    let run = tiny_airbench94(tmp.path(), &["fit.epochs=1.5", "fit.freeze.1.from_epoch=2"]);
     let history = History::read_csv(&run.join("epochs.csv")).unwrap();
     // 80 images in batches of 16: 5 steps an epoch, 1.5 epochs: 8 steps in 2 epochs.
     assert_eq!(history.epochs.len(), 2);
@@ -1545,4 +1553,84 @@ save = ["model.keras"]
             .clone()
     };
     assert_eq!(conv(&before), conv(&after));
+}
+
+/// A `mixed_bfloat16` run's `model.keras` carries the policy: `evaluate` on it gives, image by
+/// image, the probabilities that the run's checkpoint gives (read with the run's config), and
+/// the run's own score; the float32 `model.h5` gives other probabilities; `export --format
+/// keras` of the checkpoint writes the policy into every layer but the input.
+#[test]
+fn a_mixed_bfloat16_run_keeps_its_policy_in_its_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tiny_airbench94(
+        tmp.path(),
+        &["fit.epochs=1", "fit.precision=mixed_bfloat16"],
+    );
+    let predictions = |model: &Path, csv: &str| -> String {
+        let csv = tmp.path().join(csv);
+        let o = xtask(&[
+            "evaluate",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--batch-size",
+            "16",
+            "--out",
+            tmp.path().join("pictures").to_str().unwrap(),
+            "--predictions",
+            csv.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(csv).unwrap()
+    };
+    let keras = predictions(&run.join("model.keras"), "keras.csv");
+    let checkpoint = predictions(&run.join("checkpoints/last.safetensors"), "last.csv");
+    let h5 = predictions(&run.join("model.h5"), "h5.csv");
+    assert_eq!(keras, checkpoint);
+    assert_ne!(
+        keras, h5,
+        "float32 and mixed_bfloat16 gave the same probabilities"
+    );
+    // Every row: index, label, the top class of its probabilities, the probabilities.
+    let rows: Vec<Vec<f64>> = keras
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|x| x.parse().unwrap()).collect())
+        .collect();
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    assert_eq!(rows.len() as u64, test["count"].as_u64().unwrap());
+    let mut correct = 0;
+    for row in &rows {
+        let p = &row[3..];
+        let top = (0..p.len()).fold(0, |best, c| if p[c] > p[best] { c } else { best });
+        assert_eq!(row[2] as usize, top, "{row:?}");
+        correct += usize::from(row[1] == row[2]);
+    }
+    let without_tta = test["without_tta"][1].as_f64().unwrap();
+    assert_eq!(correct as f64 / rows.len() as f64, without_tta);
+
+    let exported = tmp.path().join("exported.keras");
+    let o = xtask(&[
+        "export",
+        run.join("checkpoints/last.safetensors").to_str().unwrap(),
+        "--format",
+        "keras",
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&exported).unwrap()).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("config.json").unwrap(), &mut text).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for layer in config["config"]["layers"].as_array().unwrap() {
+        let dtype = &layer["config"]["dtype"];
+        match layer["class_name"].as_str().unwrap() {
+            "InputLayer" => assert_eq!(dtype, "float32"),
+            _ => assert_eq!(dtype["config"]["name"], "mixed_bfloat16", "{layer}"),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
-use simplecnn_model::{Activation, LayerKind, Model, Network};
+use simplecnn_model::{Activation, LayerKind, Model, Network, Precision};
 
 use crate::error::{fail, Context, Result};
 use crate::h5::{write_scalar, write_string};
@@ -571,8 +571,53 @@ pub(crate) fn open_archive(path: &Path) -> Result<KerasArchive> {
     })
 }
 
-/// The Sequential's config as Keras 3 writes `config.json`, with `compile_config` for Adam.
-pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
+/// Keras' name of `precision` as a dtype policy.
+pub fn policy_name(precision: Precision) -> &'static str {
+    match precision {
+        Precision::F32 => "float32",
+        Precision::MixedBf16 => "mixed_bfloat16",
+    }
+}
+
+/// The precision a model's config asks for: `mixed_bfloat16` when every layer with matrix
+/// products (Conv2D, Dense and their kin) has that dtype policy — Keras 3's `DTypePolicy`, Keras
+/// 2's `Policy` or the bare name —, float32 otherwise. Keras keeps a policy per layer; here the
+/// model has one, so a model mixing policies computes in float32.
+pub(crate) fn precision_of(config: &Value) -> Precision {
+    let Some(layers) = config["config"]["layers"].as_array() else {
+        return Precision::F32;
+    };
+    let products = |class: &str| {
+        matches!(
+            class,
+            "Conv2D" | "Convolution2D" | "DepthwiseConv2D" | "SeparableConv2D" | "Dense"
+        )
+    };
+    let policies: Vec<&str> = layers
+        .iter()
+        .filter(|l| l["class_name"].as_str().is_some_and(products))
+        .map(|l| {
+            let dtype = &l["config"]["dtype"];
+            dtype
+                .as_str()
+                .or_else(|| dtype["config"]["name"].as_str())
+                .unwrap_or("float32")
+        })
+        .collect();
+    match !policies.is_empty() && policies.iter().all(|&p| p == "mixed_bfloat16") {
+        true => Precision::MixedBf16,
+        false => Precision::F32,
+    }
+}
+
+/// The Sequential's config as Keras 3 writes `config.json`, with `compile_config` for Adam;
+/// under `mixed_bfloat16` every layer but the input carries that `DTypePolicy`, as Keras 3
+/// writes a model built under `keras.config.set_dtype_policy("mixed_bfloat16")`.
+pub(crate) fn keras3_config(
+    spec: &Network,
+    adam: Option<&AdamState>,
+    precision: Precision,
+) -> Value {
     let wrap = |layer: Value, input: Option<Value>| {
         // ConvNeXt's LayerScale and StochasticDepth live in its application's module.
         let (module, registered) = match layer["class_name"].as_str() {
@@ -639,12 +684,17 @@ pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
         let mut entry = wrap(layer_config(l), Some(build_shape));
         if spec.is_functional() {
             // Keras 3's node: the tensors it takes, a list of them for a joining layer.
+            // A layer under a mixed policy gives tensors in its compute dtype.
             let tensors: Vec<Value> = source_names(spec, l)
                 .into_iter()
                 .zip(&shapes)
                 .map(|(name, shape)| {
+                    let dtype = match (precision, name == input_name) {
+                        (Precision::MixedBf16, false) => "bfloat16",
+                        _ => "float32",
+                    };
                     json!({"class_name": "__keras_tensor__", "config": {
-                        "shape": shape, "dtype": "float32", "keras_history": [name, 0, 0]}})
+                        "shape": shape, "dtype": dtype, "keras_history": [name, 0, 0]}})
                 })
                 .collect();
             let joins = matches!(
@@ -670,6 +720,17 @@ pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
         }
     }
     // Keras 3 writes a layer's dtype as a policy; the plain "float32" of Keras 2 also loads.
+    let policy = json!({"module": "keras", "class_name": "DTypePolicy",
+                        "config": {"name": policy_name(precision)}, "registered_name": null});
+    let mixed = precision != Precision::F32;
+    if mixed {
+        for l in layers
+            .iter_mut()
+            .filter(|l| l["class_name"] != "InputLayer" && l["config"].get("dtype").is_some())
+        {
+            l["config"]["dtype"] = policy.clone();
+        }
+    }
     let adam_cfg = adam.map_or(
         json!({"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
         |a| json!({"learning_rate": a.learning_rate, "beta_1": a.beta_1, "beta_2": a.beta_2, "epsilon": a.epsilon}),
@@ -723,7 +784,8 @@ pub(crate) fn keras3_config(spec: &Network, adam: Option<&AdamState>) -> Value {
     json!({
         "module": "keras",
         "class_name": "Sequential",
-        "config": {"name": spec.name(), "trainable": true, "dtype": "float32", "layers": layers},
+        "config": {"name": spec.name(), "trainable": true,
+                   "dtype": if mixed { policy } else { json!("float32") }, "layers": layers},
         "registered_name": null,
         "build_config": {"input_shape": input_shape},
         "compile_config": compile_config
@@ -849,7 +911,7 @@ fn write_archive(
     if let Some(names) = class_names {
         metadata["class_names"] = json!(names);
     }
-    let config = keras3_config(model.spec(), adam);
+    let config = keras3_config(model.spec(), adam, model.precision());
     let out = std::fs::File::create(tmp).at(path, || format!("cannot create {}", tmp.display()))?;
     let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(out));
     let stored = zip::write::SimpleFileOptions::default()

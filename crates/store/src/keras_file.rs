@@ -571,7 +571,8 @@ pub fn load_model_scaled(path: &Path, device: &Device, scale: f64) -> Result<Mod
     };
     crate::layout::insert_input_scale(layers, scale);
     let spec = network_from_config(&config).at(path, || "model_config".into())?;
-    let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+    let mut model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+    set_policy(&mut model, &config, path)?;
     load_weights(&model, path, MatchBy::Name)?;
     Ok(model)
 }
@@ -581,7 +582,8 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     if crate::keras3::is_zip(path) {
         let archive = crate::keras3::open_archive(path)?;
         let spec = network_from_config(&archive.config).at(path, || "config.json".into())?;
-        let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+        let mut model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+        set_policy(&mut model, &archive.config, path)?;
         let file = archive.open_weights()?;
         let paths = crate::keras3::paths_from_config(&archive.config);
         crate::keras3::load_weights_tree(&model, &file, &archive.weights_label, &paths, None)?;
@@ -589,9 +591,18 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     }
     let config = read_model_config(path)?;
     let spec = network_from_config(&config).at(path, || "model_config".into())?;
-    let model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+    let mut model = Model::new(spec, device, 0).at(path, || "building the model".into())?;
+    set_policy(&mut model, &config, path)?;
     load_weights(&model, path, MatchBy::Order)?;
     Ok(model)
+}
+
+/// The model computes as the file's dtype policy says (see [`crate::keras3::precision_of`]).
+fn set_policy(model: &mut Model, config: &serde_json::Value, path: &Path) -> Result<()> {
+    let precision = crate::keras3::precision_of(config);
+    model.set_precision(precision).at(path, || {
+        format!("dtype policy {}", crate::keras3::policy_name(precision))
+    })
 }
 
 /// The optimizer state saved by [`save_model`] (Keras 2 naming), in our layouts; `None` when

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use simplecnn_model::Model;
+use simplecnn_model::{Model, Precision};
 use simplecnn_store::{
     load_model, load_optimizer, load_weights, read_class_names, save_model_with, AdamState,
     MatchBy, SaveOptions,
@@ -261,4 +261,74 @@ fn bad_keras_files_are_named_errors() {
             .to_string();
         assert!(err.contains(file) && err.contains(expect), "{file}: {err}");
     }
+}
+
+/// The config.json entries of a `.keras` file.
+fn archive_config(path: &Path) -> serde_json::Value {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("config.json").unwrap(), &mut text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Each layer's name and `dtype`, Keras' bookkeeping (`shared_object_id`) left out.
+fn layer_dtypes(config: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    config["config"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let mut dtype = l["config"]["dtype"].clone();
+            if let Some(d) = dtype.as_object_mut() {
+                d.remove("shared_object_id");
+            }
+            (l["config"]["name"].as_str().unwrap().to_string(), dtype)
+        })
+        .collect()
+}
+
+/// A graph Keras 3.15 built and trained under `set_dtype_policy("mixed_bfloat16")`: it loads
+/// with that policy, its logits are Keras' within bf16's error (Keras rounds activations to
+/// bf16 too, we round the convolutions' operands: 0.03 on logits of about 1, where Keras' own
+/// two policies differ by up to 0.008), and in float32 they are Keras' float32 logits to 1e-4;
+/// the `.keras` we write back gives every layer the policy as Keras does.
+#[test]
+fn a_mixed_bfloat16_keras_file_keeps_its_policy() {
+    let path = fixture("mixed_bfloat16.keras");
+    let text = std::fs::read_to_string(fixture("mixed_bfloat16.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let input = common::nhwc_batch(&v["input_nhwc"]);
+    let mut model = load_model(&path, &Device::Cpu).unwrap();
+    assert_eq!(model.precision(), Precision::MixedBf16);
+    let mixed = common::predict(&model, &input);
+    let diff = common::max_diff(&mixed, &common::rows(&v["logits_mixed_bfloat16"]));
+    assert!(
+        diff < 0.03,
+        "mixed_bfloat16 logits differ from Keras' by {diff}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path().join("ours.keras");
+    save_model_with(&model, &ours, &SaveOptions::default()).unwrap();
+    assert_eq!(
+        layer_dtypes(&archive_config(&ours)),
+        layer_dtypes(&archive_config(&path))
+    );
+    let back = load_model(&ours, &Device::Cpu).unwrap();
+    assert_eq!(back.precision(), Precision::MixedBf16);
+    assert_eq!(common::predict(&back, &input), mixed);
+
+    model.set_precision(Precision::F32).unwrap();
+    let f32_logits = common::predict(&model, &input);
+    let diff = common::max_diff(&f32_logits, &common::rows(&v["logits_float32"]));
+    assert!(diff < 1e-4, "float32 logits differ from Keras' by {diff}");
+    assert_ne!(f32_logits, mixed, "the policy changed nothing");
+    let f32_file = tmp.path().join("f32.keras");
+    save_model_with(&model, &f32_file, &SaveOptions::default()).unwrap();
+    let dtypes = layer_dtypes(&archive_config(&f32_file));
+    assert!(dtypes.iter().all(|(_, d)| d == "float32"), "{dtypes:?}");
+    assert_eq!(
+        load_model(&f32_file, &Device::Cpu).unwrap().precision(),
+        Precision::F32
+    );
 }

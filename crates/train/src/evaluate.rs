@@ -262,6 +262,20 @@ pub fn class_probabilities(model: &Model, x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax_last_dim(&logits)?)
 }
 
+/// Every image's class probabilities ([`class_probabilities`]), in the set's order.
+pub fn probabilities(
+    model: &Model,
+    data: &LabeledImages,
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(data.len());
+    for batch in data.batches(batch_size.max(1), model.device()) {
+        let p = class_probabilities(model, &batch?.images)?;
+        out.extend(p.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
 /// Keras' `model.predict(x)`: class probabilities `(N, classes)`, on the CPU.
 pub fn predict(model: &Model, data: &LabeledImages, batch_size: usize) -> Result<Tensor> {
     let mut parts = Vec::new();
