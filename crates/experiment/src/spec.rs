@@ -313,8 +313,9 @@ pub struct FitSpec {
     /// `fast` (this project's CPU kernels) or `candle` (candle's own ops, the reference).
     #[serde(default)]
     pub kernels: KernelsName,
-    /// Keras' dtype policy: `float32`, or `mixed_bfloat16` (the convolutions' matrix products
-    /// on bf16 operands with f32 sums, on the CPU fast path; everything else f32).
+    /// Keras' dtype policy: `float32`, or `mixed_bfloat16` (the convolutions' and Dense layers'
+    /// matrix products on bf16 operands with f32 sums, on the CPU fast path; everything else
+    /// f32).
     #[serde(default)]
     pub precision: PrecisionName,
     /// Weights the optimizer leaves alone from an epoch on: `[[fit.freeze]] weights =

@@ -261,9 +261,9 @@ impl Model {
         self.kernels
     }
 
-    /// Keras' dtype policy for the convolutions' matrix products on the CPU fast path:
-    /// [`Precision::MixedBf16`] rounds their operands (images, kernels, gradients) to bf16 and
-    /// sums in f32, forward and backward; weights, optimizer state, BatchNorm, Dense layers,
+    /// Keras' dtype policy for the convolutions' and Dense layers' matrix products on the CPU
+    /// fast path: [`Precision::MixedBf16`] rounds their operands (images, kernels, gradients)
+    /// to bf16 and sums in f32, forward and backward; weights, optimizer state, BatchNorm,
     /// the loss and the softmax stay f32. Other paths (CUDA, `Kernels::Candle`) compute in f32.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         self.precision = precision;
@@ -560,14 +560,18 @@ impl Model {
                 let bias = ws.get(1).map(|b| b.var.as_tensor());
                 d.finish(y, bias, skip_final_softmax && layer == last)?
             }
-            Op::Dense { layer, activation } => {
+            Op::Dense {
+                layer,
+                activation,
+                precision,
+            } => {
                 let ws = &self.weights[layer];
                 let kernel = ws[0].var.as_tensor();
                 let bias = match ws.get(1) {
                     Some(b) => b.var.as_tensor().clone(),
                     None => Tensor::zeros(kernel.dim(1)?, kernel.dtype(), kernel.device())?,
                 };
-                let y = ops::dense(x, kernel, &bias, &shard)?;
+                let y = ops::dense_in(x, kernel, &bias, &shard, precision)?;
                 activation.apply(y, skip_final_softmax && layer == last)?
             }
             Op::AddRelu { .. } => ops::add_relu(x, &inputs[1])?,

@@ -52,6 +52,7 @@ pub(crate) enum Op {
     Dense {
         layer: usize,
         activation: Activation,
+        precision: ops::Precision,
     },
     /// Add of two values of one shape → ReLU (an Activation layer, the Add's sole consumer) as
     /// [`ops::add_relu`]: a residual block's end.
@@ -336,6 +337,7 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                 let op = Op::Dense {
                     layer: i,
                     activation: d.activation,
+                    precision,
                 };
                 (op, vec![i])
             }

@@ -5,20 +5,36 @@
 //! additions, and so the bits of each row) depends on the batch size; here every product is
 //! over a fixed chunk of [`GROUP_CHUNK`] rows, so a row's values do not depend on which batch,
 //! or which process' share of it, the row sits in. The kernel and bias gradients are partials
-//! over the global batch's groups, folded by the shard, as a convolution's are.
+//! over the global batch's groups, folded by the shard, as a convolution's are. Under
+//! `mixed_bfloat16` the products take bf16 operands as a convolution's do (the kernel packed
+//! once per call; products narrower than 32 columns stay f32).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, MatRef};
+use super::conv::Precision;
+use super::gemm::MatRef;
+use super::lowering::{packed_for, product};
 use super::shard::{images_per_partial, BatchShard, GROUP_CHUNK};
 use super::{contiguous_f32, split_packed_grads};
 
 /// `x · kernel + bias` for f32 CPU tensors `x (N, K)`, `kernel (K, O)`, `bias (O)`, on
 /// `shard`'s rows of a global batch; differentiable in all three.
 pub fn dense(x: &Tensor, kernel: &Tensor, bias: &Tensor, shard: &BatchShard) -> Result<Tensor> {
+    dense_in(x, kernel, bias, shard, Precision::F32)
+}
+
+/// [`dense`] with its products, forward and backward, in `precision`.
+pub fn dense_in(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    shard: &BatchShard,
+    precision: Precision,
+) -> Result<Tensor> {
     let op = DenseForward {
         shard: shard.clone(),
+        precision,
     };
     x.contiguous()?
         .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
@@ -26,6 +42,7 @@ pub fn dense(x: &Tensor, kernel: &Tensor, bias: &Tensor, shard: &BatchShard) -> 
 
 struct DenseForward {
     shard: BatchShard,
+    precision: Precision,
 }
 
 /// `(N, K, O)` of the operands, checked.
@@ -58,17 +75,15 @@ impl CustomOp3 for DenseForward {
         let w = contiguous_f32(self.name(), ks, kl)?;
         let mut y = vec![0f32; n * o];
         if o > 0 {
+            let w = MatRef::rows(w, o);
+            let packed = packed_for(self.precision, w, (k, o));
             y.par_chunks_mut(GROUP_CHUNK * o)
                 .zip(x.par_chunks(GROUP_CHUNK * k.max(1)))
                 .for_each(|(y, x)| {
                     let rows = y.len() / o;
-                    matmul(
-                        y,
-                        MatRef::rows(x, k),
-                        MatRef::rows(w, o),
-                        (rows, o, k),
-                        false,
-                    );
+                    let a = MatRef::rows(x, k);
+                    let kernel = (w, packed.as_ref());
+                    product(self.precision, y, a, kernel, (rows, o, k), false);
                     for row in y.chunks_exact_mut(o) {
                         row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
                     }
@@ -89,6 +104,7 @@ impl CustomOp3 for DenseForward {
         let op = DenseGrads {
             with_input,
             shard: self.shard.clone(),
+            precision: self.precision,
         };
         let packed = x.apply_op3_no_bwd(&grad_res.contiguous()?, kernel, &op)?;
         let o = kernel.dim(1)?;
@@ -106,6 +122,7 @@ const TILE_ROWS: usize = 64;
 struct DenseGrads {
     with_input: bool,
     shard: BatchShard,
+    precision: Precision,
 }
 
 impl CustomOp3 for DenseGrads {
@@ -138,12 +155,15 @@ impl CustomOp3 for DenseGrads {
         let mut out = vec![0f32; dx_len + k * o + o];
         let (dx, params) = out.split_at_mut(dx_len);
         if self.with_input && k > 0 && o > 0 {
+            let wt = MatRef::transposed(w, o);
+            let packed = packed_for(self.precision, wt, (o, k));
             dx.par_chunks_mut(GROUP_CHUNK * k)
                 .zip(dy.par_chunks(GROUP_CHUNK * o))
                 .for_each(|(dx, dy)| {
                     let rows = dy.len() / o;
-                    let wt = MatRef::transposed(w, o);
-                    matmul(dx, MatRef::rows(dy, o), wt, (rows, k, o), false);
+                    let a = MatRef::rows(dy, o);
+                    let b = (wt, packed.as_ref());
+                    product(self.precision, dx, a, b, (rows, k, o), false);
                 });
         }
         let per = images_per_partial(self.shard.global(n));
@@ -159,7 +179,7 @@ impl CustomOp3 for DenseGrads {
                 col_stride: k,
             };
             let dy = MatRef::rows(&dy[g * per * o..][..rows * o], o);
-            matmul(into, xt, dy, (len, o, rows), false);
+            product(self.precision, into, xt, (dy, None), (len, o, rows), false);
         };
         let bias_partial = |g: usize| {
             let mut db = vec![0f32; o];

@@ -298,9 +298,9 @@ pub(crate) fn input_grad_kernel(s: &ConvShape, kernel: &[f32]) -> KernelRows {
 /// Under `mixed_bfloat16`, products with fewer output columns than this stay f32.
 pub(crate) const BF16_MIN_COLUMNS: usize = 32;
 
-/// `dst = a · b` (or `+=`) in the convolution's precision; `packed`, when given, is `b`
-/// already in bf16.
-fn product(
+/// `dst = a · b` (or `+=`) in the op's precision; `packed`, when given, is `b` already in
+/// bf16 (see [`packed_for`]).
+pub(crate) fn product(
     precision: Precision,
     dst: &mut [f32],
     a: MatRef<'_>,
@@ -317,6 +317,19 @@ fn product(
         (Precision::MixedBf16, _) if narrow => matmul(dst, a, b, dims, accumulate),
         (Precision::MixedBf16, Some(p)) => matmul_bf16_packed(dst, a, p, dims.0, accumulate),
         (Precision::MixedBf16, None) => matmul_bf16(dst, a, b, dims, accumulate),
+    }
+}
+
+/// `b (k x n)` packed in bf16 where `precision` multiplies it so ([`product`]): mixed, and
+/// at least [`BF16_MIN_COLUMNS`] columns, on a CPU with bf16 instructions.
+pub(crate) fn packed_for(
+    precision: Precision,
+    b: MatRef<'_>,
+    (k, n): (usize, usize),
+) -> Option<PackedB> {
+    match precision {
+        Precision::MixedBf16 if n >= BF16_MIN_COLUMNS => PackedB::new(b, (k, n)),
+        _ => None,
     }
 }
 

@@ -38,7 +38,7 @@ mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
 pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout, Precision};
-pub use dense::dense;
+pub use dense::{dense, dense_in};
 pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use join::add_relu;
