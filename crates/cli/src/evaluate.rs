@@ -181,10 +181,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         &format!("evaluating {}", args.model.display()),
     )?;
     if model.precision() != simplecnn_model::Precision::F32 {
-        println!(
-            "dtype policy {}",
-            simplecnn_store::policy_name(model.precision())
-        );
+        println!("dtype policy {}", model.precision().keras_name());
     }
     let test = simplecnn_train::evaluate(&model, &data.test, args.batch_size as usize)?;
     print!("{}", report_lines(&test, &data.class_names));

@@ -42,7 +42,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             "wrote {} (Keras {}, dtype policy {})",
             args.output.display(),
             simplecnn_store::KERAS3_FORMAT_VERSION,
-            simplecnn_store::policy_name(model.precision())
+            model.precision().keras_name()
         );
         return Ok(());
     }

@@ -1017,13 +1017,9 @@ fn a_killed_airbench94_run_resumes_to_the_same_result() {
     assert_eq!(test(&run), test(&whole));
 }
 
-/// airbench94's experiment file runs end to end on tiny data (a smaller batch than its 1024,
-/// which would train nothing here): whitening and dirac initialisation, BatchNorm training,
-/// SGD-Nesterov, lookahead, augmentation, TTA; its .h5 reloads and scores the plain (no TTA)
-/// numbers the run reported.
 /// airbench94 on 8 tiny images a class in `tmp/data`, batches of 16, with `sets`
-/// (`--set` each); the run's folder.
-fn tiny_airbench94(tmp: &Path, sets: &[&str]) -> PathBuf {
+/// (`--set` each): the data folder and the run's folder.
+fn tiny_airbench94(tmp: &Path, sets: &[&str]) -> (PathBuf, PathBuf) {
     let data = tmp.join("data");
     tiny_folders(&data, 8);
     let out = tmp.join("out");
@@ -1046,15 +1042,18 @@ fn tiny_airbench94(tmp: &Path, sets: &[&str]) -> PathBuf {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = xtask(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    out.join("latest").canonicalize().unwrap()
+    (data, out.join("latest").canonicalize().unwrap())
 }
 
+/// airbench94's experiment file runs end to end on tiny data (a smaller batch than its 1024,
+/// which would train nothing here): whitening and dirac initialisation, BatchNorm training,
+/// SGD-Nesterov, lookahead, augmentation, TTA; its .h5 reloads and scores the plain (no TTA)
+/// numbers the run reported.
 #[test]
 fn airbench94_runs_on_tiny_data() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
     // The whitening bias freezes from epoch 2 (of 2), so the saved layer is frozen.
-    let run = tiny_airbench94(tmp.path(), &["fit.epochs=1.5", "fit.freeze.1.from_epoch=2"]);
+    let (data, run) = tiny_airbench94(tmp.path(), &["fit.epochs=1.5", "fit.freeze.1.from_epoch=2"]);
     let history = History::read_csv(&run.join("epochs.csv")).unwrap();
     // 80 images in batches of 16: 5 steps an epoch, 1.5 epochs: 8 steps in 2 epochs.
     assert_eq!(history.epochs.len(), 2);
@@ -1562,8 +1561,7 @@ save = ["model.keras"]
 #[test]
 fn a_mixed_bfloat16_run_keeps_its_policy_in_its_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let run = tiny_airbench94(
+    let (data, run) = tiny_airbench94(
         tmp.path(),
         &["fit.epochs=1", "fit.precision=mixed_bfloat16"],
     );

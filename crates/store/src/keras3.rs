@@ -571,14 +571,6 @@ pub(crate) fn open_archive(path: &Path) -> Result<KerasArchive> {
     })
 }
 
-/// Keras' name of `precision` as a dtype policy.
-pub fn policy_name(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "float32",
-        Precision::MixedBf16 => "mixed_bfloat16",
-    }
-}
-
 /// The precision a model's config asks for: `mixed_bfloat16` when every layer with matrix
 /// products (Conv2D, Dense and their kin) has that dtype policy — Keras 3's `DTypePolicy`, Keras
 /// 2's `Policy` or the bare name —, float32 otherwise. Keras keeps a policy per layer; here the
@@ -604,7 +596,8 @@ pub(crate) fn precision_of(config: &Value) -> Precision {
                 .unwrap_or("float32")
         })
         .collect();
-    match !policies.is_empty() && policies.iter().all(|&p| p == "mixed_bfloat16") {
+    let mixed = Precision::MixedBf16.keras_name();
+    match !policies.is_empty() && policies.iter().all(|&p| p == mixed) {
         true => Precision::MixedBf16,
         false => Precision::F32,
     }
@@ -721,7 +714,7 @@ pub(crate) fn keras3_config(
     }
     // Keras 3 writes a layer's dtype as a policy; the plain "float32" of Keras 2 also loads.
     let policy = json!({"module": "keras", "class_name": "DTypePolicy",
-                        "config": {"name": policy_name(precision)}, "registered_name": null});
+                        "config": {"name": precision.keras_name()}, "registered_name": null});
     let mixed = precision != Precision::F32;
     if mixed {
         for l in layers

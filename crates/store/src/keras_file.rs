@@ -600,9 +600,9 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
 /// The model computes as the file's dtype policy says (see [`crate::keras3::precision_of`]).
 fn set_policy(model: &mut Model, config: &serde_json::Value, path: &Path) -> Result<()> {
     let precision = crate::keras3::precision_of(config);
-    model.set_precision(precision).at(path, || {
-        format!("dtype policy {}", crate::keras3::policy_name(precision))
-    })
+    model
+        .set_precision(precision)
+        .at(path, || format!("dtype policy {}", precision.keras_name()))
 }
 
 /// The optimizer state saved by [`save_model`] (Keras 2 naming), in our layouts; `None` when

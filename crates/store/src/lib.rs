@@ -40,7 +40,7 @@ pub use error::{Result, StoreError};
 /// Opening HDF5 files without HDF5's advisory lock, which a spawned child would inherit.
 pub use h5::{create_file as create_h5, open_file as open_h5, open_file_rw as open_h5_rw};
 pub use inspect::inspect;
-pub use keras3::{policy_name, KERAS3_FORMAT_VERSION};
+pub use keras3::KERAS3_FORMAT_VERSION;
 pub use keras_file::{
     load_layer_weights, load_model, load_model_scaled, load_optimizer, load_weights,
     read_class_names, read_model_config, save_model, save_model_with, AdamState, MatchBy,

@@ -41,6 +41,16 @@ pub enum Precision {
     MixedBf16,
 }
 
+impl Precision {
+    /// Keras' name of the dtype policy.
+    pub fn keras_name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::MixedBf16 => "mixed_bfloat16",
+        }
+    }
+}
+
 /// The geometry of one convolution, batch size aside, and the precision of its products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvShape {
