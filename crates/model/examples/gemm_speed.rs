@@ -5,7 +5,7 @@
 //!   cargo run --release -p simplecnn-model --example gemm_speed
 use std::time::Instant;
 
-use simplecnn_model::ops::gemm_bf16::{bf16_path, matmul_rows};
+use simplecnn_model::ops::gemm_bf16::{bf16_path, matmul_at_rows, matmul_rows};
 
 /// GFLOP/s of one core's register-only loops of `vfmadd` (f32) and `vdpbf16ps` (bf16 pairs):
 /// what the instructions themselves can do here.
@@ -58,15 +58,22 @@ fn main() {
             "instruction peaks, one core: vfmadd f32 {f:.1} GFLOP/s, vdpbf16ps {b:.1} GFLOP/s"
         );
     }
+    // (name, m, n, k, a given transposed): per image and kernel row, the forward product
+    // positions x (kw · C) · (kw · C) x O, and the kernel gradient's (kw · C) x positions ·
+    // positions x O with the patches read transposed.
     let shapes = [
-        ("airbench 256->256 at 8x8", 80, 256, 768),
-        ("airbench 64->256 at 16x16", 288, 256, 192),
-        ("airbench 24->64 at 32x32", 1088, 64, 72),
-        ("resnet20 16->16 at 32x32", 1088, 16, 48),
-        ("resnet20 64->64 at 8x8", 80, 64, 192),
-        ("square 512", 512, 512, 512),
+        ("airbench 256->256 at 8x8", 80, 256, 768, false),
+        ("airbench 64->256 at 16x16", 288, 256, 192, false),
+        ("airbench 256->256 at 16x16", 288, 256, 768, false),
+        ("airbench 24->64 at 32x32", 1088, 64, 72, false),
+        ("  kernel grad 256->256 at 8x8", 768, 256, 80, true),
+        ("  kernel grad 256->256 at 16x16", 768, 256, 288, true),
+        ("  kernel grad 64->64 at 32x32", 192, 64, 1088, true),
+        ("resnet20 16->16 at 32x32", 1088, 16, 48, false),
+        ("resnet20 64->64 at 8x8", 80, 64, 192, false),
+        ("square 512", 512, 512, 512, false),
     ];
-    for (name, m, n, k) in shapes {
+    for (name, m, n, k, transposed) in shapes {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
             .collect();
@@ -83,14 +90,17 @@ fn main() {
             for _ in 0..3 {
                 let t = Instant::now();
                 for _ in 0..reps {
-                    matmul_rows(&mut dst, &a, &b, (m, n, k), bf16);
+                    match transposed {
+                        true => matmul_at_rows(&mut dst, &a, &b, (m, n, k), bf16),
+                        false => matmul_rows(&mut dst, &a, &b, (m, n, k), bf16),
+                    }
                 }
                 best = best.min(t.elapsed().as_secs_f64() / reps as f64);
             }
             rate[slot] = flops / best / 1e9;
         }
         println!(
-            "{name:<28} {m:>5}x{n:<4}x{k:<4}  f32 {:>6.1} GFLOP/s  bf16 {:>6.1} GFLOP/s  ({:.2}x)",
+            "{name:<32} {m:>5}x{n:<4}x{k:<4}  f32 {:>6.1} GFLOP/s  bf16 {:>6.1} GFLOP/s  ({:.2}x)",
             rate[0],
             rate[1],
             rate[1] / rate[0]

@@ -4,7 +4,9 @@
 //! are f32. On CPUs with AVX512_BF16 a micro-kernel on `vdpbf16ps` (`_mm512_dpbf16_ps`: two
 //! products a lane, 32 a register, twice the f32 FMA's rate) computes 12 x 32 tiles; elsewhere
 //! the same rounded operands go through the f32 product ([`super::gemm::matmul`]), slower and
-//! with sums in another order (results differ by f32 rounding, not by bf16's).
+//! with sums in another order (results differ by f32 rounding, not by bf16's): `b` rounded
+//! once where it is packed, `a` per product into a reused buffer, so the fallback costs little
+//! more than f32 itself.
 //!
 //! `vdpbf16ps` treats bf16 denormals as zero and flushes denormal sums to zero (its fixed
 //! behaviour, whatever MXCSR says); the fallback keeps them. Single-threaded, like [`super::gemm::matmul`]: the callers parallelise over images, which
@@ -29,6 +31,17 @@ pub fn to_bf16(x: f32) -> u16 {
     }
     let round = 0x7fff + ((bits >> 16) & 1);
     (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// `x` rounded to the nearest bf16 value, as f32: `from_bf16(to_bf16(x))` without branches,
+/// so that loops over slices vectorise.
+#[inline]
+pub fn round_to_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    let is_nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    let quiet_nan = bits | 0x0040_0000;
+    f32::from_bits(if is_nan { quiet_nan } else { rounded } & 0xffff_0000)
 }
 
 /// A bf16 value as f32 (exact).
@@ -77,20 +90,58 @@ pub fn has_bf16_instructions() -> bool {
     kernel().is_some()
 }
 
-/// `b (k x n)` converted once to bf16 pairs, block by block and panel by panel, for products
-/// that use it many times (a convolution's kernel, for every image of a batch).
+/// `b (k x n)` converted once to bf16, for products that use it many times (a convolution's
+/// kernel, for every image of a batch).
 pub(crate) struct PackedB {
-    kernel: Kernel,
     k: usize,
     n: usize,
-    /// Per block of KP pairs of `k`: its first pair, its pairs, and its NR-column panels.
-    blocks: Vec<(usize, usize, Vec<Vec<u32>>)>,
+    form: Packing,
+}
+
+/// A block of KP pairs of `k`: its first pair, its pairs, and its NR-column panels of bf16
+/// pairs.
+type PairBlock = (usize, usize, Vec<Vec<u32>>);
+
+enum Packing {
+    /// For `kernel`'s micro-kernel, block by block.
+    Pairs {
+        kernel: Kernel,
+        blocks: Vec<PairBlock>,
+    },
+    /// No bf16 instructions: `b`'s values rounded to bf16 (as f32), `k x n` row-major, for the
+    /// f32 product.
+    Rounded(Vec<f32>),
 }
 
 impl PackedB {
-    /// `None` where bf16 products take the f32 fallback, or `k` is 0.
+    /// Packed for this CPU's micro-kernel, or rounded for the f32 fallback; `None` where `k`
+    /// or `n` is 0.
     pub(crate) fn new(b: MatRef<'_>, (k, n): (usize, usize)) -> Option<PackedB> {
-        PackedB::for_kernel(b, (k, n), kernel()?)
+        match kernel() {
+            Some(kernel) => PackedB::for_kernel(b, (k, n), kernel),
+            None => PackedB::rounded(b, (k, n)),
+        }
+    }
+
+    /// `b`'s values rounded to bf16, for the f32 fallback.
+    fn rounded(b: MatRef<'_>, (k, n): (usize, usize)) -> Option<PackedB> {
+        assert!(b.fits(k, n), "gemm_bf16: operand too small");
+        if k == 0 || n == 0 {
+            return None;
+        }
+        let mut data = Vec::with_capacity(k * n);
+        for p in 0..k {
+            let row = &b.data[p * b.row_stride..];
+            match b.col_stride {
+                1 => data.extend(row[..n].iter().map(|&x| round_to_bf16(x))),
+                cs => data.extend((0..n).map(|j| round_to_bf16(row[j * cs]))),
+            }
+        }
+        Some(PackedB {
+            k,
+            n,
+            form: Packing::Rounded(data),
+        })
     }
 
     /// Packed for `kernel`'s micro-kernel (which the CPU must have).
@@ -120,10 +171,9 @@ impl PackedB {
             p0 += pairs;
         }
         Some(PackedB {
-            kernel,
             k,
             n,
-            blocks,
+            form: Packing::Pairs { kernel, blocks },
         })
     }
 }
@@ -144,7 +194,8 @@ pub(crate) fn matmul_bf16(
     }
     match PackedB::new(b, (k, n)) {
         Some(packed) => matmul_bf16_packed(dst, a, &packed, m, accumulate),
-        None => matmul_rounded(dst, a, b, (m, n, k), accumulate),
+        // k == 0: a sum of nothing.
+        None => matmul(dst, a, b, (m, n, k), accumulate),
     }
 }
 
@@ -161,12 +212,49 @@ pub(crate) fn matmul_bf16_packed(
     if m == 0 {
         return;
     }
-    // SAFETY: a PackedB exists only where kernel() found the CPU's bf16 instructions; the
-    // asserts above bound every access.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        tiles(dst, a, b, m, accumulate)
+    match &b.form {
+        Packing::Rounded(b_rounded) => {
+            let b_rounded = MatRef::rows(b_rounded, b.n);
+            ROUNDED_A.with_borrow_mut(|buf| {
+                let a = rounded_view(a, (m, b.k), buf);
+                matmul(dst, a, b_rounded, (m, b.n, b.k), accumulate)
+            })
+        }
+        // SAFETY: pairs are packed only where kernel() found the CPU's bf16 instructions; the
+        // asserts above bound every access.
+        #[cfg(target_arch = "x86_64")]
+        Packing::Pairs { kernel, blocks } => unsafe {
+            tiles(dst, a, (*kernel, blocks), (b.n, b.k), m, accumulate)
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        Packing::Pairs { .. } => unreachable!("bf16 pairs are packed on x86-64 only"),
     }
+}
+
+thread_local! {
+    /// The fallback's rounded `a`, kept between products so that each does not allocate (and
+    /// fault in) a fresh buffer.
+    static ROUNDED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `a (m x k)` with its values rounded to bf16, in `buf`: the span of `a.data` the view
+/// covers, rounded as it lies (a lowering's overlapping rows are rounded once), unless the
+/// view skips most of its span; then its elements, row-major.
+fn rounded_view<'a>(a: MatRef<'_>, (m, k): (usize, usize), buf: &'a mut Vec<f32>) -> MatRef<'a> {
+    buf.clear();
+    let span = (m - 1) * a.row_stride + (k - 1) * a.col_stride + 1;
+    if span <= 2 * m * k {
+        buf.extend(a.data[..span].iter().map(|&x| round_to_bf16(x)));
+        return MatRef {
+            data: buf,
+            row_stride: a.row_stride,
+            col_stride: a.col_stride,
+        };
+    }
+    for i in 0..m {
+        buf.extend((0..k).map(|c| round_to_bf16(a.at(i, c))));
+    }
+    MatRef::rows(buf, k)
 }
 
 /// `dst (m x n) = a (m x k) · b (k x n)` for contiguous row-major matrices: in bf16 operands
@@ -186,26 +274,20 @@ pub fn matmul_rows(
     }
 }
 
-/// The fallback: the operands rounded to bf16 (as f32 values), multiplied in f32.
-fn matmul_rounded(
+/// [`matmul_rows`] with `a` given as its transpose, `at (k x m)` row-major: the shape of a
+/// convolution's kernel gradient (patchesᵀ · output gradient).
+pub fn matmul_at_rows(
     dst: &mut [f32],
-    a: MatRef<'_>,
-    b: MatRef<'_>,
+    at: &[f32],
+    b: &[f32],
     (m, n, k): (usize, usize, usize),
-    accumulate: bool,
+    bf16: bool,
 ) {
-    let round = |x: f32| from_bf16(to_bf16(x));
-    let a_r: Vec<f32> = (0..m * k)
-        .map(|p| round(a.at(p / k.max(1), p % k.max(1))))
-        .collect();
-    let b_r: Vec<f32> = (0..k * n).map(|p| round(b.at(p / n, p % n))).collect();
-    matmul(
-        dst,
-        MatRef::rows(&a_r, k),
-        MatRef::rows(&b_r, n),
-        (m, n, k),
-        accumulate,
-    )
+    let (a, b) = (MatRef::transposed(at, m), MatRef::rows(b, n));
+    match bf16 {
+        true => matmul_bf16(dst, a, b, (m, n, k), false),
+        false => matmul(dst, a, b, (m, n, k), false),
+    }
 }
 
 /// `b`'s columns `j0..j0 + NR` (zeros past `n`), rows `2·p0..2·(p0 + pairs)` (zeros past `k`),
@@ -329,8 +411,14 @@ impl Kernel {
 /// packed once and used across `b`'s panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn tiles(dst: &mut [f32], a: MatRef<'_>, b: &PackedB, m: usize, accumulate: bool) {
-    let (kernel, n, k) = (b.kernel, b.n, b.k);
+unsafe fn tiles(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    (kernel, blocks): (Kernel, &[PairBlock]),
+    (n, k): (usize, usize),
+    m: usize,
+    accumulate: bool,
+) {
     let rows = kernel.rows();
     let row_panels = m.div_ceil(rows);
     let mut a_packed: Vec<u32> = Vec::new();
@@ -338,7 +426,7 @@ unsafe fn tiles(dst: &mut [f32], a: MatRef<'_>, b: &PackedB, m: usize, accumulat
     if kernel == Kernel::Amx {
         amx::configure();
     }
-    for (p0, pairs, b_panels) in &b.blocks {
+    for (p0, pairs, b_panels) in blocks {
         let (p0, pairs) = (*p0, *pairs);
         let padded = kernel.padded(pairs);
         // The first block writes (or adds to) `dst`; later ones add.
@@ -547,6 +635,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn rounding_without_branches_is_rounding_to_bf16() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let specials = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+        ];
+        let randoms = (0..200_000).map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            f32::from_bits((s >> 32) as u32)
+        });
+        for x in specials.into_iter().chain(randoms) {
+            let want = from_bf16(to_bf16(x));
+            assert_eq!(
+                round_to_bf16(x).to_bits(),
+                want.to_bits(),
+                "{x:e} ({:#x})",
+                x.to_bits()
+            );
+        }
+    }
+
     /// Every path this CPU can run: each micro-kernel it has, and the f32 fallback (`None`).
     fn paths() -> Vec<Option<Kernel>> {
         let mut paths = vec![None];
@@ -572,7 +691,10 @@ mod tests {
                 let packed = PackedB::for_kernel(b, (mnk.2, mnk.1), kernel).expect("k > 0");
                 matmul_bf16_packed(dst, a, &packed, mnk.0, accumulate)
             }
-            None => matmul_rounded(dst, a, b, mnk, accumulate),
+            None => {
+                let packed = PackedB::rounded(b, (mnk.2, mnk.1)).expect("k > 0");
+                matmul_bf16_packed(dst, a, &packed, mnk.0, accumulate)
+            }
         }
     }
 
