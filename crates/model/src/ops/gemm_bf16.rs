@@ -130,13 +130,7 @@ impl PackedB {
             return None;
         }
         let mut data = Vec::with_capacity(k * n);
-        for p in 0..k {
-            let row = &b.data[p * b.row_stride..];
-            match b.col_stride {
-                1 => data.extend(row[..n].iter().map(|&x| round_to_bf16(x))),
-                cs => data.extend((0..n).map(|j| round_to_bf16(row[j * cs]))),
-            }
-        }
+        push_rounded_rows(&mut data, b, (k, n));
         Some(PackedB {
             k,
             n,
@@ -251,10 +245,20 @@ fn rounded_view<'a>(a: MatRef<'_>, (m, k): (usize, usize), buf: &'a mut Vec<f32>
             col_stride: a.col_stride,
         };
     }
-    for i in 0..m {
-        buf.extend((0..k).map(|c| round_to_bf16(a.at(i, c))));
-    }
+    push_rounded_rows(buf, a, (m, k));
     MatRef::rows(buf, k)
+}
+
+/// Appends `x (rows x cols)`'s elements rounded to bf16, row-major (a contiguous row at a
+/// time where its columns are, so that the rounding vectorises).
+fn push_rounded_rows(buf: &mut Vec<f32>, x: MatRef<'_>, (rows, cols): (usize, usize)) {
+    for i in 0..rows {
+        let row = &x.data[i * x.row_stride..];
+        match x.col_stride {
+            1 => buf.extend(row[..cols].iter().map(|&v| round_to_bf16(v))),
+            cs => buf.extend((0..cols).map(|j| round_to_bf16(row[j * cs]))),
+        }
+    }
 }
 
 /// `dst (m x n) = a (m x k) · b (k x n)` for contiguous row-major matrices: in bf16 operands
@@ -268,10 +272,7 @@ pub fn matmul_rows(
     bf16: bool,
 ) {
     let (a, b) = (MatRef::rows(a, k), MatRef::rows(b, n));
-    match bf16 {
-        true => matmul_bf16(dst, a, b, (m, n, k), false),
-        false => matmul(dst, a, b, (m, n, k), false),
-    }
+    matmul_in(dst, a, b, (m, n, k), bf16)
 }
 
 /// [`matmul_rows`] with `a` given as its transpose, `at (k x m)` row-major: the shape of a
@@ -284,9 +285,20 @@ pub fn matmul_at_rows(
     bf16: bool,
 ) {
     let (a, b) = (MatRef::transposed(at, m), MatRef::rows(b, n));
+    matmul_in(dst, a, b, (m, n, k), bf16)
+}
+
+/// `dst = a · b` in bf16 operands with f32 sums when `bf16`, else in f32.
+fn matmul_in(
+    dst: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dims: (usize, usize, usize),
+    bf16: bool,
+) {
     match bf16 {
-        true => matmul_bf16(dst, a, b, (m, n, k), false),
-        false => matmul(dst, a, b, (m, n, k), false),
+        true => matmul_bf16(dst, a, b, dims, false),
+        false => matmul(dst, a, b, dims, false),
     }
 }
 
