@@ -337,6 +337,8 @@ fn wrong_shapes_are_errors_not_panics() {
 /// A training-mode forward and backward (of the squared logits) of `spec` on `x` with either
 /// set of kernels: the same logits and weight gradients, to `1e-4` and `1e-3`.
 fn assert_same_training_step(spec: &simplecnn_model::Network, x: &Tensor) {
+    // An output element the fast kernels forget to write is then NaN, not a stale value.
+    ops::fill_unwritten_outputs_with_nan();
     let run = |kernels: Kernels| {
         let mut model = Model::new(spec.clone(), &CPU, 8).unwrap();
         model.set_kernels(kernels).unwrap();
@@ -488,6 +490,7 @@ proptest! {
 
 #[test]
 fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
+    ops::fill_unwritten_outputs_with_nan();
     // VGG-style: conv → conv → pool, a strided conv, then conv → pool with dropout; the fast
     // path hands channels-last images from each conv to the next.
     use simplecnn_model::{
@@ -524,6 +527,7 @@ fn convolutions_in_a_row_chain_channels_last_the_same_as_candle() {
 /// training and inference, on the fast path's BatchNormalization op and on candle's ops.
 #[test]
 fn batch_norm_and_gelu_train_the_same_with_either_kernels() {
+    ops::fill_unwritten_outputs_with_nan();
     use simplecnn_model::{
         Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Network, Padding,
     };
@@ -621,6 +625,7 @@ fn batch_norm_gradients_match_finite_differences() {
 /// statistics and each fused activation.
 #[test]
 fn batch_norm_channels_last_gives_the_same_bits() {
+    ops::fill_unwritten_outputs_with_nan();
     let mut seed = 700;
     for (n, c, h, w) in [(3, 5, 1, 3), (11, 7, 5, 5), (9, 16, 8, 8)] {
         for activation in [

@@ -276,7 +276,8 @@ impl CustomOp3 for Conv2dForward {
         let (p, o) = (s.positions(), s.out_channels);
         let kr = kernel_rows(s, k);
         let grid = Grid::of(s);
-        let mut y = vec![0f32; n * s.out_len()];
+        // SAFETY: every output row of every image is written below.
+        let mut y = unsafe { super::output::unwritten(n * s.out_len()) };
         y.par_chunks_mut(s.out_len())
             .zip(x.par_chunks(s.in_len()))
             .for_each_init(
@@ -364,7 +365,8 @@ impl CustomOp2 for ReluGrad {
         }
         let g = contiguous_f32(self.name(), gs, gl)?;
         let y = contiguous_f32(self.name(), ys, yl)?;
-        let mut out = vec![0f32; g.len()];
+        // SAFETY: every element is written below.
+        let mut out = unsafe { super::output::unwritten(g.len()) };
         out.par_chunks_mut(1 << 16)
             .zip(g.par_chunks(1 << 16).zip(y.par_chunks(1 << 16)))
             .for_each(|(out, (g, y))| {
@@ -500,7 +502,9 @@ impl<S: ConvGradSource> CustomOp3 for ConvGrads<S> {
         let k = contiguous_f32(self.name(), ks, kl)?;
         let kernel_len = s.out_channels * s.patch_len();
         let dx_len = if self.with_input { n * s.in_len() } else { 0 };
-        let mut out = vec![0f32; dx_len + kernel_len + s.out_channels];
+        // SAFETY: the chunks write every image's dx (input_grad writes all of it); the kernel
+        // and bias gradients are written after the fold.
+        let mut out = unsafe { super::output::unwritten(dx_len + kernel_len + s.out_channels) };
         let (dx, params) = out.split_at_mut(dx_len);
         let per = images_per_partial(self.shard.global(n));
         self.shard.check(self.name(), n, per)?;

@@ -32,6 +32,7 @@ pub mod gemm_bf16;
 mod join;
 mod lowering;
 mod norm;
+mod output;
 mod pool;
 mod shard;
 mod transpose;
@@ -43,6 +44,7 @@ pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use join::add_relu;
 pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormSpec, NormStatistics};
+pub use output::fill_unwritten_outputs_with_nan;
 pub use pool::{max_pool2d, PoolShape};
 pub use shard::{images_per_partial, BatchShard};
 

@@ -288,7 +288,8 @@ impl CustomOp3 for BatchNorm {
         let gamma = channel_vector(self.name(), gs, gl, c)?;
         let beta = channel_vector(self.name(), bs, bl, c)?;
         let k = self.coefficients(x, dims, gamma, beta)?;
-        let mut y = vec![0f32; x.len()];
+        // SAFETY: the kernels below write every element.
+        let mut y = unsafe { super::output::unwritten(x.len()) };
         let channels_last = channels_last(self.layout, plane);
         y.par_chunks_mut(c * plane)
             .zip(x.par_chunks(c * plane))
@@ -388,7 +389,8 @@ impl candle_core::CustomOp2 for BatchNormGrad {
         let k = &self.k;
         let channels_last = channels_last(self.layout, plane);
         // Pass 1: dz = dy · act'(z) into dx, and per channel Σ dz and Σ dz · x̂.
-        let mut dx = vec![0f32; x.len()];
+        // SAFETY: the kernels below write every element.
+        let mut dx = unsafe { super::output::unwritten(x.len()) };
         let partial: Vec<Vec<[f64; 2]>> = dx
             .par_chunks_mut(CHUNK_IMAGES * c * plane)
             .zip(x.par_chunks(CHUNK_IMAGES * c * plane))
@@ -491,7 +493,8 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(self.name(), xs, xl)?;
-        let mut y = vec![0f32; x.len()];
+        // SAFETY: the kernels below write every element.
+        let mut y = unsafe { super::output::unwritten(x.len()) };
         y.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14))
             .for_each(|(y, x)| kernels::affine_act(x, y, 1.0, 0.0, NormActivation::Gelu));
@@ -529,7 +532,8 @@ impl candle_core::CustomOp2 for GeluGrad {
                 xl.dims()
             );
         }
-        let mut dx = vec![0f32; x.len()];
+        // SAFETY: the kernels below write every element.
+        let mut dx = unsafe { super::output::unwritten(x.len()) };
         dx.par_chunks_mut(1 << 14)
             .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
             .for_each(|(dx, (x, dy))| {
