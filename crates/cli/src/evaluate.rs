@@ -136,13 +136,7 @@ pub fn load_model_file(path: &Path, input_scale: f64) -> Result<simplecnn_model:
 }
 
 /// Every image's label, top class and class probabilities, as a CSV.
-fn write_predictions(
-    path: &Path,
-    model: &simplecnn_model::Model,
-    set: &LabeledImages,
-    batch_size: usize,
-) -> Result<()> {
-    let probabilities = simplecnn_train::probabilities(model, set, batch_size)?;
+fn write_predictions(path: &Path, set: &LabeledImages, probabilities: &[Vec<f32>]) -> Result<()> {
     crate::files::write_atomic(path, |tmp| {
         let mut out = csv::Writer::from_path(tmp)?;
         let classes = probabilities.first().map_or(0, Vec::len);
@@ -183,10 +177,22 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     if model.precision() != simplecnn_model::Precision::F32 {
         println!("dtype policy {}", model.precision().keras_name());
     }
-    let test = simplecnn_train::evaluate(&model, &data.test, args.batch_size as usize)?;
+    let batch_size = args.batch_size as usize;
+    let (test, probabilities) = match args.predictions {
+        // One pass for both: the report and the CSV.
+        Some(_) => {
+            let (test, p) =
+                simplecnn_train::evaluate_with_probabilities(&model, &data.test, batch_size)?;
+            (test, Some(p))
+        }
+        None => (
+            simplecnn_train::evaluate(&model, &data.test, batch_size)?,
+            None,
+        ),
+    };
     print!("{}", report_lines(&test, &data.class_names));
-    if let Some(csv_path) = &args.predictions {
-        write_predictions(csv_path, &model, &data.test, args.batch_size as usize)?;
+    if let (Some(csv_path), Some(probabilities)) = (&args.predictions, &probabilities) {
+        write_predictions(csv_path, &data.test, probabilities)?;
         println!("wrote {}", csv_path.display());
     }
     let out = match args.out {

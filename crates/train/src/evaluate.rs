@@ -137,6 +137,31 @@ pub fn evaluate_with(
     batch_size: usize,
     tta: Tta,
 ) -> Result<Evaluation> {
+    evaluate_keeping(model, data, indices, batch_size, tta, None)
+}
+
+/// [`evaluate`] and every image's class probabilities, in the set's order, from the same
+/// pass (`evaluate --predictions`).
+pub fn evaluate_with_probabilities(
+    model: &Model,
+    data: &LabeledImages,
+    batch_size: usize,
+) -> Result<(Evaluation, Vec<Vec<f32>>)> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    let mut kept = Vec::with_capacity(data.len());
+    let evaluation = evaluate_keeping(model, data, &all, batch_size, Tta::None, Some(&mut kept))?;
+    Ok((evaluation, kept))
+}
+
+/// [`evaluate_with`], appending each image's class probabilities to `kept` when given.
+fn evaluate_keeping(
+    model: &Model,
+    data: &LabeledImages,
+    indices: &[usize],
+    batch_size: usize,
+    tta: Tta,
+    mut kept: Option<&mut Vec<Vec<f32>>>,
+) -> Result<Evaluation> {
     let classes = data.num_classes();
     let top_k = classes.min(5);
     let mut confusion = vec![vec![0usize; classes]; classes];
@@ -169,6 +194,9 @@ pub fn evaluate_with(
                     probability: p[predicted] as f64,
                 });
             }
+        }
+        if let Some(kept) = kept.as_deref_mut() {
+            kept.extend(probabilities);
         }
         // Keep the list short as we go: most confident first, then by index.
         if mistakes.len() > 4 * MISTAKES_KEPT {
@@ -262,20 +290,6 @@ pub fn class_probabilities(model: &Model, x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax_last_dim(&logits)?)
 }
 
-/// Every image's class probabilities ([`class_probabilities`]), in the set's order.
-pub fn probabilities(
-    model: &Model,
-    data: &LabeledImages,
-    batch_size: usize,
-) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(data.len());
-    for batch in data.batches(batch_size.max(1), model.device()) {
-        let p = class_probabilities(model, &batch?.images)?;
-        out.extend(p.to_device(&Device::Cpu)?.to_vec2::<f32>()?);
-    }
-    Ok(out)
-}
-
 /// Keras' `model.predict(x)`: class probabilities `(N, classes)`, on the CPU.
 pub fn predict(model: &Model, data: &LabeledImages, batch_size: usize) -> Result<Tensor> {
     let mut parts = Vec::new();
@@ -334,6 +348,16 @@ mod tests {
         let order: Vec<usize> = e.mistakes.iter().map(|m| m.index).collect();
         assert_eq!(order, vec![1, 2, 3, 4, 5]);
         assert_eq!(top_classes(&[0.1, 0.5, 0.1, 0.3], 3), vec![1, 3, 0]);
+        // The same evaluation with every image's probabilities kept (two batches of 4 and 2).
+        let (kept_eval, kept) = evaluate_with_probabilities(&model, &data, 4).unwrap();
+        assert_eq!(kept_eval.loss.to_bits(), e.loss.to_bits());
+        assert_eq!(kept_eval.accuracy, e.accuracy);
+        assert_eq!(kept.len(), data.len());
+        for p in &kept {
+            for (c, &v) in p.iter().enumerate() {
+                assert!((v as f64 - (c as f64).exp() / z).abs() < 1e-5, "{p:?}");
+            }
+        }
     }
 
     /// A model that is linear in its input (Flatten → Dense, no activation) turns the average

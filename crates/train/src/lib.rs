@@ -53,8 +53,8 @@ pub use checkpoint::{
 };
 pub use error::{Result, TrainError};
 pub use evaluate::{
-    class_probabilities, evaluate, evaluate_indices, evaluate_with, predict, probabilities,
-    top_classes, tta_logits, Evaluation, Mistake, Tta, MISTAKES_KEPT,
+    class_probabilities, evaluate, evaluate_indices, evaluate_with, evaluate_with_probabilities,
+    predict, top_classes, tta_logits, Evaluation, Mistake, Tta, MISTAKES_KEPT,
 };
 pub use fit::{batch_share, fit, resume, FitConfig, Freeze};
 pub use history::{EpochMetrics, History, StopReason};
