@@ -318,11 +318,6 @@ unsafe fn pack_b(
     use std::arch::x86_64::*;
     out.clear();
     out.resize(padded * NR, 0);
-    // Lane j of the result: (row 2p's j, row 2p + 1's j), from [row 2p | row 2p + 1].
-    let interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     for (q, lanes) in out.chunks_exact_mut(NR).take(pairs).enumerate() {
         let (r0, r1) = (2 * (p0 + q), 2 * (p0 + q) + 1);
         if b.col_stride == 1 && j0 + NR <= n && r1 < k {
@@ -330,9 +325,7 @@ unsafe fn pack_b(
                 let j = j0 + 16 * h;
                 let lo = _mm512_loadu_ps(b.data.as_ptr().add(r0 * b.row_stride + j));
                 let hi = _mm512_loadu_ps(b.data.as_ptr().add(r1 * b.row_stride + j));
-                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                let pairs = _mm512_permutexvar_epi16(interleave, both);
-                _mm512_storeu_si512(lanes.as_mut_ptr().add(16 * h) as *mut _, pairs);
+                _mm512_storeu_si512(lanes.as_mut_ptr().add(16 * h) as *mut _, pairs_of(lo, hi));
             }
             continue;
         }
@@ -351,7 +344,7 @@ unsafe fn pack_b(
 /// row: `rows` rows of `padded` (≥ `pairs`) u32 lanes (the bf16 pair `(a[i][2p], a[i][2p +
 /// 1])`), lanes past `pairs` zero.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 unsafe fn pack_a(
     a: MatRef<'_>,
     (m, k): (usize, usize),
@@ -362,13 +355,35 @@ unsafe fn pack_a(
     use std::arch::x86_64::*;
     out.clear();
     out.resize(rows * padded, 0);
+    // `a` transposed (a kernel gradient's patchesᵀ): 16 consecutive rows of a column are
+    // contiguous, so a pair of columns converts 16 rows at once, scattered to their rows.
+    let mut vector_rows = 0;
+    let mut vector_pairs = 0;
+    if a.row_stride == 1 && a.col_stride != 1 {
+        vector_rows = m.saturating_sub(i0).min(rows) / 16 * 16;
+        vector_pairs = pairs.min((k / 2).saturating_sub(p0));
+        let lane_rows = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(padded as i32),
+        );
+        for r0 in (0..vector_rows).step_by(16) {
+            let column = a.data.as_ptr().add(i0 + r0);
+            let lanes = out.as_mut_ptr().add(r0 * padded);
+            for q in 0..vector_pairs {
+                let c = 2 * (p0 + q);
+                let lo = _mm512_loadu_ps(column.add(c * a.col_stride));
+                let hi = _mm512_loadu_ps(column.add((c + 1) * a.col_stride));
+                _mm512_i32scatter_epi32::<4>(lanes.add(q) as *mut _, lane_rows, pairs_of(lo, hi));
+            }
+        }
+    }
     for (r, lanes) in out.chunks_exact_mut(padded).enumerate() {
         let lanes = &mut lanes[..pairs];
         let i = i0 + r;
         if i >= m {
             continue;
         }
-        let mut q = 0;
+        let mut q = if r < vector_rows { vector_pairs } else { 0 };
         if a.col_stride == 1 {
             // 32 consecutive values are 16 pairs in order: one conversion.
             let row = a.data.as_ptr().add(i * a.row_stride);
@@ -390,6 +405,24 @@ unsafe fn pack_a(
             *lane = get(c) | (get(c + 1) << 16);
         }
     }
+}
+
+/// The bf16 pairs `(lo[j], hi[j])` of two 16-value rows, as 16 u32 lanes (the low half
+/// first), rounded to nearest even.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+unsafe fn pairs_of(
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // Lane j of the result: (lo's j, hi's j), from [lo | hi] as 32 bf16 values.
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+    _mm512_permutexvar_epi16(interleave, both)
 }
 
 /// Which micro-kernel computes the tiles.
@@ -757,6 +790,34 @@ mod tests {
                 for (t, d) in twice.iter().zip(&dst) {
                     assert!((t - 2.0 * d).abs() <= 1e-5 * (1.0 + d.abs()), "{path:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_transposed_a_gives_the_row_major_product_bit_for_bit() {
+        // The kernel gradient's shape: `a` stored transposed, converted 16 rows at a time; row
+        // counts past and short of 16, odd k (a last pair with one column), k past KP pairs.
+        let shapes = [
+            (70, 40, 601),
+            (33, 32, 64),
+            (16, 32, 2),
+            (15, 33, 35),
+            (48, 7, 3),
+        ];
+        for (m, n, k) in shapes {
+            let a = random(m * k, 7 + k as u64);
+            let b = random(k * n, 8 + n as u64);
+            let a_t: Vec<f32> = (0..k * m).map(|p| a[(p % m) * k + p / m]).collect();
+            let b = MatRef::rows(&b, n);
+            for path in paths() {
+                let mut rows = vec![0f32; m * n];
+                product(path, &mut rows, MatRef::rows(&a, k), b, (m, n, k), false);
+                let mut transposed = vec![f32::NAN; m * n];
+                let a_t = MatRef::transposed(&a_t, m);
+                product(path, &mut transposed, a_t, b, (m, n, k), false);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&rows), bits(&transposed), "{path:?} {m}x{n}x{k}");
             }
         }
     }
