@@ -453,7 +453,9 @@ impl Kernel {
 }
 
 /// The product tile by tile: for each block of `b`'s packed pairs, each row panel of `a`
-/// packed once and used across `b`'s panels.
+/// packed once and used across `b`'s panels. AMX sums a tile that lies wholly inside `dst`
+/// there (its registers start from `dst`'s values); other tiles go through `tile` and are
+/// added to `dst` after.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 unsafe fn tiles(
@@ -481,6 +483,12 @@ unsafe fn tiles(
             pack_a(a, (m, k), (i0, rows), (p0, pairs, padded), &mut a_packed);
             for (jp, panel) in b_panels.iter().enumerate() {
                 let j0 = jp * NR;
+                if kernel == Kernel::Amx && i0 + rows <= m && j0 + NR <= n {
+                    // A whole tile inside `dst`: summed there directly.
+                    let c = dst.as_mut_ptr().add(i0 * n + j0);
+                    amx::tile_into(&a_packed, panel, padded, (c, n), add);
+                    continue;
+                }
                 match kernel {
                     Kernel::Dot => micro_kernel(&a_packed, panel, pairs, &mut tile),
                     Kernel::Amx => amx::tile(&a_packed, panel, padded, &mut tile),
@@ -596,17 +604,54 @@ mod amx {
     /// # Safety
     /// After [`configure`] on this thread.
     pub unsafe fn tile(a: &[u32], b: &[u32], padded: usize, tile: &mut [f32]) {
+        assert!(tile.len() >= 32 * NR);
+        tile_into(a, b, padded, (tile.as_mut_ptr(), NR), false)
+    }
+
+    /// `c = a_panel · b_panel`, or `+=` when `add`, for `c` 32 x NR with its rows `c_stride`
+    /// floats apart: the sums start from `c`'s values in the tile registers, so a product that
+    /// accumulates into its destination needs no separate pass to add a tile to it.
+    ///
+    /// # Safety
+    /// After [`configure`] on this thread; `c` valid for 32 rows of NR floats, `c_stride` apart.
+    pub unsafe fn tile_into(
+        a: &[u32],
+        b: &[u32],
+        padded: usize,
+        (c, c_stride): (*mut f32, usize),
+        add: bool,
+    ) {
         assert!(padded.is_multiple_of(16) && a.len() >= 32 * padded && b.len() >= padded * NR);
-        assert!(tile.len() >= 32 * NR && NR == 32);
+        assert!(NR == 32 && c_stride >= NR);
         let a_stride = padded * 4;
         let b_stride = NR * 4;
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        let quarters = [
+            c,
+            c.add(16),
+            c.add(16 * c_stride),
+            c.add(16 * c_stride + 16),
+        ];
+        match add {
+            true => asm!(
+                "tileloadd tmm0, [{c0} + {s}*1]",
+                "tileloadd tmm1, [{c1} + {s}*1]",
+                "tileloadd tmm2, [{c2} + {s}*1]",
+                "tileloadd tmm3, [{c3} + {s}*1]",
+                c0 = in(reg) quarters[0],
+                c1 = in(reg) quarters[1],
+                c2 = in(reg) quarters[2],
+                c3 = in(reg) quarters[3],
+                s = in(reg) c_stride * 4,
+                options(nostack, readonly)
+            ),
+            false => asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            ),
+        }
         for q in (0..padded).step_by(16) {
             let a0 = a.as_ptr().add(q);
             let a1 = a.as_ptr().add(16 * padded + q);
@@ -630,17 +675,16 @@ mod amx {
                 options(nostack, readonly)
             );
         }
-        let t = tile.as_mut_ptr();
         asm!(
             "tilestored [{c0} + {s}*1], tmm0",
             "tilestored [{c1} + {s}*1], tmm1",
             "tilestored [{c2} + {s}*1], tmm2",
             "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) t,
-            c1 = in(reg) t.add(16),
-            c2 = in(reg) t.add(16 * NR),
-            c3 = in(reg) t.add(16 * NR + 16),
-            s = in(reg) NR * 4,
+            c0 = in(reg) quarters[0],
+            c1 = in(reg) quarters[1],
+            c2 = in(reg) quarters[2],
+            c3 = in(reg) quarters[3],
+            s = in(reg) c_stride * 4,
             options(nostack)
         );
     }
@@ -760,7 +804,8 @@ mod tests {
 
     #[test]
     fn products_match_the_rounded_operands_product() {
-        // Edges in every direction: m, n and k not multiples of the tile, k odd, k past KP pairs.
+        // Edges in every direction: m, n and k not multiples of the tile, k odd, k past KP pairs
+        // (whole tiles summed across blocks in `dst`: the last shape).
         for (m, n, k) in [
             (1, 1, 1),
             (13, 33, 7),
@@ -768,6 +813,7 @@ mod tests {
             (12, 32, 600),
             (40, 17, 1),
             (70, 64, 64),
+            (40, 64, 600),
         ] {
             let a = random(m * k, 1 + m as u64);
             let b = random(k * n, 2 + n as u64);
