@@ -70,7 +70,11 @@ fn main() {
         ("  kernel grad 256->256 at 16x16", 768, 256, 288, true),
         ("  kernel grad 64->64 at 32x32", 192, 64, 1088, true),
         ("resnet20 16->16 at 32x32", 1088, 16, 48, false),
-        ("resnet20 64->64 at 8x8", 80, 64, 192, false),
+        ("  kernel grad 16->16 at 32x32", 48, 16, 1088, true),
+        ("resnet20 32->32 at 16x16", 271, 32, 96, false),
+        ("  kernel grad 32->32 at 16x16", 96, 32, 271, true),
+        ("resnet20 64->64 at 8x8", 71, 64, 192, false),
+        ("  kernel grad 64->64 at 8x8", 192, 64, 71, true),
         ("square 512", 512, 512, 512, false),
     ];
     for (name, m, n, k, transposed) in shapes {

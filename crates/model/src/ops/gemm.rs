@@ -60,6 +60,9 @@ pub(crate) fn matmul(
         }
         return;
     }
+    if super::gemm_n16::try_matmul(dst, a, b, (m, n, k), accumulate) {
+        return;
+    }
     // SAFETY: the asserts above keep every element gemm reads or writes inside the slices.
     unsafe {
         gemm::gemm(
