@@ -60,7 +60,7 @@ pub(crate) fn matmul(
         }
         return;
     }
-    if super::gemm_n16::try_matmul(dst, a, b, (m, n, k), accumulate) {
+    if super::gemm_narrow::try_matmul(dst, a, b, (m, n, k), accumulate) {
         return;
     }
     // SAFETY: the asserts above keep every element gemm reads or writes inside the slices.

@@ -29,7 +29,7 @@ mod depthwise;
 mod dropout;
 mod gemm;
 pub mod gemm_bf16;
-mod gemm_n16;
+mod gemm_narrow;
 mod join;
 mod lowering;
 mod norm;
