@@ -692,19 +692,8 @@ mod amx {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::test_values as random;
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {

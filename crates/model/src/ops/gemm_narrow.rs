@@ -21,9 +21,8 @@ const ROWS_TWO: usize = 12;
 
 /// `dst = a · b`, or `dst += a · b` when `accumulate`, if this kernel takes the product: `n`
 /// is 16 or 32, `b`'s rows are contiguous, and the CPU has AVX-512. Returns whether it did;
-/// when not, `dst` is untouched.
-///
-/// The caller has checked that `dst` holds `m x n` and that both views fit their shapes.
+/// when not, `dst` is untouched. Panics, as `matmul` does, if `dst` does not hold `m x n` or
+/// a view does not fit its shape (the unsafe kernel's bounds).
 pub(crate) fn try_matmul(
     dst: &mut [f32],
     a: MatRef<'_>,
@@ -172,21 +171,8 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::test_values as random;
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
 
     /// `a · b` in f64, and the sum of `|a||b|` per element (the rounding error's scale).
     fn reference(
@@ -221,14 +207,14 @@ mod tests {
         for (case, ((m, k), n)) in cases.enumerate() {
             let b = random(k * n, case as u64);
             let plain = random(m * k, 100 + case as u64);
-            let c = n;
-            let overlapping = random(m * c + k, 200 + case as u64);
+            // The padded lowering's rows for `n` input channels: `n` apart.
+            let overlapping = random(m * n + k, 200 + case as u64);
             let views = [
                 MatRef::rows(&plain, k),
                 MatRef::transposed(&plain, m),
                 MatRef {
                     data: &overlapping,
-                    row_stride: c,
+                    row_stride: n,
                     col_stride: 1,
                 },
             ];
