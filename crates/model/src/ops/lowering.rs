@@ -343,9 +343,12 @@ pub(crate) struct ImageConv {
     image: Vec<f32>,
     /// Patches: the patch rows `(positions, kh·kw·C)`.
     rows: Vec<f32>,
-    /// Backward, sized on first use. Padded: the zero-bordered output gradient; patches: the
-    /// input gradient's patch rows.
-    grad_buf: Vec<f32>,
+    /// Backward, sized on first use: the output gradient on the grid. With the padded input
+    /// gradient, inside its zero border (the input gradient's product reads it there: the
+    /// border's pitch is the grid's, so the gradient is written once, not copied in).
+    grad: Vec<f32>,
+    /// Backward, patches only, sized on first use: the input gradient's patch rows.
+    grad_rows: Vec<f32>,
     /// Backward, sized on first use: the input gradient, channels-last (padded: on a grid).
     dx_buf: Vec<f32>,
 }
@@ -367,13 +370,39 @@ impl ImageConv {
             plane,
             image,
             rows,
-            grad_buf: Vec::new(),
+            grad: Vec::new(),
+            grad_rows: Vec::new(),
             dx_buf: Vec::new(),
         }
     }
 
-    pub fn grid(&self) -> Grid {
-        self.grid
+    /// Where the output gradient's grid starts in `grad`, and `grad`'s length.
+    fn grad_place(&self) -> (usize, usize) {
+        let o = self.s.out_channels;
+        match padded_input_grad(&self.s) {
+            true => {
+                let plane = PaddedPlane::output_grad(&self.s);
+                debug_assert_eq!(plane.pitch, self.grid.pitch);
+                (plane.at(0, 0), plane.len())
+            }
+            false => (0, self.grid.len * o),
+        }
+    }
+
+    /// The output gradient `(grid, O)` for [`Self::kernel_grad`] and [`Self::input_grad`]
+    /// to read: the caller writes all of it, zeros in the grid's gaps.
+    pub fn output_grad_mut(&mut self) -> &mut [f32] {
+        let (at, len) = self.grad_place();
+        if self.grad.is_empty() {
+            self.grad = vec![0f32; len];
+        }
+        &mut self.grad[at..][..self.grid.len * self.s.out_channels]
+    }
+
+    /// The output gradient as [`Self::output_grad_mut`] left it.
+    pub fn output_grad(&self) -> &[f32] {
+        let (at, _) = self.grad_place();
+        &self.grad[at..][..self.grid.len * self.s.out_channels]
     }
 
     /// Takes image `x`, `(C, H, W)` or `(H, W, C)` as `layout` says.
@@ -418,9 +447,10 @@ impl ImageConv {
         }
     }
 
-    /// `dkernel_rows (patch, O) += patchesᵀ · g` for the loaded image, `g (grid, O)` with zero
-    /// gaps.
-    pub fn kernel_grad(&self, g: &[f32], dkernel_rows: &mut [f32]) {
+    /// `dkernel_rows (patch, O) += patchesᵀ · g` for the loaded image and its output gradient
+    /// `g` ([`Self::output_grad_mut`]).
+    pub fn kernel_grad(&self, dkernel_rows: &mut [f32]) {
+        let g = self.output_grad();
         let s = &self.s;
         let (o, kk) = (s.out_channels, s.patch_len());
         let Some(plane) = self.plane else {
@@ -444,22 +474,18 @@ impl ImageConv {
     }
 
     /// The input gradient `dx` (overwritten; `(C, H, W)` or `(H, W, C)` as `layout` says) of
-    /// one image from its output gradient `g (grid, O)` and [`input_grad_kernel`].
-    pub fn input_grad(
-        &mut self,
-        g: &[f32],
-        kernel: &KernelRows,
-        dx: &mut [f32],
-        layout: ImageLayout,
-    ) {
+    /// one image from its output gradient ([`Self::output_grad_mut`]) and
+    /// [`input_grad_kernel`].
+    pub fn input_grad(&mut self, kernel: &KernelRows, dx: &mut [f32], layout: ImageLayout) {
         let s = self.s;
         let (o, c, hw) = (s.out_channels, s.in_channels, s.in_h * s.in_w);
         if !padded_input_grad(&s) {
             let kk = s.patch_len();
-            if self.grad_buf.is_empty() {
-                self.grad_buf = vec![0f32; s.positions() * kk];
+            if self.grad_rows.is_empty() {
+                self.grad_rows = vec![0f32; s.positions() * kk];
                 self.dx_buf = vec![0f32; s.in_len()];
             }
+            let g = &self.grad[..self.grid.len * o];
             // The patch rows want one row per output position: drop the grid's gaps.
             let compact;
             let g = if self.grid.pitch == s.out_w {
@@ -474,31 +500,27 @@ impl ImageConv {
             };
             let (a, b) = (MatRef::rows(g, o), MatRef::rows(kernel, kk));
             let (b, dims) = ((b, kernel.packed(0)), (s.positions(), kk, o));
-            product(s.precision, &mut self.grad_buf, a, b, dims, false);
+            product(s.precision, &mut self.grad_rows, a, b, dims, false);
             if layout == ImageLayout::Nhwc {
                 dx.fill(0.0);
-                return row2im_add(&s, &self.grad_buf, dx);
+                return row2im_add(&s, &self.grad_rows, dx);
             }
             self.dx_buf.fill(0.0);
-            row2im_add(&s, &self.grad_buf, &mut self.dx_buf);
+            row2im_add(&s, &self.grad_rows, &mut self.dx_buf);
             return transpose(&self.dx_buf, hw, c, dx);
         }
         // dx is the stride-1 convolution of the output gradient, bordered by kernel − 1 − pad
         // zeros on each side, with the flipped kernel: its grid is `H x W`.
+        // The output gradient already lies in its border (`output_grad_mut`).
         let plane = PaddedPlane::output_grad(&s);
         let rows = plane.grid_len((s.in_h, s.in_w));
-        if self.grad_buf.is_empty() {
-            self.grad_buf = vec![0f32; plane.len()];
+        if self.dx_buf.is_empty() {
             self.dx_buf = vec![0f32; rows * c];
-        }
-        for oy in 0..s.out_h {
-            let src = &g[oy * self.grid.pitch * o..][..s.out_w * o];
-            plane.write_row(&mut self.grad_buf, oy, src);
         }
         let run = plane.run();
         for ki in 0..s.kernel_h {
             let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
-            let a = plane.view(&self.grad_buf, ki);
+            let a = plane.view(&self.grad, ki);
             let b = (b, kernel.packed(ki));
             product(s.precision, &mut self.dx_buf, a, b, (rows, c, run), ki > 0);
         }
