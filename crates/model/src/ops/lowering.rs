@@ -347,6 +347,8 @@ pub(crate) struct ImageConv {
     /// gradient, inside its zero border (the input gradient's product reads it there: the
     /// border's pitch is the grid's, so the gradient is written once, not copied in).
     grad: Vec<f32>,
+    /// Where the output gradient's grid starts in `grad`, and `grad`'s length.
+    grad_place: (usize, usize),
     /// Backward, patches only, sized on first use: the input gradient's patch rows.
     grad_rows: Vec<f32>,
     /// Backward, sized on first use: the input gradient, channels-last (padded: on a grid).
@@ -364,35 +366,32 @@ impl ImageConv {
                 vec![0f32; s.positions() * s.patch_len()],
             ),
         };
+        let grid = Grid::of(s);
+        let grad_place = match padded_input_grad(s) {
+            true => {
+                let border = PaddedPlane::output_grad(s);
+                debug_assert_eq!(border.pitch, grid.pitch);
+                (border.at(0, 0), border.len())
+            }
+            false => (0, grid.len * s.out_channels),
+        };
         ImageConv {
             s: *s,
-            grid: Grid::of(s),
+            grid,
             plane,
             image,
             rows,
             grad: Vec::new(),
+            grad_place,
             grad_rows: Vec::new(),
             dx_buf: Vec::new(),
-        }
-    }
-
-    /// Where the output gradient's grid starts in `grad`, and `grad`'s length.
-    fn grad_place(&self) -> (usize, usize) {
-        let o = self.s.out_channels;
-        match padded_input_grad(&self.s) {
-            true => {
-                let plane = PaddedPlane::output_grad(&self.s);
-                debug_assert_eq!(plane.pitch, self.grid.pitch);
-                (plane.at(0, 0), plane.len())
-            }
-            false => (0, self.grid.len * o),
         }
     }
 
     /// The output gradient `(grid, O)` for [`Self::kernel_grad`] and [`Self::input_grad`]
     /// to read: the caller writes all of it, zeros in the grid's gaps.
     pub fn output_grad_mut(&mut self) -> &mut [f32] {
-        let (at, len) = self.grad_place();
+        let (at, len) = self.grad_place;
         if self.grad.is_empty() {
             self.grad = vec![0f32; len];
         }
@@ -401,7 +400,7 @@ impl ImageConv {
 
     /// The output gradient as [`Self::output_grad_mut`] left it.
     pub fn output_grad(&self) -> &[f32] {
-        let (at, _) = self.grad_place();
+        let (at, _) = self.grad_place;
         &self.grad[at..][..self.grid.len * self.s.out_channels]
     }
 
@@ -485,7 +484,7 @@ impl ImageConv {
                 self.grad_rows = vec![0f32; s.positions() * kk];
                 self.dx_buf = vec![0f32; s.in_len()];
             }
-            let g = &self.grad[..self.grid.len * o];
+            let g = &self.grad[self.grad_place.0..][..self.grid.len * o];
             // The patch rows want one row per output position: drop the grid's gaps.
             let compact;
             let g = if self.grid.pitch == s.out_w {
