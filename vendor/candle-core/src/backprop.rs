@@ -706,7 +706,11 @@ impl GradStore {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum_grad = entry.get_mut();
-                *sum_grad = sum_grad.add(grad)?;
+                // Gradients kept attached record the sum as an op; detached ones may add in place.
+                let detached = !CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+                if !(detached && sum_grad.add_assign_if_sole_owner(grad)?) {
+                    *sum_grad = sum_grad.add(grad)?;
+                }
             }
             Entry::Vacant(entry) => {
                 entry.insert(grad.contiguous()?);

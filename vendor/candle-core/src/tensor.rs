@@ -2757,6 +2757,41 @@ impl Tensor {
         m.forward_t(self, train)
     }
 
+    /// Adds `rhs` into this tensor's own buffer where nothing else can see that buffer (this
+    /// handle is the only one of the tensor and of its storage), both being contiguous f32 CPU
+    /// tensors of one shape and this one recording no op; returns false, changing nothing,
+    /// otherwise. The backward pass sums a node's gradients with it instead of allocating a
+    /// third tensor for every sum: the same additions elementwise, so the same bits.
+    pub(crate) fn add_assign_if_sole_owner(&mut self, rhs: &Tensor) -> Result<bool> {
+        use rayon::prelude::*;
+        // A recorded op (or a variable) would no longer describe the sum.
+        if self.track_op()
+            || Arc::strong_count(&self.0) != 1
+            || Arc::strong_count(&self.storage) != 1
+            || self.shape() != rhs.shape()
+        {
+            return Ok(false);
+        }
+        let (Some((a0, a1)), Some((b0, b1))) = (
+            self.layout.contiguous_offsets(),
+            rhs.layout.contiguous_offsets(),
+        ) else {
+            return Ok(false);
+        };
+        let rhs_storage = rhs.storage();
+        let mut storage = self.storage_mut();
+        match (&mut *storage, &*rhs_storage) {
+            (Storage::Cpu(crate::CpuStorage::F32(a)), Storage::Cpu(crate::CpuStorage::F32(b))) => {
+                a[a0..a1]
+                    .par_chunks_mut(1 << 14)
+                    .zip(b[b0..b1].par_chunks(1 << 14))
+                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += *b));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Acquire read lock on storage and returns guard.
     /// `read_recursive` allows for shared read access.
     pub(crate) fn storage(&self) -> StorageRef<'_> {
