@@ -370,8 +370,8 @@ impl Model {
         values[0] = Some(x.clone());
         for step in self.candle_plan.iter().take(index) {
             let inputs = gather(&values, &step.inputs)?;
-            values[step.output] =
-                Some(self.run_step(&step.op, &inputs, &mut ctx, false, false, usize::MAX)?);
+            let (y, _) = self.run_step(&step.op, &inputs, None, &mut ctx, false, None)?;
+            values[step.output] = Some(y);
         }
         values[wanted]
             .clone()
@@ -424,20 +424,26 @@ impl Model {
         // Value 0 is the input, value i + 1 layer i's output; each is dropped after its last
         // use (the plan says when).
         let mut values: Vec<Option<Tensor>> = vec![None; layers.len() + 1];
+        // Per-image sums a convolution made of its output for the BatchNormalization after it.
+        let mut sums: Vec<Option<ops::ImageSums>> = vec![None; layers.len() + 1];
         values[0] = Some(x.clone());
+        let skip_softmax_of = skip_final_softmax.then_some(last);
         for step in plan {
             let inputs = gather(&values, &step.inputs)?;
-            let y = self.run_step(
+            let input_sums = sums[step.inputs[0]].take();
+            let (y, made) = self.run_step(
                 &step.op,
                 &inputs,
+                input_sums,
                 &mut ctx,
                 track_gradients,
-                skip_final_softmax,
-                last,
+                skip_softmax_of,
             )?;
             values[step.output] = Some(y);
+            sums[step.output] = made;
             for &v in &step.release {
                 values[v] = None;
+                sums[v] = None;
             }
         }
         values[layers.len()]
@@ -449,15 +455,19 @@ impl Model {
         self.weights[layer].iter().map(|w| w.var.clone()).collect()
     }
 
+    /// One step of the plan on its inputs (and the per-image sums of the first, when the step
+    /// before made them); gives its output, and the sums of that output when this step is a
+    /// convolution whose BatchNormalization wants them. `skip_softmax_of` is the layer whose
+    /// softmax is left out (the last, when logits are wanted).
     fn run_step(
         &self,
         step: &Op,
         inputs: &[Tensor],
+        input_sums: Option<ops::ImageSums>,
         ctx: &mut ForwardCtx<'_>,
         track_gradients: bool,
-        skip_final_softmax: bool,
-        last: usize,
-    ) -> Result<Tensor> {
+        skip_softmax_of: Option<usize>,
+    ) -> Result<(Tensor, Option<ops::ImageSums>)> {
         let layers = self.spec.layers();
         let x = &inputs[0];
         // A convolution without bias runs the CPU kernels with zeros for it.
@@ -479,10 +489,11 @@ impl Model {
             Some(pass) if rate > 0.0 && n > 0 => Some(pass.mask(n, len / n, rate)),
             _ => None,
         };
-        Ok(match *step {
+        let mut made_sums = None;
+        let y = match *step {
             Op::Layer(i) => {
                 let l = &layers[i];
-                ctx.skip_softmax = skip_final_softmax && i == last;
+                ctx.skip_softmax = skip_softmax_of == Some(i);
                 let frozen_norm = !l.trainable && matches!(l.kind, LayerKind::BatchNorm(_));
                 let mut inference = ForwardCtx {
                     training: None,
@@ -515,9 +526,21 @@ impl Model {
                 shape,
                 relu,
                 layouts,
+                norm,
             } => {
                 let (kernel, bias) = kernel_bias(layer)?;
-                ops::conv2d_with_layouts(x, &kernel, &bias, shape, relu, layouts, &shard)?
+                let summed = norm.is_some_and(|j| ctx.is_training() && layers[j].trainable);
+                match summed {
+                    true => {
+                        let (y, sums) =
+                            ops::conv2d_with_sums(x, &kernel, &bias, shape, relu, layouts, &shard)?;
+                        made_sums = Some(sums);
+                        y
+                    }
+                    false => {
+                        ops::conv2d_with_layouts(x, &kernel, &bias, shape, relu, layouts, &shard)?
+                    }
+                }
             }
             Op::ConvThen {
                 layer,
@@ -529,7 +552,7 @@ impl Model {
                 let y = ops::conv2d_with_layouts(x, &kernel, &bias, shape, false, layouts, &shard)?;
                 match activation {
                     Activation::Gelu => ops::gelu(&y, track_gradients)?,
-                    _ => activation.apply(y, skip_final_softmax && layer == last)?,
+                    _ => activation.apply(y, skip_softmax_of == Some(layer))?,
                 }
             }
             Op::BatchNorm {
@@ -544,6 +567,7 @@ impl Model {
                     activation,
                     layout,
                     training: shard,
+                    sums: input_sums,
                 };
                 self.batch_norm_step(layer, x, norm, track_gradients)?
             }
@@ -558,7 +582,7 @@ impl Model {
                 let ws = &self.weights[layer];
                 let y = ops::depthwise_conv2d(x, ws[0].var.as_tensor(), shape)?;
                 let bias = ws.get(1).map(|b| b.var.as_tensor());
-                d.finish(y, bias, skip_final_softmax && layer == last)?
+                d.finish(y, bias, skip_softmax_of == Some(layer))?
             }
             Op::Dense {
                 layer,
@@ -572,14 +596,15 @@ impl Model {
                     None => Tensor::zeros(kernel.dim(1)?, kernel.dtype(), kernel.device())?,
                 };
                 let y = ops::dense_in(x, kernel, &bias, &shard, precision)?;
-                activation.apply(y, skip_final_softmax && layer == last)?
+                activation.apply(y, skip_softmax_of == Some(layer))?
             }
             Op::AddRelu { .. } => ops::add_relu(x, &inputs[1])?,
             Op::Dropout { rate, .. } => match mask(rate, x.elem_count()) {
                 Some(m) => ops::dropout(x, m)?,
                 None => x.clone(),
             },
-        })
+        };
+        Ok((y, made_sums))
     }
 }
 
@@ -595,6 +620,7 @@ impl Model {
             activation,
             layout,
             training,
+            sums,
         }: NormStep<'_>,
         track_gradients: bool,
     ) -> Result<Tensor> {
@@ -628,9 +654,10 @@ impl Model {
                 l.name
             )));
         };
-        let statistics = match training {
-            Some(shard) => ops::NormStatistics::Batch(shard.clone()),
-            None => ops::NormStatistics::Fixed {
+        let statistics = match (training, sums) {
+            (Some(shard), Some(sums)) => ops::NormStatistics::Summed(shard.clone(), sums.into()),
+            (Some(shard), None) => ops::NormStatistics::Batch(shard.clone()),
+            (None, _) => ops::NormStatistics::Fixed {
                 mean: moving_mean.var.as_tensor().to_vec1::<f32>()?,
                 variance: moving_var.var.as_tensor().to_vec1::<f32>()?,
             },
@@ -664,12 +691,14 @@ impl Model {
     }
 }
 
-/// How a BatchNormalization step runs: its fused activation, its images' layout, and the
-/// batch it takes its statistics from in training.
+/// How a BatchNormalization step runs: its fused activation, its images' layout, the batch it
+/// takes its statistics from in training, and their per-image sums when the convolution
+/// before made them.
 struct NormStep<'a> {
     activation: ops::NormActivation,
     layout: ops::ImageLayout,
     training: Option<&'a ops::BatchShard>,
+    sums: Option<ops::ImageSums>,
 }
 
 /// The tensors of `ids` among the values computed so far.

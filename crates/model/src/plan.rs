@@ -19,12 +19,15 @@ pub(crate) enum Op {
         block: ops::ConvPoolShape,
         dropout: Option<f32>,
     },
-    /// A Conv2D with a linear or ReLU activation, taking and giving the layouts shown.
+    /// A Conv2D with a linear or ReLU activation, taking and giving the layouts shown; `norm`
+    /// is the BatchNormalization that is its output's sole consumer, whose training
+    /// statistics it sums while writing each image.
     Conv {
         layer: usize,
         shape: ops::ConvShape,
         relu: bool,
         layouts: (ImageLayout, ImageLayout),
+        norm: Option<usize>,
     },
     /// A Conv2D whose activation (softmax, GELU) runs on candle's ops after the kernel.
     ConvThen {
@@ -288,11 +291,14 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                         (op, covered)
                     }
                     None => {
+                        let norm =
+                            sole(i).filter(|&j| matches!(layers[j].kind, LayerKind::BatchNorm(_)));
                         let op = Op::Conv {
                             layer: i,
                             shape: conv,
                             relu,
                             layouts: (nchw, nchw),
+                            norm,
                         };
                         (op, vec![i])
                     }
@@ -593,6 +599,34 @@ mod tests {
             ]
         );
         assert_eq!(joins, ["a_add", "b_add"]);
+    }
+
+    /// A convolution sums its output for the BatchNormalization that alone takes it; the
+    /// projection shortcut, which feeds the join, sums nothing.
+    #[test]
+    fn convolutions_sum_their_output_for_the_batch_norm_after_them() {
+        let spec = two_stages();
+        let plan = fast_plan(&spec, ops::Precision::F32).unwrap();
+        let name = |i: usize| spec.layers()[i].name.clone();
+        let sums: Vec<(String, Option<String>)> = plan
+            .iter()
+            .filter_map(|s| match &s.op {
+                Op::Conv { layer, norm, .. } => Some((name(*layer), norm.map(name))),
+                _ => None,
+            })
+            .collect();
+        let with = |c: &str, n: Option<&str>| (c.to_string(), n.map(str::to_string));
+        assert_eq!(
+            sums,
+            [
+                with("stem", Some("stem_bn")),
+                with("a_conv1", Some("a_bn1")),
+                with("a_conv2", Some("a_bn2")),
+                with("b_conv1", Some("b_bn1")),
+                with("b_conv2", Some("b_bn2")),
+                with("b_shortcut", None),
+            ]
+        );
     }
 
     #[test]

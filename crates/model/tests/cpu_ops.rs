@@ -706,6 +706,87 @@ fn batch_norm_channels_last_gives_the_same_bits() {
     }
 }
 
+/// A convolution's per-image sums of its output give a training BatchNormalization after it
+/// the bits of its own pass over the images: output, moments and gradients, in either layout,
+/// for planes that are and are not multiples of 16 lanes and batches beyond one chunk of 8.
+/// Sums of another shape are refused.
+#[test]
+fn batch_norm_on_a_convolutions_sums_gives_the_same_bits() {
+    ops::fill_unwritten_outputs_with_nan();
+    let mut seed = 900;
+    for (n, c, o, hw) in [(3, 3, 5, 3), (11, 4, 16, 5), (9, 16, 32, 8)] {
+        for layout in [ops::ImageLayout::Nchw, ops::ImageLayout::Nhwc] {
+            seed += 5;
+            let x = rand(&[n, c, hw, hw], seed);
+            let k = Var::from_tensor(&rand(&[o, c, 3, 3], seed + 1)).unwrap();
+            let b = rand(&[o], seed + 2);
+            let gamma = rand(&[o], seed + 3).affine(0.5, 1.0).unwrap();
+            let beta = rand(&[o], seed + 4);
+            let shape = ConvShape::new((c, hw, hw), o, (3, 3), (1, 1), ((1, 1), (1, 1))).unwrap();
+            let layouts = (ops::ImageLayout::Nchw, layout);
+            let spec = ops::NormSpec {
+                epsilon: 1e-3,
+                activation: ops::NormActivation::Relu,
+                layout,
+            };
+            let run = |summed: bool| {
+                let (y, stats) = match summed {
+                    true => {
+                        let (y, sums) =
+                            ops::conv2d_with_sums(&x, &k, &b, shape, false, layouts, &whole())
+                                .unwrap();
+                        (y, ops::NormStatistics::Summed(whole(), sums.into()))
+                    }
+                    false => {
+                        let y =
+                            ops::conv2d_with_layouts(&x, &k, &b, shape, false, layouts, &whole())
+                                .unwrap();
+                        (y, ops::NormStatistics::Batch(whole()))
+                    }
+                };
+                let (z, moments) = ops::batch_norm(&y, &gamma, &beta, stats, spec, true).unwrap();
+                let r = rand(z.dims(), 7);
+                let grads = (&z * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let bits = |t: &Tensor| -> Vec<u32> {
+                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v.iter().map(|f| f.to_bits()).collect()
+                };
+                let moments = moments.map(|m| (m.mean, m.variance));
+                (bits(&z), moments, bits(grads.get(&k).unwrap()))
+            };
+            let (own, summed) = (run(false), run(true));
+            let what = format!("{n}x{c}->{o} {hw}x{hw} {layout:?}");
+            assert!(own.1.is_some(), "{what}: no moments");
+            assert!(own == summed, "{what}: the sums' bits differ");
+        }
+    }
+    // Sums of 3 channels for a normalisation of 5.
+    let x = rand(&[2, 5, 4, 4], 1);
+    let mut sums = ops::ImageSums::new(2, 3);
+    for (i, image) in sums.per_image_mut().into_iter().enumerate() {
+        let v = x
+            .get(i)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        ops::image_sums(&v, 3, 16, ops::ImageLayout::Nchw, image);
+    }
+    let ones = Tensor::ones(5, DType::F32, &CPU).unwrap();
+    let stats = ops::NormStatistics::Summed(whole(), sums.into());
+    let spec = ops::NormSpec {
+        epsilon: 1e-3,
+        activation: ops::NormActivation::Linear,
+        layout: ops::ImageLayout::Nchw,
+    };
+    let err = ops::batch_norm(&x, &ones, &ones, stats, spec, false).unwrap_err();
+    assert!(
+        err.to_string().contains("not of 2 images of 5 channels"),
+        "{err}"
+    );
+}
+
 #[test]
 fn batch_norm_returns_the_batch_moments_keras_averages() {
     // Channel 0 holds 1..=8, channel 1 a constant: mean 4.5 and variance 5.25 (biased), 3 and 0.

@@ -5,9 +5,12 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use std::sync::{Arc, Mutex};
+
 use super::lowering::{
     input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv, KernelRows,
 };
+use super::norm::{image_sums, ImageSums};
 use super::shard::{images_per_partial, BatchShard};
 use super::transpose::transpose_into;
 use super::{contiguous_f32, split_packed_grads};
@@ -230,18 +233,33 @@ pub fn conv2d_with_layouts(
     bias: &Tensor,
     shape: ConvShape,
     relu: bool,
-    (input, output): (ImageLayout, ImageLayout),
+    layouts: (ImageLayout, ImageLayout),
     shard: &BatchShard,
 ) -> Result<Tensor> {
-    let op = Conv2dForward {
-        shape,
-        relu,
-        input,
-        output,
-        shard: shard.clone(),
-    };
-    x.contiguous()?
-        .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
+    let op = Conv2dForward::new(shape, relu, layouts, shard, None);
+    op.apply(x, kernel, bias)
+}
+
+/// [`conv2d_with_layouts`], with the per-image sums of its output that a training
+/// BatchNormalization after it takes ([`super::NormStatistics::Summed`]), made while each
+/// image is still in cache.
+pub fn conv2d_with_sums(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    shape: ConvShape,
+    relu: bool,
+    layouts: (ImageLayout, ImageLayout),
+    shard: &BatchShard,
+) -> Result<(Tensor, ImageSums)> {
+    let sums = Arc::new(Mutex::new(None));
+    let op = Conv2dForward::new(shape, relu, layouts, shard, Some(sums.clone()));
+    let y = op.apply(x, kernel, bias)?;
+    let sums = sums.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match sums {
+        Some(sums) => Ok((y, sums)),
+        None => candle_core::bail!("simplecnn-conv2d: the forward pass gave no sums"),
+    }
 }
 
 struct Conv2dForward {
@@ -250,6 +268,32 @@ struct Conv2dForward {
     input: ImageLayout,
     output: ImageLayout,
     shard: BatchShard,
+    /// Where the forward pass leaves its output's per-image sums, when asked for them.
+    sums: Option<Arc<Mutex<Option<ImageSums>>>>,
+}
+
+impl Conv2dForward {
+    fn new(
+        shape: ConvShape,
+        relu: bool,
+        (input, output): (ImageLayout, ImageLayout),
+        shard: &BatchShard,
+        sums: Option<Arc<Mutex<Option<ImageSums>>>>,
+    ) -> Self {
+        Conv2dForward {
+            shape,
+            relu,
+            input,
+            output,
+            shard: shard.clone(),
+            sums,
+        }
+    }
+
+    fn apply(self, x: &Tensor, kernel: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        x.contiguous()?
+            .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, self)
+    }
 }
 
 impl CustomOp3 for Conv2dForward {
@@ -278,11 +322,14 @@ impl CustomOp3 for Conv2dForward {
         let grid = Grid::of(s);
         // SAFETY: every output row of every image is written below.
         let mut y = unsafe { super::output::unwritten(n * s.out_len()) };
+        // Without sums asked for, one empty slot per image.
+        let mut sums = ImageSums::new(n, if self.sums.is_some() { o } else { 0 });
         y.par_chunks_mut(s.out_len())
             .zip(x.par_chunks(s.in_len()))
+            .zip(sums.per_image_mut())
             .for_each_init(
                 || (ImageConv::new(s), vec![0f32; grid.len * o]),
-                |(conv, out), (y, x)| {
+                |(conv, out), ((y, x), sums)| {
                     conv.load(x, self.input);
                     conv.forward(&kr, out);
                     let finish = |v: f32, bias: f32| match self.relu {
@@ -309,8 +356,14 @@ impl CustomOp3 for Conv2dForward {
                             }
                         }
                     }
+                    if self.sums.is_some() {
+                        image_sums(y, o, p, self.output, sums);
+                    }
                 },
             );
+        if let Some(slot) = &self.sums {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(sums);
+        }
         let dims = self.output.dims(n, o, s.out_h, s.out_w);
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }

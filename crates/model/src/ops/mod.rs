@@ -39,12 +39,14 @@ mod shard;
 mod transpose;
 
 pub use block::{conv_pool, ConvPoolShape};
-pub use conv::{conv2d, conv2d_with_layouts, ConvShape, ImageLayout, Precision};
+pub use conv::{conv2d, conv2d_with_layouts, conv2d_with_sums, ConvShape, ImageLayout, Precision};
 pub use dense::{dense, dense_in};
 pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use join::add_relu;
-pub use norm::{batch_norm, gelu, BatchMoments, NormActivation, NormSpec, NormStatistics};
+pub use norm::{
+    batch_norm, gelu, image_sums, BatchMoments, ImageSums, NormActivation, NormSpec, NormStatistics,
+};
 pub use output::fill_unwritten_outputs_with_nan;
 pub use pool::{max_pool2d, PoolShape};
 pub use shard::{images_per_partial, BatchShard};

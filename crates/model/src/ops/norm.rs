@@ -37,6 +37,69 @@ pub enum NormStatistics {
     Batch(BatchShard),
     /// Given per-channel mean and variance (inference, or a frozen layer).
     Fixed { mean: Vec<f32>, variance: Vec<f32> },
+    /// As [`NormStatistics::Batch`], from per-image sums the op that wrote the images made
+    /// while they were in cache ([`image_sums`]): the same sums, so the same bits, without
+    /// another pass over the batch.
+    Summed(BatchShard, Arc<ImageSums>),
+}
+
+impl NormStatistics {
+    /// The shard of the batch whose statistics these are, in training.
+    fn batch(&self) -> Option<&BatchShard> {
+        match self {
+            NormStatistics::Batch(shard) | NormStatistics::Summed(shard, _) => Some(shard),
+            NormStatistics::Fixed { .. } => None,
+        }
+    }
+}
+
+/// Per image, per channel: the sum and the sum of squares of a batch of images, each as
+/// [`image_sums`] gives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSums {
+    images: usize,
+    channels: usize,
+    sums: Vec<(f64, f64)>,
+}
+
+impl ImageSums {
+    /// Room for `images` images of `channels` channels (none: nothing to keep), each filled
+    /// by [`image_sums`] through [`ImageSums::per_image_mut`].
+    pub fn new(images: usize, channels: usize) -> Self {
+        ImageSums {
+            images,
+            channels,
+            sums: vec![(0.0, 0.0); images * channels],
+        }
+    }
+
+    /// One slot of `channels` pairs per image, in order.
+    pub fn per_image_mut(&mut self) -> Vec<&mut [(f64, f64)]> {
+        match self.channels {
+            0 => (0..self.images).map(|_| Default::default()).collect(),
+            c => self.sums.chunks_exact_mut(c).collect(),
+        }
+    }
+
+    fn image(&self, i: usize) -> &[(f64, f64)] {
+        &self.sums[i * self.channels..][..self.channels]
+    }
+}
+
+/// The per-channel `(Σ x, Σ x²)` of one image (`(C, plane)`, or `(plane, C)` channels-last),
+/// into `out` (`C` pairs): what [`batch_norm`]'s statistics add up, image by image.
+pub fn image_sums(x: &[f32], c: usize, plane: usize, layout: ImageLayout, out: &mut [(f64, f64)]) {
+    match channels_last(layout, plane) {
+        false => {
+            for (ch, out) in out.iter_mut().enumerate().take(c) {
+                *out = kernels::sum_and_squares(&x[ch * plane..][..plane]);
+            }
+        }
+        true => {
+            let mut lanes = vec![0f32; 32 * c];
+            kernels::sum_and_squares_rows(&x[..c * plane], c, &mut lanes, &mut out[..c]);
+        }
+    }
 }
 
 /// What a [`batch_norm`] computes besides its statistics: Keras' epsilon, the activation
@@ -73,9 +136,9 @@ pub fn batch_norm(
     }: NormSpec,
     differentiable: bool,
 ) -> Result<(Tensor, Option<BatchMoments>)> {
-    let (training, shard) = match &statistics {
-        NormStatistics::Batch(shard) => (true, shard.clone()),
-        NormStatistics::Fixed { .. } => (false, BatchShard::whole()),
+    let (training, shard) = match statistics.batch() {
+        Some(shard) => (true, shard.clone()),
+        None => (false, BatchShard::whole()),
     };
     let moments = Arc::new(Mutex::new(None));
     let op = BatchNorm {
@@ -207,27 +270,36 @@ impl BatchNorm {
                 }
                 (mean.clone(), variance.clone())
             }
-            NormStatistics::Batch(_) => {
+            NormStatistics::Batch(_) | NormStatistics::Summed(..) => {
                 self.shard.check("simplecnn-batch-norm", n, CHUNK_IMAGES)?;
+                let given = match &self.statistics {
+                    NormStatistics::Summed(_, sums) => Some(sums),
+                    _ => None,
+                };
+                if given.is_some_and(|g| g.channels != c || g.images != n) {
+                    candle_core::bail!(
+                        "simplecnn-batch-norm: the given sums are not of {n} images of {c} channels"
+                    );
+                }
                 let sums = channel_sums::<2>(&self.shard, n, c, |i, acc| {
-                    match channels_last(self.layout, plane) {
-                        false => {
-                            for (ch, acc) in acc.iter_mut().enumerate() {
-                                let v = &x[(i * c + ch) * plane..][..plane];
-                                let (s, sq) = kernels::sum_and_squares(v);
-                                acc[0] += s;
-                                acc[1] += sq;
-                            }
+                    let mut own = Vec::new();
+                    let image = match given {
+                        Some(g) => g.image(i),
+                        None => {
+                            own.resize(c, (0.0, 0.0));
+                            image_sums(
+                                &x[i * c * plane..][..c * plane],
+                                c,
+                                plane,
+                                self.layout,
+                                &mut own,
+                            );
+                            &own
                         }
-                        true => {
-                            let (mut lanes, mut sums) = row_scratch(c);
-                            let v = &x[i * c * plane..][..c * plane];
-                            kernels::sum_and_squares_rows(v, c, &mut lanes, &mut sums);
-                            for (acc, (s, sq)) in acc.iter_mut().zip(sums) {
-                                acc[0] += s;
-                                acc[1] += sq;
-                            }
-                        }
+                    };
+                    for (acc, (s, sq)) in acc.iter_mut().zip(image) {
+                        acc[0] += s;
+                        acc[1] += sq;
                     }
                 })?;
                 let count = (self.shard.global(n) * plane) as f64;
@@ -333,7 +405,7 @@ impl CustomOp3 for BatchNorm {
         let grad = BatchNormGrad {
             k,
             shard: self.shard.clone(),
-            training: matches!(self.statistics, NormStatistics::Batch(_)),
+            training: self.statistics.batch().is_some(),
             activation: self.activation,
             layout: self.layout,
             param_grads: Mutex::new(None),
