@@ -559,6 +559,7 @@ impl Model {
                 layer,
                 activation,
                 layout,
+                join,
                 ..
             } => {
                 let training = ctx.is_training() && layers[layer].trainable;
@@ -568,6 +569,7 @@ impl Model {
                     layout,
                     training: shard,
                     sums: input_sums,
+                    residual: join.and(inputs.get(1)),
                 };
                 self.batch_norm_step(layer, x, norm, track_gradients)?
             }
@@ -621,6 +623,7 @@ impl Model {
             layout,
             training,
             sums,
+            residual,
         }: NormStep<'_>,
         track_gradients: bool,
     ) -> Result<Tensor> {
@@ -662,18 +665,17 @@ impl Model {
                 variance: moving_var.var.as_tensor().to_vec1::<f32>()?,
             },
         };
-        let (y, moments) = ops::batch_norm(
-            x,
-            &gamma,
-            &beta,
-            statistics,
-            ops::NormSpec {
-                epsilon: cfg.epsilon,
-                activation,
-                layout,
-            },
-            track_gradients,
-        )
+        let spec = ops::NormSpec {
+            epsilon: cfg.epsilon,
+            activation,
+            layout,
+        };
+        let (y, moments) = match residual {
+            Some(r) => {
+                ops::batch_norm_add_relu(x, &gamma, &beta, r, statistics, spec, track_gradients)
+            }
+            None => ops::batch_norm(x, &gamma, &beta, statistics, spec, track_gradients),
+        }
         .map_err(|e| ModelError::from(e).in_layer(&l.name))?;
         if let Some(m) = moments {
             let momentum = cfg.momentum;
@@ -692,13 +694,14 @@ impl Model {
 }
 
 /// How a BatchNormalization step runs: its fused activation, its images' layout, the batch it
-/// takes its statistics from in training, and their per-image sums when the convolution
-/// before made them.
+/// takes its statistics from in training, their per-image sums when the convolution before
+/// made them, and the residual it joins (then a ReLU follows) when it ends a residual block.
 struct NormStep<'a> {
     activation: ops::NormActivation,
     layout: ops::ImageLayout,
     training: Option<&'a ops::BatchShard>,
     sums: Option<ops::ImageSums>,
+    residual: Option<&'a Tensor>,
 }
 
 /// The tensors of `ids` among the values computed so far.

@@ -40,12 +40,15 @@ pub(crate) enum Op {
         shape: ops::PoolShape,
     },
     /// BatchNormalization, and the Activation layer after it when there is one (`layers` 2),
-    /// giving images in the layout it takes.
+    /// giving images in the layout it takes. With `join`, that Add (its output's only
+    /// consumer, the other input the step's second) and the ReLU after it (`layers` 3) as
+    /// [`ops::batch_norm_add_relu`]: a residual block's end.
     BatchNorm {
         layer: usize,
         layers: usize,
         activation: ops::NormActivation,
         layout: ImageLayout,
+        join: Option<usize>,
     },
     Dropout {
         layer: usize,
@@ -154,6 +157,25 @@ fn sole_consumer(spec: &Network, consumers: &[Vec<usize>], i: usize) -> Option<u
     }
 }
 
+/// The Add that alone takes BatchNormalization `i`'s output, with another value of the same
+/// shape, and whose only consumer is a ReLU: `(add, relu)`, where the three fuse.
+fn norm_join(spec: &Network, consumers: &[Vec<usize>], i: usize) -> Option<(usize, usize)> {
+    let layers = spec.layers();
+    let &[add] = consumers[i].as_slice() else {
+        return None;
+    };
+    let sources = &layers[add].sources;
+    let joins = matches!(layers[add].kind, LayerKind::Add)
+        && sources.len() == 2
+        && spec.shape_of(sources[0]) == spec.shape_of(sources[1])
+        && sources.iter().filter(|&&s| s == Source::Layer(i)).count() == 1;
+    let relu = sole_consumer(spec, consumers, add).filter(|&j| {
+        matches!(&layers[j].kind, LayerKind::Activation(a) if a.activation == Activation::Relu)
+    });
+    let norm = matches!(layers[i].kind, LayerKind::BatchNorm(_));
+    relu.filter(|_| norm && joins).map(|relu| (add, relu))
+}
+
 /// How an op treats the layout of the images it takes and gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LayoutRole {
@@ -232,16 +254,30 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
     let layers = spec.layers();
     let consumers = spec.all_consumers();
     let sole = |i: usize| sole_consumer(spec, &consumers, i);
+    // A BatchNormalization that fuses with the join after it runs where the join is, when
+    // both of the join's inputs are computed: the join's Add → its normalisation.
+    let joined_norm: Vec<Option<usize>> = {
+        let mut at_add = vec![None; layers.len()];
+        for i in 0..layers.len() {
+            if let Some((add, _)) = norm_join(spec, &consumers, i) {
+                at_add[add].get_or_insert(i);
+            }
+        }
+        at_add
+    };
     // Layouts are chosen once every op is known; NCHW until then.
     let nchw = ImageLayout::Nchw;
     let mut done = vec![false; layers.len()];
+    for norm in joined_norm.iter().flatten() {
+        done[*norm] = true;
+    }
     let mut ops = Vec::new();
     for i in 0..layers.len() {
         if done[i] {
             continue;
         }
         let l = &layers[i];
-        let inputs: Vec<usize> = l.sources.iter().map(|s| value_of(*s)).collect();
+        let mut inputs: Vec<usize> = l.sources.iter().map(|s| value_of(*s)).collect();
         let image = match l.input {
             FeatureShape::Image {
                 channels,
@@ -324,8 +360,27 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
                     layers: covered.len(),
                     activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
                     layout: nchw,
+                    join: None,
                 };
                 (op, covered)
+            }
+            (LayerKind::Add, _) if joined_norm[i].is_some() => {
+                let norm = joined_norm[i].unwrap_or_default();
+                let relu = norm_join(spec, &consumers, norm).map_or(i, |(_, relu)| relu);
+                let residual = l.sources.iter().find(|&&s| s != Source::Layer(norm));
+                inputs = [layers[norm].sources[0]]
+                    .iter()
+                    .chain(residual)
+                    .map(|s| value_of(*s))
+                    .collect();
+                let op = Op::BatchNorm {
+                    layer: norm,
+                    layers: 3,
+                    activation: ops::NormActivation::Linear,
+                    layout: nchw,
+                    join: Some(i),
+                };
+                (op, vec![norm, i, relu])
             }
             (LayerKind::Add, _)
                 if l.sources.len() == 2
@@ -574,8 +629,14 @@ mod tests {
                 Op::Conv {
                     layer, layouts: l, ..
                 } => layouts.push((name(*layer), l.0, l.1)),
-                Op::BatchNorm { layer, layout, .. } => {
-                    layouts.push((name(*layer), *layout, *layout))
+                Op::BatchNorm {
+                    layer,
+                    layout,
+                    join,
+                    ..
+                } => {
+                    layouts.push((name(*layer), *layout, *layout));
+                    joins.extend(join.map(name));
                 }
                 Op::AddRelu { layer } => joins.push(name(*layer)),
                 _ => {}
@@ -594,8 +655,9 @@ mod tests {
                 expect("b_conv1", nhwc, nhwc),
                 expect("b_bn1", nhwc, nhwc),
                 expect("b_conv2", nhwc, nchw),
-                expect("b_bn2", nchw, nchw),
+                // The block's last normalisation runs with its join, after the shortcut.
                 expect("b_shortcut", nhwc, nchw),
+                expect("b_bn2", nchw, nchw),
             ]
         );
         assert_eq!(joins, ["a_add", "b_add"]);
@@ -643,7 +705,8 @@ mod tests {
                 ..
             }
         ));
-        // BatchNormalization fuses the ReLU after it (its sole consumer), not the join.
+        // The first BatchNormalization fuses the ReLU after it (its sole consumer); the
+        // block's last fuses the join it alone feeds and the ReLU after that.
         let norms: Vec<usize> = plan
             .iter()
             .filter_map(|s| match s.op {
@@ -651,16 +714,16 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(norms, [2, 1]);
-        // The join and the ReLU after it (its sole consumer) are one op giving the output.
+        assert_eq!(norms, [2, 3]);
+        // b2, the join and the ReLU are one op on c2's output and the shortcut, giving the output.
         let join = plan
             .iter()
-            .find(|s| s.op == Op::AddRelu { layer: 6 })
+            .find(|s| matches!(s.op, Op::BatchNorm { join: Some(6), .. }))
             .unwrap();
-        assert_eq!(join.inputs, [1, 6]);
+        assert_eq!(join.inputs, [5, 1]);
         assert_eq!(join.output, 8);
-        // The join is the last use of the stem's output and of b2's: both are released there.
-        assert_eq!(join.release, [1, 6]);
+        // The join is the last use of c2's output and of the stem's: both are released there.
+        assert_eq!(join.release, [5, 1]);
         // The model's output is never released.
         assert!(plan.iter().all(|s| !s.release.contains(&8)));
     }

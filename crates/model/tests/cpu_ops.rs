@@ -570,6 +570,59 @@ fn batch_norm_and_gelu_train_the_same_with_either_kernels() {
     assert_same_training_step(&spec, &x);
 }
 
+/// He et al.'s CIFAR ResNet in small: a stem, a basic block and a stride-2 block with a 1x1
+/// projection shortcut. The fast path fuses each block's last BatchNormalization with its
+/// join and ReLU, and has the convolutions sum their output for the normalisation; candle's
+/// ops run every layer apart.
+#[test]
+fn a_residual_network_trains_the_same_with_either_kernels() {
+    ops::fill_unwritten_outputs_with_nan();
+    use simplecnn_model::{
+        Activation, ActivationConfig, BatchNormConfig, FeatureShape, LayerKind, Network, Padding,
+        Source,
+    };
+    let mut s = Network::new("resnet", FeatureShape::image(3, 8, 8));
+    let conv = |filters, kernel, stride| {
+        let mut k = LayerKind::conv2d(filters, kernel, Padding::Same, Activation::Linear);
+        if let LayerKind::Conv2d(c) = &mut k {
+            c.strides = (stride, stride);
+        }
+        k
+    };
+    let bn = || LayerKind::BatchNorm(BatchNormConfig::default());
+    let relu = || {
+        LayerKind::Activation(ActivationConfig {
+            activation: Activation::Relu,
+        })
+    };
+    let at = |s: &Network, name: &str| Source::Layer(s.index_of(name).unwrap());
+    s.add_named("stem", conv(4, 3, 1)).unwrap();
+    s.add_named("stem_bn", bn()).unwrap();
+    s.add_named("stem_relu", relu()).unwrap();
+    s.add_named("a_conv1", conv(4, 3, 1)).unwrap();
+    s.add_named("a_bn1", bn()).unwrap();
+    s.add_named("a_relu1", relu()).unwrap();
+    s.add_named("a_conv2", conv(4, 3, 1)).unwrap();
+    s.add_named("a_bn2", bn()).unwrap();
+    let (x, y) = (at(&s, "stem_relu"), at(&s, "a_bn2"));
+    s.connect("a_add", LayerKind::Add, &[x, y]).unwrap();
+    s.add_named("a_out", relu()).unwrap();
+    s.add_named("b_conv1", conv(8, 3, 2)).unwrap();
+    s.add_named("b_bn1", bn()).unwrap();
+    s.add_named("b_relu1", relu()).unwrap();
+    s.add_named("b_conv2", conv(8, 3, 1)).unwrap();
+    s.add_named("b_bn2", bn()).unwrap();
+    let a_out = at(&s, "a_out");
+    s.connect("b_shortcut", conv(8, 1, 2), &[a_out]).unwrap();
+    let (x, y) = (at(&s, "b_bn2"), at(&s, "b_shortcut"));
+    s.connect("b_add", LayerKind::Add, &[x, y]).unwrap();
+    s.add_named("b_out", relu()).unwrap();
+    s.add(LayerKind::Flatten).unwrap();
+    s.add(LayerKind::dense(3, Activation::Softmax)).unwrap();
+    let x = rand(&[9, 3, 8, 8], 51).affine(2.0, 0.7).unwrap();
+    assert_same_training_step(&s, &x);
+}
+
 #[test]
 fn batch_norm_gradients_match_finite_differences() {
     let x = rand(&[3, 2, 3, 4], 41).affine(1.5, 0.3).unwrap();
@@ -785,6 +838,69 @@ fn batch_norm_on_a_convolutions_sums_gives_the_same_bits() {
         err.to_string().contains("not of 2 images of 5 channels"),
         "{err}"
     );
+}
+
+/// BatchNormalization → Add → ReLU as one op gives the bits of the two ops it replaces:
+/// output, moments and the gradients of x, gamma, beta and the residual, in either layout,
+/// with batch and fixed statistics, planes that are and are not multiples of 16 lanes and
+/// batches beyond one chunk of 8.
+#[test]
+fn batch_norm_add_relu_gives_the_bits_of_its_two_ops() {
+    ops::fill_unwritten_outputs_with_nan();
+    let mut seed = 1100;
+    for (n, c, h, w) in [(3, 5, 1, 3), (11, 7, 5, 5), (9, 16, 8, 8)] {
+        for layout in [ops::ImageLayout::Nchw, ops::ImageLayout::Nhwc] {
+            for training in [true, false] {
+                seed += 5;
+                let dims = match layout {
+                    ops::ImageLayout::Nchw => [n, c, h, w],
+                    ops::ImageLayout::Nhwc => [n, h, w, c],
+                };
+                let x = rand(&dims, seed).affine(1.7, 0.4).unwrap();
+                let gamma = rand(&[c], seed + 1).affine(0.5, 1.0).unwrap();
+                let beta = rand(&[c], seed + 2);
+                let residual = rand(&dims, seed + 3);
+                let r = rand(&dims, seed + 4);
+                let spec = ops::NormSpec {
+                    epsilon: 1e-3,
+                    activation: ops::NormActivation::Linear,
+                    layout,
+                };
+                let stats = || match training {
+                    true => ops::NormStatistics::Batch(whole()),
+                    false => ops::NormStatistics::Fixed {
+                        mean: (0..c).map(|i| 0.1 * i as f32).collect(),
+                        variance: (0..c).map(|i| 0.5 + 0.2 * i as f32).collect(),
+                    },
+                };
+                let run = |fused: bool| {
+                    let vars = [&x, &gamma, &beta, &residual].map(|t| Var::from_tensor(t).unwrap());
+                    let [xv, gv, bv, rv] = &vars;
+                    let (y, moments) = match fused {
+                        true => ops::batch_norm_add_relu(xv, gv, bv, rv, stats(), spec, true),
+                        false => ops::batch_norm(xv, gv, bv, stats(), spec, true)
+                            .and_then(|(z, m)| Ok((ops::add_relu(&z, rv)?, m))),
+                    }
+                    .unwrap();
+                    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                    let bits = |t: &Tensor| -> Vec<u32> {
+                        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                        v.iter().map(|f| f.to_bits()).collect()
+                    };
+                    let grads: Vec<Vec<u32>> =
+                        vars.iter().map(|v| bits(grads.get(v).unwrap())).collect();
+                    (bits(&y), moments.map(|m| (m.mean, m.variance)), grads)
+                };
+                let (apart, fused) = (run(false), run(true));
+                let what = format!("{n}x{c}x{h}x{w} {layout:?} training {training}");
+                assert_eq!(apart.0, fused.0, "{what}: output");
+                assert_eq!(apart.1, fused.1, "{what}: moments");
+                for (i, name) in ["x", "gamma", "beta", "residual"].iter().enumerate() {
+                    assert_eq!(apart.2[i], fused.2[i], "{what}: gradient of {name}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -7,12 +7,13 @@
 //! Besides the memory, this spares candle's autograd a zero-filled gradient and an addition
 //! per intermediate tensor.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{conv_grads, ConvGradSource, ConvOperands, ConvShape, ImageLayout};
+use super::handoff::Handoff;
 use super::lowering::{kernel_rows, Grid, ImageConv};
 use super::pool::PoolShape;
 use super::shard::BatchShard;
@@ -58,7 +59,7 @@ pub fn conv_pool(
         input,
         output,
         mask: dropout_mask.map(Arc::new),
-        argmax: Mutex::new(None),
+        argmax: Handoff::default(),
         record: differentiable,
         shard: shard.clone(),
     };
@@ -167,7 +168,7 @@ struct ConvPool {
     /// Per output value, channels-last `(N, pooled, O)`, the position of its maximum in the
     /// convolution's output plane, or [`CLIPPED`]; filled by the forward pass, taken by the
     /// backward.
-    argmax: Mutex<Option<Arc<Vec<u32>>>>,
+    argmax: Handoff<Arc<Vec<u32>>>,
     /// Whether to fill `argmax` (not for inference).
     record: bool,
     shard: BatchShard,
@@ -261,7 +262,7 @@ impl CustomOp3 for ConvPool {
                 .enumerate()
                 .zip(argmax.par_chunks_mut(out_len))
                 .for_each_init(init, |bufs, (image_y, idx)| image(image_y, bufs, Some(idx)));
-            *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(argmax));
+            self.argmax.put(Arc::new(argmax));
         } else {
             y.par_chunks_mut(out_len)
                 .enumerate()
@@ -279,10 +280,8 @@ impl CustomOp3 for ConvPool {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let argmax = self.argmax.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(argmax) = argmax else {
-            candle_core::bail!("{}: backward ran twice or before the forward", self.name());
-        };
+        let missing = "backward ran twice or before the forward";
+        let argmax = self.argmax.expect(self.name(), missing)?;
         let scatter = Scatter {
             conv: self.conv,
             pool: self.pool,

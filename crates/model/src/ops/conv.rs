@@ -5,8 +5,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use super::handoff::Handoff;
 use super::lowering::{
     input_grad_kernel, kernel_rows, rows_to_kernel, Grid, ImageConv, KernelRows,
 };
@@ -252,14 +253,11 @@ pub fn conv2d_with_sums(
     layouts: (ImageLayout, ImageLayout),
     shard: &BatchShard,
 ) -> Result<(Tensor, ImageSums)> {
-    let sums = Arc::new(Mutex::new(None));
+    let sums = Arc::new(Handoff::default());
     let op = Conv2dForward::new(shape, relu, layouts, shard, Some(sums.clone()));
     let y = op.apply(x, kernel, bias)?;
-    let sums = sums.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match sums {
-        Some(sums) => Ok((y, sums)),
-        None => candle_core::bail!("simplecnn-conv2d: the forward pass gave no sums"),
-    }
+    let sums = sums.expect("simplecnn-conv2d", "the forward pass gave no sums")?;
+    Ok((y, sums))
 }
 
 struct Conv2dForward {
@@ -269,7 +267,7 @@ struct Conv2dForward {
     output: ImageLayout,
     shard: BatchShard,
     /// Where the forward pass leaves its output's per-image sums, when asked for them.
-    sums: Option<Arc<Mutex<Option<ImageSums>>>>,
+    sums: Option<Arc<Handoff<ImageSums>>>,
 }
 
 impl Conv2dForward {
@@ -278,7 +276,7 @@ impl Conv2dForward {
         relu: bool,
         (input, output): (ImageLayout, ImageLayout),
         shard: &BatchShard,
-        sums: Option<Arc<Mutex<Option<ImageSums>>>>,
+        sums: Option<Arc<Handoff<ImageSums>>>,
     ) -> Self {
         Conv2dForward {
             shape,
@@ -362,7 +360,7 @@ impl CustomOp3 for Conv2dForward {
                 },
             );
         if let Some(slot) = &self.sums {
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(sums);
+            slot.put(sums);
         }
         let dims = self.output.dims(n, o, s.out_h, s.out_w);
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))

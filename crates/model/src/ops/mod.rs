@@ -30,6 +30,7 @@ mod dropout;
 mod gemm;
 pub mod gemm_bf16;
 mod gemm_narrow;
+mod handoff;
 mod join;
 mod lowering;
 mod norm;
@@ -45,7 +46,8 @@ pub use depthwise::{depthwise_conv2d, DepthwiseShape};
 pub use dropout::dropout;
 pub use join::add_relu;
 pub use norm::{
-    batch_norm, gelu, image_sums, BatchMoments, ImageSums, NormActivation, NormSpec, NormStatistics,
+    batch_norm, batch_norm_add_relu, gelu, image_sums, BatchMoments, ImageSums, NormActivation,
+    NormSpec, NormStatistics,
 };
 pub use output::fill_unwritten_outputs_with_nan;
 pub use pool::{max_pool2d, PoolShape};

@@ -8,13 +8,14 @@
 //! passes over it); here the forward keeps only its input and output, and the backward makes
 //! two passes: one for the per-channel sums, one for the input gradient.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
 use super::conv::ImageLayout;
+use super::handoff::Handoff;
 use super::shard::{BatchShard, GROUP_CHUNK};
 
 /// The activation applied after the normalisation, inside the same op.
@@ -136,30 +137,59 @@ pub fn batch_norm(
     }: NormSpec,
     differentiable: bool,
 ) -> Result<(Tensor, Option<BatchMoments>)> {
-    let (training, shard) = match statistics.batch() {
-        Some(shard) => (true, shard.clone()),
-        None => (false, BatchShard::whole()),
-    };
-    let moments = Arc::new(Mutex::new(None));
-    let op = BatchNorm {
-        statistics,
-        epsilon,
-        activation,
-        layout,
-        coefficients: Mutex::new(None),
-        moments: moments.clone(),
-        shard,
-    };
+    let (op, moments) = BatchNorm::new(statistics, epsilon, activation, layout);
+    let training = op.statistics.batch().is_some();
     let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
     let y = match differentiable {
         true => x.apply_op3(&gamma, &beta, op)?,
         false => x.apply_op3_no_bwd(&gamma, &beta, &op)?,
     };
-    let moments = match training {
-        true => moments.lock().unwrap_or_else(|e| e.into_inner()).take(),
-        false => None,
+    Ok((y, take_moments(training, &moments)))
+}
+
+/// `max(batch_norm(x) + residual, 0)`: a residual block's last BatchNormalization (without an
+/// activation of its own), the join with the shortcut and the ReLU after it as one op, with the
+/// bits of [`batch_norm`] then [`super::add_relu`] (output, moments and every gradient, the
+/// residual's included) in one pass forward and without the separate pass of the join's
+/// gradient backward. `spec.activation` must be linear.
+pub fn batch_norm_add_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    residual: &Tensor,
+    statistics: NormStatistics,
+    NormSpec {
+        epsilon,
+        activation,
+        layout,
+    }: NormSpec,
+    differentiable: bool,
+) -> Result<(Tensor, Option<BatchMoments>)> {
+    if activation != NormActivation::Linear {
+        candle_core::bail!("batch_norm_add_relu: the normalisation takes no {activation:?}");
+    }
+    if residual.shape() != x.shape() {
+        candle_core::bail!(
+            "batch_norm_add_relu: residual {:?} for input {:?}",
+            residual.dims(),
+            x.dims()
+        );
+    }
+    let (norm, moments) = BatchNorm::new(statistics, epsilon, activation, layout);
+    let training = norm.statistics.batch().is_some();
+    // gamma and beta as one operand (candle's ops take at most three).
+    let params = Tensor::cat(&[gamma.contiguous()?, beta.contiguous()?], 0)?;
+    let (x, residual) = (x.contiguous()?, residual.contiguous()?);
+    let op = BatchNormAddRelu(norm);
+    let y = match differentiable {
+        true => x.apply_op3(&params, &residual, op)?,
+        false => x.apply_op3_no_bwd(&params, &residual, &op)?,
     };
-    Ok((y, moments))
+    Ok((y, take_moments(training, &moments)))
+}
+
+fn take_moments(training: bool, moments: &Handoff<BatchMoments>) -> Option<BatchMoments> {
+    training.then(|| moments.take()).flatten()
 }
 
 /// Exact GELU, `x · Φ(x)`, of an f32 CPU tensor; differentiable when asked.
@@ -186,8 +216,8 @@ struct BatchNorm {
     activation: NormActivation,
     layout: ImageLayout,
     /// Made by the forward pass, used by the backward (candle hands the op over by reference).
-    coefficients: Mutex<Option<Coefficients>>,
-    moments: Arc<Mutex<Option<BatchMoments>>>,
+    coefficients: Handoff<Coefficients>,
+    moments: Arc<Handoff<BatchMoments>>,
     /// This process' images of the global batch whose statistics these are.
     shard: BatchShard,
 }
@@ -254,6 +284,66 @@ fn add_in_order<const K: usize>(
 }
 
 impl BatchNorm {
+    fn new(
+        statistics: NormStatistics,
+        epsilon: f32,
+        activation: NormActivation,
+        layout: ImageLayout,
+    ) -> (Self, Arc<Handoff<BatchMoments>>) {
+        let shard = statistics
+            .batch()
+            .cloned()
+            .unwrap_or_else(BatchShard::whole);
+        let moments = Arc::new(Handoff::default());
+        let op = BatchNorm {
+            statistics,
+            epsilon,
+            activation,
+            layout,
+            coefficients: Handoff::default(),
+            moments: moments.clone(),
+            shard,
+        };
+        (op, moments)
+    }
+
+    /// The op's output for `x` into `y`, image by image; `then(i, y)` runs on each image's
+    /// output while it is in cache.
+    fn normalise(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        k: &Coefficients,
+        (c, plane): (usize, usize),
+        then: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        y.par_chunks_mut(c * plane)
+            .zip(x.par_chunks(c * plane))
+            .enumerate()
+            .for_each(|(i, (y, x))| {
+                normalise_image(x, y, k, self.activation, self.layout, plane);
+                then(i, y);
+            });
+    }
+
+    /// The coefficients the backward pass needs, left by the forward pass.
+    fn take_coefficients(&self, op: &str) -> Result<Coefficients> {
+        let missing = "backward ran twice or before the forward";
+        self.coefficients.expect(op, missing)
+    }
+
+    fn grad_op(&self, k: Coefficients) -> BatchNormGrad {
+        BatchNormGrad {
+            k,
+            shard: self.shard.clone(),
+            training: self.statistics.batch().is_some(),
+            activation: self.activation,
+            layout: self.layout,
+            param_grads: Handoff::default(),
+            residual_grad: Handoff::default(),
+        }
+    }
+
     fn coefficients(
         &self,
         x: &[f32],
@@ -310,7 +400,7 @@ impl BatchNorm {
                     .map(|(s, m)| (s[1] / count - m * m).max(0.0) as f32)
                     .collect();
                 let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-                *self.moments.lock().unwrap_or_else(|e| e.into_inner()) = Some(BatchMoments {
+                self.moments.put(BatchMoments {
                     mean: mean.clone(),
                     variance: var.clone(),
                 });
@@ -360,28 +450,10 @@ impl CustomOp3 for BatchNorm {
         let gamma = channel_vector(self.name(), gs, gl, c)?;
         let beta = channel_vector(self.name(), bs, bl, c)?;
         let k = self.coefficients(x, dims, gamma, beta)?;
-        // SAFETY: the kernels below write every element.
+        // SAFETY: `normalise` writes every element.
         let mut y = unsafe { super::output::unwritten(x.len()) };
-        let channels_last = channels_last(self.layout, plane);
-        y.par_chunks_mut(c * plane)
-            .zip(x.par_chunks(c * plane))
-            .for_each(|(y, x)| {
-                if channels_last {
-                    kernels::affine_act_rows(x, y, &k.scale, &k.shift, self.activation);
-                    return;
-                }
-                for ch in 0..c {
-                    let r = ch * plane..(ch + 1) * plane;
-                    kernels::affine_act(
-                        &x[r.clone()],
-                        &mut y[r],
-                        k.scale[ch],
-                        k.shift[ch],
-                        self.activation,
-                    );
-                }
-            });
-        *self.coefficients.lock().unwrap_or_else(|e| e.into_inner()) = Some(k);
+        self.normalise(x, &mut y, &k, (c, plane), |_, _| {});
+        self.coefficients.put(k);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -393,88 +465,186 @@ impl CustomOp3 for BatchNorm {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let k = self
-            .coefficients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(k) = k else {
-            candle_core::bail!("{}: backward ran twice or before the forward", self.name());
-        };
-        let c = k.scale.len();
-        let grad = BatchNormGrad {
-            k,
-            shard: self.shard.clone(),
-            training: self.statistics.batch().is_some(),
-            activation: self.activation,
-            layout: self.layout,
-            param_grads: Mutex::new(None),
-        };
+        let grad = self.grad_op(self.take_coefficients(self.name())?);
+        let c = grad.k.scale.len();
         let dx = x.apply_op2_no_bwd(&grad_res.contiguous()?, &grad)?;
-        let Some((dgamma, dbeta)) = grad
-            .param_grads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            candle_core::bail!("{}: backward gave no parameter gradients", self.name());
-        };
+        let (dgamma, dbeta) = grad.param_grads(self.name())?;
         let dgamma = Tensor::from_vec(dgamma, c, x.device())?;
         let dbeta = Tensor::from_vec(dbeta, c, x.device())?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 
-/// `(x, dy) → dx`, leaving `(dgamma, dbeta)` in `param_grads`.
-struct BatchNormGrad {
-    k: Coefficients,
-    shard: BatchShard,
-    training: bool,
-    activation: NormActivation,
-    layout: ImageLayout,
-    param_grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
-}
+/// [`batch_norm_add_relu`]'s op: `(x, [gamma | beta], residual)`.
+struct BatchNormAddRelu(BatchNorm);
 
-impl candle_core::CustomOp2 for BatchNormGrad {
+impl CustomOp3 for BatchNormAddRelu {
     fn name(&self) -> &'static str {
-        "simplecnn-batch-norm-grad"
+        "simplecnn-batch-norm-add-relu"
     }
 
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
         xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, plane) = norm_dims(self.name(), xl.dims(), self.layout)?;
+        let norm = &self.0;
+        let dims = norm_dims(self.name(), xl.dims(), norm.layout)?;
+        let (_, c, plane) = dims;
         let x = contiguous_f32(self.name(), xs, xl)?;
-        let dy = contiguous_f32(self.name(), gs, gl)?;
-        if dy.len() != x.len() {
+        let params = channel_vector(self.name(), ps, pl, 2 * c)?;
+        let residual = contiguous_f32(self.name(), rs, rl)?;
+        if residual.len() != x.len() {
             candle_core::bail!(
-                "{}: gradient {:?} for input {:?}",
+                "{}: residual {:?} for {:?}",
                 self.name(),
-                gl.dims(),
+                rl.dims(),
+                xl.dims()
+            );
+        }
+        let (gamma, beta) = params.split_at(c);
+        let k = norm.coefficients(x, dims, gamma, beta)?;
+        // SAFETY: `normalise` writes every element.
+        let mut y = unsafe { super::output::unwritten(x.len()) };
+        // The join and its ReLU as `add_relu` computes them, on each image while in cache.
+        norm.normalise(x, &mut y, &k, (c, plane), |i, y| {
+            let r = &residual[i * c * plane..][..c * plane];
+            y.iter_mut()
+                .zip(r)
+                .for_each(|(y, r)| *y = (*y + r).max(0.0));
+        });
+        norm.coefficients.put(k);
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        residual: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = self.0.grad_op(self.0.take_coefficients(self.name())?);
+        let dx = x.apply_op3_no_bwd(&grad_res.contiguous()?, residual, &grad)?;
+        let (mut dparams, dbeta) = grad.param_grads(self.name())?;
+        dparams.extend(dbeta);
+        let dparams = Tensor::from_vec(dparams, params.dims(), x.device())?;
+        let dresidual = grad
+            .residual_grad
+            .expect(self.name(), "backward gave no residual gradient")?;
+        let dresidual = Tensor::from_vec(dresidual, x.shape(), x.device())?;
+        Ok((Some(dx), Some(dparams), Some(dresidual)))
+    }
+}
+
+/// One image's `act(scale · x + shift)` per channel, `(C, plane)` or channels-last.
+fn normalise_image(
+    x: &[f32],
+    y: &mut [f32],
+    k: &Coefficients,
+    activation: NormActivation,
+    layout: ImageLayout,
+    plane: usize,
+) {
+    if channels_last(layout, plane) {
+        kernels::affine_act_rows(x, y, &k.scale, &k.shift, activation);
+        return;
+    }
+    for (ch, (&scale, &shift)) in k.scale.iter().zip(&k.shift).enumerate() {
+        let r = ch * plane..(ch + 1) * plane;
+        kernels::affine_act(&x[r.clone()], &mut y[r], scale, shift, activation);
+    }
+}
+
+/// `(x, dy) → dx`, leaving `(dgamma, dbeta)` in `param_grads`; `(x, dy, residual) → dx` for
+/// [`BatchNormAddRelu`], leaving the residual's gradient (the join's) in `residual_grad`.
+struct BatchNormGrad {
+    k: Coefficients,
+    shard: BatchShard,
+    training: bool,
+    activation: NormActivation,
+    layout: ImageLayout,
+    param_grads: Handoff<(Vec<f32>, Vec<f32>)>,
+    residual_grad: Handoff<Vec<f32>>,
+}
+
+impl BatchNormGrad {
+    fn param_grads(&self, op: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.param_grads
+            .expect(op, "backward gave no parameter gradients")
+    }
+
+    /// dx of `x` for the output gradient `dy`; with `residual`, `dy` is the gradient of
+    /// `max(z + residual, 0)` and the join's gradient `dy · (z + residual >= 0)` (what
+    /// `add_relu`'s backward gives both its inputs) goes to `residual_grad` and on into z's.
+    fn input_grad(
+        &self,
+        (x, xl): (&[f32], &Layout),
+        dy: &[f32],
+        residual: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let name = "simplecnn-batch-norm-grad";
+        let (n, c, plane) = norm_dims(name, xl.dims(), self.layout)?;
+        if dy.len() != x.len() || residual.is_some_and(|r| r.len() != x.len()) {
+            candle_core::bail!(
+                "{name}: gradient or residual does not match input {:?}",
                 xl.dims()
             );
         }
         let k = &self.k;
         let channels_last = channels_last(self.layout, plane);
+        let image = c * plane;
+        let chunk = CHUNK_IMAGES * image;
+        // The join's gradient, when there is a join: one slot per chunk either way.
+        // SAFETY: pass 1 writes every element of every image's join gradient.
+        let mut joined = residual.map(|_| unsafe { super::output::unwritten(x.len()) });
+        let joined_chunks: Vec<&mut [f32]> = match joined.as_mut() {
+            Some(j) => j.chunks_mut(chunk).collect(),
+            None => (0..x.len().div_ceil(chunk))
+                .map(|_| Default::default())
+                .collect(),
+        };
         // Pass 1: dz = dy · act'(z) into dx, and per channel Σ dz and Σ dz · x̂.
         // SAFETY: the kernels below write every element.
         let mut dx = unsafe { super::output::unwritten(x.len()) };
         let partial: Vec<Vec<[f64; 2]>> = dx
-            .par_chunks_mut(CHUNK_IMAGES * c * plane)
-            .zip(x.par_chunks(CHUNK_IMAGES * c * plane))
-            .zip(dy.par_chunks(CHUNK_IMAGES * c * plane))
-            .map(|((dz, x), dy)| {
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .zip(dy.par_chunks(chunk))
+            .zip(joined_chunks)
+            .enumerate()
+            .map(|(at, (((dz, x), dy), joined))| {
                 let mut acc = vec![[0f64; 2]; c];
                 let (mut lanes, mut sums) = row_scratch(if channels_last { c } else { 0 });
-                for ((dz, x), dy) in dz
-                    .chunks_mut(c * plane)
-                    .zip(x.chunks(c * plane))
-                    .zip(dy.chunks(c * plane))
+                let mut z = match residual {
+                    Some(_) => vec![0f32; image],
+                    None => Vec::new(),
+                };
+                for (i, ((dz, x), dy)) in dz
+                    .chunks_mut(image)
+                    .zip(x.chunks(image))
+                    .zip(dy.chunks(image))
+                    .enumerate()
                 {
+                    let dy = match residual {
+                        Some(r) => {
+                            let first = at * chunk + i * image;
+                            let r = &r[first..][..image];
+                            let g = &mut joined[i * image..][..image];
+                            normalise_image(x, &mut z, k, self.activation, self.layout, plane);
+                            for (((g, z), r), dy) in g.iter_mut().zip(&z).zip(r).zip(dy) {
+                                let pass = if z + r >= 0.0 { 1.0f32 } else { 0.0 };
+                                *g = dy * pass;
+                            }
+                            &*g
+                        }
+                        None => dy,
+                    };
                     if channels_last {
                         let coefficients = (&k.scale[..], &k.shift[..], &k.mean[..]);
                         kernels::act_grad_rows(
@@ -551,7 +721,53 @@ impl candle_core::CustomOp2 for BatchNormGrad {
                     );
                 }
             });
-        *self.param_grads.lock().unwrap_or_else(|e| e.into_inner()) = Some((dgamma, dbeta));
+        self.param_grads.put((dgamma, dbeta));
+        if let Some(joined) = joined {
+            self.residual_grad.put(joined);
+        }
+        Ok(dx)
+    }
+}
+
+impl candle_core::CustomOp2 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = candle_core::CustomOp2::name(self);
+        let x = contiguous_f32(name, xs, xl)?;
+        let dy = contiguous_f32(name, gs, gl)?;
+        let dx = self.input_grad((x, xl), dy, None)?;
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+impl CustomOp3 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "simplecnn-batch-norm-add-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = CustomOp3::name(self);
+        let x = contiguous_f32(name, xs, xl)?;
+        let dy = contiguous_f32(name, gs, gl)?;
+        let r = contiguous_f32(name, rs, rl)?;
+        let dx = self.input_grad((x, xl), dy, Some(r))?;
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }
 }

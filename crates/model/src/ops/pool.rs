@@ -1,12 +1,11 @@
 //! Max pooling (NCHW, no padding) whose backward sends each window's gradient to the window's
 //! first maximum, recorded by the forward pass, instead of candle's compare-and-broadcast graph.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use super::handoff::Handoff;
 
 /// The geometry of one pooling layer, batch and channels aside.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +76,7 @@ impl PoolShape {
 pub fn max_pool2d(x: &Tensor, shape: PoolShape) -> Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool2d {
         shape,
-        argmax: Mutex::new(None),
+        argmax: Handoff::default(),
     })
 }
 
@@ -86,7 +85,7 @@ pub fn max_pool2d(x: &Tensor, shape: PoolShape) -> Result<Tensor> {
 struct MaxPool2d {
     shape: PoolShape,
     /// Per output value, the flat index of its maximum within the input plane.
-    argmax: Mutex<Option<Vec<u32>>>,
+    argmax: Handoff<Vec<u32>>,
 }
 
 /// One plane: each window's maximum into `y` and its flat position in the plane (the first
@@ -136,16 +135,14 @@ impl CustomOp1 for MaxPool2d {
             .zip(idx.par_chunks_mut(plane_out))
             .zip(x.par_chunks(plane_in))
             .for_each(|((y, idx), x)| pool_plane(s, x, y, idx));
-        *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = Some(idx);
+        self.argmax.put(idx);
         let dims = [n, c, s.out_h, s.out_w];
         Ok((CpuStorage::F32(y), Shape::from(&dims[..])))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let argmax = self.argmax.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(argmax) = argmax else {
-            candle_core::bail!("{}: backward ran twice or before the forward", self.name());
-        };
+        let missing = "backward ran twice or before the forward";
+        let argmax = self.argmax.expect(self.name(), missing)?;
         let scatter = MaxPool2dGrad {
             shape: self.shape,
             argmax,
