@@ -256,11 +256,11 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
     let sole = |i: usize| sole_consumer(spec, &consumers, i);
     // A BatchNormalization that fuses with the join after it runs where the join is, when
     // both of the join's inputs are computed: the join's Add → its normalisation.
-    let joined_norm: Vec<Option<usize>> = {
+    let joined_norm: Vec<Option<(usize, usize)>> = {
         let mut at_add = vec![None; layers.len()];
         for i in 0..layers.len() {
-            if let Some((add, _)) = norm_join(spec, &consumers, i) {
-                at_add[add].get_or_insert(i);
+            if let Some((add, relu)) = norm_join(spec, &consumers, i) {
+                at_add[add].get_or_insert((i, relu));
             }
         }
         at_add
@@ -268,7 +268,7 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
     // Layouts are chosen once every op is known; NCHW until then.
     let nchw = ImageLayout::Nchw;
     let mut done = vec![false; layers.len()];
-    for norm in joined_norm.iter().flatten() {
+    for (norm, _) in joined_norm.iter().flatten() {
         done[*norm] = true;
     }
     let mut ops = Vec::new();
@@ -287,151 +287,154 @@ pub(crate) fn fast_plan(spec: &Network, precision: ops::Precision) -> Result<Vec
             FeatureShape::Flat(_) => None,
         };
         // The op and the layers it covers (this one and the sole consumers it fuses).
-        let (op, covered) = match (&l.kind, image) {
-            (LayerKind::Dropout(d), _) if !d.per_example => (
-                Op::Dropout {
-                    layer: i,
-                    rate: d.rate,
-                },
-                vec![i],
-            ),
-            (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 && fuses(cfg.activation) => {
-                let conv = conv_shape(l, cfg, chw)?.with_precision(precision);
-                let relu = cfg.activation == Activation::Relu;
-                let pool = sole(i).and_then(|j| match &layers[j].kind {
-                    LayerKind::MaxPool2d(p) if p.padding == crate::Padding::Valid => Some((j, p)),
-                    _ => None,
-                });
-                match pool {
-                    Some((j, p)) => {
-                        let pool = pool_shape(&layers[j], p, (conv.out_h, conv.out_w))?;
-                        let dropout = sole(j).and_then(|k| match &layers[k].kind {
-                            LayerKind::Dropout(d) if !d.per_example => Some((k, d.rate)),
-                            _ => None,
-                        });
-                        let mut covered = vec![i, j];
-                        covered.extend(dropout.map(|(k, _)| k));
-                        let block = ops::ConvPoolShape {
-                            conv,
-                            pool,
-                            relu,
-                            input: nchw,
-                            output: nchw,
-                        };
-                        let op = Op::ConvPool {
-                            layer: i,
-                            layers: covered.len(),
-                            block,
-                            dropout: dropout.map(|(_, rate)| rate),
-                        };
-                        (op, covered)
-                    }
-                    None => {
-                        let norm =
-                            sole(i).filter(|&j| matches!(layers[j].kind, LayerKind::BatchNorm(_)));
-                        let op = Op::Conv {
-                            layer: i,
-                            shape: conv,
-                            relu,
-                            layouts: (nchw, nchw),
-                            norm,
-                        };
-                        (op, vec![i])
+        let (op, covered) = if let Some((norm, relu)) = joined_norm[i] {
+            let residual = l.sources.iter().find(|&&s| s != Source::Layer(norm));
+            inputs = [layers[norm].sources[0]]
+                .iter()
+                .chain(residual)
+                .map(|s| value_of(*s))
+                .collect();
+            let op = Op::BatchNorm {
+                layer: norm,
+                layers: 3,
+                activation: ops::NormActivation::Linear,
+                layout: nchw,
+                join: Some(i),
+            };
+            (op, vec![norm, i, relu])
+        } else {
+            match (&l.kind, image) {
+                (LayerKind::Dropout(d), _) if !d.per_example => (
+                    Op::Dropout {
+                        layer: i,
+                        rate: d.rate,
+                    },
+                    vec![i],
+                ),
+                (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 && fuses(cfg.activation) => {
+                    let conv = conv_shape(l, cfg, chw)?.with_precision(precision);
+                    let relu = cfg.activation == Activation::Relu;
+                    let pool = sole(i).and_then(|j| match &layers[j].kind {
+                        LayerKind::MaxPool2d(p) if p.padding == crate::Padding::Valid => {
+                            Some((j, p))
+                        }
+                        _ => None,
+                    });
+                    match pool {
+                        Some((j, p)) => {
+                            let pool = pool_shape(&layers[j], p, (conv.out_h, conv.out_w))?;
+                            let dropout = sole(j).and_then(|k| match &layers[k].kind {
+                                LayerKind::Dropout(d) if !d.per_example => Some((k, d.rate)),
+                                _ => None,
+                            });
+                            let mut covered = vec![i, j];
+                            covered.extend(dropout.map(|(k, _)| k));
+                            let block = ops::ConvPoolShape {
+                                conv,
+                                pool,
+                                relu,
+                                input: nchw,
+                                output: nchw,
+                            };
+                            let op = Op::ConvPool {
+                                layer: i,
+                                layers: covered.len(),
+                                block,
+                                dropout: dropout.map(|(_, rate)| rate),
+                            };
+                            (op, covered)
+                        }
+                        None => {
+                            let norm = sole(i)
+                                .filter(|&j| matches!(layers[j].kind, LayerKind::BatchNorm(_)));
+                            let op = Op::Conv {
+                                layer: i,
+                                shape: conv,
+                                relu,
+                                layouts: (nchw, nchw),
+                                norm,
+                            };
+                            (op, vec![i])
+                        }
                     }
                 }
-            }
-            (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 => {
-                let op = Op::ConvThen {
-                    layer: i,
-                    shape: conv_shape(l, cfg, chw)?.with_precision(precision),
-                    activation: cfg.activation,
-                };
-                (op, vec![i])
-            }
-            (LayerKind::BatchNorm(_), _) => {
-                let next = sole(i).and_then(|j| match &layers[j].kind {
-                    LayerKind::Activation(a) => norm_activation(a.activation).map(|a| (j, a)),
-                    _ => None,
-                });
-                let mut covered = vec![i];
-                covered.extend(next.map(|(j, _)| j));
-                let op = Op::BatchNorm {
-                    layer: i,
-                    layers: covered.len(),
-                    activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
-                    layout: nchw,
-                    join: None,
-                };
-                (op, covered)
-            }
-            (LayerKind::Add, _) if joined_norm[i].is_some() => {
-                let norm = joined_norm[i].unwrap_or_default();
-                let relu = norm_join(spec, &consumers, norm).map_or(i, |(_, relu)| relu);
-                let residual = l.sources.iter().find(|&&s| s != Source::Layer(norm));
-                inputs = [layers[norm].sources[0]]
-                    .iter()
-                    .chain(residual)
-                    .map(|s| value_of(*s))
-                    .collect();
-                let op = Op::BatchNorm {
-                    layer: norm,
-                    layers: 3,
-                    activation: ops::NormActivation::Linear,
-                    layout: nchw,
-                    join: Some(i),
-                };
-                (op, vec![norm, i, relu])
-            }
-            (LayerKind::Add, _)
-                if l.sources.len() == 2
-                    && spec.shape_of(l.sources[0]) == spec.shape_of(l.sources[1]) =>
-            {
-                let relu = sole(i).filter(|&j| {
+                (LayerKind::Conv2d(cfg), Some(chw)) if cfg.groups == 1 => {
+                    let op = Op::ConvThen {
+                        layer: i,
+                        shape: conv_shape(l, cfg, chw)?.with_precision(precision),
+                        activation: cfg.activation,
+                    };
+                    (op, vec![i])
+                }
+                (LayerKind::BatchNorm(_), _) => {
+                    let next = sole(i).and_then(|j| match &layers[j].kind {
+                        LayerKind::Activation(a) => norm_activation(a.activation).map(|a| (j, a)),
+                        _ => None,
+                    });
+                    let mut covered = vec![i];
+                    covered.extend(next.map(|(j, _)| j));
+                    let op = Op::BatchNorm {
+                        layer: i,
+                        layers: covered.len(),
+                        activation: next.map_or(ops::NormActivation::Linear, |(_, a)| a),
+                        layout: nchw,
+                        join: None,
+                    };
+                    (op, covered)
+                }
+                (LayerKind::Add, _)
+                    if l.sources.len() == 2
+                        && spec.shape_of(l.sources[0]) == spec.shape_of(l.sources[1]) =>
+                {
+                    let relu = sole(i).filter(|&j| {
                     matches!(&layers[j].kind, LayerKind::Activation(a) if a.activation == Activation::Relu)
                 });
-                match relu {
-                    Some(j) => (Op::AddRelu { layer: i }, vec![i, j]),
-                    None => (Op::Layer(i), vec![i]),
+                    match relu {
+                        Some(j) => (Op::AddRelu { layer: i }, vec![i, j]),
+                        None => (Op::Layer(i), vec![i]),
+                    }
                 }
+                (LayerKind::Dense(d), None) => {
+                    let op = Op::Dense {
+                        layer: i,
+                        activation: d.activation,
+                        precision,
+                    };
+                    (op, vec![i])
+                }
+                (LayerKind::DepthwiseConv2d(d), Some((c, h, w))) => {
+                    let ((out_h, pad_top, _), (out_w, pad_left, _)) = d
+                        .as_conv()
+                        .geometry(h, w)
+                        .ok_or_else(|| ModelError::Shape {
+                            layer: l.name.clone(),
+                            message: format!("input {h}x{w} is too small"),
+                        })?;
+                    let shape = ops::DepthwiseShape {
+                        channels: c,
+                        multiplier: d.depth_multiplier,
+                        in_h: h,
+                        in_w: w,
+                        kernel: d.kernel_size,
+                        strides: d.strides,
+                        pad_top,
+                        pad_left,
+                        out_h,
+                        out_w,
+                    };
+                    (Op::Depthwise { layer: i, shape }, vec![i])
+                }
+                (LayerKind::MaxPool2d(p), Some((_, h, w)))
+                    if p.padding == crate::Padding::Valid =>
+                {
+                    let op = Op::MaxPool {
+                        layer: i,
+                        shape: pool_shape(l, p, (h, w))?,
+                    };
+                    (op, vec![i])
+                }
+                _ => (Op::Layer(i), vec![i]),
             }
-            (LayerKind::Dense(d), None) => {
-                let op = Op::Dense {
-                    layer: i,
-                    activation: d.activation,
-                    precision,
-                };
-                (op, vec![i])
-            }
-            (LayerKind::DepthwiseConv2d(d), Some((c, h, w))) => {
-                let ((out_h, pad_top, _), (out_w, pad_left, _)) = d
-                    .as_conv()
-                    .geometry(h, w)
-                    .ok_or_else(|| ModelError::Shape {
-                        layer: l.name.clone(),
-                        message: format!("input {h}x{w} is too small"),
-                    })?;
-                let shape = ops::DepthwiseShape {
-                    channels: c,
-                    multiplier: d.depth_multiplier,
-                    in_h: h,
-                    in_w: w,
-                    kernel: d.kernel_size,
-                    strides: d.strides,
-                    pad_top,
-                    pad_left,
-                    out_h,
-                    out_w,
-                };
-                (Op::Depthwise { layer: i, shape }, vec![i])
-            }
-            (LayerKind::MaxPool2d(p), Some((_, h, w))) if p.padding == crate::Padding::Valid => {
-                let op = Op::MaxPool {
-                    layer: i,
-                    shape: pool_shape(l, p, (h, w))?,
-                };
-                (op, vec![i])
-            }
-            _ => (Op::Layer(i), vec![i]),
         };
         let last = *covered.last().unwrap_or(&i);
         for &c in &covered {
