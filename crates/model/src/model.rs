@@ -485,6 +485,9 @@ impl Model {
             Some(pass) => pass.shard().clone(),
             None => ops::BatchShard::whole(),
         };
+        // A BatchNormalization takes the batch's statistics in training unless it is frozen.
+        let training = ctx.is_training();
+        let batch_statistics = |norm: usize| training && layers[norm].trainable;
         let mut mask = |rate: f32, len: usize| match ctx.training.as_deref_mut() {
             Some(pass) if rate > 0.0 && n > 0 => Some(pass.mask(n, len / n, rate)),
             _ => None,
@@ -529,8 +532,7 @@ impl Model {
                 norm,
             } => {
                 let (kernel, bias) = kernel_bias(layer)?;
-                let summed = norm.is_some_and(|j| ctx.is_training() && layers[j].trainable);
-                match summed {
+                match norm.is_some_and(batch_statistics) {
                     true => {
                         let (y, sums) =
                             ops::conv2d_with_sums(x, &kernel, &bias, shape, relu, layouts, &shard)?;
@@ -562,8 +564,7 @@ impl Model {
                 join,
                 ..
             } => {
-                let training = ctx.is_training() && layers[layer].trainable;
-                let shard = training.then_some(&shard);
+                let shard = batch_statistics(layer).then_some(&shard);
                 let norm = NormStep {
                     activation,
                     layout,

@@ -280,8 +280,7 @@ impl CustomOp3 for ConvPool {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let missing = "backward ran twice or before the forward";
-        let argmax = self.argmax.expect(self.name(), missing)?;
+        let argmax = self.argmax.left_by_forward(self.name())?;
         let scatter = Scatter {
             conv: self.conv,
             pool: self.pool,

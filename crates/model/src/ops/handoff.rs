@@ -32,4 +32,9 @@ impl<T> Handoff<T> {
             None => candle_core::bail!("{op}: {missing}"),
         }
     }
+
+    /// What the forward pass left for the backward pass of `op`.
+    pub fn left_by_forward(&self, op: &str) -> Result<T> {
+        self.expect(op, "backward ran twice or before the forward")
+    }
 }

@@ -19,6 +19,21 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
 
+/// One value of `max(a + b, 0)`: the join's forward, here and in
+/// [`super::batch_norm_add_relu`].
+#[inline(always)]
+pub(super) fn add_relu_value(a: f32, b: f32) -> f32 {
+    (a + b).max(0.0)
+}
+
+/// The gradient `g` of one value of `max(a + b, 0)`, as both `a` and `b` receive it: `g` times 1
+/// where the sum is `>= 0`, else times 0 (a product, so a NaN gradient stays NaN).
+#[inline(always)]
+pub(super) fn add_relu_grad_value(a: f32, b: f32, g: f32) -> f32 {
+    let pass = if a + b >= 0.0 { 1.0f32 } else { 0.0 };
+    g * pass
+}
+
 struct AddRelu;
 
 impl CustomOp2 for AddRelu {
@@ -45,8 +60,8 @@ impl CustomOp2 for AddRelu {
         y.par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .for_each(|(y, (a, b))| {
-                for ((y, a), b) in y.iter_mut().zip(a).zip(b) {
-                    *y = (a + b).max(0.0);
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = add_relu_value(a, b);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -94,9 +109,8 @@ impl CustomOp3 for ReluGrad {
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
             .zip(g.par_chunks(CHUNK))
             .for_each(|((out, (a, b)), g)| {
-                for (((o, a), b), g) in out.iter_mut().zip(a).zip(b).zip(g) {
-                    let pass = if a + b >= 0.0 { 1.0f32 } else { 0.0 };
-                    *o = g * pass;
+                for (((o, &a), &b), &g) in out.iter_mut().zip(a).zip(b).zip(g) {
+                    *o = add_relu_grad_value(a, b, g);
                 }
             });
         Ok((CpuStorage::F32(out), l3.shape().clone()))

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::contiguous_f32;
 use super::conv::ImageLayout;
 use super::handoff::Handoff;
+use super::join::{add_relu_grad_value, add_relu_value};
 use super::shard::{BatchShard, GROUP_CHUNK};
 
 /// The activation applied after the normalisation, inside the same op.
@@ -138,13 +139,13 @@ pub fn batch_norm(
     differentiable: bool,
 ) -> Result<(Tensor, Option<BatchMoments>)> {
     let (op, moments) = BatchNorm::new(statistics, epsilon, activation, layout);
-    let training = op.statistics.batch().is_some();
     let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
     let y = match differentiable {
         true => x.apply_op3(&gamma, &beta, op)?,
         false => x.apply_op3_no_bwd(&gamma, &beta, &op)?,
     };
-    Ok((y, take_moments(training, &moments)))
+    // Only batch statistics leave moments.
+    Ok((y, moments.take()))
 }
 
 /// `max(batch_norm(x) + residual, 0)`: a residual block's last BatchNormalization (without an
@@ -176,7 +177,6 @@ pub fn batch_norm_add_relu(
         );
     }
     let (norm, moments) = BatchNorm::new(statistics, epsilon, activation, layout);
-    let training = norm.statistics.batch().is_some();
     // gamma and beta as one operand (candle's ops take at most three).
     let params = Tensor::cat(&[gamma.contiguous()?, beta.contiguous()?], 0)?;
     let (x, residual) = (x.contiguous()?, residual.contiguous()?);
@@ -185,11 +185,7 @@ pub fn batch_norm_add_relu(
         true => x.apply_op3(&params, &residual, op)?,
         false => x.apply_op3_no_bwd(&params, &residual, &op)?,
     };
-    Ok((y, take_moments(training, &moments)))
-}
-
-fn take_moments(training: bool, moments: &Handoff<BatchMoments>) -> Option<BatchMoments> {
-    training.then(|| moments.take()).flatten()
+    Ok((y, moments.take()))
 }
 
 /// Exact GELU, `x · Φ(x)`, of an f32 CPU tensor; differentiable when asked.
@@ -326,12 +322,6 @@ impl BatchNorm {
             });
     }
 
-    /// The coefficients the backward pass needs, left by the forward pass.
-    fn take_coefficients(&self, op: &str) -> Result<Coefficients> {
-        let missing = "backward ran twice or before the forward";
-        self.coefficients.expect(op, missing)
-    }
-
     fn grad_op(&self, k: Coefficients) -> BatchNormGrad {
         BatchNormGrad {
             k,
@@ -465,7 +455,7 @@ impl CustomOp3 for BatchNorm {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = self.grad_op(self.take_coefficients(self.name())?);
+        let grad = self.grad_op(self.coefficients.left_by_forward(self.name())?);
         let c = grad.k.scale.len();
         let dx = x.apply_op2_no_bwd(&grad_res.contiguous()?, &grad)?;
         let (dgamma, dbeta) = grad.param_grads(self.name())?;
@@ -515,7 +505,7 @@ impl CustomOp3 for BatchNormAddRelu {
             let r = &residual[i * c * plane..][..c * plane];
             y.iter_mut()
                 .zip(r)
-                .for_each(|(y, r)| *y = (*y + r).max(0.0));
+                .for_each(|(y, &r)| *y = add_relu_value(*y, r));
         });
         norm.coefficients.put(k);
         Ok((CpuStorage::F32(y), xl.shape().clone()))
@@ -529,7 +519,9 @@ impl CustomOp3 for BatchNormAddRelu {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = self.0.grad_op(self.0.take_coefficients(self.name())?);
+        let grad = self
+            .0
+            .grad_op(self.0.coefficients.left_by_forward(self.name())?);
         let dx = x.apply_op3_no_bwd(&grad_res.contiguous()?, residual, &grad)?;
         let (mut dparams, dbeta) = grad.param_grads(self.name())?;
         dparams.extend(dbeta);
@@ -637,9 +629,8 @@ impl BatchNormGrad {
                             let r = &r[first..][..image];
                             let g = &mut joined[i * image..][..image];
                             normalise_image(x, &mut z, k, self.activation, self.layout, plane);
-                            for (((g, z), r), dy) in g.iter_mut().zip(&z).zip(r).zip(dy) {
-                                let pass = if z + r >= 0.0 { 1.0f32 } else { 0.0 };
-                                *g = dy * pass;
+                            for (((g, &z), &r), &dy) in g.iter_mut().zip(&z).zip(r).zip(dy) {
+                                *g = add_relu_grad_value(z, r, dy);
                             }
                             &*g
                         }

@@ -141,8 +141,7 @@ impl CustomOp1 for MaxPool2d {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let missing = "backward ran twice or before the forward";
-        let argmax = self.argmax.expect(self.name(), missing)?;
+        let argmax = self.argmax.left_by_forward(self.name())?;
         let scatter = MaxPool2dGrad {
             shape: self.shape,
             argmax,
