@@ -486,6 +486,9 @@ unsafe fn tiles(
                 if kernel == Kernel::Amx && i0 + rows <= m && j0 + NR <= n {
                     // A whole tile inside `dst`: summed there directly.
                     let c = dst.as_mut_ptr().add(i0 * n + j0);
+                    if add {
+                        prefetch_next_tile(dst, (m, n), (i0, j0), rows);
+                    }
                     amx::tile_into(&a_packed, panel, padded, (c, n), add);
                     continue;
                 }
@@ -506,6 +509,34 @@ unsafe fn tiles(
     }
     if kernel == Kernel::Amx {
         amx::release();
+    }
+}
+
+/// Asks for the rows of the whole tile after `(i0, j0)` (the next panel of `b`, else the next
+/// row panel's first), so that the sums which start from `dst`'s values find them in cache:
+/// a kernel gradient's product sums few pairs into a large `dst`, and waiting for its lines
+/// cost as much as the tile's products.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn prefetch_next_tile(
+    dst: &[f32],
+    (m, n): (usize, usize),
+    (i0, j0): (usize, usize),
+    rows: usize,
+) {
+    use std::arch::x86_64::*;
+    let (i, j) = match j0 + 2 * NR <= n {
+        true => (i0, j0 + NR),
+        false => (i0 + rows, 0),
+    };
+    if i + rows > m || j + NR > n {
+        return;
+    }
+    for r in 0..rows {
+        let row = dst.as_ptr().add((i + r) * n + j);
+        for at in [0, NR / 2, NR - 1] {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(at) as *const i8);
+        }
     }
 }
 
