@@ -28,6 +28,22 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// The matrix from row `i` on.
+    pub fn skip_rows(self, i: usize) -> Self {
+        MatRef {
+            data: &self.data[i * self.row_stride..],
+            ..self
+        }
+    }
+
+    /// The matrix from column `j` on.
+    pub fn skip_cols(self, j: usize) -> Self {
+        MatRef {
+            data: &self.data[j * self.col_stride..],
+            ..self
+        }
+    }
+
     /// Element `(i, j)`.
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.row_stride + j * self.col_stride]

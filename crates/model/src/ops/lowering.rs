@@ -84,6 +84,7 @@ fn padded_input_grad(s: &ConvShape) -> bool {
 struct PaddedPlane {
     top: usize,
     left: usize,
+    height: usize,
     width: usize,
     pitch: usize,
     rows: usize,
@@ -102,6 +103,7 @@ impl PaddedPlane {
         PaddedPlane {
             top,
             left,
+            height,
             width,
             pitch: width + left.max(right),
             rows: 1 + top + height + bottom,
@@ -168,6 +170,23 @@ impl PaddedPlane {
     /// Values in one kernel row of a patch.
     fn run(&self) -> usize {
         self.kernel_w * self.channels
+    }
+
+    /// The rows of an `out_h`-row output grid of `grid_len` rows whose kernel row `ki` reads
+    /// anything but the zero border: the first output rows' `ki` reads only the top border
+    /// (`top − ki` rows of them), the last rows' the bottom one. The product over the rows
+    /// outside would add only zeros (2 of the 3·H kernel-row products of a 3x3 "same"
+    /// convolution on an H-row image: 8 % of an 8x8 layer's work).
+    fn live_rows(&self, ki: usize, out_h: usize, grid_len: usize) -> Range<usize> {
+        let front = self.top.saturating_sub(ki).min(out_h);
+        // Output row `oy` reads plane row 1 + ki + oy; the image's rows end at top + height.
+        let first_bottom = (self.top + self.height).saturating_sub(ki);
+        let end = match first_bottom < out_h {
+            true => first_bottom * self.pitch,
+            false => grid_len,
+        };
+        let start = (front * self.pitch).min(grid_len);
+        start..end.max(start)
     }
 
     /// Rows of the output grid for an output `out_h` rows by `out_w` wide.
@@ -439,10 +458,17 @@ impl ImageConv {
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
+            let live = plane.live_rows(ki, s.out_h, self.grid.len);
+            if ki == 0 {
+                // The rows this first product would have written with zeros.
+                out[..live.start * o].fill(0.0);
+                out[live.end * o..self.grid.len * o].fill(0.0);
+            }
             let b = MatRef::rows(&kernel_rows[ki * run * o..][..run * o], o);
             let b = (b, kernel_rows.packed(ki));
-            let a = plane.view(&self.image, ki);
-            product(s.precision, out, a, b, (self.grid.len, o, run), ki > 0);
+            let a = plane.view(&self.image, ki).skip_rows(live.start);
+            let out = &mut out[live.start * o..live.end * o];
+            product(s.precision, out, a, b, (live.len(), o, run), ki > 0);
         }
     }
 
@@ -459,16 +485,17 @@ impl ImageConv {
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
+            let mut live = plane.live_rows(ki, s.out_h, self.grid.len);
+            if s.precision == Precision::F32 {
+                // Here the border rows are the product's depth, and the f32 gemm's order of
+                // additions depends on it: leaving them out (even the trailing ones alone)
+                // changed the bits of an airbench94 run, so float32 keeps them.
+                live = 0..self.grid.len;
+            }
             let dst = &mut dkernel_rows[ki * run * o..][..run * o];
-            let (a, b) = (plane.view_t(&self.image, ki), MatRef::rows(g, o));
-            product(
-                s.precision,
-                dst,
-                a,
-                (b, None),
-                (run, o, self.grid.len),
-                true,
-            );
+            let a = plane.view_t(&self.image, ki).skip_cols(live.start);
+            let b = MatRef::rows(g, o).skip_rows(live.start);
+            product(s.precision, dst, a, (b, None), (run, o, live.len()), true);
         }
     }
 
@@ -518,10 +545,16 @@ impl ImageConv {
         }
         let run = plane.run();
         for ki in 0..s.kernel_h {
+            let live = plane.live_rows(ki, s.in_h, rows);
+            if ki == 0 {
+                self.dx_buf[..live.start * c].fill(0.0);
+                self.dx_buf[live.end * c..rows * c].fill(0.0);
+            }
             let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
-            let a = plane.view(&self.grad, ki);
+            let a = plane.view(&self.grad, ki).skip_rows(live.start);
             let b = (b, kernel.packed(ki));
-            product(s.precision, &mut self.dx_buf, a, b, (rows, c, run), ki > 0);
+            let dx = &mut self.dx_buf[live.start * c..live.end * c];
+            product(s.precision, dx, a, b, (live.len(), c, run), ki > 0);
         }
         for iy in 0..s.in_h {
             let src = &self.dx_buf[iy * plane.pitch * c..];
@@ -640,6 +673,127 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The padded lowering's products leave out the rows that read only the zero border; the
+    /// results must be those of the products over every grid row: in float32 the same values
+    /// (a left-out row's zero may differ in sign from a summed one), under mixed_bfloat16 the
+    /// same up to the order of the sums (the kernel gradient's depth shrinks there).
+    #[test]
+    fn border_rows_left_out_change_no_value() {
+        let shapes = [
+            ((8, 5, 6), 16, (3, 3), ((1, 1), (1, 1))),
+            ((8, 4, 4), 8, (3, 3), ((0, 0), (0, 0))),
+            ((8, 7, 5), 8, (5, 5), ((2, 2), (2, 2))),
+            ((9, 6, 6), 12, (3, 3), ((2, 0), (1, 0))),
+            ((8, 3, 3), 8, (3, 3), ((2, 2), (2, 2))),
+            ((8, 4, 5), 8, (2, 2), ((0, 1), (0, 1))),
+            ((8, 1, 4), 8, (3, 3), ((1, 1), (1, 1))),
+            // Wide enough for the bf16 products.
+            ((32, 5, 6), 32, (3, 3), ((1, 1), (1, 1))),
+            ((32, 3, 3), 48, (3, 3), ((2, 2), (2, 2))),
+            ((40, 7, 5), 32, (5, 5), ((2, 2), (2, 2))),
+            ((32, 1, 4), 32, (3, 3), ((1, 1), (1, 1))),
+        ];
+        let exact = |got: &[f32], want: &[f32], what: &str| assert_eq!(got, want, "{what}");
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{what} [{i}]: {g} vs {w}"
+                );
+            }
+        };
+        for (input, o, kernel, pads) in shapes {
+            let s = ConvShape::new(input, o, kernel, (1, 1), pads).unwrap();
+            border_rows_check(&s, exact);
+            border_rows_check(&s.with_precision(Precision::MixedBf16), close);
+        }
+    }
+
+    fn border_rows_check(s: &ConvShape, same: impl Fn(&[f32], &[f32], &str)) {
+        use super::super::gemm::test_values;
+        assert!(padded_lowering(s) && padded_input_grad(s), "{s:?}");
+        let (o, c, run) = (s.out_channels, s.in_channels, s.kernel_w * s.in_channels);
+        let k = test_values(o * s.patch_len(), 1);
+        let (rows, grad_kernel) = (kernel_rows(s, &k), input_grad_kernel(s, &k));
+        let mut conv = ImageConv::new(s);
+        conv.load(&test_values(s.in_len(), 2), ImageLayout::Nhwc);
+        let grid = conv.grid;
+        let g = conv.output_grad_mut();
+        g.copy_from_slice(&test_values(g.len(), 3));
+        grid.zero_gaps(s, g);
+        // The grid's gaps are computed and ignored: only outputs are compared.
+        let valid = |buf: &[f32], (h, w, pitch, ch): (usize, usize, usize, usize)| {
+            (0..h)
+                .flat_map(|y| buf[y * pitch * ch..][..w * ch].to_vec())
+                .collect::<Vec<f32>>()
+        };
+
+        let plane = conv.plane.unwrap();
+        let mut out = vec![f32::NAN; grid.len * o];
+        conv.forward(&rows, &mut out);
+        let mut want = vec![f32::NAN; grid.len * o];
+        for ki in 0..s.kernel_h {
+            let b = MatRef::rows(&rows[ki * run * o..][..run * o], o);
+            let a = plane.view(&conv.image, ki);
+            let dims = (grid.len, o, run);
+            product(
+                s.precision,
+                &mut want,
+                a,
+                (b, rows.packed(ki)),
+                dims,
+                ki > 0,
+            );
+        }
+        let out_grid = (s.out_h, s.out_w, grid.pitch, o);
+        same(
+            &valid(&out, out_grid),
+            &valid(&want, out_grid),
+            &format!("forward {s:?}"),
+        );
+
+        let mut dk = test_values(rows.len(), 4);
+        let mut want = dk.clone();
+        conv.kernel_grad(&mut dk);
+        for ki in 0..s.kernel_h {
+            let (a, b) = (
+                plane.view_t(&conv.image, ki),
+                MatRef::rows(conv.output_grad(), o),
+            );
+            let dst = &mut want[ki * run * o..][..run * o];
+            product(s.precision, dst, a, (b, None), (run, o, grid.len), true);
+        }
+        same(&dk, &want, &format!("kernel gradient {s:?}"));
+
+        let mut dx = vec![0f32; s.in_len()];
+        conv.input_grad(&grad_kernel, &mut dx, ImageLayout::Nhwc);
+        let g_plane = PaddedPlane::output_grad(s);
+        let dx_rows = g_plane.grid_len((s.in_h, s.in_w));
+        let mut want = vec![f32::NAN; dx_rows * c];
+        let g_run = g_plane.run();
+        for ki in 0..s.kernel_h {
+            let b = MatRef::rows(&grad_kernel[ki * g_run * c..][..g_run * c], c);
+            let a = g_plane.view(&conv.grad, ki);
+            let dims = (dx_rows, c, g_run);
+            product(
+                s.precision,
+                &mut want,
+                a,
+                (b, grad_kernel.packed(ki)),
+                dims,
+                ki > 0,
+            );
+        }
+        let in_grid = (s.in_h, s.in_w, g_plane.pitch, c);
+        let got = valid(&conv.dx_buf, in_grid);
+        same(
+            &got,
+            &valid(&want, in_grid),
+            &format!("input gradient {s:?}"),
+        );
     }
 
     #[test]
