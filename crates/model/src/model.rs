@@ -1,5 +1,6 @@
 //! `Model`: a [`Network`] with its weights on a device, and the forward pass.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -49,6 +50,8 @@ pub struct TrainingPass {
     /// Masks drawn since the batch began.
     draws: u64,
     shard: ops::BatchShard,
+    /// Weights (`layer/name`) the optimizer leaves alone in this pass.
+    frozen: Arc<BTreeSet<String>>,
 }
 
 impl TrainingPass {
@@ -59,7 +62,17 @@ impl TrainingPass {
             position: 0,
             draws: 0,
             shard: ops::BatchShard::whole(),
+            frozen: Arc::default(),
         }
+    }
+
+    /// With `frozen` weights (`layer/name`, as `fit.freeze` names them): the forward takes
+    /// them as constants, so the backward computes no gradient for them, nor the gradients
+    /// that only they need (airbench94's first convolution, frozen from epoch 4: the second
+    /// convolution's input gradient and the first one's whole backward).
+    pub fn with_frozen(mut self, frozen: BTreeSet<String>) -> Self {
+        self.frozen = Arc::new(frozen);
+        self
     }
 
     /// Begins a batch: this process' images start at `position` in the epoch and are
@@ -92,6 +105,23 @@ impl TrainingPass {
         bits.iter()
             .map(|&b| if b >> 8 >= threshold { keep } else { 0.0 })
             .collect()
+    }
+}
+
+/// How a step takes its weights: tracked (the backward computes their gradients) only where
+/// gradients are tracked at all and the weight trains in this pass; otherwise as constants.
+struct WeightUse {
+    gradients: bool,
+    frozen: Option<Arc<BTreeSet<String>>>,
+}
+
+impl WeightUse {
+    fn value(&self, w: &NamedWeight) -> Tensor {
+        let frozen = self.frozen.as_ref().is_some_and(|f| f.contains(&w.path()));
+        match self.gradients && w.trainable && !frozen {
+            true => w.var.as_tensor().clone(),
+            false => w.var.as_tensor().detach(),
+        }
     }
 }
 
@@ -470,12 +500,16 @@ impl Model {
     ) -> Result<(Tensor, Option<ops::ImageSums>)> {
         let layers = self.spec.layers();
         let x = &inputs[0];
+        let weights = WeightUse {
+            gradients: track_gradients,
+            frozen: ctx.training.as_deref().map(|pass| pass.frozen.clone()),
+        };
         // A convolution without bias runs the CPU kernels with zeros for it.
         let kernel_bias = |i: usize| -> Result<(Tensor, Tensor)> {
             let ws = &self.weights[i];
-            let kernel = ws[0].var.as_tensor().clone();
+            let kernel = weights.value(&ws[0]);
             let bias = match ws.get(1) {
-                Some(b) => b.var.as_tensor().clone(),
+                Some(b) => weights.value(b),
                 None => Tensor::zeros(kernel.dim(0)?, kernel.dtype(), kernel.device())?,
             };
             Ok((kernel, bias))
@@ -572,7 +606,7 @@ impl Model {
                     sums: input_sums,
                     residual: join.and(inputs.get(1)),
                 };
-                self.batch_norm_step(layer, x, norm, track_gradients)?
+                self.batch_norm_step(layer, x, norm, &weights)?
             }
             Op::MaxPool { shape, .. } => ops::max_pool2d(x, shape)?,
             Op::Depthwise { layer, shape } => {
@@ -583,9 +617,9 @@ impl Model {
                     )));
                 };
                 let ws = &self.weights[layer];
-                let y = ops::depthwise_conv2d(x, ws[0].var.as_tensor(), shape)?;
-                let bias = ws.get(1).map(|b| b.var.as_tensor());
-                d.finish(y, bias, skip_softmax_of == Some(layer))?
+                let y = ops::depthwise_conv2d(x, &weights.value(&ws[0]), shape)?;
+                let bias = ws.get(1).map(|b| weights.value(b));
+                d.finish(y, bias.as_ref(), skip_softmax_of == Some(layer))?
             }
             Op::Dense {
                 layer,
@@ -593,12 +627,12 @@ impl Model {
                 precision,
             } => {
                 let ws = &self.weights[layer];
-                let kernel = ws[0].var.as_tensor();
+                let kernel = weights.value(&ws[0]);
                 let bias = match ws.get(1) {
-                    Some(b) => b.var.as_tensor().clone(),
+                    Some(b) => weights.value(b),
                     None => Tensor::zeros(kernel.dim(1)?, kernel.dtype(), kernel.device())?,
                 };
-                let y = ops::dense_in(x, kernel, &bias, &shard, precision)?;
+                let y = ops::dense_in(x, &kernel, &bias, &shard, precision)?;
                 activation.apply(y, skip_softmax_of == Some(layer))?
             }
             Op::AddRelu { .. } => ops::add_relu(x, &inputs[1])?,
@@ -626,8 +660,9 @@ impl Model {
             sums,
             residual,
         }: NormStep<'_>,
-        track_gradients: bool,
+        weights: &WeightUse,
     ) -> Result<Tensor> {
+        let track_gradients = weights.gradients;
         let l = &self.spec.layers()[layer];
         let LayerKind::BatchNorm(cfg) = &l.kind else {
             return Err(ModelError::Config(format!(
@@ -640,8 +675,7 @@ impl Model {
         let c = l.input.channels();
         let param = |r: WeightRole, fill: f32| -> Result<Tensor> {
             Ok(match role(r) {
-                Some(w) if track_gradients => w.var.as_tensor().clone(),
-                Some(w) => w.var.as_tensor().detach(),
+                Some(w) => weights.value(w),
                 None => Tensor::full(fill, c, &self.device)?,
             })
         };

@@ -469,3 +469,46 @@ fn layers_without_bias_have_no_bias_and_both_kernel_sets_agree() {
         assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+/// Weights frozen for a pass (`fit.freeze`) or not trainable (Keras' `layer.trainable =
+/// False`) enter the forward as constants: the backward computes no gradient for them, and
+/// the other weights' gradients keep their bits.
+#[test]
+fn frozen_and_untrainable_weights_get_no_gradient() {
+    let x = input();
+    let gradients = |model: &Model, frozen: &[&str]| {
+        let frozen = frozen.iter().map(|w| w.to_string()).collect();
+        let mut pass = TrainingPass::new(0).with_frozen(frozen);
+        let y = model.logits(&x, Mode::Training(&mut pass)).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        model
+            .weights()
+            .map(|w| {
+                let g = grads.get(w.var.as_tensor());
+                let bits = g.map(|g| {
+                    let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+                    v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>()
+                });
+                (w.path(), bits)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut model = Model::new(zoo::simple_cnn(), &Device::Cpu, 3).unwrap();
+    let all = gradients(&model, &[]);
+    assert!(all.iter().all(|(_, g)| g.is_some()), "every weight trains");
+    let check = |got: Vec<(String, Option<Vec<u32>>)>, constant: &[&str]| {
+        for ((name, g), (_, want)) in got.into_iter().zip(&all) {
+            match constant.contains(&name.as_str()) {
+                true => assert!(g.is_none(), "{name}: a gradient for a constant"),
+                false => assert_eq!(&g, want, "{name}: the gradient changed"),
+            }
+        }
+    };
+    let first = ["conv2d_1/kernel", "conv2d_1/bias"];
+    check(gradients(&model, &first), &first);
+    model.set_trainable("dense_1", false).unwrap();
+    check(
+        gradients(&model, &["conv2d_1/bias"]),
+        &["conv2d_1/bias", "dense_1/kernel", "dense_1/bias"],
+    );
+}

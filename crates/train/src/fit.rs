@@ -306,7 +306,8 @@ fn fit_from(
                 1,
             )));
         }
-        let mut pass = TrainingPass::new(epoch_seed(config.seed, epoch, 2));
+        let mut pass = TrainingPass::new(epoch_seed(config.seed, epoch, 2))
+            .with_frozen(config.frozen_in(epoch));
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let mut learning_rate = schedule.learning_rate(optimizer.iterations());
         let total_steps = begin.total_steps;
