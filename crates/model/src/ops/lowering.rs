@@ -189,6 +189,35 @@ impl PaddedPlane {
         start..end.max(start)
     }
 
+    /// The padded lowering's convolution of `buf` (laid out as this plane): `dst (grid_len, n)
+    /// = Σ_ki view(ki) · kernel piece ki`, `kernel` holding one `(run, n)` piece per kernel row,
+    /// on an `out_h`-row grid. Each product covers its [`Self::live_rows`] only; the first
+    /// writes zeros where it would have summed only the border. The forward and the input
+    /// gradient.
+    fn convolve(
+        &self,
+        precision: Precision,
+        buf: &[f32],
+        kernel: &KernelRows,
+        (kernel_h, n): (usize, usize),
+        (out_h, grid_len): (usize, usize),
+        dst: &mut [f32],
+    ) {
+        let run = self.run();
+        for ki in 0..kernel_h {
+            let live = self.live_rows(ki, out_h, grid_len);
+            if ki == 0 {
+                dst[..live.start * n].fill(0.0);
+                dst[live.end * n..grid_len * n].fill(0.0);
+            }
+            let b = MatRef::rows(&kernel[ki * run * n..][..run * n], n);
+            let a = self.view(buf, ki).skip_rows(live.start);
+            let dst = &mut dst[live.start * n..live.end * n];
+            let dims = (live.len(), n, run);
+            product(precision, dst, a, (b, kernel.packed(ki)), dims, ki > 0);
+        }
+    }
+
     /// Rows of the output grid for an output `out_h` rows by `out_w` wide.
     fn grid_len(&self, (out_h, out_w): (usize, usize)) -> usize {
         (out_h - 1) * self.pitch + out_w
@@ -456,20 +485,8 @@ impl ImageConv {
             let b = (MatRef::rows(kernel_rows, o), kernel_rows.packed(0));
             return product(s.precision, out, a, b, (s.positions(), o, kk), false);
         };
-        let run = plane.run();
-        for ki in 0..s.kernel_h {
-            let live = plane.live_rows(ki, s.out_h, self.grid.len);
-            if ki == 0 {
-                // The rows this first product would have written with zeros.
-                out[..live.start * o].fill(0.0);
-                out[live.end * o..self.grid.len * o].fill(0.0);
-            }
-            let b = MatRef::rows(&kernel_rows[ki * run * o..][..run * o], o);
-            let b = (b, kernel_rows.packed(ki));
-            let a = plane.view(&self.image, ki).skip_rows(live.start);
-            let out = &mut out[live.start * o..live.end * o];
-            product(s.precision, out, a, b, (live.len(), o, run), ki > 0);
-        }
+        let (kernel, grid) = ((s.kernel_h, o), (s.out_h, self.grid.len));
+        plane.convolve(s.precision, &self.image, kernel_rows, kernel, grid, out);
     }
 
     /// `dkernel_rows (patch, O) += patchesᵀ · g` for the loaded image and its output gradient
@@ -485,13 +502,13 @@ impl ImageConv {
         };
         let run = plane.run();
         for ki in 0..s.kernel_h {
-            let mut live = plane.live_rows(ki, s.out_h, self.grid.len);
-            if s.precision == Precision::F32 {
+            let live = match s.precision {
                 // Here the border rows are the product's depth, and the f32 gemm's order of
                 // additions depends on it: leaving them out (even the trailing ones alone)
                 // changed the bits of an airbench94 run, so float32 keeps them.
-                live = 0..self.grid.len;
-            }
+                Precision::F32 => 0..self.grid.len,
+                Precision::MixedBf16 => plane.live_rows(ki, s.out_h, self.grid.len),
+            };
             let dst = &mut dkernel_rows[ki * run * o..][..run * o];
             let a = plane.view_t(&self.image, ki).skip_cols(live.start);
             let b = MatRef::rows(g, o).skip_rows(live.start);
@@ -543,19 +560,15 @@ impl ImageConv {
         if self.dx_buf.is_empty() {
             self.dx_buf = vec![0f32; rows * c];
         }
-        let run = plane.run();
-        for ki in 0..s.kernel_h {
-            let live = plane.live_rows(ki, s.in_h, rows);
-            if ki == 0 {
-                self.dx_buf[..live.start * c].fill(0.0);
-                self.dx_buf[live.end * c..rows * c].fill(0.0);
-            }
-            let b = MatRef::rows(&kernel[ki * run * c..][..run * c], c);
-            let a = plane.view(&self.grad, ki).skip_rows(live.start);
-            let b = (b, kernel.packed(ki));
-            let dx = &mut self.dx_buf[live.start * c..live.end * c];
-            product(s.precision, dx, a, b, (live.len(), c, run), ki > 0);
-        }
+        let grid = (s.in_h, rows);
+        plane.convolve(
+            s.precision,
+            &self.grad,
+            kernel,
+            (s.kernel_h, c),
+            grid,
+            &mut self.dx_buf,
+        );
         for iy in 0..s.in_h {
             let src = &self.dx_buf[iy * plane.pitch * c..];
             match layout {
@@ -731,23 +744,23 @@ mod tests {
                 .collect::<Vec<f32>>()
         };
 
+        // The same convolutions with every product over every grid row.
+        let every_row = |plane: PaddedPlane, buf: &[f32], kernel: &KernelRows, n, grid_len| {
+            let mut dst = vec![f32::NAN; grid_len * n];
+            for ki in 0..s.kernel_h {
+                let run = plane.run();
+                let b = MatRef::rows(&kernel[ki * run * n..][..run * n], n);
+                let a = plane.view(buf, ki);
+                let (b, dims) = ((b, kernel.packed(ki)), (grid_len, n, run));
+                product(s.precision, &mut dst, a, b, dims, ki > 0);
+            }
+            dst
+        };
+
         let plane = conv.plane.unwrap();
         let mut out = vec![f32::NAN; grid.len * o];
         conv.forward(&rows, &mut out);
-        let mut want = vec![f32::NAN; grid.len * o];
-        for ki in 0..s.kernel_h {
-            let b = MatRef::rows(&rows[ki * run * o..][..run * o], o);
-            let a = plane.view(&conv.image, ki);
-            let dims = (grid.len, o, run);
-            product(
-                s.precision,
-                &mut want,
-                a,
-                (b, rows.packed(ki)),
-                dims,
-                ki > 0,
-            );
-        }
+        let want = every_row(plane, &conv.image, &rows, o, grid.len);
         let out_grid = (s.out_h, s.out_w, grid.pitch, o);
         same(
             &valid(&out, out_grid),
@@ -772,21 +785,7 @@ mod tests {
         conv.input_grad(&grad_kernel, &mut dx, ImageLayout::Nhwc);
         let g_plane = PaddedPlane::output_grad(s);
         let dx_rows = g_plane.grid_len((s.in_h, s.in_w));
-        let mut want = vec![f32::NAN; dx_rows * c];
-        let g_run = g_plane.run();
-        for ki in 0..s.kernel_h {
-            let b = MatRef::rows(&grad_kernel[ki * g_run * c..][..g_run * c], c);
-            let a = g_plane.view(&conv.grad, ki);
-            let dims = (dx_rows, c, g_run);
-            product(
-                s.precision,
-                &mut want,
-                a,
-                (b, grad_kernel.packed(ki)),
-                dims,
-                ki > 0,
-            );
-        }
+        let want = every_row(g_plane, &conv.grad, &grad_kernel, c, dx_rows);
         let in_grid = (s.in_h, s.in_w, g_plane.pitch, c);
         let got = valid(&conv.dx_buf, in_grid);
         same(
